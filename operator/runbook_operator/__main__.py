@@ -1,0 +1,3 @@
+from runbook_operator.cli import main
+
+raise SystemExit(main())

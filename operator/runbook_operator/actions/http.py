@@ -1,0 +1,99 @@
+"""http.*: the runbook's ``curl -f`` health checks and JSON calls to admin APIs."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+import httpx
+import pydantic
+
+from runbook_operator.actions.registry import Action, ActionContext, Params
+from runbook_operator.domain.lifecycle import StepResult
+
+MAX_BODY = 64 * 1024  # bytes of a response we read; the rest is ignored
+MAX_REDIRECTS = 3
+_EXCERPT = 200
+
+
+class _Target(Params):
+    url: pydantic.AnyHttpUrl = pydantic.Field(description="absolute http(s) URL; comes from the policy")
+    expect_status: int = pydantic.Field(200, alias="expectStatus", ge=100, le=599, description="expected HTTP status")
+
+
+class CheckParams(_Target):
+    max_latency: float | None = pydantic.Field(
+        None, alias="maxLatencySeconds", gt=0, description="fail when the response takes longer"
+    )
+    body_contains: str | None = pydantic.Field(None, alias="bodyContains", description="fail unless the body contains it")
+
+
+class RequestParams(_Target):
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = pydantic.Field("POST", description="HTTP method")
+    json_body: Any = pydantic.Field(None, alias="json", description="JSON body to send")
+    headers: dict[str, str] = pydantic.Field(default_factory=dict, description="extra request headers")
+
+
+async def _send(method: str, params: _Target, ctx: ActionContext, **kwargs: Any) -> tuple[httpx.Response, bytes, float]:
+    async with httpx.AsyncClient(timeout=ctx.timeout, follow_redirects=True, max_redirects=MAX_REDIRECTS) as client:
+        started = time.perf_counter()
+        async with client.stream(method, str(params.url), **kwargs) as response:
+            body = b""
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) >= MAX_BODY:
+                    body = body[:MAX_BODY]
+                    break
+        return response, body, time.perf_counter() - started
+
+
+def _excerpt(body: bytes) -> str:
+    return body[:_EXCERPT].decode("utf-8", errors="replace")
+
+
+async def _guarded(method: str, params: _Target, ctx: ActionContext, **kwargs: Any) -> StepResult | tuple[httpx.Response, bytes, float]:
+    try:
+        return await _send(method, params, ctx, **kwargs)
+    except httpx.TimeoutException:
+        return StepResult(False, f"{method} {params.url}: no answer within {ctx.timeout:g}s")
+    except httpx.TooManyRedirects:
+        return StepResult(False, f"{method} {params.url}: more than {MAX_REDIRECTS} redirects")
+    except httpx.HTTPError as err:
+        return StepResult(False, f"{method} {params.url}: {type(err).__name__}: {err or 'connection failed'}")
+
+
+async def check(params: CheckParams, ctx: ActionContext) -> StepResult:
+    sent = await _guarded("GET", params, ctx)
+    if isinstance(sent, StepResult):
+        return sent
+    response, body, elapsed = sent
+    output = {"status": response.status_code, "latencySeconds": round(elapsed, 3)}
+    where = f"GET {params.url}"
+    if response.status_code != params.expect_status:
+        return StepResult(False, f"{where}: status {response.status_code}, expected {params.expect_status}", output)
+    if params.max_latency is not None and elapsed > params.max_latency:
+        return StepResult(False, f"{where}: took {elapsed:.3f}s, limit {params.max_latency:g}s", output)
+    if params.body_contains is not None and params.body_contains not in body.decode("utf-8", errors="replace"):
+        return StepResult(False, f"{where}: body does not contain {params.body_contains!r}", output)
+    return StepResult(True, f"{where}: status {response.status_code} in {elapsed:.3f}s", output)
+
+
+async def request(params: RequestParams, ctx: ActionContext) -> StepResult:
+    kwargs: dict[str, Any] = {"headers": params.headers}
+    if params.json_body is not None:
+        kwargs["json"] = params.json_body
+    sent = await _guarded(params.method, params, ctx, **kwargs)
+    if isinstance(sent, StepResult):
+        return sent
+    response, body, _ = sent
+    output = {"status": response.status_code, "body": _excerpt(body)}
+    where = f"{params.method} {params.url}"
+    if response.status_code != params.expect_status:
+        return StepResult(False, f"{where}: status {response.status_code}, expected {params.expect_status}", output)
+    return StepResult(True, f"{where}: status {response.status_code}", output)
+
+
+ACTIONS: tuple[Action[Any], ...] = (
+    Action("http.check", CheckParams, check, "GET a URL and check its status, latency and body (curl -f)", 10.0),
+    Action("http.request", RequestParams, request, "send a JSON request to a service admin API", 30.0),
+)

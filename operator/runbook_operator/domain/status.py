@@ -1,0 +1,163 @@
+"""The Incident's ``.status`` as frozen values, and its round trip to the API's dict.
+
+All progress lives here, so a restarted operator resumes from the object alone.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields, replace
+from datetime import datetime, timezone
+from typing import Any
+
+TIMELINE_LIMIT = 50
+
+
+class Phase(str, enum.Enum):
+    PENDING = "Pending"
+    DIAGNOSING = "Diagnosing"
+    AWAITING_APPROVAL = "AwaitingApproval"
+    REMEDIATING = "Remediating"
+    VERIFYING = "Verifying"
+    ESCALATED = "Escalated"
+    RESOLVED = "Resolved"
+
+
+class StepState(str, enum.Enum):
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SKIPPED = "Skipped"
+    AWAITING_APPROVAL = "AwaitingApproval"
+
+
+class Reason:
+    """Condition and Event reasons users and tests rely on (CamelCase constants)."""
+
+    POLICY_MATCHED = "PolicyMatched"
+    NO_MATCHING_POLICY = "NoMatchingPolicy"
+    INVALID_POLICY = "InvalidPolicy"
+    DIAGNOSIS_COMPLETE = "DiagnosisComplete"
+    REMEDIATION_APPLIED = "RemediationApplied"
+    REMEDIATION_FAILED = "RemediationFailed"
+    VERIFICATION_FAILED = "VerificationFailed"
+    VERIFIED = "Verified"
+    NO_VERIFICATION = "NoVerification"
+    REMEDIATION_EXHAUSTED = "RemediationExhausted"
+    RESOLVED_EXTERNALLY = "ResolvedExternally"
+    STEP_SUCCEEDED = "StepSucceeded"
+    STEP_FAILED = "StepFailed"
+    STEP_RESUMED = "StepResumed"
+    IN_PROGRESS = "InProgress"
+
+
+class ConditionType:
+    DIAGNOSED = "Diagnosed"
+    REMEDIATED = "Remediated"
+    ESCALATED = "Escalated"
+    RESOLVED = "Resolved"
+
+
+def timestamp(now: datetime) -> str:
+    return now.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_timestamp(text: str) -> datetime:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+
+
+@dataclass(frozen=True)
+class Condition:
+    type: str
+    status: str
+    reason: str
+    message: str
+    lastTransitionTime: str
+    observedGeneration: int = 0
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    name: str
+    stage: str
+    action: str
+    attempt: int
+    state: str
+    startedAt: str | None = None
+    finishedAt: str | None = None
+    message: str = ""
+    output: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Finding:
+    step: str
+    message: str
+
+
+@dataclass(frozen=True)
+class TimelineEntry:
+    time: str
+    type: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Status:
+    phase: str | None = None
+    observedGeneration: int = 0
+    policy: str | None = None
+    policyGeneration: int | None = None
+    severity: str | None = None
+    attempts: int = 0
+    currentStep: str | None = None
+    startedAt: str | None = None
+    resolvedAt: str | None = None
+    verifyAfter: str | None = None
+    conditions: tuple[Condition, ...] = ()
+    steps: tuple[StepRecord, ...] = ()
+    findings: tuple[Finding, ...] = ()
+    timeline: tuple[TimelineEntry, ...] = ()
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any] | None) -> Status:
+        raw = raw or {}
+        nested = {"conditions": Condition, "steps": StepRecord, "findings": Finding, "timeline": TimelineEntry}
+        scalars = _known(cls, raw, exclude=set(nested))
+        lists = {key: tuple(kind(**_known(kind, item)) for item in raw.get(key) or ()) for key, kind in nested.items()}
+        return cls(**scalars, **lists)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The full status; None values stay, so a merge patch clears stale fields."""
+        return asdict(self)
+
+    def condition(self, type_: str) -> Condition | None:
+        return next((c for c in self.conditions if c.type == type_), None)
+
+    def with_condition(self, type_: str, status: bool, reason: str, message: str, now: datetime) -> Status:
+        value = "True" if status else "False"
+        old = self.condition(type_)
+        since = old.lastTransitionTime if old is not None and old.status == value else timestamp(now)
+        new = Condition(type_, value, reason, message, since, self.observedGeneration)
+        kept = tuple(c for c in self.conditions if c.type != type_)
+        return replace(self, conditions=(*kept, new))
+
+    def noted(self, now: datetime, type_: str, message: str) -> Status:
+        entries = (*self.timeline, TimelineEntry(timestamp(now), type_, message))
+        return replace(self, timeline=entries[-TIMELINE_LIMIT:])
+
+    def record(self, stage: str, name: str, attempt: int) -> StepRecord | None:
+        return next((s for s in self.steps if (s.stage, s.name, s.attempt) == (stage, name, attempt)), None)
+
+    def with_record(self, record: StepRecord) -> Status:
+        key = (record.stage, record.name, record.attempt)
+        kept = tuple(s for s in self.steps if (s.stage, s.name, s.attempt) != key)
+        return replace(self, steps=(*kept, record))
+
+
+def _known(kind: type, raw: Mapping[str, Any], exclude: set[str] = frozenset()) -> dict[str, Any]:  # type: ignore[assignment]
+    """Only the fields this version knows: a status written by a newer operator still loads."""
+    names = {f.name for f in fields(kind)} - exclude
+    return {k: v for k, v in raw.items() if k in names}
