@@ -8,7 +8,7 @@ from typing import Any, Literal
 import httpx
 import pydantic
 
-from runbook_operator.actions.registry import Action, ActionContext, Params
+from runbook_operator.actions.registry import Action, ActionContext, Duration, Params
 from runbook_operator.domain.lifecycle import StepResult
 
 MAX_BODY = 64 * 1024  # bytes of a response we read; the rest is ignored
@@ -19,6 +19,10 @@ _EXCERPT = 200
 class _Target(Params):
     url: pydantic.AnyHttpUrl = pydantic.Field(description="absolute http(s) URL; comes from the policy")
     expect_status: int = pydantic.Field(200, alias="expectStatus", ge=100, le=599, description="expected HTTP status")
+    timeout: Duration | None = pydantic.Field(None, description="bound on the request, e.g. 5s (default: the step's)")
+
+    def budget(self, ctx: ActionContext) -> float:
+        return min(self.timeout, ctx.timeout) if self.timeout is not None else ctx.timeout
 
 
 class CheckParams(_Target):
@@ -35,7 +39,8 @@ class RequestParams(_Target):
 
 
 async def _send(method: str, params: _Target, ctx: ActionContext, **kwargs: Any) -> tuple[httpx.Response, bytes, float]:
-    async with httpx.AsyncClient(timeout=ctx.timeout, follow_redirects=True, max_redirects=MAX_REDIRECTS) as client:
+    timeout = params.budget(ctx)
+    async with httpx.AsyncClient(timeout=timeout, follow_redirects=True, max_redirects=MAX_REDIRECTS) as client:
         started = time.perf_counter()
         async with client.stream(method, str(params.url), **kwargs) as response:
             body = b""
@@ -55,7 +60,7 @@ async def _guarded(method: str, params: _Target, ctx: ActionContext, **kwargs: A
     try:
         return await _send(method, params, ctx, **kwargs)
     except httpx.TimeoutException:
-        return StepResult(False, f"{method} {params.url}: no answer within {ctx.timeout:g}s")
+        return StepResult(False, f"{method} {params.url}: no answer within {params.budget(ctx):g}s")
     except httpx.TooManyRedirects:
         return StepResult(False, f"{method} {params.url}: more than {MAX_REDIRECTS} redirects")
     except httpx.HTTPError as err:

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
 import pydantic
 
+from runbook_operator.domain.durations import parse_duration
 from runbook_operator.domain.lifecycle import StepResult
 
 P = TypeVar("P", bound=pydantic.BaseModel)
+
+
+# A duration parameter written as in Flux ("5s", "1m"), held as seconds.
+Duration = Annotated[float, pydantic.BeforeValidator(lambda v: parse_duration(v) if isinstance(v, str) else v), pydantic.Field(gt=0)]
 
 
 class Params(pydantic.BaseModel):

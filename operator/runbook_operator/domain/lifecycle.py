@@ -100,7 +100,7 @@ def decide(incident: Incident, status: Status, candidates: Sequence[Candidate], 
     if incident.resolved:
         p.resolve(Reason.RESOLVED_EXTERNALLY, "spec.resolved is true; pending work stopped")
         return p.decision()
-    if status.phase in (None, Phase.PENDING.value):
+    if status.phase in (None, Phase.PENDING.value) or _policy_arrived(status, incident, candidates):
         _start(p, incident, candidates)
     if p.status.phase == Phase.ESCALATED.value:
         return p.decision()
@@ -108,6 +108,17 @@ def decide(incident: Incident, status: Status, candidates: Sequence[Candidate], 
     if policy is None:
         return p.decision()
     return _advance(p, policy)
+
+
+def _policy_arrived(status: Status, incident: Incident, candidates: Sequence[Candidate]) -> bool:
+    """An incident escalated for want of a usable policy starts over once one exists
+    (GitOps applies policies and incidents in any order); only if nothing ran yet."""
+    escalated = status.condition(ConditionType.ESCALATED)
+    if status.phase != Phase.ESCALATED.value or status.steps or escalated is None:
+        return False
+    if escalated.reason not in (Reason.NO_MATCHING_POLICY, Reason.INVALID_POLICY):
+        return False
+    return isinstance(select_policy(incident, candidates).chosen, Policy)
 
 
 def _start(p: _Progress, incident: Incident, candidates: Sequence[Candidate]) -> None:
@@ -125,6 +136,8 @@ def _start(p: _Progress, incident: Incident, candidates: Sequence[Candidate]) ->
     if isinstance(chosen, InvalidPolicy):
         p.escalate(Reason.INVALID_POLICY, f"policy {chosen.name!r} is invalid: {chosen.error}")
         return
+    if p.status.condition(ConditionType.ESCALATED):
+        p.condition(ConditionType.ESCALATED, False, Reason.POLICY_MATCHED, f"policy {chosen.name!r} now handles it")
     p.condition(ConditionType.RESOLVED, False, Reason.IN_PROGRESS, f"handled by policy {chosen.name!r}")
     p.enter(Phase.DIAGNOSING, Reason.POLICY_MATCHED, f"policy {chosen.name!r} {selection.reason}")
 

@@ -6,7 +6,7 @@ All progress lives here, so a restarted operator resumes from the object alone.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import datetime, timezone
 from typing import Any
@@ -130,8 +130,12 @@ class Status:
         return cls(**scalars, **lists)
 
     def to_dict(self) -> dict[str, Any]:
-        """The full status; None values stay, so a merge patch clears stale fields."""
-        return asdict(self)
+        """The full status for a merge patch: top-level None clears a stale field;
+        inside list items (which a merge patch copies verbatim) None is left out."""
+        raw = asdict(self)
+        for key in ("conditions", "steps", "findings", "timeline"):
+            raw[key] = [{k: v for k, v in item.items() if v is not None} for item in raw[key]]
+        return raw
 
     def condition(self, type_: str) -> Condition | None:
         return next((c for c in self.conditions if c.type == type_), None)
@@ -157,7 +161,7 @@ class Status:
         return replace(self, steps=(*kept, record))
 
 
-def _known(kind: type, raw: Mapping[str, Any], exclude: set[str] = frozenset()) -> dict[str, Any]:  # type: ignore[assignment]
+def _known(kind: type, raw: Mapping[str, Any], exclude: Collection[str] = ()) -> dict[str, Any]:
     """Only the fields this version knows: a status written by a newer operator still loads."""
-    names = {f.name for f in fields(kind)} - exclude
+    names = {f.name for f in fields(kind)} - set(exclude)
     return {k: v for k, v in raw.items() if k in names}

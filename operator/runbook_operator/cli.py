@@ -1,0 +1,77 @@
+"""``runbook-operator``: run the operator, list actions, serve the local demo endpoint."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from runbook_operator import __version__
+
+
+def _run(args: argparse.Namespace) -> int:
+    import kopf
+
+    import runbook_operator.handlers  # noqa: F401 - registers the handlers
+
+    kopf.configure(verbose=args.verbose)
+    kopf.run(
+        clusterwide=not args.namespace,
+        namespaces=args.namespace or (),
+        standalone=args.peering is None,
+        peering_name=args.peering,
+        liveness_endpoint=args.liveness,
+    )
+    return 0
+
+
+def _actions(_: argparse.Namespace) -> int:
+    from runbook_operator.actions import default_registry
+
+    for action in default_registry():
+        flag = "  [destructive]" if action.destructive else ""
+        print(f"{action.name}{flag} — {action.description} (default timeout {action.default_timeout:g}s)")
+        for name, info in action.params.model_fields.items():
+            required = "required" if info.is_required() else f"default {info.get_default(call_default_factory=True)!r}"
+            print(f"    {info.alias or name}: {info.description or ''} ({required})")
+    return 0
+
+
+def _demo_server(args: argparse.Namespace) -> int:
+    from runbook_operator.lab.demo import serve_forever
+
+    serve_forever(args.host, args.port, healthy=args.healthy)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="runbook-operator", description="The ISH Chat incident runbook as a Kubernetes operator.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the operator against the current kubeconfig (or in-cluster config)")
+    scope = run.add_mutually_exclusive_group()
+    scope.add_argument("-n", "--namespace", action="append", help="watch this namespace (repeatable)")
+    scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch all namespaces (the default)")
+    run.add_argument("--peering", metavar="NAME", help="use Kopf peering NAME instead of standalone mode")
+    run.add_argument("--liveness", metavar="URL", help="serve a liveness probe, e.g. http://0.0.0.0:8080/healthz")
+    run.add_argument("-v", "--verbose", action="store_true")
+    run.set_defaults(func=_run)
+
+    actions = sub.add_parser("actions", help="list the action catalog with parameters")
+    actions.set_defaults(func=_actions)
+
+    demo = sub.add_parser("demo-server", help="serve a simulated ISH Chat instance manager for the examples")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=18080)
+    demo.add_argument("--healthy", action="store_true", help="start healthy (default: down, so remediation has work)")
+    demo.set_defaults(func=_demo_server)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""Run one step through the action registry: parameters, timeout, retries, backoff.
+
+Whatever an action does, the result is a StepResult; an exception or a timeout
+becomes a failed result with a clear message, never a crash of the operator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from runbook_operator.actions.registry import ActionContext, Registry
+from runbook_operator.domain.lifecycle import StepCall, StepResult
+from runbook_operator.domain.model import Incident
+
+log = logging.getLogger(__name__)
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class Executor:
+    def __init__(self, registry: Registry, sleep: Sleep = asyncio.sleep) -> None:
+        self._registry, self._sleep = registry, sleep
+
+    async def run(self, incident: Incident, call: StepCall) -> StepResult:
+        step = call.step
+        try:
+            action = self._registry.get(step.action)
+            params = self._registry.parse(step.action, step.params)
+        except ValueError as err:  # the policy changed under us and is no longer valid
+            return StepResult(False, f"cannot run {step.action}: {err}")
+        timeout = step.timeout or action.default_timeout
+        ctx = ActionContext(incident.namespace, incident.name, timeout)
+        result = StepResult(False, "not run")
+        for attempt in range(step.retries + 1):
+            if attempt:
+                await self._sleep(step.backoff)
+            result = await self._once(action.run(params, ctx), timeout, step.action)
+            if result.ok:
+                break
+        if step.retries and not result.ok:
+            result = StepResult(False, f"{result.message} (after {step.retries + 1} tries)", result.output)
+        return result
+
+    @staticmethod
+    async def _once(coro: Awaitable[StepResult], timeout: float, name: str) -> StepResult:
+        try:
+            return await asyncio.wait_for(coro, timeout)
+        except TimeoutError:
+            return StepResult(False, f"{name} timed out after {timeout:g}s")
+        except Exception as err:  # an action bug must not take the operator down
+            log.exception("action %s raised", name)
+            return StepResult(False, f"{name} failed: {type(err).__name__}: {err}")

@@ -1,0 +1,114 @@
+"""Kopf glue: the only module that imports Kopf. Decisions live in ``domain``.
+
+No change-detecting handlers are used (only an index and watch-event handlers),
+so Kopf writes no finalizers and no progress annotations: deleting an Incident
+never waits for the operator, and all state is in ``.status``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import kopf
+
+from runbook_operator.actions import default_registry
+from runbook_operator.domain.matching import Candidate
+from runbook_operator.domain.model import InvalidPolicy, parse_policy
+from runbook_operator.domain.status import Condition, Status
+from runbook_operator.engine.executor import Executor
+from runbook_operator.engine.kube import GROUP, VERSION, Kube
+from runbook_operator.engine.reconciler import Reconciler, utcnow
+
+log = logging.getLogger(__name__)
+REGISTRY = default_registry()
+
+
+class _Runtime:
+    """What the handlers share; built on startup, torn down on cleanup.
+
+    Incident tasks outlive the handler call that started them, so the policy
+    index Kopf passes to handlers is kept here for them to read.
+    """
+
+    kube: Kube | None = None
+    reconciler: Reconciler | None = None
+    policies: kopf.Index[str, Candidate] | None = None
+
+
+runtime = _Runtime()
+
+
+def _candidates(namespace: str) -> Sequence[Candidate]:
+    index = runtime.policies
+    return list(index.get(namespace, ())) if index is not None else []
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    settings.posting.level = logging.WARNING  # our own Events carry the story; Kopf only posts its errors
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.inactivity_timeout = 600
+    runtime.kube = Kube.from_environment()
+    runtime.reconciler = Reconciler(runtime.kube, Executor(REGISTRY), _candidates)
+
+
+@kopf.on.cleanup()
+async def cleanup(**_: Any) -> None:
+    if runtime.reconciler:
+        await runtime.reconciler.stop()
+    if runtime.kube:
+        runtime.kube.close()
+
+
+@kopf.index(GROUP, VERSION, "remediationpolicies")
+def policies(namespace: str, body: kopf.Body, **_: Any) -> dict[str, Candidate]:
+    return {namespace: parse_policy(body, REGISTRY.validate)}
+
+
+@kopf.on.event(GROUP, VERSION, "incidents")
+async def incident_event(event: Mapping[str, Any], body: kopf.Body, policies: kopf.Index[str, Candidate], **_: Any) -> None:
+    runtime.policies = policies
+    assert runtime.reconciler is not None
+    if event.get("type") == "DELETED":
+        runtime.reconciler.forget(body["metadata"]["uid"])
+    else:
+        runtime.reconciler.observe(body)
+
+
+@kopf.on.event(GROUP, VERSION, "remediationpolicies")
+async def policy_event(
+    event: Mapping[str, Any], body: kopf.Body, namespace: str, policies: kopf.Index[str, Candidate], **_: Any
+) -> None:
+    runtime.policies = policies
+    assert runtime.reconciler is not None and runtime.kube is not None
+    if event.get("type") == "DELETED":
+        runtime.reconciler.wake_namespace(namespace)
+        return
+    parsed = parse_policy(body, REGISTRY.validate)
+    if isinstance(parsed, InvalidPolicy):
+        ok, reason, message = False, "InvalidPolicy", parsed.error
+    else:
+        ok, reason, message = True, "Valid", "the policy is valid"
+    generation = int(body["metadata"].get("generation") or 0)
+    raw = body.get("status") or {}
+    status = Status.from_dict({"conditions": raw.get("conditions"), "observedGeneration": generation})
+    if _same(status.condition("Ready"), ok, reason, message, generation):
+        return
+    updated = status.with_condition("Ready", ok, reason, message, utcnow()).to_dict()
+    await runtime.kube.patch_status(
+        "remediationpolicies", namespace, body["metadata"]["name"],
+        {"observedGeneration": generation, "conditions": updated["conditions"]},
+    )  # fmt: skip
+    await runtime.kube.post_event(body, "Normal" if ok else "Warning", reason, message)
+    runtime.reconciler.wake_namespace(namespace)
+
+
+def _same(current: Condition | None, ok: bool, reason: str, message: str, generation: int) -> bool:
+    if current is None:
+        return False
+    want = ("True" if ok else "False", reason, message, generation)
+    return (current.status, current.reason, current.message, current.observedGeneration) == want
+

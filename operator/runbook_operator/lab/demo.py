@@ -1,0 +1,114 @@
+"""A simulated ISH Chat instance manager: the endpoint the examples remediate.
+
+``GET /health`` answers 200 when healthy, 503 when down. ``POST /admin/restart``
+(a JSON body naming the service) brings it back after ``restart_seconds``, unless
+``fixable`` is false; ``POST /admin/break`` takes it down. ``GET /admin/stats``
+counts restarts, so tests can check the remediation really happened.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+class DemoService:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, healthy: bool = False, restart_seconds: float = 1.0):
+        self.healthy, self.fixable, self.restart_seconds = healthy, True, restart_seconds
+        self.restarts = 0
+        self.requests: list[tuple[str, str, Any]] = []
+        self._healthy_at: float | None = None
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer((host, port), _handler(self))
+        self._server.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def is_healthy(self) -> bool:
+        with self._lock:
+            if self._healthy_at is not None and time.monotonic() >= self._healthy_at:
+                self.healthy, self._healthy_at = True, None
+            return self.healthy
+
+    def restart(self) -> None:
+        with self._lock:
+            self.restarts += 1
+            self.healthy = False
+            self._healthy_at = time.monotonic() + self.restart_seconds if self.fixable else None
+
+    def break_(self) -> None:
+        with self._lock:
+            self.healthy, self._healthy_at = False, None
+
+    def start(self) -> DemoService:
+        self._thread = threading.Thread(target=self._server.serve_forever, name="demo-service", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def _handler(service: DemoService) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:  # quiet by default
+            pass
+
+        def _reply(self, code: int, payload: dict[str, Any]) -> None:
+            body = json.dumps(payload).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _body(self) -> Any:
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length) if length else b""
+            try:
+                return json.loads(raw) if raw else None
+            except ValueError:
+                return raw.decode(errors="replace")
+
+        def do_GET(self) -> None:
+            service.requests.append(("GET", self.path, None))
+            if self.path == "/health":
+                ok = service.is_healthy()
+                self._reply(200 if ok else 503, {"status": "healthy" if ok else "down"})
+            elif self.path == "/admin/stats":
+                self._reply(200, {"restarts": service.restarts, "healthy": service.is_healthy()})
+            else:
+                self._reply(404, {"error": f"no route {self.path}"})
+
+        def do_POST(self) -> None:
+            body = self._body()
+            service.requests.append(("POST", self.path, body))
+            if self.path == "/admin/restart":
+                service.restart()
+                self._reply(202, {"restarting": True, "service": (body or {}).get("service") if isinstance(body, dict) else None})
+            elif self.path == "/admin/break":
+                service.break_()
+                self._reply(200, {"healthy": False})
+            else:
+                self._reply(404, {"error": f"no route {self.path}"})
+
+    return Handler
+
+
+def serve_forever(host: str, port: int, healthy: bool = False) -> None:
+    service = DemoService(host, port, healthy=healthy)
+    print(f"demo instance manager on {service.url} ({'healthy' if healthy else 'down'}); Ctrl-C to stop", flush=True)
+    try:
+        service._server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        service._server.server_close()
