@@ -1,0 +1,55 @@
+# runbook-operator — developer entry points. `make run` and `make test` are the two that matter.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+CLUSTER_DIR := .cluster
+
+.PHONY: run test test-unit test-e2e lint fmt cluster cluster-down env controlplane clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+## Build the pinned control-plane binaries once (cached outside the checkout).
+controlplane:
+	@tools/controlplane/build.sh >/dev/null
+
+## Run the operator on the current cluster (KUBECONFIG if reachable, else a local one) with the demo endpoint.
+run: $(BIN)/.installed
+	@tools/run-local.sh
+
+## Unit tests, then end-to-end tests on a real control plane started for the session.
+test: $(BIN)/.installed controlplane
+	$(BIN)/pytest
+
+test-unit: $(BIN)/.installed
+	$(BIN)/pytest tests/unit
+
+test-e2e: $(BIN)/.installed controlplane
+	$(BIN)/pytest tests/e2e
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check operator tests
+	$(BIN)/ruff format --check operator tests
+	$(BIN)/mypy
+
+fmt: $(BIN)/.installed
+	$(BIN)/ruff check --fix operator tests
+	$(BIN)/ruff format operator tests
+
+## Start (or reuse) the local control plane; kubeconfig in .cluster/kubeconfig.
+cluster: $(BIN)/.installed controlplane
+	@$(BIN)/python -m runbook_operator.lab.controlplane up $(CLUSTER_DIR) --bin "$$(tools/controlplane/build.sh)"
+
+## Stop exactly the processes `make cluster` started.
+cluster-down: $(BIN)/.installed
+	@$(BIN)/python -m runbook_operator.lab.controlplane down $(CLUSTER_DIR) --bin "$$(tools/controlplane/build.sh)"
+
+## Print the exports for a shell: eval "$$(make -s env)"
+env: controlplane
+	@echo "export KUBECONFIG=$(CURDIR)/$(CLUSTER_DIR)/kubeconfig PATH=$$(tools/controlplane/build.sh):$$PATH"
+
+clean: cluster-down
+	rm -rf $(VENV) $(CLUSTER_DIR) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,45 @@
+from datetime import datetime, timedelta, timezone
+
+from runbook_operator.domain.status import TIMELINE_LIMIT, Status, StepRecord
+
+T0 = datetime(2026, 11, 27, 8, 0, tzinfo=timezone.utc)
+
+
+def test_round_trips_through_the_api_dict() -> None:
+    status = (
+        Status(phase="Verifying", attempts=2, policy="p")
+        .with_condition("Resolved", False, "InProgress", "m", T0)
+        .with_record(StepRecord("a", "Verify", "http.check", 2, "Succeeded", "2026-11-27T08:00:00Z", output={"x": 1}))
+        .noted(T0, "Verified", "done")
+    )
+    assert Status.from_dict(status.to_dict()) == status
+
+
+def test_loads_a_status_written_by_a_newer_operator() -> None:
+    raw = Status(phase="Resolved").to_dict() | {"futureField": 1}
+    raw["conditions"] = [{"type": "Resolved", "status": "True", "reason": "Verified", "message": "",
+                          "lastTransitionTime": "2026-11-27T08:00:00Z", "futureKey": "x"}]  # fmt: skip
+    assert Status.from_dict(raw).condition("Resolved") is not None
+
+
+def test_list_items_carry_no_nulls_but_top_level_nulls_clear_fields() -> None:
+    raw = Status(phase="Diagnosing").with_record(StepRecord("a", "Diagnose", "http.check", 1, "Running")).to_dict()
+    assert "finishedAt" not in raw["steps"][0] and "output" not in raw["steps"][0]
+    assert raw["resolvedAt"] is None  # a merge patch removes a stale value
+
+
+def test_condition_transition_time_moves_only_when_the_status_flips() -> None:
+    s = Status().with_condition("Resolved", False, "InProgress", "a", T0)
+    s = s.with_condition("Resolved", False, "Other", "b", T0 + timedelta(minutes=5))
+    assert s.condition("Resolved").lastTransitionTime == "2026-11-27T08:00:00Z"  # type: ignore[union-attr]
+    s = s.with_condition("Resolved", True, "Verified", "c", T0 + timedelta(minutes=9))
+    assert s.condition("Resolved").lastTransitionTime == "2026-11-27T08:09:00Z"  # type: ignore[union-attr]
+    assert len(s.conditions) == 1
+
+
+def test_timeline_is_bounded() -> None:
+    s = Status()
+    for i in range(TIMELINE_LIMIT + 25):
+        s = s.noted(T0, "Tick", str(i))
+    assert len(s.timeline) == TIMELINE_LIMIT
+    assert s.timeline[-1].message == str(TIMELINE_LIMIT + 24)
