@@ -48,7 +48,7 @@ class DemoService:
             self.healthy, self._healthy_at = False, None
 
     def start(self) -> DemoService:
-        self._thread = threading.Thread(target=self._server.serve_forever, name="demo-service", daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="demo-service", daemon=True)
         self._thread.start()
         return self
 
