@@ -44,7 +44,9 @@ def _demo_server(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="runbook-operator", description="The ISH Chat incident runbook as a Kubernetes operator.")
+    parser = argparse.ArgumentParser(
+        prog="runbook-operator", description="The ISH Chat incident runbook as a Kubernetes operator."
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 

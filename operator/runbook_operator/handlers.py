@@ -8,7 +8,7 @@ never waits for the operator, and all state is in ``.status``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import kopf
@@ -23,6 +23,8 @@ from runbook_operator.engine.reconciler import Reconciler, utcnow
 
 log = logging.getLogger(__name__)
 REGISTRY = default_registry()
+# Kopf passes the index below to every handler by its name; the default only satisfies the handler protocol.
+PolicyIndex = kopf.Index[str, Candidate] | None
 
 
 class _Runtime:
@@ -34,7 +36,7 @@ class _Runtime:
 
     kube: Kube | None = None
     reconciler: Reconciler | None = None
-    policies: kopf.Index[str, Candidate] | None = None
+    policies: PolicyIndex = None
 
 
 runtime = _Runtime()
@@ -64,12 +66,12 @@ async def cleanup(**_: Any) -> None:
 
 
 @kopf.index(GROUP, VERSION, "remediationpolicies")
-def policies(namespace: str, body: kopf.Body, **_: Any) -> dict[str, Candidate]:
+def policies(namespace: str | None, body: kopf.Body, **_: Any) -> dict[str | None, Candidate]:
     return {namespace: parse_policy(body, REGISTRY.validate)}
 
 
 @kopf.on.event(GROUP, VERSION, "incidents")
-async def incident_event(event: Mapping[str, Any], body: kopf.Body, policies: kopf.Index[str, Candidate], **_: Any) -> None:
+async def incident_event(event: kopf.RawEvent, body: kopf.Body, policies: PolicyIndex = None, **_: Any) -> None:
     runtime.policies = policies
     assert runtime.reconciler is not None
     if event.get("type") == "DELETED":
@@ -80,10 +82,10 @@ async def incident_event(event: Mapping[str, Any], body: kopf.Body, policies: ko
 
 @kopf.on.event(GROUP, VERSION, "remediationpolicies")
 async def policy_event(
-    event: Mapping[str, Any], body: kopf.Body, namespace: str, policies: kopf.Index[str, Candidate], **_: Any
+    event: kopf.RawEvent, body: kopf.Body, namespace: str | None, policies: PolicyIndex = None, **_: Any
 ) -> None:
     runtime.policies = policies
-    assert runtime.reconciler is not None and runtime.kube is not None
+    assert runtime.reconciler is not None and runtime.kube is not None and namespace is not None
     if event.get("type") == "DELETED":
         runtime.reconciler.wake_namespace(namespace)
         return
@@ -111,4 +113,3 @@ def _same(current: Condition | None, ok: bool, reason: str, message: str, genera
         return False
     want = ("True" if ok else "False", reason, message, generation)
     return (current.status, current.reason, current.message, current.observedGeneration) == want
-

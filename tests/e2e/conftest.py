@@ -31,7 +31,9 @@ class Kubectl:
 
     def __call__(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
-        proc = subprocess.run([str(self.binary), *args], input=input, env=env, capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            [str(self.binary), *args], input=input, env=env, capture_output=True, text=True, timeout=60
+        )
         if check and proc.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} failed: {proc.stderr}")
         return proc
@@ -96,7 +98,14 @@ class OperatorProcess:
 
     def start(self) -> None:
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
-        cmd = [sys.executable, "-m", "runbook_operator", "run", "--all-namespaces", f"--liveness=http://127.0.0.1:{self.port}/healthz"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "runbook_operator",
+            "run",
+            "--all-namespaces",
+            f"--liveness=http://127.0.0.1:{self.port}/healthz",
+        ]
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         wait_for(self._healthy, 60, "the operator's liveness endpoint")

@@ -31,7 +31,12 @@ def demo_policy(name: str, namespace: str, url: str, **spec: Any) -> dict[str, A
         "verify": [{"name": "healthy-again", "action": "http.check", "with": {"url": f"{url}/health"},
                     "retries": 3, "backoff": "500ms"}],
     } | spec  # fmt: skip
-    return {"apiVersion": API, "kind": "RemediationPolicy", "metadata": {"name": name, "namespace": namespace}, "spec": body}
+    return {
+        "apiVersion": API,
+        "kind": "RemediationPolicy",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": body,
+    }
 
 
 def phase_of(kubectl: Kubectl, name: str, namespace: str) -> str | None:
@@ -101,7 +106,14 @@ def test_an_incident_with_a_matching_policy_is_resolved(
         "Resolved": ("True", "Verified"),
     }
     reasons = [e["reason"] for e in kubectl.events("im-1", namespace)]
-    for expected in ("PolicyMatched", "StepFailed", "DiagnosisComplete", "StepSucceeded", "RemediationApplied", "Verified"):
+    for expected in (
+        "PolicyMatched",
+        "StepFailed",
+        "DiagnosisComplete",
+        "StepSucceeded",
+        "RemediationApplied",
+        "Verified",
+    ):
         assert expected in reasons
     policy = kubectl.get("remediationpolicy", "im-down", namespace)["status"]
     assert conditions(policy)["Ready"] == ("True", "Valid")
@@ -140,7 +152,10 @@ def test_failed_verification_escalates_after_max_attempts(
     kubectl.apply(incident("stuck", namespace))
     status = settled(kubectl, "stuck", namespace, "Escalated")
     assert conditions(status)["Escalated"] == ("True", "RemediationExhausted")
-    assert conditions(status)["Remediated"] == ("False", "RemediationExhausted") or conditions(status)["Remediated"][0] == "False"
+    assert (
+        conditions(status)["Remediated"] == ("False", "RemediationExhausted")
+        or conditions(status)["Remediated"][0] == "False"
+    )
     assert status["attempts"] == 2 and demo.restarts == 2
     assert [s["attempt"] for s in status["steps"] if s["name"] == "healthy-again"] == [1, 2]
 
@@ -186,14 +201,24 @@ def test_the_install_manifests_pass_server_side_dry_run(kubectl: Kubectl) -> Non
     proc = kubectl("apply", "-k", str(ROOT / "manifests"), "--dry-run=server")
     assert "deployment.apps/runbook-operator" in proc.stdout and "(server dry run)" in proc.stdout
     kinds = {d["kind"] for d in yaml.safe_load_all(kubectl("kustomize", str(ROOT / "manifests")).stdout)}
-    assert kinds == {"CustomResourceDefinition", "Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment"}
+    assert kinds == {
+        "CustomResourceDefinition",
+        "Namespace",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Deployment",
+    }
 
 
 def test_the_operator_runs_with_its_own_least_privilege_rbac(
     kubectl: Kubectl, operator: OperatorProcess, operator_kubeconfig: Path
 ) -> None:
-    who = kubectl("auth", "whoami", "--kubeconfig", str(operator_kubeconfig), "-o", "jsonpath={.status.userInfo.username}")
+    who = kubectl(
+        "auth", "whoami", "--kubeconfig", str(operator_kubeconfig), "-o", "jsonpath={.status.userInfo.username}"
+    )
     assert who.stdout == SA
+
     def can(verb: str, resource: str, *extra: str) -> str:
         return kubectl("auth", "can-i", verb, resource, *extra, "--as", SA, "-A", check=False).stdout.strip()
 

@@ -33,5 +33,8 @@ def invalid(name: str = "p", namespace: str = "ns", **spec: Any) -> InvalidPolic
 
 
 def incident(alert: str = "RedisDown", namespace: str = "ns", generation: int = 1, **spec: Any) -> Incident:
-    body = {"metadata": {"name": "i", "namespace": namespace, "generation": generation}, "spec": {"alert": alert, **spec}}
+    body = {
+        "metadata": {"name": "i", "namespace": namespace, "generation": generation},
+        "spec": {"alert": alert, **spec},
+    }
     return Incident.from_body(body)

@@ -49,7 +49,9 @@ def silent_port() -> Iterator[int]:
     sock.close()
 
 
-async def run(name: str, params: dict[str, object], registry: Registry = REGISTRY, ctx: ActionContext = CTX) -> StepResult:
+async def run(
+    name: str, params: dict[str, object], registry: Registry = REGISTRY, ctx: ActionContext = CTX
+) -> StepResult:
     action = registry.get(name)
     return await action.run(registry.parse(name, params), ctx)
 
@@ -115,7 +117,11 @@ async def test_request_fails_on_an_unexpected_status(service: DemoService) -> No
         ("http.check", {}, "url: Field required"),
         ("http.check", {"url": "not a url"}, "url: Input should be a valid URL"),
         ("http.check", {"url": "http://x", "timeout": "forever"}, "invalid duration 'forever'"),
-        ("http.check", {"url": "http://x", "maxLatencySeconds": -1}, "maxLatencySeconds: Input should be greater than 0"),
+        (
+            "http.check",
+            {"url": "http://x", "maxLatencySeconds": -1},
+            "maxLatencySeconds: Input should be greater than 0",
+        ),
         ("http.request", {"url": "http://x", "headers": {"X": 1}}, "headers.X: Input should be a valid string"),
         ("http.request", {"url": "http://x", "method": "TRACE"}, "method: Input should be"),
     ],

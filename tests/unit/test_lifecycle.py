@@ -2,7 +2,7 @@
 
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from runbook_operator.domain.lifecycle import Decision, Event, StepResult, complete, decide
 from runbook_operator.domain.matching import Candidate
@@ -10,7 +10,7 @@ from runbook_operator.domain.model import Incident
 from runbook_operator.domain.status import Phase, Status, StepRecord
 from tests.unit.builders import check, incident, invalid, policy, request
 
-T0 = datetime(2026, 11, 27, 8, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 27, 8, 0, tzinfo=UTC)
 Results = Callable[[str, int], bool]  # (step name, attempt) -> ok
 
 
@@ -231,6 +231,8 @@ def test_a_resolved_incident_is_terminal() -> None:
 
 
 def test_a_stale_pending_record_runs() -> None:
-    status = Status(phase="Diagnosing", policy="redis", steps=(StepRecord("ping", "Diagnose", "http.check", 1, "Pending"),))
+    status = Status(
+        phase="Diagnosing", policy="redis", steps=(StepRecord("ping", "Diagnose", "http.check", 1, "Pending"),)
+    )
     decision = decide(incident(), status, standard(), T0)
     assert decision.run is not None and not decision.run.resumed

@@ -34,7 +34,9 @@ def names(selection: Any) -> str | None:
          {"labels": {"env": "dev"}}, False),
     ],
 )  # fmt: skip
-def test_match_criteria_follow_label_selector_semantics(match: dict[str, Any], spec: dict[str, Any], matches: bool) -> None:
+def test_match_criteria_follow_label_selector_semantics(
+    match: dict[str, Any], spec: dict[str, Any], matches: bool
+) -> None:
     selection = select_policy(incident("RedisDown", **spec), [policy("p", match=match)])
     assert (selection.chosen is not None) is matches, selection
 

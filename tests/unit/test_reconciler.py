@@ -38,14 +38,21 @@ def service() -> Iterator[DemoService]:
 
 def body(uid: str = "u1") -> dict[str, Any]:
     meta = {"name": "i", "namespace": "ns", "uid": uid, "generation": 1}
-    return {"apiVersion": "remediation.ishchat.io/v1alpha1", "kind": "Incident", "metadata": meta, "spec": {"alert": "A"}}
+    return {
+        "apiVersion": "remediation.ishchat.io/v1alpha1",
+        "kind": "Incident",
+        "metadata": meta,
+        "spec": {"alert": "A"},
+    }
 
 
 def demo_policy(url: str) -> Any:
     return policy(
         "p",
         diagnose=[{"name": "health", "action": "http.check", "with": {"url": f"{url}/health"}}],
-        remediate=[{"name": "restart", "action": "http.request", "with": {"url": f"{url}/admin/restart", "expectStatus": 202}}],
+        remediate=[
+            {"name": "restart", "action": "http.request", "with": {"url": f"{url}/admin/restart", "expectStatus": 202}}
+        ],
         verify=[{"name": "again", "action": "http.check", "with": {"url": f"{url}/health"}}],
     )
 
@@ -70,7 +77,9 @@ async def test_one_status_write_per_finished_step_with_phase_changes_batched(ser
     await reconciler.stop()
 
 
-async def test_a_failed_status_write_is_retried_without_rerunning_the_step(service: DemoService, monkeypatch: Any) -> None:
+async def test_a_failed_status_write_is_retried_without_rerunning_the_step(
+    service: DemoService, monkeypatch: Any
+) -> None:
     monkeypatch.setattr("runbook_operator.engine.reconciler.RETRY_DELAY", 0.05)
     cluster = MemoryCluster(fail_writes=2)
     reconciler = Reconciler(cluster, Executor(default_registry()), lambda ns: [demo_policy(service.url)])
@@ -82,7 +91,9 @@ async def test_a_failed_status_write_is_retried_without_rerunning_the_step(servi
 
 async def test_forget_cancels_the_incident_task(service: DemoService) -> None:
     cluster = MemoryCluster()
-    slow = policy("p", verify=[{"name": "v", "action": "http.check", "with": {"url": f"{service.url}/health"}, "retries": 50}])
+    slow = policy(
+        "p", verify=[{"name": "v", "action": "http.check", "with": {"url": f"{service.url}/health"}, "retries": 50}]
+    )
     reconciler = Reconciler(cluster, Executor(default_registry()), lambda ns: [slow])
     reconciler.observe(body())
     await wait_until(lambda: bool(cluster.writes))

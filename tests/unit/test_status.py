@@ -1,8 +1,8 @@
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from runbook_operator.domain.status import TIMELINE_LIMIT, Status, StepRecord
 
-T0 = datetime(2026, 11, 27, 8, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 27, 8, 0, tzinfo=UTC)
 
 
 def test_round_trips_through_the_api_dict() -> None:

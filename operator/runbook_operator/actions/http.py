@@ -29,7 +29,9 @@ class CheckParams(_Target):
     max_latency: float | None = pydantic.Field(
         None, alias="maxLatencySeconds", gt=0, description="fail when the response takes longer"
     )
-    body_contains: str | None = pydantic.Field(None, alias="bodyContains", description="fail unless the body contains it")
+    body_contains: str | None = pydantic.Field(
+        None, alias="bodyContains", description="fail unless the body contains it"
+    )
 
 
 class RequestParams(_Target):
@@ -56,7 +58,9 @@ def _excerpt(body: bytes) -> str:
     return body[:_EXCERPT].decode("utf-8", errors="replace")
 
 
-async def _guarded(method: str, params: _Target, ctx: ActionContext, **kwargs: Any) -> StepResult | tuple[httpx.Response, bytes, float]:
+async def _guarded(
+    method: str, params: _Target, ctx: ActionContext, **kwargs: Any
+) -> StepResult | tuple[httpx.Response, bytes, float]:
     try:
         return await _send(method, params, ctx, **kwargs)
     except httpx.TimeoutException:

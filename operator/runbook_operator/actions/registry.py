@@ -15,7 +15,9 @@ P = TypeVar("P", bound=pydantic.BaseModel)
 
 
 # A duration parameter written as in Flux ("5s", "1m"), held as seconds.
-Duration = Annotated[float, pydantic.BeforeValidator(lambda v: parse_duration(v) if isinstance(v, str) else v), pydantic.Field(gt=0)]
+Duration = Annotated[
+    float, pydantic.BeforeValidator(lambda v: parse_duration(v) if isinstance(v, str) else v), pydantic.Field(gt=0)
+]
 
 
 class Params(pydantic.BaseModel):
@@ -74,7 +76,8 @@ class Registry:
     def parse(self, name: str, params: Mapping[str, Any]) -> pydantic.BaseModel:
         action = self.get(name)
         try:
-            return action.params.model_validate(dict(params))
+            model: pydantic.BaseModel = action.params.model_validate(dict(params))
+            return model
         except pydantic.ValidationError as err:
             raise ValueError(_describe(err)) from None
 

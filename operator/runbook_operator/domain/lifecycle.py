@@ -171,7 +171,9 @@ def _scan(status: Status, policy: Policy, stage: Stage, attempt: int) -> StepCal
 def _run(p: _Progress, call: StepCall) -> Decision:
     step = call.step
     if call.resumed:
-        p.emit(WARNING, Reason.STEP_RESUMED, f"step {step.name!r} was running when the operator stopped; running it again")
+        p.emit(
+            WARNING, Reason.STEP_RESUMED, f"step {step.name!r} was running when the operator stopped; running it again"
+        )
     previous = p.status.record(step.stage.value, step.name, call.attempt)
     started = previous.startedAt if previous and previous.startedAt else timestamp(p.now)
     record = StepRecord(step.name, step.stage.value, step.action, call.attempt, StepState.RUNNING.value, started)
@@ -200,7 +202,9 @@ def _advance(p: _Progress, policy: Policy) -> Decision:
             p.condition(ConditionType.REMEDIATED, True, Reason.REMEDIATION_APPLIED, f"attempt {attempt}")
             settle_until = p.now + timedelta(seconds=policy.settle)
             p.status = replace(p.status, verifyAfter=timestamp(settle_until))
-            p.enter(Phase.VERIFYING, Reason.REMEDIATION_APPLIED, f"attempt {attempt}; verifying after {policy.settle:g}s")
+            p.enter(
+                Phase.VERIFYING, Reason.REMEDIATION_APPLIED, f"attempt {attempt}; verifying after {policy.settle:g}s"
+            )
         if p.status.phase != Phase.VERIFYING.value:
             return p.decision()
         if p.status.verifyAfter and p.now < parse_timestamp(p.status.verifyAfter):
@@ -214,7 +218,9 @@ def _advance(p: _Progress, policy: Policy) -> Decision:
         if policy.verify:
             p.resolve(Reason.VERIFIED, f"{len(policy.verify)} verification step(s) passed on attempt {attempt}")
         else:
-            p.resolve(Reason.NO_VERIFICATION, f"remediation applied on attempt {attempt}; the policy has no verify steps")
+            p.resolve(
+                Reason.NO_VERIFICATION, f"remediation applied on attempt {attempt}; the policy has no verify steps"
+            )
         return p.decision()
 
 
@@ -222,10 +228,16 @@ def _round_failed(p: _Progress, policy: Policy, reason: str, message: str) -> No
     attempt = p.status.attempts
     p.condition(ConditionType.REMEDIATED, False, reason, f"attempt {attempt}: {message}")
     if attempt >= policy.max_attempts:
-        p.escalate(Reason.REMEDIATION_EXHAUSTED, f"{attempt} of {policy.max_attempts} attempt(s) failed; last: {message}")
+        p.escalate(
+            Reason.REMEDIATION_EXHAUSTED, f"{attempt} of {policy.max_attempts} attempt(s) failed; last: {message}"
+        )
         return
     p.status = replace(p.status, attempts=attempt + 1, verifyAfter=None)
-    p.enter(Phase.REMEDIATING, reason, f"attempt {attempt} failed ({message}); attempt {attempt + 1} of {policy.max_attempts}")
+    p.enter(
+        Phase.REMEDIATING,
+        reason,
+        f"attempt {attempt} failed ({message}); attempt {attempt + 1} of {policy.max_attempts}",
+    )
 
 
 def complete(status: Status, call: StepCall, result: StepResult, now: datetime) -> tuple[Status, tuple[Event, ...]]:
@@ -249,7 +261,9 @@ def complete(status: Status, call: StepCall, result: StepResult, now: datetime) 
     if step.stage is Stage.DIAGNOSE:
         p.status = replace(p.status, findings=(*p.status.findings, Finding(step.name, result.message)))
     reason, kind = (Reason.STEP_SUCCEEDED, NORMAL) if result.ok else (Reason.STEP_FAILED, WARNING)
-    p.emit(kind, reason, f"{step.stage.value} step {step.name!r} ({step.action}) {state.value.lower()}: {result.message}")
+    p.emit(
+        kind, reason, f"{step.stage.value} step {step.name!r} ({step.action}) {state.value.lower()}: {result.message}"
+    )
     return p.status, tuple(p.events)
 
 

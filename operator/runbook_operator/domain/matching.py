@@ -59,7 +59,9 @@ def select_policy(incident: Incident, candidates: Iterable[Candidate]) -> Select
     if incident.policy_ref:
         pinned = next((c for c in in_namespace if c.name == incident.policy_ref), None)
         if pinned is None:
-            return Selection(None, f"policyRef {incident.policy_ref!r} does not exist in namespace {incident.namespace!r}")
+            return Selection(
+                None, f"policyRef {incident.policy_ref!r} does not exist in namespace {incident.namespace!r}"
+            )
         return Selection(pinned, f"pinned by policyRef {pinned.name!r}")
     matched: list[Candidate] = []
     rejected: list[tuple[str, str]] = []
@@ -73,7 +75,11 @@ def select_policy(incident: Incident, candidates: Iterable[Candidate]) -> Select
         else:
             matched.append(candidate)
     if not matched:
-        return Selection(None, f"no RemediationPolicy in namespace {incident.namespace!r} matches alert {incident.alert!r}", tuple(rejected))
+        return Selection(
+            None,
+            f"no RemediationPolicy in namespace {incident.namespace!r} matches alert {incident.alert!r}",
+            tuple(rejected),
+        )
     matched.sort(key=lambda c: (-c.priority, c.name))
     best, others = matched[0], matched[1:]
     rejected.extend((c.name, f"lower priority than {best.name!r} (or same priority, later name)") for c in others)

@@ -17,7 +17,7 @@ SEVERITIES = ("Critical", "High", "Medium", "Low")
 DEFAULT_SEVERITY = "Medium"
 
 
-class Stage(str, enum.Enum):
+class Stage(enum.StrEnum):
     DIAGNOSE = "Diagnose"
     REMEDIATE = "Remediate"
     VERIFY = "Verify"
@@ -211,7 +211,9 @@ def parse_policy(body: Mapping[str, Any], validate: ParamValidator) -> Policy | 
     match: Match | None = None
     try:
         match = parse_match(spec)
-        stages = {s: tuple(_parse_step(raw, s, i, validate) for i, raw in enumerate(spec.get(s.field) or [])) for s in Stage}
+        stages = {
+            s: tuple(_parse_step(raw, s, i, validate) for i, raw in enumerate(spec.get(s.field) or [])) for s in Stage
+        }
         seen: set[str] = set()
         for stage_steps in stages.values():
             for step in stage_steps:

@@ -8,13 +8,13 @@ from __future__ import annotations
 import enum
 from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass, fields, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 TIMELINE_LIMIT = 50
 
 
-class Phase(str, enum.Enum):
+class Phase(enum.StrEnum):
     PENDING = "Pending"
     DIAGNOSING = "Diagnosing"
     AWAITING_APPROVAL = "AwaitingApproval"
@@ -24,7 +24,7 @@ class Phase(str, enum.Enum):
     RESOLVED = "Resolved"
 
 
-class StepState(str, enum.Enum):
+class StepState(enum.StrEnum):
     PENDING = "Pending"
     RUNNING = "Running"
     SUCCEEDED = "Succeeded"
@@ -61,11 +61,11 @@ class ConditionType:
 
 
 def timestamp(now: datetime) -> str:
-    return now.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_timestamp(text: str) -> datetime:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -127,7 +127,7 @@ class Status:
         nested = {"conditions": Condition, "steps": StepRecord, "findings": Finding, "timeline": TimelineEntry}
         scalars = _known(cls, raw, exclude=set(nested))
         lists = {key: tuple(kind(**_known(kind, item)) for item in raw.get(key) or ()) for key, kind in nested.items()}
-        return cls(**scalars, **lists)
+        return cls(**scalars | lists)
 
     def to_dict(self) -> dict[str, Any]:
         """The full status for a merge patch: top-level None clears a stale field;

@@ -43,11 +43,11 @@ class Executor:
         return result
 
     @staticmethod
-    async def _once(coro: Awaitable[StepResult], timeout: float, name: str) -> StepResult:
+    async def _once(coro: Awaitable[StepResult], limit: float, name: str) -> StepResult:
         try:
-            return await asyncio.wait_for(coro, timeout)
+            return await asyncio.wait_for(coro, limit)
         except TimeoutError:
-            return StepResult(False, f"{name} timed out after {timeout:g}s")
+            return StepResult(False, f"{name} timed out after {limit:g}s")
         except Exception as err:  # an action bug must not take the operator down
             log.exception("action %s raised", name)
             return StepResult(False, f"{name} failed: {type(err).__name__}: {err}")

@@ -10,7 +10,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import kubernetes
@@ -32,9 +32,9 @@ class Kube:
         """In-cluster config when running in a pod, else the current kubeconfig."""
         config = kubernetes.client.Configuration()
         try:
-            kubernetes.config.load_incluster_config(client_configuration=config)
+            kubernetes.config.load_incluster_config(client_configuration=config)  # type: ignore[no-untyped-call]
         except kubernetes.config.ConfigException:
-            kubernetes.config.load_kube_config(client_configuration=config)
+            kubernetes.config.load_kube_config(client_configuration=config)  # type: ignore[no-untyped-call]
         config.connection_pool_maxsize = workers
         return cls(kubernetes.client.ApiClient(config), workers)
 
@@ -51,7 +51,7 @@ class Kube:
 
     async def post_event(self, body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         meta = body["metadata"]
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         event = kubernetes.client.CoreV1Event(
             metadata=kubernetes.client.V1ObjectMeta(generate_name=f"{meta['name']}.", namespace=meta["namespace"]),
             involved_object=kubernetes.client.V1ObjectReference(

@@ -14,7 +14,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from runbook_operator.domain.lifecycle import Event, complete, decide
@@ -30,7 +30,7 @@ RETRY_DELAY = 5.0  # after an API error, try the write again this much later
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Cluster(Protocol):
@@ -131,7 +131,13 @@ class Reconciler:
             try:
                 await self._cluster.post_event(body, event.type, event.reason, event.message)
             except Exception as err:  # Events are best effort; the timeline in status has them too
-                log.warning("incident %s/%s: event %s not posted: %s", meta["namespace"], meta["name"], event.reason, _short(err))
+                log.warning(
+                    "incident %s/%s: event %s not posted: %s",
+                    meta["namespace"],
+                    meta["name"],
+                    event.reason,
+                    _short(err),
+                )
         return True
 
     @staticmethod

@@ -121,7 +121,9 @@ class ControlPlane:
         if not binary.exists():
             raise ControlPlaneError(f"{binary} is missing: run tools/controlplane/build.sh")
         log = open(self.root / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - the child keeps it
-        proc = subprocess.Popen([str(binary), *args], stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            [str(binary), *args], stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True
+        )
         log.close()
         self.state.pids[name] = proc.pid
         self._save()

@@ -17,6 +17,7 @@ from typing import Any
 
 class DemoService:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, healthy: bool = False, restart_seconds: float = 1.0):
+        self.host = host
         self.healthy, self.fixable, self.restart_seconds = healthy, True, restart_seconds
         self.restarts = 0
         self.requests: list[tuple[str, str, Any]] = []
@@ -28,8 +29,7 @@ class DemoService:
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{self.host}:{self._server.server_port}"
 
     def is_healthy(self) -> bool:
         with self._lock:
@@ -48,7 +48,9 @@ class DemoService:
             self.healthy, self._healthy_at = False, None
 
     def start(self) -> DemoService:
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="demo-service", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(0.05,), name="demo-service", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -93,7 +95,10 @@ def _handler(service: DemoService) -> type[BaseHTTPRequestHandler]:
             service.requests.append(("POST", self.path, body))
             if self.path == "/admin/restart":
                 service.restart()
-                self._reply(202, {"restarting": True, "service": (body or {}).get("service") if isinstance(body, dict) else None})
+                self._reply(
+                    202,
+                    {"restarting": True, "service": (body or {}).get("service") if isinstance(body, dict) else None},
+                )
             elif self.path == "/admin/break":
                 service.break_()
                 self._reply(200, {"healthy": False})
