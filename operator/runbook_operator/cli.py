@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from runbook_operator import __version__
@@ -14,6 +15,9 @@ def _run(args: argparse.Namespace) -> int:
     import runbook_operator.handlers  # noqa: F401 - registers the handlers
 
     kopf.configure(verbose=args.verbose)
+    if not args.verbose:  # one line per handled watch event or HTTP call is noise at scale
+        for noisy in ("kopf.objects", "httpx"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     kopf.run(
         clusterwide=not args.namespace,
         namespaces=args.namespace or (),

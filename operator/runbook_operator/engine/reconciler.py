@@ -128,6 +128,7 @@ class Reconciler:
             log.warning("incident %s/%s: status write failed: %s", meta["namespace"], meta["name"], _short(err))
             return False
         for event in events:
+            log.info("incident %s/%s: %s: %s", meta["namespace"], meta["name"], event.reason, event.message)
             try:
                 await self._cluster.post_event(body, event.type, event.reason, event.message)
             except Exception as err:  # Events are best effort; the timeline in status has them too
