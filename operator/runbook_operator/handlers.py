@@ -67,7 +67,7 @@ async def cleanup(**_: Any) -> None:
 
 @kopf.index(GROUP, VERSION, "remediationpolicies")
 def policies(namespace: str | None, body: kopf.Body, **_: Any) -> dict[str | None, Candidate]:
-    return {namespace: parse_policy(body, REGISTRY.validate)}
+    return {namespace: parse_policy(body, REGISTRY.check)}
 
 
 @kopf.on.event(GROUP, VERSION, "incidents")
@@ -89,7 +89,7 @@ async def policy_event(
     if event.get("type") == "DELETED":
         runtime.reconciler.wake_namespace(namespace)
         return
-    parsed = parse_policy(body, REGISTRY.validate)
+    parsed = parse_policy(body, REGISTRY.check)
     if isinstance(parsed, InvalidPolicy):
         ok, reason, message = False, "InvalidPolicy", parsed.error
     else:

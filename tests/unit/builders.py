@@ -21,13 +21,13 @@ def request(name: str, url: str = "http://127.0.0.1:1/admin/restart", **extra: A
 
 
 def policy(name: str = "p", namespace: str = "ns", **spec: Any) -> Policy:
-    parsed = parse_policy(policy_body(name, namespace, **spec), REGISTRY.validate)
+    parsed = parse_policy(policy_body(name, namespace, **spec), REGISTRY.check)
     assert isinstance(parsed, Policy), parsed
     return parsed
 
 
 def invalid(name: str = "p", namespace: str = "ns", **spec: Any) -> InvalidPolicy:
-    parsed = parse_policy(policy_body(name, namespace, **spec), REGISTRY.validate)
+    parsed = parse_policy(policy_body(name, namespace, **spec), REGISTRY.check)
     assert isinstance(parsed, InvalidPolicy), parsed
     return parsed
 

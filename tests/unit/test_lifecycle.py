@@ -4,7 +4,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from runbook_operator.domain.lifecycle import Decision, Event, StepResult, complete, decide
+from runbook_operator.domain.lifecycle import Decision, Event, Peer, StepResult, complete, decide
 from runbook_operator.domain.matching import Candidate
 from runbook_operator.domain.model import Incident
 from runbook_operator.domain.status import Phase, Status, StepRecord
@@ -35,16 +35,19 @@ class Run:
         self.status, self.now = Status(), T0
         self.events: list[Event] = []
         self.ran: list[tuple[str, int]] = []
+        self.peers: list[Peer] = []
 
-    def drive(self, limit: int = 100) -> Decision:
+    def drive(self, horizon: timedelta = timedelta(minutes=10), limit: int = 200) -> Decision:
+        """Run steps and follow the core's wake-ups until it rests or the next one is past the horizon."""
+        until = self.now + horizon
         for _ in range(limit):
-            decision = decide(self.inc, self.status, self.candidates, self.now)
+            decision = decide(self.inc, self.status, self.candidates, self.now, self.peers)
             self.status = decision.status
             self.events.extend(decision.events)
             if decision.run is None:
-                if decision.wake_at is None:
+                if decision.wake_at is None or decision.wake_at > until:
                     return decision
-                self.now = decision.wake_at
+                self.now = max(self.now, decision.wake_at)
                 continue
             call = decision.run
             self.ran.append((call.step.name, call.attempt))
@@ -56,6 +59,9 @@ class Run:
     @property
     def reasons(self) -> list[str]:
         return [e.reason for e in self.events]
+
+    def event(self, reason: str) -> Event:
+        return next(e for e in self.events if e.reason == reason)
 
     def condition(self, type_: str) -> tuple[str, str] | None:
         c = self.status.condition(type_)
@@ -99,7 +105,8 @@ def test_never_fixed_escalates_after_max_attempts_and_stops() -> None:
     assert run.condition("Resolved") == ("False", "RemediationExhausted")
     assert run.status.attempts == 2
     assert len([r for r in run.ran if r[0] == "restart"]) == 2
-    quiet = decide(run.inc, run.status, run.candidates, run.now + timedelta(hours=1))
+    assert run.status.escalation.fired == ("on-call",)
+    quiet = decide(run.inc, run.status, run.candidates, run.now)
     assert quiet.run is None and quiet.events == () and quiet.status == run.status
 
 
@@ -126,6 +133,7 @@ def test_no_matching_policy_escalates_with_that_reason() -> None:
     assert run.condition("Escalated") == ("True", "NoMatchingPolicy")
     assert run.ran == [] and run.status.steps == ()
     assert run.events[0].type == "Warning" and "matches alert 'Unknown'" in run.events[0].message
+    assert run.status.escalation.level == "on-call"  # the runbook's first level fires on escalation
 
 
 def test_an_invalid_policy_escalates_with_its_error() -> None:
@@ -133,7 +141,7 @@ def test_an_invalid_policy_escalates_with_its_error() -> None:
     run = Run(incident(), [bad], healthy_after_restart)
     run.drive()
     assert run.condition("Escalated") == ("True", "InvalidPolicy")
-    assert "unknown action 'nope.x'" in run.events[-1].message
+    assert "unknown action 'nope.x'" in run.event("InvalidPolicy").message
     assert run.status.policy == "redis"
 
 

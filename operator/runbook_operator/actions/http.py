@@ -38,6 +38,7 @@ class RequestParams(_Target):
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = pydantic.Field("POST", description="HTTP method")
     json_body: Any = pydantic.Field(None, alias="json", description="JSON body to send")
     headers: dict[str, str] = pydantic.Field(default_factory=dict, description="extra request headers")
+    destructive: bool = pydantic.Field(False, description="this call destroys or fails over: it then needs approval")
 
 
 async def _send(method: str, params: _Target, ctx: ActionContext, **kwargs: Any) -> tuple[httpx.Response, bytes, float]:
@@ -103,6 +104,13 @@ async def request(params: RequestParams, ctx: ActionContext) -> StepResult:
 
 
 ACTIONS: tuple[Action[Any], ...] = (
-    Action("http.check", CheckParams, check, "GET a URL and check its status, latency and body (curl -f)", 10.0),
+    Action(
+        "http.check",
+        CheckParams,
+        check,
+        "GET a URL and check its status, latency and body (curl -f)",
+        10.0,
+        read_only=True,
+    ),
     Action("http.request", RequestParams, request, "send a JSON request to a service admin API", 30.0),
 )

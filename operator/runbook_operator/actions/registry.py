@@ -9,7 +9,9 @@ from typing import Annotated, Any, Generic, TypeVar
 import pydantic
 
 from runbook_operator.domain.durations import parse_duration
+from runbook_operator.domain.expressions import is_template
 from runbook_operator.domain.lifecycle import StepResult
+from runbook_operator.domain.model import Traits
 
 P = TypeVar("P", bound=pydantic.BaseModel)
 
@@ -33,6 +35,7 @@ class ActionContext:
     namespace: str
     incident: str
     timeout: float
+    details: Mapping[str, Any] | None = None  # the incident view, phase and findings, for notifications
 
 
 @dataclass(frozen=True)
@@ -42,12 +45,18 @@ class Action(Generic[P]):
     run: Callable[[P, ActionContext], Awaitable[StepResult]]
     description: str
     default_timeout: float = 10.0
-    destructive: bool = False
+    destructive: bool = False  # needs approval unless the step opts out
+    read_only: bool = False  # changes nothing: runs even in a dry run
+
+    def traits(self, params: pydantic.BaseModel | None) -> Traits:
+        """A parameter model with a ``destructive`` field lets the policy mark one call destructive."""
+        flagged = bool(getattr(params, "destructive", False))
+        return Traits(destructive=self.destructive or flagged, read_only=self.read_only)
 
 
-def _describe(err: pydantic.ValidationError) -> str:
+def _describe(errors: list[Any]) -> str:
     problems = []
-    for e in err.errors():
+    for e in errors:
         where = ".".join(str(part) for part in e["loc"]) or "(params)"
         problems.append(f"{where}: {e['msg']}")
     return "; ".join(problems)
@@ -79,14 +88,23 @@ class Registry:
             model: pydantic.BaseModel = action.params.model_validate(dict(params))
             return model
         except pydantic.ValidationError as err:
-            raise ValueError(_describe(err)) from None
+            raise ValueError(_describe(err.errors())) from None
 
-    def validate(self, name: str, params: Mapping[str, Any]) -> None:
-        """The domain's ParamValidator: raise ValueError naming the bad parameter."""
-        self.parse(name, params)
+    def check(self, name: str, params: Mapping[str, Any]) -> Traits:
+        """The domain's ParamValidator. Templated values are only known when the step runs,
+        so errors about them wait until then; every other problem is reported now."""
+        action = self.get(name)
+        templated = {key for key, value in params.items() if is_template(value)}
+        try:
+            return action.traits(action.params.model_validate(dict(params)))
+        except pydantic.ValidationError as err:
+            errors = [e for e in err.errors() if not (e["loc"] and e["loc"][0] in templated)]
+            if errors:
+                raise ValueError(_describe(errors)) from None
+            return action.traits(None)
 
 
 def default_registry() -> Registry:
-    from runbook_operator.actions import http
+    from runbook_operator.actions import http, notify
 
-    return Registry(http.ACTIONS)
+    return Registry((*http.ACTIONS, *notify.ACTIONS))

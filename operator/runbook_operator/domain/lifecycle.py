@@ -1,20 +1,44 @@
 """The incident state machine: diagnose -> remediate -> settle -> verify -> resolve | escalate.
 
-``decide`` reads an Incident, its current status and the policies in its namespace
-and returns the next status, the Events to post, and at most one step to run now
-(already marked Running in that status). ``complete`` records a step's result.
-Both are pure; the engine does the I/O and writes each returned status once.
+``decide`` reads an Incident, its current status, the policies in its namespace and
+the other incidents on the same target, and returns the next status, the Events to
+post, and at most one step to run now (already marked Running in that status), or
+when to look again. ``complete`` records a step's result. Both are pure; the engine
+does the I/O and writes each returned status once.
+
+Rules users rely on, all decided here:
+- a step left Running by a dead operator runs again only if ``rerun_safe``;
+  a destructive step or a notification is marked Skipped (outcome unknown) and the
+  verification that follows decides whether the incident is fixed;
+- steps that need approval wait in AwaitingApproval until ``spec.approvals`` names
+  them, or escalate with ApprovalTimeout;
+- in a dry run only read-only actions run; the rest are recorded as what would run;
+- one remediation at a time per target, and a cooldown per target across incidents;
+- each escalation level fires once, its notify steps run once.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from runbook_operator.domain import expressions
 from runbook_operator.domain.matching import Candidate, select_policy
-from runbook_operator.domain.model import DEFAULT_SEVERITY, Incident, InvalidPolicy, Policy, Stage, Step
+from runbook_operator.domain.model import (
+    DEFAULT_SEVERITY,
+    RESPONSE_TIME,
+    Escalation,
+    Incident,
+    InvalidPolicy,
+    Level,
+    Policy,
+    Stage,
+    Step,
+    default_escalation,
+)
 from runbook_operator.domain.status import (
     ConditionType,
     Finding,
@@ -29,6 +53,12 @@ from runbook_operator.domain.status import (
 
 NORMAL, WARNING = "Normal", "Warning"
 OUTPUT_LIMIT = 2048
+UPDATE_ATTEMPT_BASE = 100  # Escalate records: attempt n is level n; 100+k is the k-th periodic update
+_STAGE_PHASE = {
+    Stage.DIAGNOSE.value: Phase.DIAGNOSING,
+    Stage.REMEDIATE.value: Phase.REMEDIATING,
+    Stage.VERIFY.value: Phase.VERIFYING,
+}
 
 
 @dataclass(frozen=True)
@@ -42,6 +72,7 @@ class Event:
 class StepCall:
     step: Step
     attempt: int
+    params: Mapping[str, Any] = field(default_factory=dict)  # rendered from the templates
     resumed: bool = False
 
 
@@ -53,11 +84,39 @@ class StepResult:
 
 
 @dataclass(frozen=True)
+class Peer:
+    """Another incident on the same target, as the engine last saw it."""
+
+    name: str
+    alert: str
+    created: str
+    phase: str | None
+    remediating: bool
+    last_remediated: datetime | None
+
+    @classmethod
+    def of(cls, incident: Incident, status: Status) -> Peer:
+        finished = [s.finishedAt for s in status.steps if s.stage == Stage.REMEDIATE.value and s.finishedAt]
+        awaiting = any(
+            s.state == StepState.AWAITING_APPROVAL.value and s.stage == Stage.REMEDIATE.value for s in status.steps
+        )
+        remediating = status.phase in (Phase.REMEDIATING.value, Phase.VERIFYING.value) or awaiting
+        return cls(
+            name=incident.name,
+            alert=incident.alert,
+            created=incident.created,
+            phase=status.phase,
+            remediating=remediating,
+            last_remediated=parse_timestamp(max(finished)) if finished else None,
+        )
+
+
+@dataclass(frozen=True)
 class Decision:
     status: Status
     events: tuple[Event, ...] = ()
     run: StepCall | None = None
-    wake_at: datetime | None = None  # nothing to do before then (or before the spec changes)
+    wake_at: datetime | None = None  # nothing to do before then (or before something changes)
 
 
 class _Progress:
@@ -65,6 +124,7 @@ class _Progress:
 
     def __init__(self, status: Status, now: datetime) -> None:
         self.status, self.now, self.events = status, now, list[Event]()
+        self.wake: list[datetime] = []
 
     def emit(self, type_: str, reason: str, message: str) -> None:
         self.events.append(Event(type_, reason, message))
@@ -72,8 +132,8 @@ class _Progress:
 
     def enter(self, phase: Phase, reason: str, message: str) -> None:
         previous = self.status.phase or Phase.PENDING.value
-        self.status = replace(self.status, phase=phase.value, currentStep=None)
-        kind = WARNING if phase is Phase.ESCALATED else NORMAL
+        self.status = replace(self.status, phase=phase.value, currentStep=None, waiting=None)
+        kind = WARNING if phase in (Phase.ESCALATED, Phase.AWAITING_APPROVAL) else NORMAL
         self.emit(kind, reason, f"{previous} -> {phase.value}: {message}")
 
     def condition(self, type_: str, ok: bool, reason: str, message: str) -> None:
@@ -89,25 +149,120 @@ class _Progress:
         self.status = replace(self.status, resolvedAt=timestamp(self.now), verifyAfter=None)
         self.enter(Phase.RESOLVED, reason, message)
 
+    def wait(self, reason: str, message: str) -> None:
+        """Say once why the incident is waiting (not again on every look)."""
+        if self.status.waiting != message:
+            self.status = replace(self.status, waiting=message)
+            self.emit(NORMAL, reason, message)
+
     def decision(self, run: StepCall | None = None, wake_at: datetime | None = None) -> Decision:
-        return Decision(self.status, tuple(self.events), run, wake_at)
+        times = [t for t in (wake_at, *self.wake) if t is not None]
+        return Decision(self.status, tuple(self.events), run, min(times) if times else None)
 
 
-def decide(incident: Incident, status: Status, candidates: Sequence[Candidate], now: datetime) -> Decision:
+def decide(
+    incident: Incident,
+    status: Status,
+    candidates: Sequence[Candidate],
+    now: datetime,
+    peers: Sequence[Peer] = (),
+) -> Decision:
     p = _Progress(replace(status, observedGeneration=incident.generation), now)
     if status.phase == Phase.RESOLVED.value:
         return p.decision()
     if incident.resolved:
         p.resolve(Reason.RESOLVED_EXTERNALLY, "spec.resolved is true; pending work stopped")
         return p.decision()
+    _acknowledge(p, incident)
+    if not _suspension(p, incident):
+        return p.decision()
     if status.phase in (None, Phase.PENDING.value) or _policy_arrived(status, incident, candidates):
-        _start(p, incident, candidates)
-    if p.status.phase == Phase.ESCALATED.value:
+        duplicate = _duplicate_of(incident, peers)
+        if duplicate is not None:
+            p.status = replace(p.status, duplicateOf=duplicate, startedAt=p.status.startedAt or timestamp(now))
+            p.resolve(
+                Reason.DUPLICATE,
+                f"incident {duplicate!r} is already open for alert {incident.alert!r} on {incident.target}",
+            )
+            return p.decision()
+        if not _start(p, incident, candidates):
+            return p.decision()
+    policy = _current_policy(p, candidates) if p.status.phase != Phase.ESCALATED.value else _policy_named(p, candidates)
+    ctx = _Context(incident, policy)
+    notify = _escalation(p, ctx)
+    if notify is not None:
+        return p.decision(run=notify)
+    if policy is None or p.status.phase == Phase.ESCALATED.value:
         return p.decision()
-    policy = _current_policy(p, candidates)
-    if policy is None:
-        return p.decision()
-    return _advance(p, policy)
+    decision = _advance(p, ctx, policy, peers)
+    if p.status.phase != Phase.ESCALATED.value:
+        return decision
+    return p.decision(run=_escalation(p, ctx))  # it just escalated: the first level fires now
+
+
+@dataclass(frozen=True)
+class _Context:
+    incident: Incident
+    policy: Policy | None
+
+    @property
+    def dry_run(self) -> bool:
+        return self.incident.dry_run or (self.policy is not None and self.policy.dry_run)
+
+    def escalation(self, severity: str) -> Escalation:
+        if self.policy is not None and self.policy.escalation is not None:
+            return self.policy.escalation
+        return default_escalation(severity)
+
+    def variables(self, status: Status) -> dict[str, Any]:
+        steps: dict[str, Any] = {}
+        for record in status.steps:  # later records (later attempts) win
+            steps[record.name] = {
+                "state": record.state,
+                "ok": record.state == StepState.SUCCEEDED.value,
+                "message": record.message,
+                "output": dict(record.output or {}),
+            }
+        findings = [{"step": f.step, "message": f.message} for f in status.findings]
+        return {"incident": self.incident.view(status.severity), "steps": steps, "findings": findings}
+
+
+# -- prelude -----------------------------------------------------------------------
+
+
+def _acknowledge(p: _Progress, incident: Incident) -> None:
+    if incident.acknowledged_by and not p.status.acknowledgedAt:
+        p.status = replace(p.status, acknowledgedAt=timestamp(p.now))
+        p.condition(
+            ConditionType.ACKNOWLEDGED, True, Reason.ACKNOWLEDGED, f"acknowledged by {incident.acknowledged_by}"
+        )
+        p.emit(NORMAL, Reason.ACKNOWLEDGED, f"acknowledged by {incident.acknowledged_by}")
+
+
+def _suspension(p: _Progress, incident: Incident) -> bool:
+    """False while spec.suspend holds: nothing runs, nothing escalates."""
+    current = p.status.condition(ConditionType.SUSPENDED)
+    if incident.suspend:
+        if current is None or current.status != "True":
+            p.condition(ConditionType.SUSPENDED, True, Reason.SUSPENDED, "spec.suspend is true")
+            p.emit(NORMAL, Reason.SUSPENDED, "suspended: no step runs until spec.suspend is false")
+        return False
+    if current is not None and current.status == "True":
+        p.condition(ConditionType.SUSPENDED, False, Reason.RESUMED, "spec.suspend is false")
+        p.emit(NORMAL, Reason.RESUMED, "resumed")
+    return True
+
+
+def _duplicate_of(incident: Incident, peers: Sequence[Peer]) -> str | None:
+    if incident.target is None:
+        return None
+    me = (incident.created, incident.name)
+    earlier = [
+        peer
+        for peer in peers
+        if peer.alert == incident.alert and peer.phase != Phase.RESOLVED.value and (peer.created, peer.name) < me
+    ]
+    return min(earlier, key=lambda peer: (peer.created, peer.name)).name if earlier else None
 
 
 def _policy_arrived(status: Status, incident: Incident, candidates: Sequence[Candidate]) -> bool:
@@ -121,29 +276,40 @@ def _policy_arrived(status: Status, incident: Incident, candidates: Sequence[Can
     return isinstance(select_policy(incident, candidates).chosen, Policy)
 
 
-def _start(p: _Progress, incident: Incident, candidates: Sequence[Candidate]) -> None:
+def _start(p: _Progress, incident: Incident, candidates: Sequence[Candidate]) -> bool:
+    """Match a policy and begin; False when the incident must wait (its policy is suspended)."""
     selection = select_policy(incident, candidates)
     chosen = selection.chosen
-    p.status = replace(
-        p.status,
-        startedAt=timestamp(p.now),
-        severity=incident.severity or (chosen.severity if isinstance(chosen, Policy) else None) or DEFAULT_SEVERITY,
-    )
+    severity = incident.severity or (chosen.severity if isinstance(chosen, Policy) else None) or DEFAULT_SEVERITY
+    if not p.status.startedAt:
+        deadline = p.now + timedelta(seconds=RESPONSE_TIME[severity])
+        p.status = replace(p.status, startedAt=timestamp(p.now), responseDeadline=timestamp(deadline))
+    p.status = replace(p.status, severity=severity)
     if chosen is None:
         p.escalate(Reason.NO_MATCHING_POLICY, selection.reason)
-        return
+        return True
     p.status = replace(p.status, policy=chosen.name, policyGeneration=chosen.generation)
     if isinstance(chosen, InvalidPolicy):
         p.escalate(Reason.INVALID_POLICY, f"policy {chosen.name!r} is invalid: {chosen.error}")
-        return
+        return True
+    if chosen.suspend:
+        p.status = replace(p.status, phase=Phase.PENDING.value)
+        p.wait(Reason.POLICY_SUSPENDED, f"policy {chosen.name!r} is suspended; waiting")
+        return False
     if p.status.condition(ConditionType.ESCALATED):
         p.condition(ConditionType.ESCALATED, False, Reason.POLICY_MATCHED, f"policy {chosen.name!r} now handles it")
     p.condition(ConditionType.RESOLVED, False, Reason.IN_PROGRESS, f"handled by policy {chosen.name!r}")
     p.enter(Phase.DIAGNOSING, Reason.POLICY_MATCHED, f"policy {chosen.name!r} {selection.reason}")
+    return True
+
+
+def _policy_named(p: _Progress, candidates: Sequence[Candidate]) -> Policy | None:
+    found = next((c for c in candidates if c.name == p.status.policy), None)
+    return found if isinstance(found, Policy) else None
 
 
 def _current_policy(p: _Progress, candidates: Sequence[Candidate]) -> Policy | None:
-    """The incident keeps the policy it started with; its latest generation applies."""
+    """The incident keeps the policy it started with; its latest generation applies from the next step on."""
     found = next((c for c in candidates if c.name == p.status.policy), None)
     if isinstance(found, Policy):
         p.status = replace(p.status, policyGeneration=found.generation)
@@ -155,49 +321,222 @@ def _current_policy(p: _Progress, candidates: Sequence[Candidate]) -> Policy | N
     return None
 
 
-def _scan(status: Status, policy: Policy, stage: Stage, attempt: int) -> StepCall | StepRecord | None:
-    """The next step to run, the failed step that ends this stage, or None when it is done."""
-    for step in policy.steps(stage):
-        record = status.record(stage.value, step.name, attempt)
-        if record is None or record.state == StepState.PENDING.value:
-            return StepCall(step, attempt)
-        if record.state == StepState.RUNNING.value:
-            return StepCall(step, attempt, resumed=True)
-        if record.state == StepState.FAILED.value and stage is not Stage.DIAGNOSE and not step.continue_on_failure:
+# -- running steps -----------------------------------------------------------------
+
+
+def _scan(
+    p: _Progress, ctx: _Context, steps: Sequence[Step], stage: Stage, attempt: int
+) -> StepCall | StepRecord | None:
+    """The next step to run, the failed step that ends this stage, or None when it is done.
+
+    Steps that are skipped (``when`` false, dry run, interrupted) are recorded here, so
+    the scan goes on past them."""
+    for step in steps:
+        record = p.status.record(stage.value, step.name, attempt)
+        if record is not None and record.state == StepState.RUNNING.value and not step.rerun_safe:
+            kind = "destructive step" if step.destructive else "notification"
+            _skip(
+                p,
+                step,
+                attempt,
+                f"interrupted: the operator stopped while this {kind} ran; outcome unknown, not run again",
+            )
+            p.emit(
+                WARNING,
+                Reason.STEP_INTERRUPTED,
+                f"step {step.name!r} was interrupted and is not run again; verification decides",
+            )
+            continue
+        if record is not None and record.state == StepState.RUNNING.value:
+            return StepCall(step, attempt, _render(ctx, p.status, step), resumed=True)
+        if record is None or record.state in (StepState.PENDING.value, StepState.AWAITING_APPROVAL.value):
+            outcome = _prepare(p, ctx, step, attempt)
+            if outcome is None:
+                continue
+            return outcome
+        if (
+            record.state == StepState.FAILED.value
+            and stage in (Stage.REMEDIATE, Stage.VERIFY)
+            and not step.continue_on_failure
+        ):
             return record
     return None
 
 
-def _run(p: _Progress, call: StepCall) -> Decision:
-    step = call.step
-    if call.resumed:
-        p.emit(
-            WARNING, Reason.STEP_RESUMED, f"step {step.name!r} was running when the operator stopped; running it again"
+def _prepare(p: _Progress, ctx: _Context, step: Step, attempt: int) -> StepCall | StepRecord | None:
+    """Decide about a step that has not run: skip it (None), hold it, fail it, or run it."""
+    variables = ctx.variables(p.status)
+    if step.when is not None:
+        try:
+            run = step.when.evaluate(variables)
+        except ValueError as err:
+            _skip(p, step, attempt, str(err))
+            return None
+        if not run:
+            _skip(p, step, attempt, f"when {step.when.source!r} is false")
+            return None
+    try:
+        params = expressions.render(step.params, variables)
+    except ValueError as err:
+        return _fail(p, step, attempt, f"cannot render parameters: {err}")
+    if ctx.dry_run and not step.read_only:
+        _skip(p, step, attempt, f"dry run: would run {step.action} with {_compact(params)}")
+        return None
+    if step.requires_approval and step.stage is not Stage.ESCALATE:
+        approver = ctx.incident.approvals.get(step.name)
+        if approver is None:
+            return _await_approval(p, ctx, step, attempt)
+        return _run(p, StepCall(step, attempt, params), approved_by=approver)
+    return _run(p, StepCall(step, attempt, params))
+
+
+def _render(ctx: _Context, status: Status, step: Step) -> dict[str, Any]:
+    try:
+        return expressions.render(step.params, ctx.variables(status))
+    except ValueError:
+        return dict(step.params)  # the executor will report the bad parameters
+
+
+def _skip(p: _Progress, step: Step, attempt: int, why: str) -> None:
+    record = StepRecord(
+        step.name,
+        step.stage.value,
+        step.action,
+        attempt,
+        StepState.SKIPPED.value,
+        timestamp(p.now),
+        timestamp(p.now),
+        why,
+    )
+    p.status = p.status.with_record(record)
+    p.emit(NORMAL, Reason.STEP_SKIPPED, f"{step.stage.value} step {step.name!r} skipped: {why}")
+
+
+def _fail(p: _Progress, step: Step, attempt: int, why: str) -> StepRecord:
+    record = StepRecord(
+        step.name,
+        step.stage.value,
+        step.action,
+        attempt,
+        StepState.FAILED.value,
+        timestamp(p.now),
+        timestamp(p.now),
+        why,
+    )
+    p.status = p.status.with_record(record)
+    p.emit(WARNING, Reason.STEP_FAILED, f"{step.stage.value} step {step.name!r} ({step.action}) failed: {why}")
+    return record
+
+
+def _approval_command(ctx: _Context, step: Step) -> str:
+    approvals = [{"step": name, "by": by} for name, by in ctx.incident.approvals.items()]
+    approvals.append({"step": step.name, "by": "YOUR-NAME"})
+    patch = json.dumps({"spec": {"approvals": approvals}}, separators=(",", ":"))
+    return f"kubectl patch incident {ctx.incident.name} -n {ctx.incident.namespace} --type=merge -p '{patch}'"
+
+
+def _await_approval(p: _Progress, ctx: _Context, step: Step, attempt: int) -> StepRecord | None:
+    record = p.status.record(step.stage.value, step.name, attempt)
+    if record is None or record.state != StepState.AWAITING_APPROVAL.value:
+        record = StepRecord(
+            step.name, step.stage.value, step.action, attempt, StepState.AWAITING_APPROVAL.value, timestamp(p.now)
         )
+        p.status = replace(p.status.with_record(record), currentStep=step.name)
+        why = "destructive action" if step.destructive else "requiresApproval"
+        p.condition(ConditionType.RESOLVED, False, Reason.AWAITING_APPROVAL, f"step {step.name!r} awaits approval")
+        p.enter(
+            Phase.AWAITING_APPROVAL,
+            Reason.AWAITING_APPROVAL,
+            f"step {step.name!r} ({step.action}, {why}) needs approval; approve with: {_approval_command(ctx, step)}",
+        )
+    assert record.startedAt is not None
+    severity = p.status.severity or DEFAULT_SEVERITY
+    limit = ctx.policy.approval_timeout if ctx.policy and ctx.policy.approval_timeout else RESPONSE_TIME[severity]
+    deadline = parse_timestamp(record.startedAt) + timedelta(seconds=limit)
+    if p.now >= deadline:
+        failed = replace(
+            record, state=StepState.FAILED.value, finishedAt=timestamp(p.now), message="no approval in time"
+        )
+        p.status = p.status.with_record(failed)
+        p.escalate(Reason.APPROVAL_TIMEOUT, f"step {step.name!r} was not approved within {limit:g}s")
+        return failed
+    p.wake.append(deadline)
+    return record
+
+
+def _run(p: _Progress, call: StepCall, approved_by: str | None = None) -> StepCall:
+    step = call.step
     previous = p.status.record(step.stage.value, step.name, call.attempt)
-    started = previous.startedAt if previous and previous.startedAt else timestamp(p.now)
-    record = StepRecord(step.name, step.stage.value, step.action, call.attempt, StepState.RUNNING.value, started)
+    approved_at = previous.approvedAt if previous and previous.approvedAt else None
+    if approved_by and not approved_at:
+        approved_at = timestamp(p.now)
+        p.emit(NORMAL, Reason.APPROVED, f"step {step.name!r} approved by {approved_by}")
+    record = StepRecord(
+        step.name,
+        step.stage.value,
+        step.action,
+        call.attempt,
+        StepState.RUNNING.value,
+        timestamp(p.now),
+        approvedBy=approved_by,
+        approvedAt=approved_at,
+    )
     p.status = replace(p.status.with_record(record), currentStep=step.name)
-    return p.decision(run=call)
+    if step.stage is not Stage.ESCALATE and p.status.phase == Phase.AWAITING_APPROVAL.value:
+        p.condition(ConditionType.RESOLVED, False, Reason.IN_PROGRESS, f"step {step.name!r} approved")
+        p.enter(_STAGE_PHASE[step.stage.value], Reason.APPROVED, f"step {step.name!r} approved by {approved_by}")
+        p.status = replace(p.status, currentStep=step.name)
+    return call
 
 
-def _advance(p: _Progress, policy: Policy) -> Decision:
-    if p.status.phase == Phase.DIAGNOSING.value:
-        found = _scan(p.status, policy, Stage.DIAGNOSE, 1)
-        if isinstance(found, StepCall):
-            return _run(p, found)
+def _resumed(p: _Progress, call: StepCall) -> StepCall:
+    p.emit(
+        WARNING, Reason.STEP_RESUMED, f"step {call.step.name!r} was running when the operator stopped; running it again"
+    )
+    return call
+
+
+def _outcome(p: _Progress, found: StepCall | StepRecord | None) -> Decision | StepRecord | None:
+    if p.status.phase == Phase.ESCALATED.value:  # e.g. an approval timed out
+        return p.decision()
+    if isinstance(found, StepCall):
+        return p.decision(run=_resumed(p, found) if found.resumed else found)
+    if isinstance(found, StepRecord) and found.state == StepState.AWAITING_APPROVAL.value:
+        return p.decision()
+    return found
+
+
+# -- the stages ----------------------------------------------------------------------
+
+
+def _stage_phase(status: Status) -> str | None:
+    """The stage an AwaitingApproval incident is in, from the step that waits."""
+    if status.phase != Phase.AWAITING_APPROVAL.value:
+        return status.phase
+    waiting = next((s for s in status.steps if s.state == StepState.AWAITING_APPROVAL.value), None)
+    return _STAGE_PHASE[waiting.stage].value if waiting else Phase.REMEDIATING.value
+
+
+def _advance(p: _Progress, ctx: _Context, policy: Policy, peers: Sequence[Peer]) -> Decision:
+    if _stage_phase(p.status) == Phase.DIAGNOSING.value:
+        out = _outcome(p, _scan(p, ctx, policy.diagnose, Stage.DIAGNOSE, 1))
+        if isinstance(out, Decision):
+            return out
         count = len(policy.diagnose)
         p.condition(ConditionType.DIAGNOSED, True, Reason.DIAGNOSIS_COMPLETE, f"{count} diagnosis step(s) ran")
         p.status = replace(p.status, attempts=1)
         p.enter(Phase.REMEDIATING, Reason.DIAGNOSIS_COMPLETE, f"attempt 1 of {policy.max_attempts}")
     while True:
         attempt = p.status.attempts
-        if p.status.phase == Phase.REMEDIATING.value:
-            found = _scan(p.status, policy, Stage.REMEDIATE, attempt)
-            if isinstance(found, StepCall):
-                return _run(p, found)
-            if isinstance(found, StepRecord):
-                _round_failed(p, policy, Reason.REMEDIATION_FAILED, f"step {found.name!r} failed: {found.message}")
+        if _stage_phase(p.status) == Phase.REMEDIATING.value:
+            held = _target_busy(p, ctx, policy, peers, attempt)
+            if held is not None:
+                return held
+            out = _outcome(p, _scan(p, ctx, policy.remediate, Stage.REMEDIATE, attempt))
+            if isinstance(out, Decision):
+                return out
+            if isinstance(out, StepRecord):
+                _round_failed(p, ctx, policy, Reason.REMEDIATION_FAILED, f"step {out.name!r} failed: {out.message}")
                 continue
             p.condition(ConditionType.REMEDIATED, True, Reason.REMEDIATION_APPLIED, f"attempt {attempt}")
             settle_until = p.now + timedelta(seconds=policy.settle)
@@ -205,17 +544,19 @@ def _advance(p: _Progress, policy: Policy) -> Decision:
             p.enter(
                 Phase.VERIFYING, Reason.REMEDIATION_APPLIED, f"attempt {attempt}; verifying after {policy.settle:g}s"
             )
-        if p.status.phase != Phase.VERIFYING.value:
+        if _stage_phase(p.status) != Phase.VERIFYING.value:
             return p.decision()
         if p.status.verifyAfter and p.now < parse_timestamp(p.status.verifyAfter):
             return p.decision(wake_at=parse_timestamp(p.status.verifyAfter))
-        found = _scan(p.status, policy, Stage.VERIFY, attempt)
-        if isinstance(found, StepCall):
-            return _run(p, found)
-        if isinstance(found, StepRecord):
-            _round_failed(p, policy, Reason.VERIFICATION_FAILED, f"step {found.name!r} failed: {found.message}")
+        out = _outcome(p, _scan(p, ctx, policy.verify, Stage.VERIFY, attempt))
+        if isinstance(out, Decision):
+            return out
+        if isinstance(out, StepRecord):
+            _round_failed(p, ctx, policy, Reason.VERIFICATION_FAILED, f"step {out.name!r} failed: {out.message}")
             continue
-        if policy.verify:
+        if ctx.dry_run and not policy.verify:
+            p.escalate(Reason.DRY_RUN, "dry run finished; nothing was changed and nothing verified")
+        elif policy.verify:
             p.resolve(Reason.VERIFIED, f"{len(policy.verify)} verification step(s) passed on attempt {attempt}")
         else:
             p.resolve(
@@ -224,10 +565,36 @@ def _advance(p: _Progress, policy: Policy) -> Decision:
         return p.decision()
 
 
-def _round_failed(p: _Progress, policy: Policy, reason: str, message: str) -> None:
+def _target_busy(p: _Progress, ctx: _Context, policy: Policy, peers: Sequence[Peer], attempt: int) -> Decision | None:
+    """Hold a round that has not started while another incident remediates the target or it cools down."""
+    target = ctx.incident.target
+    if target is None or any(s.stage == Stage.REMEDIATE.value and s.attempt == attempt for s in p.status.steps):
+        return None
+    holder = next((peer for peer in peers if peer.remediating), None)
+    if holder is not None:
+        p.wait(Reason.TARGET_LOCKED, f"waiting: incident {holder.name!r} is remediating {target}")
+        return p.decision()
+    last = max((peer.last_remediated for peer in peers if peer.last_remediated), default=None)
+    if policy.cooldown and last is not None and p.now < last + timedelta(seconds=policy.cooldown):
+        until = last + timedelta(seconds=policy.cooldown)
+        p.wait(
+            Reason.COOLDOWN, f"waiting: {target} was remediated at {timestamp(last)}; cooldown until {timestamp(until)}"
+        )
+        return p.decision(wake_at=until)
+    if p.status.waiting:
+        p.status = replace(p.status, waiting=None)
+    return None
+
+
+def _round_failed(p: _Progress, ctx: _Context, policy: Policy, reason: str, message: str) -> None:
     attempt = p.status.attempts
     p.condition(ConditionType.REMEDIATED, False, reason, f"attempt {attempt}: {message}")
-    if attempt >= policy.max_attempts:
+    if ctx.dry_run:
+        p.escalate(Reason.DRY_RUN, f"dry run finished; nothing was changed; last: {message}")
+        return
+    escalation = ctx.escalation(p.status.severity or DEFAULT_SEVERITY)
+    limit = min(policy.max_attempts, escalation.after_attempts or policy.max_attempts)
+    if attempt >= limit:
         p.escalate(
             Reason.REMEDIATION_EXHAUSTED, f"{attempt} of {policy.max_attempts} attempt(s) failed; last: {message}"
         )
@@ -238,6 +605,95 @@ def _round_failed(p: _Progress, policy: Policy, reason: str, message: str) -> No
         reason,
         f"attempt {attempt} failed ({message}); attempt {attempt + 1} of {policy.max_attempts}",
     )
+
+
+# -- escalation ----------------------------------------------------------------------
+
+
+def _escalation(p: _Progress, ctx: _Context) -> StepCall | None:
+    """Fire due levels (once each), run their notify steps (once each), send periodic updates."""
+    if p.status.phase == Phase.RESOLVED.value or not p.status.startedAt:
+        return None
+    severity = p.status.severity or DEFAULT_SEVERITY
+    plan = ctx.escalation(severity)
+    started = parse_timestamp(p.status.startedAt)
+    _overdue(p)
+    for number, level in enumerate(plan.levels, start=1):
+        due = _level_due(p, level, started)
+        if due is None:
+            continue
+        if level.name not in p.status.escalation.fired:
+            if due > p.now:
+                p.wake.append(due)
+                break
+            _fire(p, level, number)
+        call = _notify(p, ctx, level.notify, number)
+        if call is not None:
+            return call
+    return _update(p, ctx, plan)
+
+
+def _overdue(p: _Progress) -> None:
+    deadline = p.status.responseDeadline
+    if not deadline or p.status.acknowledgedAt or p.status.escalation.overdueNoted:
+        return
+    if p.now < parse_timestamp(deadline):
+        p.wake.append(parse_timestamp(deadline))
+        return
+    p.status = replace(p.status, escalation=replace(p.status.escalation, overdueNoted=True))
+    p.emit(
+        WARNING, Reason.RESPONSE_OVERDUE, f"no acknowledgement by the {p.status.severity} response deadline {deadline}"
+    )
+
+
+def _level_due(p: _Progress, level: Level, started: datetime) -> datetime | None:
+    """When the level fires: at escalation, or after its time unresolved; None: not (yet) applicable."""
+    if level.after is None:
+        return p.now if p.status.phase == Phase.ESCALATED.value else None
+    return started + timedelta(seconds=level.after)
+
+
+def _fire(p: _Progress, level: Level, number: int) -> None:
+    state = p.status.escalation
+    p.status = replace(
+        p.status,
+        escalation=replace(state, level=level.name, notifiedAt=timestamp(p.now), fired=(*state.fired, level.name)),
+    )
+    targets = ", ".join(s.name for s in level.notify) or "no notify steps"
+    p.emit(WARNING, Reason.ESCALATION, f"escalation level {number} {level.name!r} reached ({targets})")
+
+
+def _notify(p: _Progress, ctx: _Context, steps: Sequence[Step], attempt: int) -> StepCall | None:
+    found = _scan(p, ctx, steps, Stage.ESCALATE, attempt)
+    if isinstance(found, StepCall):
+        return found  # a resumed notification was marked interrupted by _scan, so this is new
+    return None
+
+
+def _update(p: _Progress, ctx: _Context, plan: Escalation) -> StepCall | None:
+    state = p.status.escalation
+    if plan.update_every is None or not state.fired or p.status.phase != Phase.ESCALATED.value:
+        return None
+    last = parse_timestamp(state.lastUpdateAt or state.notifiedAt or timestamp(p.now))
+    due = last + timedelta(seconds=plan.update_every)
+    level = next(lv for lv in plan.levels if lv.name == state.level) if state.level else None
+    if state.updates and level is not None:  # finish the notify steps of the update in progress
+        call = _notify(p, ctx, level.notify, UPDATE_ATTEMPT_BASE + state.updates)
+        if call is not None:
+            return call
+    if p.now < due:
+        p.wake.append(due)
+        return None
+    number = state.updates + 1
+    p.status = replace(p.status, escalation=replace(state, updates=number, lastUpdateAt=timestamp(p.now)))
+    escalated = p.status.condition(ConditionType.ESCALATED)
+    why = escalated.message if escalated else ""
+    p.emit(NORMAL, Reason.ESCALATION_UPDATE, f"update {number}: still unresolved ({why})")
+    p.wake.append(p.now + timedelta(seconds=plan.update_every))
+    return _notify(p, ctx, level.notify, UPDATE_ATTEMPT_BASE + number) if level else None
+
+
+# -- results -------------------------------------------------------------------------
 
 
 def complete(status: Status, call: StepCall, result: StepResult, now: datetime) -> tuple[Status, tuple[Event, ...]]:
@@ -256,6 +712,8 @@ def complete(status: Status, call: StepCall, result: StepResult, now: datetime) 
         finishedAt=timestamp(now),
         message=result.message,
         output=_bounded(result.output),
+        approvedBy=previous.approvedBy if previous else None,
+        approvedAt=previous.approvedAt if previous else None,
     )
     p.status = replace(p.status.with_record(record), currentStep=None)
     if step.stage is Stage.DIAGNOSE:
@@ -278,3 +736,8 @@ def _bounded(output: Mapping[str, Any]) -> dict[str, Any] | None:
             break
         kept[key] = value
     return kept or None
+
+
+def _compact(params: Mapping[str, Any]) -> str:
+    text = json.dumps(params, sort_keys=True, default=str)
+    return text if len(text) <= 300 else text[:297] + "..."

@@ -12,15 +12,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runbook_operator.domain.durations import parse_duration
+from runbook_operator.domain.expressions import When, check_templates
 
 SEVERITIES = ("Critical", "High", "Medium", "Low")
 DEFAULT_SEVERITY = "Medium"
+# The runbook's response times by severity.
+RESPONSE_TIME = {"Critical": 15 * 60.0, "High": 3600.0, "Medium": 4 * 3600.0, "Low": 24 * 3600.0}
 
 
 class Stage(enum.StrEnum):
     DIAGNOSE = "Diagnose"
     REMEDIATE = "Remediate"
     VERIFY = "Verify"
+    ESCALATE = "Escalate"
 
     @property
     def field(self) -> str:
@@ -59,6 +63,14 @@ class LabelSelector:
 
 
 @dataclass(frozen=True)
+class Traits:
+    """What the action catalog says about one step's action and parameters."""
+
+    destructive: bool = False
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
 class Step:
     name: str
     stage: Stage
@@ -68,6 +80,29 @@ class Step:
     retries: int = 0
     backoff: float = 1.0
     continue_on_failure: bool = False
+    when: When | None = None
+    destructive: bool = False
+    read_only: bool = False
+    requires_approval: bool = False
+
+    @property
+    def rerun_safe(self) -> bool:
+        """May run again if the operator died while it ran? Not if it destroys or notifies."""
+        return not self.destructive and self.stage is not Stage.ESCALATE
+
+
+@dataclass(frozen=True)
+class Level:
+    name: str
+    after: float | None  # unresolved this long; None: fires when the incident escalates
+    notify: tuple[Step, ...] = ()
+
+
+@dataclass(frozen=True)
+class Escalation:
+    levels: tuple[Level, ...]
+    update_every: float | None
+    after_attempts: int | None = None
 
 
 @dataclass(frozen=True)
@@ -90,6 +125,11 @@ class Policy:
     verify: tuple[Step, ...] = ()
     settle: float = 0.0
     max_attempts: int = 1
+    escalation: Escalation | None = None  # None: the runbook's defaults for the severity
+    cooldown: float = 0.0
+    approval_timeout: float | None = None  # None: the severity's response time
+    dry_run: bool = False
+    suspend: bool = False
 
     def steps(self, stage: Stage) -> tuple[Step, ...]:
         return {Stage.DIAGNOSE: self.diagnose, Stage.REMEDIATE: self.remediate, Stage.VERIFY: self.verify}[stage]
@@ -108,6 +148,16 @@ class InvalidPolicy:
 
 
 @dataclass(frozen=True)
+class Target:
+    kind: str
+    name: str
+    namespace: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}/{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
 class Incident:
     namespace: str
     name: str
@@ -117,12 +167,22 @@ class Incident:
     labels: Mapping[str, str] = field(default_factory=dict)
     policy_ref: str | None = None
     resolved: bool = False
+    summary: str = ""
+    description: str = ""
+    target: Target | None = None
+    dry_run: bool = False
+    suspend: bool = False
+    acknowledged_by: str | None = None
+    approvals: Mapping[str, str] = field(default_factory=dict)  # step name -> who approved
+    created: str = ""  # creationTimestamp, to tell which of two duplicates came first
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> Incident:
         meta, spec = body.get("metadata", {}), body.get("spec") or {}
+        namespace = meta.get("namespace", "")
+        target = spec.get("target")
         return cls(
-            namespace=meta.get("namespace", ""),
+            namespace=namespace,
             name=meta.get("name", ""),
             generation=int(meta.get("generation") or 0),
             alert=str(spec.get("alert", "")),
@@ -130,11 +190,34 @@ class Incident:
             labels={str(k): str(v) for k, v in (spec.get("labels") or {}).items()},
             policy_ref=(spec.get("policyRef") or {}).get("name"),
             resolved=bool(spec.get("resolved", False)),
+            summary=str(spec.get("summary") or ""),
+            description=str(spec.get("description") or ""),
+            target=Target(target["kind"], target["name"], target.get("namespace") or namespace) if target else None,
+            dry_run=bool(spec.get("dryRun", False)),
+            suspend=bool(spec.get("suspend", False)),
+            acknowledged_by=spec.get("acknowledgedBy") or None,
+            approvals={a["step"]: a["by"] for a in spec.get("approvals") or [] if a.get("step") and a.get("by")},
+            created=str(meta.get("creationTimestamp") or ""),
         )
 
+    def view(self, severity: str | None) -> dict[str, Any]:
+        """What `when` and templates see as ``incident``."""
+        target = self.target
+        return {
+            "name": self.name,
+            "namespace": self.namespace,
+            "alert": self.alert,
+            "severity": severity or self.severity or DEFAULT_SEVERITY,
+            "summary": self.summary,
+            "description": self.description,
+            "labels": dict(self.labels),
+            "target": {"kind": target.kind, "name": target.name, "namespace": target.namespace} if target else None,
+        }
 
-# Validates one action's parameters; raises ValueError with a precise message.
-ParamValidator = Callable[[str, Mapping[str, Any]], None]
+
+# Checks one action's parameters and says what kind of action it is; raises ValueError
+# with a precise message. Templated values are checked for syntax only.
+ParamValidator = Callable[[str, Mapping[str, Any]], Traits]
 
 
 def parse_selector(raw: Any, path: str) -> LabelSelector:
@@ -174,8 +257,8 @@ def _duration(raw: Any, path: str) -> float:
         raise PolicyError(f"{path}: {err}") from None
 
 
-def _parse_step(raw: Any, stage: Stage, index: int, validate: ParamValidator) -> Step:
-    path = f"spec.{stage.field}[{index}]"
+def _parse_step(raw: Any, stage: Stage, index: int, validate: ParamValidator, path: str = "") -> Step:
+    path = path or f"spec.{stage.field}[{index}]"
     if not isinstance(raw, Mapping):
         raise PolicyError(f"{path}: must be an object")
     name, action = raw.get("name"), raw.get("action")
@@ -185,12 +268,20 @@ def _parse_step(raw: Any, stage: Stage, index: int, validate: ParamValidator) ->
         raise PolicyError(f"{path}.action: required")
     params = raw.get("with") or {}
     try:
-        validate(action, params)
+        check_templates(params)
+        traits = validate(action, params)
     except ValueError as err:
         raise PolicyError(f"{path}.with ({action}): {err}") from None
     retries = raw.get("retries", 0)
     if not isinstance(retries, int) or retries < 0:
         raise PolicyError(f"{path}.retries: must be a non-negative integer")
+    when = None
+    if raw.get("when"):
+        try:
+            when = When(raw["when"])
+        except ValueError as err:
+            raise PolicyError(f"{path}.when: {err}") from None
+    approval = raw.get("requiresApproval")
     return Step(
         name=name,
         stage=stage,
@@ -200,6 +291,10 @@ def _parse_step(raw: Any, stage: Stage, index: int, validate: ParamValidator) ->
         retries=retries,
         backoff=_duration(raw["backoff"], f"{path}.backoff") if "backoff" in raw else 1.0,
         continue_on_failure=bool(raw.get("continueOnFailure", False)),
+        when=when,
+        destructive=traits.destructive,
+        read_only=traits.read_only,
+        requires_approval=traits.destructive if approval is None else bool(approval),
     )
 
 
@@ -227,6 +322,7 @@ def parse_policy(body: Mapping[str, Any], validate: ParamValidator) -> Policy | 
         max_attempts = limits.get("maxAttempts", 1)
         if not isinstance(max_attempts, int) or max_attempts < 1:
             raise PolicyError("spec.limits.maxAttempts: must be an integer >= 1")
+        escalation = _parse_escalation(spec.get("escalate"), validate, seen)
         return Policy(
             namespace=namespace,
             name=name,
@@ -239,6 +335,45 @@ def parse_policy(body: Mapping[str, Any], validate: ParamValidator) -> Policy | 
             verify=stages[Stage.VERIFY],
             settle=_duration(spec["settle"], "spec.settle") if "settle" in spec else 0.0,
             max_attempts=max_attempts,
+            escalation=escalation,
+            cooldown=_duration(limits["cooldown"], "spec.limits.cooldown") if "cooldown" in limits else 0.0,
+            approval_timeout=_duration(limits["approvalTimeout"], "spec.limits.approvalTimeout")
+            if "approvalTimeout" in limits
+            else None,
+            dry_run=bool(spec.get("dryRun", False)),
+            suspend=bool(spec.get("suspend", False)),
         )
     except PolicyError as err:
         return InvalidPolicy(namespace, name, generation, str(err), match, priority)
+
+
+def _parse_escalation(raw: Any, validate: ParamValidator, seen: set[str]) -> Escalation | None:
+    if raw is None:
+        return None
+    levels = []
+    for i, level in enumerate(raw.get("levels") or []):
+        path = f"spec.escalate.levels[{i}]"
+        if not level.get("name"):
+            raise PolicyError(f"{path}.name: required")
+        after = _duration(level["after"], f"{path}.after") if "after" in level else None
+        steps = []
+        for j, step_raw in enumerate(level.get("notify") or []):
+            step = _parse_step(step_raw, Stage.ESCALATE, j, validate, f"{path}.notify[{j}]")
+            if step.name in seen:
+                raise PolicyError(f"{path}.notify[{j}].name: duplicate step name {step.name!r}")
+            seen.add(step.name)
+            steps.append(step)
+        levels.append(Level(level["name"], after, tuple(steps)))
+    names = [lv.name for lv in levels]
+    if len(set(names)) != len(names):
+        raise PolicyError("spec.escalate.levels: level names must be unique")
+    update = _duration(raw["updateEvery"], "spec.escalate.updateEvery") if "updateEvery" in raw else None
+    return Escalation(tuple(levels), update, raw.get("afterAttempts"))
+
+
+def default_escalation(severity: str) -> Escalation:
+    """The runbook: team lead after 30m unresolved; manager after 1h for Critical; updates every 30m for Critical."""
+    levels = [Level("on-call", None), Level("team-lead", 30 * 60.0)]
+    if severity == "Critical":
+        levels.append(Level("manager", 3600.0))
+    return Escalation(tuple(levels), 30 * 60.0 if severity == "Critical" else None)

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 TIMELINE_LIMIT = 50
+STEPS_LIMIT = 100
 
 
 class Phase(enum.StrEnum):
@@ -50,7 +51,23 @@ class Reason:
     STEP_SUCCEEDED = "StepSucceeded"
     STEP_FAILED = "StepFailed"
     STEP_RESUMED = "StepResumed"
+    STEP_INTERRUPTED = "StepInterrupted"
+    STEP_SKIPPED = "StepSkipped"
     IN_PROGRESS = "InProgress"
+    AWAITING_APPROVAL = "AwaitingApproval"
+    APPROVED = "Approved"
+    APPROVAL_TIMEOUT = "ApprovalTimeout"
+    DRY_RUN = "DryRun"
+    DUPLICATE = "Duplicate"
+    SUSPENDED = "Suspended"
+    RESUMED = "Resumed"
+    POLICY_SUSPENDED = "PolicySuspended"
+    ACKNOWLEDGED = "Acknowledged"
+    ESCALATION = "EscalationLevelReached"
+    ESCALATION_UPDATE = "EscalationUpdate"
+    RESPONSE_OVERDUE = "ResponseOverdue"
+    TARGET_LOCKED = "TargetLocked"
+    COOLDOWN = "CooldownActive"
 
 
 class ConditionType:
@@ -58,6 +75,8 @@ class ConditionType:
     REMEDIATED = "Remediated"
     ESCALATED = "Escalated"
     RESOLVED = "Resolved"
+    ACKNOWLEDGED = "Acknowledged"
+    SUSPENDED = "Suspended"
 
 
 def timestamp(now: datetime) -> str:
@@ -89,6 +108,8 @@ class StepRecord:
     finishedAt: str | None = None
     message: str = ""
     output: Mapping[str, Any] | None = None
+    approvedBy: str | None = None
+    approvedAt: str | None = None
 
 
 @dataclass(frozen=True)
@@ -105,6 +126,17 @@ class TimelineEntry:
 
 
 @dataclass(frozen=True)
+class EscalationState:
+    level: str | None = None
+    notifiedAt: str | None = None
+    nextAt: str | None = None
+    fired: tuple[str, ...] = ()
+    updates: int = 0
+    lastUpdateAt: str | None = None
+    overdueNoted: bool = False
+
+
+@dataclass(frozen=True)
 class Status:
     phase: str | None = None
     observedGeneration: int = 0
@@ -116,6 +148,11 @@ class Status:
     startedAt: str | None = None
     resolvedAt: str | None = None
     verifyAfter: str | None = None
+    acknowledgedAt: str | None = None
+    responseDeadline: str | None = None
+    duplicateOf: str | None = None
+    waiting: str | None = None
+    escalation: EscalationState = EscalationState()
     conditions: tuple[Condition, ...] = ()
     steps: tuple[StepRecord, ...] = ()
     findings: tuple[Finding, ...] = ()
@@ -125,9 +162,11 @@ class Status:
     def from_dict(cls, raw: Mapping[str, Any] | None) -> Status:
         raw = raw or {}
         nested = {"conditions": Condition, "steps": StepRecord, "findings": Finding, "timeline": TimelineEntry}
-        scalars = _known(cls, raw, exclude=set(nested))
+        scalars = _known(cls, raw, exclude={*nested, "escalation"})
         lists = {key: tuple(kind(**_known(kind, item)) for item in raw.get(key) or ()) for key, kind in nested.items()}
-        return cls(**scalars | lists)
+        escalation = _known(EscalationState, raw.get("escalation") or {})
+        escalation["fired"] = tuple(escalation.get("fired") or ())
+        return cls(**scalars | lists, escalation=EscalationState(**escalation))
 
     def to_dict(self) -> dict[str, Any]:
         """The full status for a merge patch: top-level None clears a stale field;
@@ -135,6 +174,7 @@ class Status:
         raw = asdict(self)
         for key in ("conditions", "steps", "findings", "timeline"):
             raw[key] = [{k: v for k, v in item.items() if v is not None} for item in raw[key]]
+        raw["escalation"]["fired"] = list(self.escalation.fired)
         return raw
 
     def condition(self, type_: str) -> Condition | None:
@@ -156,9 +196,14 @@ class Status:
         return next((s for s in self.steps if (s.stage, s.name, s.attempt) == (stage, name, attempt)), None)
 
     def with_record(self, record: StepRecord) -> Status:
+        """Add or replace a step record; past STEPS_LIMIT the oldest finished records go."""
         key = (record.stage, record.name, record.attempt)
-        kept = tuple(s for s in self.steps if (s.stage, s.name, s.attempt) != key)
-        return replace(self, steps=(*kept, record))
+        kept = [s for s in self.steps if (s.stage, s.name, s.attempt) != key]
+        kept.append(record)
+        while len(kept) > STEPS_LIMIT:
+            oldest = next((i for i, s in enumerate(kept) if s.finishedAt), 0)
+            del kept[oldest]
+        return replace(self, steps=tuple(kept))
 
 
 def _known(kind: type, raw: Mapping[str, Any], exclude: Collection[str] = ()) -> dict[str, Any]:

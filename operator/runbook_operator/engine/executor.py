@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 from runbook_operator.actions.registry import ActionContext, Registry
 from runbook_operator.domain.lifecycle import StepCall, StepResult
@@ -22,15 +23,15 @@ class Executor:
     def __init__(self, registry: Registry, sleep: Sleep = asyncio.sleep) -> None:
         self._registry, self._sleep = registry, sleep
 
-    async def run(self, incident: Incident, call: StepCall) -> StepResult:
+    async def run(self, incident: Incident, call: StepCall, details: Mapping[str, Any] | None = None) -> StepResult:
         step = call.step
         try:
             action = self._registry.get(step.action)
-            params = self._registry.parse(step.action, step.params)
-        except ValueError as err:  # the policy changed under us and is no longer valid
+            params = self._registry.parse(step.action, call.params)
+        except ValueError as err:  # rendered templates gave a bad value, or the catalog changed
             return StepResult(False, f"cannot run {step.action}: {err}")
         timeout = step.timeout or action.default_timeout
-        ctx = ActionContext(incident.namespace, incident.name, timeout)
+        ctx = ActionContext(incident.namespace, incident.name, timeout, details)
         result = StepResult(False, "not run")
         for attempt in range(step.retries + 1):
             if attempt:

@@ -49,6 +49,9 @@ class Kube:
             GROUP, VERSION, namespace, plural, name, {"status": status},
         )  # fmt: skip
 
+    async def delete(self, plural: str, namespace: str, name: str) -> None:
+        await self._call(self._custom.delete_namespaced_custom_object, GROUP, VERSION, namespace, plural, name)
+
     async def post_event(self, body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         meta = body["metadata"]
         now = datetime.now(UTC)

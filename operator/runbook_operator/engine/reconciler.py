@@ -5,6 +5,11 @@ most one step -> ``complete`` -> repeat, sleeping when the core says to wait
 until a time or until the Incident changes. Watch events only refresh the latest
 object and wake the task, so no finalizer or annotation is ever written.
 All progress is in ``.status``; a new operator process resumes from it.
+
+A book of every incident's target and progress (rebuilt from the watch after a
+restart) gives the core its peers: the lock, the cooldown and duplicates per
+target. It is updated as soon as a decision is taken, before the write, so two
+incidents of one target never both start remediating.
 """
 
 from __future__ import annotations
@@ -17,10 +22,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from runbook_operator.domain.lifecycle import Event, complete, decide
+from runbook_operator.domain.lifecycle import Event, Peer, complete, decide
 from runbook_operator.domain.matching import Candidate
 from runbook_operator.domain.model import Incident
-from runbook_operator.domain.status import Phase, Status
+from runbook_operator.domain.status import Phase, Status, parse_timestamp
 from runbook_operator.engine.executor import Executor
 
 log = logging.getLogger(__name__)
@@ -36,6 +41,7 @@ def utcnow() -> datetime:
 class Cluster(Protocol):
     async def patch_status(self, plural: str, namespace: str, name: str, status: Mapping[str, Any]) -> None: ...
     async def post_event(self, body: Mapping[str, Any], type_: str, reason: str, message: str) -> None: ...
+    async def delete(self, plural: str, namespace: str, name: str) -> None: ...
 
 
 @dataclass
@@ -52,9 +58,12 @@ class Reconciler:
         executor: Executor,
         candidates: Callable[[str], Sequence[Candidate]],
         clock: Clock = utcnow,
+        resolved_ttl: float | None = None,
     ) -> None:
         self._cluster, self._executor, self._candidates, self._clock = cluster, executor, candidates, clock
+        self._ttl = resolved_ttl
         self._workers: dict[str, _Worker] = {}
+        self._book: dict[str, tuple[str, Peer]] = {}  # uid -> (target, peer view)
 
     # -- fed by the watch --------------------------------------------------
     def observe(self, body: Body) -> None:
@@ -62,7 +71,9 @@ class Reconciler:
         uid = body["metadata"]["uid"]
         worker = self._workers.get(uid)
         if worker is None:
-            if (body.get("status") or {}).get("phase") == Phase.RESOLVED.value:
+            status = Status.from_dict(body.get("status"))
+            self._note(uid, Incident.from_body(body), status)
+            if status.phase == Phase.RESOLVED.value and self._ttl is None:
                 return  # finished before we saw it; nothing to do
             worker = self._workers[uid] = _Worker(body)
             worker.task = asyncio.create_task(self._drive(uid), name=f"incident/{uid}")
@@ -71,8 +82,11 @@ class Reconciler:
 
     def forget(self, uid: str) -> None:
         worker = self._workers.pop(uid, None)
+        entry = self._book.pop(uid, None)
         if worker and worker.task:
             worker.task.cancel()
+        if entry:
+            self._wake_target(entry[0], uid)
 
     def wake_namespace(self, namespace: str) -> None:
         for worker in self._workers.values():
@@ -93,6 +107,28 @@ class Reconciler:
                 await task
 
     # -- one incident ------------------------------------------------------
+    def _note(self, uid: str, incident: Incident, status: Status) -> None:
+        if incident.target is None:
+            return
+        target = str(incident.target)
+        peer = Peer.of(incident, status)
+        previous = self._book.get(uid)
+        self._book[uid] = (target, peer)
+        if previous is None or previous[1] != peer:
+            self._wake_target(target, uid)
+
+    def _peers(self, uid: str, incident: Incident) -> list[Peer]:
+        if incident.target is None:
+            return []
+        target = str(incident.target)
+        return [peer for other, (t, peer) in self._book.items() if t == target and other != uid]
+
+    def _wake_target(self, target: str, source: str) -> None:
+        for uid, (t, _) in self._book.items():
+            worker = self._workers.get(uid)
+            if t == target and uid != source and worker is not None:
+                worker.wakeup.set()
+
     async def _drive(self, uid: str) -> None:
         worker = self._workers[uid]
         written = Status.from_dict(worker.body.get("status"))
@@ -101,8 +137,10 @@ class Reconciler:
             worker.wakeup.clear()
             body = worker.body
             incident = Incident.from_body(body)
-            decision = decide(incident, status, self._candidates(incident.namespace), self._clock())
+            now = self._clock()
+            decision = decide(incident, status, self._candidates(incident.namespace), now, self._peers(uid, incident))
             status = decision.status
+            self._note(uid, incident, status)
             pending.extend(decision.events)
             if status != written or pending:
                 if not await self._write(body, status, pending):
@@ -110,15 +148,36 @@ class Reconciler:
                     continue
                 written, pending = status, []
             if decision.run is not None:
-                result = await self._executor.run(incident, decision.run)
+                result = await self._executor.run(incident, decision.run, _details(incident, status))
                 status, events = complete(status, decision.run, result, self._clock())
                 pending.extend(events)
                 continue
             if status.phase == Phase.RESOLVED.value:
-                self._workers.pop(uid, None)
+                await self._expire(uid, worker, status)
                 return
             delay = None if decision.wake_at is None else (decision.wake_at - self._clock()).total_seconds()
             await self._sleep(worker, delay)
+
+    async def _expire(self, uid: str, worker: _Worker, status: Status) -> None:
+        """Delete a resolved incident once its TTL has passed (never, without a TTL)."""
+        if self._ttl is not None and status.resolvedAt:
+            due = parse_timestamp(status.resolvedAt).timestamp() + self._ttl
+            while self._workers.get(uid) is worker and (left := due - self._clock().timestamp()) > 0:
+                await self._sleep(worker, left)
+            if self._workers.get(uid) is worker:
+                meta = worker.body["metadata"]
+                try:
+                    await self._cluster.delete("incidents", meta["namespace"], meta["name"])
+                    log.info(
+                        "incident %s/%s: deleted, resolved more than %gs ago",
+                        meta["namespace"],
+                        meta["name"],
+                        self._ttl,
+                    )
+                except Exception as err:  # gone already, or no permission: it stays, and says why in the log
+                    log.warning("incident %s/%s: TTL delete failed: %s", meta["namespace"], meta["name"], _short(err))
+        if self._workers.get(uid) is worker:
+            self._workers.pop(uid, None)
 
     async def _write(self, body: Body, status: Status, events: list[Event]) -> bool:
         meta = body["metadata"]
@@ -152,3 +211,12 @@ class Reconciler:
 def _short(err: Exception) -> str:
     text = str(err).splitlines()[0] if str(err) else type(err).__name__
     return text[:300]
+
+
+def _details(incident: Incident, status: Status) -> dict[str, Any]:
+    """What a notification says about the incident."""
+    return incident.view(status.severity) | {
+        "phase": status.phase,
+        "level": status.escalation.level,
+        "findings": [{"step": f.step, "message": f.message} for f in status.findings],
+    }

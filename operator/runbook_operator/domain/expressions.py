@@ -1,0 +1,125 @@
+"""`when` conditions (CEL) and `with` templates (sandboxed Jinja), checked on apply.
+
+Both see only three roots: ``incident`` (its spec, name and effective severity),
+``steps`` (results of earlier steps by name) and ``findings``. Incident text is
+data: it is substituted into the policy's templates, never parsed as one, and in
+URLs every substituted value is percent-encoded and may only fill the path.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote
+
+import cel
+import jinja2
+from jinja2 import meta
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+ROOTS = frozenset({"incident", "steps", "findings"})
+URL_KEYS = frozenset({"url"})
+_LITERAL_ORIGIN = re.compile(r"^https?://[^/{}]+/")
+
+
+def _env(finalize: Any = None) -> ImmutableSandboxedEnvironment:
+    return ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False, finalize=finalize)
+
+
+_TEXT = _env()
+_URL = _env(finalize=lambda value: quote(str(value), safe=""))
+
+
+def _roots_problem(names: set[str]) -> str | None:
+    unknown = sorted(names - ROOTS)
+    return f"unknown root {unknown[0]!r} (known: {', '.join(sorted(ROOTS))})" if unknown else None
+
+
+class When:
+    """A compiled ``when`` expression."""
+
+    def __init__(self, source: str) -> None:
+        try:
+            self._program = cel.compile(source)
+        except ValueError as err:
+            raise ValueError(f"does not compile: {str(err).splitlines()[0]}") from None
+        problem = _roots_problem(set(self._program.variables()))
+        if problem:
+            raise ValueError(problem)
+        self.source = source
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, When) and other.source == self.source
+
+    def __hash__(self) -> int:
+        return hash(self.source)
+
+    def __repr__(self) -> str:
+        return f"When({self.source!r})"
+
+    def evaluate(self, context: Mapping[str, Any]) -> bool:
+        """True or False; any evaluation problem raises ValueError with the reason."""
+        try:
+            result = self._program.execute(dict(context))
+        except (KeyError, TypeError, RuntimeError, ValueError) as err:
+            raise ValueError(f"when {self.source!r} could not be evaluated: {type(err).__name__}: {err}") from None
+        if not isinstance(result, bool):
+            raise ValueError(f"when {self.source!r} gave {result!r}, not true or false")
+        return result
+
+
+def is_template(value: Any) -> bool:
+    return isinstance(value, str) and ("{{" in value or "{%" in value)
+
+
+def check_templates(params: Mapping[str, Any], path: str = "") -> None:
+    """Raise ValueError naming the first template that does not parse or names an unknown root."""
+    for key, value in params.items():
+        where = f"{path}{key}"
+        if isinstance(value, Mapping):
+            check_templates(value, f"{where}.")
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if isinstance(item, Mapping):
+                    check_templates(item, f"{where}[{i}].")
+                elif is_template(item):
+                    _check_one(item, f"{where}[{i}]", url=False)
+        elif is_template(value):
+            _check_one(value, where, url=not path and key in URL_KEYS)
+
+
+def _check_one(text: str, where: str, url: bool) -> None:
+    try:
+        parsed = _TEXT.parse(text)
+    except jinja2.TemplateSyntaxError as err:
+        raise ValueError(f"{where}: template does not parse: {err.message}") from None
+    problem = _roots_problem(meta.find_undeclared_variables(parsed))
+    if problem:
+        raise ValueError(f"{where}: {problem}")
+    if url and not _LITERAL_ORIGIN.match(text.split("{", 1)[0]):
+        raise ValueError(f"{where}: templates may only fill the URL path; scheme and host must be literal")
+
+
+def render(params: Mapping[str, Any], context: Mapping[str, Any], top: bool = True) -> dict[str, Any]:
+    """Render every templated string; raise ValueError when a value is missing."""
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        out[key] = _render_value(value, context, url=top and key in URL_KEYS)
+    return out
+
+
+def _render_value(value: Any, context: Mapping[str, Any], url: bool) -> Any:
+    if isinstance(value, Mapping):
+        return render(value, context, top=False)
+    if isinstance(value, list):
+        return [_render_value(item, context, url=False) for item in value]
+    if not is_template(value):
+        return value
+    env = _URL if url else _TEXT
+    try:
+        return env.from_string(value).render(context)
+    except jinja2.UndefinedError as err:
+        raise ValueError(f"template {value!r}: {err.message}") from None
+    except jinja2.exceptions.SecurityError as err:
+        raise ValueError(f"template {value!r} was refused by the sandbox: {err}") from None
