@@ -12,8 +12,9 @@ from runbook_operator import __version__
 def _run(args: argparse.Namespace) -> int:
     import kopf
 
-    import runbook_operator.handlers  # noqa: F401 - registers the handlers
+    from runbook_operator import handlers  # registers the handlers
 
+    handlers.runtime.resolved_ttl = args.resolved_ttl
     kopf.configure(verbose=args.verbose)
     if not args.verbose:  # one line per handled watch event or HTTP call is noise at scale
         for noisy in ("kopf.objects", "httpx"):
@@ -47,6 +48,17 @@ def _demo_server(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ttl(text: str) -> float | None:
+    from runbook_operator.domain.durations import parse_duration
+
+    if text == "never":
+        return None
+    try:
+        return parse_duration(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="runbook-operator", description="The ISH Chat incident runbook as a Kubernetes operator."
@@ -60,6 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch all namespaces (the default)")
     run.add_argument("--peering", metavar="NAME", help="use Kopf peering NAME instead of standalone mode")
     run.add_argument("--liveness", metavar="URL", help="serve a liveness probe, e.g. http://0.0.0.0:8080/healthz")
+    run.add_argument(
+        "--resolved-ttl",
+        type=_ttl,
+        default=_ttl("24h"),
+        metavar="DURATION",
+        help="delete resolved incidents this long after they resolved, e.g. 24h (default), or 'never'",
+    )
     run.add_argument("-v", "--verbose", action="store_true")
     run.set_defaults(func=_run)
 

@@ -36,6 +36,7 @@ class _Runtime:
 
     kube: Kube | None = None
     reconciler: Reconciler | None = None
+    resolved_ttl: float | None = 24 * 3600.0  # set by the CLI before Kopf starts
     policies: PolicyIndex = None
 
 
@@ -54,7 +55,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.client_timeout = 330
     settings.watching.inactivity_timeout = 600
     runtime.kube = Kube.from_environment()
-    runtime.reconciler = Reconciler(runtime.kube, Executor(REGISTRY), _candidates)
+    runtime.reconciler = Reconciler(runtime.kube, Executor(REGISTRY), _candidates, resolved_ttl=runtime.resolved_ttl)
 
 
 @kopf.on.cleanup()

@@ -614,6 +614,17 @@ def _escalation(p: _Progress, ctx: _Context) -> StepCall | None:
     """Fire due levels (once each), run their notify steps (once each), send periodic updates."""
     if p.status.phase == Phase.RESOLVED.value or not p.status.startedAt:
         return None
+    known = len(p.wake)
+    call = _escalate(p, ctx)
+    upcoming = p.wake[known:]
+    next_at = timestamp(min(upcoming)) if upcoming else None
+    if p.status.escalation.nextAt != next_at:
+        p.status = replace(p.status, escalation=replace(p.status.escalation, nextAt=next_at))
+    return call
+
+
+def _escalate(p: _Progress, ctx: _Context) -> StepCall | None:
+    assert p.status.startedAt is not None
     severity = p.status.severity or DEFAULT_SEVERITY
     plan = ctx.escalation(severity)
     started = parse_timestamp(p.status.startedAt)

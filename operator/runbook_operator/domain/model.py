@@ -31,6 +31,9 @@ class Stage(enum.StrEnum):
         return self.value.lower()
 
 
+POLICY_STAGES = (Stage.DIAGNOSE, Stage.REMEDIATE, Stage.VERIFY)
+
+
 class PolicyError(ValueError):
     """A RemediationPolicy that cannot be used; the message starts with the field path."""
 
@@ -307,7 +310,8 @@ def parse_policy(body: Mapping[str, Any], validate: ParamValidator) -> Policy | 
     try:
         match = parse_match(spec)
         stages = {
-            s: tuple(_parse_step(raw, s, i, validate) for i, raw in enumerate(spec.get(s.field) or [])) for s in Stage
+            s: tuple(_parse_step(raw, s, i, validate) for i, raw in enumerate(spec.get(s.field) or []))
+            for s in POLICY_STAGES
         }
         seen: set[str] = set()
         for stage_steps in stages.values():

@@ -1,0 +1,99 @@
+"""`when` and templates: what they see, what they refuse, and hostile incident text."""
+
+import pytest
+
+from runbook_operator.domain.expressions import When, check_templates, render
+
+CTX = {
+    "incident": {"alert": "RedisDown", "severity": "Critical", "labels": {"svc": "redis", "provider_type": "openai"}},
+    "steps": {"ping": {"ok": False, "state": "Failed", "message": "refused", "output": {"pid": 4242}}},
+    "findings": [{"step": "ping", "message": "refused"}],
+}
+
+
+@pytest.mark.parametrize(
+    ("source", "value"),
+    [
+        ("incident.severity == 'Critical'", True),
+        ("incident.labels.svc == 'db'", False),
+        ("!steps.ping.ok && size(findings) > 0", True),
+        ("steps.ping.output.pid > 4000", True),
+        ("'provider_type' in incident.labels", True),
+    ],
+)
+def test_when_sees_incident_steps_and_findings(source: str, value: bool) -> None:
+    assert When(source).evaluate(CTX) is value
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("incident.severity ==", "does not compile"),
+        ("secrets.token == 'x'", "unknown root 'secrets'"),
+        ("env.HOME != ''", "unknown root 'env'"),
+    ],
+)
+def test_when_is_checked_on_apply(source: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        When(source)
+
+
+def test_when_that_cannot_be_evaluated_says_why() -> None:
+    with pytest.raises(ValueError, match="could not be evaluated"):
+        When("steps.missing.ok").evaluate(CTX)
+    with pytest.raises(ValueError, match="not true or false"):
+        When("incident.alert").evaluate(CTX)
+
+
+def test_templates_fill_params_from_incident_and_earlier_steps() -> None:
+    params = {"json": {"provider": "{{ incident.labels.provider_type }}", "pid": "{{ steps.ping.output.pid }}"}, "n": 3}
+    assert render(params, CTX) == {"json": {"provider": "openai", "pid": "4242"}, "n": 3}
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"json": {"a": "{{ os.environ }}"}}, "json.a: unknown root 'os'"),
+        ({"text": "{{ incident.alert "}, "text: template does not parse"),
+        ({"url": "http://{{ incident.labels.host }}/x"}, "scheme and host must be literal"),
+        ({"url": "{{ incident.labels.url }}"}, "scheme and host must be literal"),
+        ({"url": "http://admin:9091{{ incident.labels.p }}"}, "scheme and host must be literal"),
+    ],
+)
+def test_templates_are_checked_on_apply(params: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        check_templates(params)
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        "{{ 7 * 7 }}",
+        "{% for x in range(10**9) %}x{% endfor %}",
+        "'; DROP TABLE incidents; --",
+        "$(rm -rf /) `reboot` && halt",
+        "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+        "x" * 10_000,
+        "ünïcødé ☃ \u202e\u0000",
+    ],
+)
+def test_hostile_incident_text_is_data_never_code(hostile: str) -> None:
+    ctx = {**CTX, "incident": {**CTX["incident"], "labels": {"svc": hostile}}}
+    out = render(
+        {"json": {"service": "{{ incident.labels.svc }}"}, "url": "http://admin:9091/svc/{{ incident.labels.svc }}"},
+        ctx,
+    )
+    assert out["json"]["service"] == hostile  # substituted verbatim, never evaluated
+    assert out["url"].startswith("http://admin:9091/svc/")
+    assert "/" not in out["url"].removeprefix("http://admin:9091/svc/")  # cannot climb out of the path
+    assert "?" not in out["url"] and "#" not in out["url"]
+
+
+def test_the_sandbox_refuses_attribute_escapes_in_policy_templates() -> None:
+    with pytest.raises(ValueError, match="sandbox"):
+        render({"x": "{{ incident.__class__.__mro__ }}"}, CTX)
+
+
+def test_a_missing_value_is_an_error_not_an_empty_string() -> None:
+    with pytest.raises(ValueError, match="has no attribute 'nope'"):
+        render({"x": "{{ incident.labels.nope }}"}, CTX)
