@@ -120,6 +120,12 @@ class OperatorProcess:
         except OSError:
             return False
 
+    def kill9(self) -> None:
+        """Die the hard way, mid-whatever: no cleanup, no status written."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)

@@ -44,7 +44,12 @@ def phase_of(kubectl: Kubectl, name: str, namespace: str) -> str | None:
 
 
 def settled(kubectl: Kubectl, name: str, namespace: str, phase: str, timeout: float = 60) -> dict[str, Any]:
-    wait_for(lambda: phase_of(kubectl, name, namespace) == phase, timeout, f"incident {name} to be {phase}")
+    try:
+        wait_for(lambda: phase_of(kubectl, name, namespace) == phase, timeout, f"incident {name} to be {phase}")
+    except AssertionError as err:
+        status = kubectl.get("incident", name, namespace).get("status") or {}
+        timeline = [(t["type"], t["message"]) for t in status.get("timeline", [])]
+        raise AssertionError(f"{err}\nphase: {status.get('phase')}; timeline: {timeline}") from None
     return kubectl.get("incident", name, namespace)["status"]  # type: ignore[no-any-return]
 
 
@@ -138,9 +143,9 @@ def test_no_matching_policy_escalates_saying_so(kubectl: Kubectl, operator: Oper
     status = settled(kubectl, "orphan", namespace, "Escalated")
     assert conditions(status)["Escalated"] == ("True", "NoMatchingPolicy")
     assert status["steps"] == []
-    events = kubectl.events("orphan", namespace)
-    assert events[-1]["reason"] == "NoMatchingPolicy" and events[-1]["type"] == "Warning"
-    assert "NobodyHandlesThis" in events[-1]["message"]
+    escalated = next(e for e in kubectl.events("orphan", namespace) if e["reason"] == "NoMatchingPolicy")
+    assert escalated["type"] == "Warning" and "NobodyHandlesThis" in escalated["message"]
+    assert status["escalation"]["level"] == "on-call"  # the runbook's first level, without a policy to say more
 
 
 def test_failed_verification_escalates_after_max_attempts(
@@ -179,7 +184,8 @@ def test_a_policy_the_schema_accepts_but_the_operator_cannot_use(
     kubectl.apply(incident("im-3", namespace))
     status = settled(kubectl, "im-3", namespace, "Escalated")
     assert conditions(status)["Escalated"] == ("True", "InvalidPolicy")
-    assert "unknown action 'ssh.run'" in kubectl.events("im-3", namespace)[-1]["message"]
+    escalated = next(e for e in kubectl.events("im-3", namespace) if e["reason"] == "InvalidPolicy")
+    assert "unknown action 'ssh.run'" in escalated["message"]
 
 
 def test_the_examples_reach_resolved(kubectl: Kubectl, operator: OperatorProcess) -> None:

@@ -198,6 +198,14 @@ def test_a_second_incident_for_the_same_alert_and_target_is_a_duplicate() -> Non
     assert run.condition("Resolved") == ("True", "Duplicate") and run.status.duplicateOf == "first"
 
 
+def test_an_incident_already_handled_comes_first_even_if_created_in_the_same_second() -> None:
+    run = on_target()
+    run.inc = replace(run.inc, name="aaa", created="2026-11-27T08:00:00Z")
+    run.peers = [peer("zzz", alert="RedisDown", phase="AwaitingApproval", created="2026-11-27T08:00:00Z")]
+    run.drive()
+    assert run.status.duplicateOf == "zzz"
+
+
 def test_the_first_of_two_is_not_the_duplicate() -> None:
     run = on_target()
     run.inc = replace(run.inc, created="2026-11-27T07:00:00Z")
@@ -256,3 +264,27 @@ def test_a_template_that_cannot_render_fails_the_step_with_the_reason() -> None:
     record = run.status.record("Remediate", "r", 1)
     assert record is not None and record.state == "Failed" and "cannot render parameters" in record.message
     assert run.ran == []
+
+
+def test_waiting_for_the_lock_does_not_hold_it() -> None:
+    """Otherwise two incidents of one target, both waiting, would wait for each other."""
+    run = on_target()
+    run.peers = [peer(remediating=True)]
+    run.drive()
+    assert run.status.phase == Phase.REMEDIATING.value and run.status.waiting
+    assert Peer.of(run.inc, run.status).remediating is False
+    run.peers = []
+    run.drive()
+    assert Peer.of(run.inc, run.status).remediating is False  # resolved: the lock is free again
+    assert Peer.of(run.inc, run.status).last_remediated == T0
+
+
+def test_a_policy_edited_mid_incident_applies_from_the_next_step() -> None:
+    v1 = policy("p", diagnose=[check("ping")], remediate=[request("restart")])
+    v2 = replace(policy("p", diagnose=[check("ping")], remediate=[request("scale-up")]), generation=2)
+    first = decide(incident(), Status(), [v1], T0)
+    assert first.status.policyGeneration == 1 and first.run is not None
+    status, _ = complete(first.status, first.run, StepResult(True, "ok"), T0)
+    second = decide(incident(), status, [v2], T0)
+    assert second.run is not None and second.run.step.name == "scale-up"
+    assert second.status.policyGeneration == 2

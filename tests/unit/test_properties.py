@@ -1,9 +1,9 @@
 """Properties of the state machine under random policies, outcomes, approvals, crashes and time."""
 
 from collections import Counter
-from itertools import cycle, islice
 from dataclasses import replace
 from datetime import timedelta
+from itertools import cycle, islice
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -46,8 +46,15 @@ def policies(draw: Any) -> Any:
     if draw(st.booleans()):
         spec["escalate"] = {
             "levels": [
-                {"name": "oncall", "notify": [{"name": "n1", "action": "notify.webhook", "with": {"url": "http://hook.local/"}}]},
-                {"name": "lead", "after": "10m", "notify": [{"name": "n2", "action": "notify.webhook", "with": {"url": "http://hook.local/"}}]},
+                {
+                    "name": "oncall",
+                    "notify": [{"name": "n1", "action": "notify.webhook", "with": {"url": "http://hook.local/"}}],
+                },
+                {
+                    "name": "lead",
+                    "after": "10m",
+                    "notify": [{"name": "n2", "action": "notify.webhook", "with": {"url": "http://hook.local/"}}],
+                },
             ],
             "updateEvery": "15m",
         }

@@ -7,6 +7,8 @@ from typing import Any
 import pytest
 
 from runbook_operator.actions import default_registry
+from runbook_operator.domain.lifecycle import holds_target
+from runbook_operator.domain.status import Status
 from runbook_operator.engine.executor import Executor
 from runbook_operator.engine.reconciler import Reconciler
 from runbook_operator.lab.demo import DemoService
@@ -15,6 +17,8 @@ from tests.unit.builders import policy
 
 class MemoryCluster:
     def __init__(self, fail_writes: int = 0) -> None:
+        self.deleted: list[str] = []
+        self.timeline: list[tuple[str, bool]] = []
         self.writes: list[dict[str, Any]] = []
         self.events: list[tuple[str, str]] = []
         self.fail_writes = fail_writes
@@ -24,9 +28,13 @@ class MemoryCluster:
             self.fail_writes -= 1
             raise RuntimeError("apiserver unavailable")
         self.writes.append(dict(status))
+        self.timeline.append((name, holds_target(Status.from_dict(status))))
 
     async def post_event(self, body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         self.events.append((type_, reason))
+
+    async def delete(self, plural: str, namespace: str, name: str) -> None:
+        self.deleted.append(f"{namespace}/{name}")
 
 
 @pytest.fixture
@@ -99,4 +107,67 @@ async def test_forget_cancels_the_incident_task(service: DemoService) -> None:
     await wait_until(lambda: bool(cluster.writes))
     reconciler.forget("u1")
     assert reconciler.active == 0
+    await reconciler.stop()
+
+
+async def test_resolved_incidents_are_deleted_after_the_ttl(service: DemoService) -> None:
+    cluster = MemoryCluster()
+    reconciler = Reconciler(
+        cluster, Executor(default_registry()), lambda ns: [demo_policy(service.url)], resolved_ttl=1.5
+    )
+    reconciler.observe(body())
+    await wait_until(lambda: cluster.writes and cluster.writes[-1]["phase"] == "Resolved")
+    assert cluster.deleted == []
+    await wait_until(lambda: cluster.deleted == ["ns/i"], timeout=5)
+    await wait_until(lambda: reconciler.active == 0)
+
+
+async def test_an_incident_resolved_before_a_restart_is_still_expired(service: DemoService) -> None:
+    cluster = MemoryCluster()
+    old = body() | {"status": {"phase": "Resolved", "resolvedAt": "2020-01-01T00:00:00Z", "observedGeneration": 1}}
+    reconciler = Reconciler(cluster, Executor(default_registry()), lambda ns: [], resolved_ttl=3600)
+    reconciler.observe(old)
+    await wait_until(lambda: cluster.deleted == ["ns/i"])
+    assert cluster.writes == []  # nothing to say about a finished incident
+
+
+async def test_two_incidents_on_one_target_never_remediate_at_once(service: DemoService) -> None:
+    service.restart_seconds = 0.3
+    cluster = MemoryCluster()
+    slow = policy(
+        "p",
+        remediate=[
+            {
+                "name": "restart",
+                "action": "http.request",
+                "with": {"url": f"{service.url}/admin/restart", "expectStatus": 202},
+            }
+        ],
+        verify=[
+            {
+                "name": "again",
+                "action": "http.check",
+                "with": {"url": f"{service.url}/health"},
+                "retries": 20,
+                "backoff": "100ms",
+            }
+        ],
+    )
+    reconciler = Reconciler(cluster, Executor(default_registry()), lambda ns: [slow])
+    target = {"kind": "Deployment", "name": "web"}
+    for uid, alert in (("a", "A"), ("b", "B")):
+        b = body(uid)
+        b["metadata"]["name"] = uid
+        b["spec"] = {"alert": alert, "target": target}
+        reconciler.observe(b)
+    await wait_until(lambda: sum(w["phase"] == "Resolved" for w in cluster.writes) == 2, timeout=10)
+    assert ("Normal", "TargetLocked") in cluster.events
+    holding: set[str] = set()
+    for name, holds in cluster.timeline:  # the remediate-verify windows of the two never overlap
+        if holds:
+            holding.add(name)
+        else:
+            holding.discard(name)
+        assert len(holding) <= 1, cluster.timeline
+    assert service.restarts == 2
     await reconciler.stop()

@@ -83,6 +83,14 @@ class StepResult:
     output: Mapping[str, Any] = field(default_factory=dict)
 
 
+def holds_target(status: Status) -> bool:
+    """Has this incident's current round begun remediating (so it holds its target until it ends)?"""
+    if status.phase in (Phase.VERIFYING.value, Phase.AWAITING_APPROVAL.value):
+        return True
+    started = any(s.stage == Stage.REMEDIATE.value and s.attempt == status.attempts for s in status.steps)
+    return status.phase == Phase.REMEDIATING.value and started
+
+
 @dataclass(frozen=True)
 class Peer:
     """Another incident on the same target, as the engine last saw it."""
@@ -97,16 +105,12 @@ class Peer:
     @classmethod
     def of(cls, incident: Incident, status: Status) -> Peer:
         finished = [s.finishedAt for s in status.steps if s.stage == Stage.REMEDIATE.value and s.finishedAt]
-        awaiting = any(
-            s.state == StepState.AWAITING_APPROVAL.value and s.stage == Stage.REMEDIATE.value for s in status.steps
-        )
-        remediating = status.phase in (Phase.REMEDIATING.value, Phase.VERIFYING.value) or awaiting
         return cls(
             name=incident.name,
             alert=incident.alert,
             created=incident.created,
             phase=status.phase,
-            remediating=remediating,
+            remediating=holds_target(status),
             last_remediated=parse_timestamp(max(finished)) if finished else None,
         )
 
@@ -257,12 +261,16 @@ def _duplicate_of(incident: Incident, peers: Sequence[Peer]) -> str | None:
     if incident.target is None:
         return None
     me = (incident.created, incident.name)
-    earlier = [
+    # An open peer that already started came first; between two new ones, creation time
+    # (to the second) and then the name decide, the same way for both.
+    first = [
         peer
         for peer in peers
-        if peer.alert == incident.alert and peer.phase != Phase.RESOLVED.value and (peer.created, peer.name) < me
+        if peer.alert == incident.alert
+        and peer.phase != Phase.RESOLVED.value
+        and (peer.phase is not None or (peer.created, peer.name) < me)
     ]
-    return min(earlier, key=lambda peer: (peer.created, peer.name)).name if earlier else None
+    return min(first, key=lambda peer: (peer.phase is None, peer.created, peer.name)).name if first else None
 
 
 def _policy_arrived(status: Status, incident: Incident, candidates: Sequence[Candidate]) -> bool:

@@ -2,8 +2,10 @@
 
 ``GET /health`` answers 200 when healthy, 503 when down. ``POST /admin/restart``
 (a JSON body naming the service) brings it back after ``restart_seconds``, unless
-``fixable`` is false; ``POST /admin/break`` takes it down. ``GET /admin/stats``
-counts restarts, so tests can check the remediation really happened.
+``fixable`` is false or ``ineffective_restarts`` are left; ``POST /admin/break``
+takes it down. ``POST /admin/failover`` takes ``failover_seconds`` and fixes it
+(a slow, destructive call). ``POST /hooks/NAME`` records a notification.
+``GET /admin/stats`` counts all of it, so tests can check what really happened.
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ class DemoService:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, healthy: bool = False, restart_seconds: float = 1.0):
         self.host = host
         self.healthy, self.fixable, self.restart_seconds = healthy, True, restart_seconds
-        self.restarts = 0
+        self.restarts = self.failovers = self.ineffective_restarts = 0
+        self.failover_seconds = 0.0
+        self.hooks: list[tuple[str, Any]] = []
         self.requests: list[tuple[str, str, Any]] = []
         self._healthy_at: float | None = None
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer((host, port), _handler(self))
+        self._server = _QuietServer((host, port), _handler(self))
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
 
@@ -41,7 +45,16 @@ class DemoService:
         with self._lock:
             self.restarts += 1
             self.healthy = False
-            self._healthy_at = time.monotonic() + self.restart_seconds if self.fixable else None
+            works = self.fixable and self.ineffective_restarts <= 0
+            self.ineffective_restarts -= 1
+            self._healthy_at = time.monotonic() + self.restart_seconds if works else None
+
+    def failover(self) -> None:
+        with self._lock:
+            self.failovers += 1
+        time.sleep(self.failover_seconds)
+        with self._lock:
+            self.healthy, self._healthy_at = True, None
 
     def break_(self) -> None:
         with self._lock:
@@ -57,6 +70,11 @@ class DemoService:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hung up (an operator killed mid-request) is not an error here."""
 
 
 def _handler(service: DemoService) -> type[BaseHTTPRequestHandler]:
@@ -86,7 +104,8 @@ def _handler(service: DemoService) -> type[BaseHTTPRequestHandler]:
                 ok = service.is_healthy()
                 self._reply(200 if ok else 503, {"status": "healthy" if ok else "down"})
             elif self.path == "/admin/stats":
-                self._reply(200, {"restarts": service.restarts, "healthy": service.is_healthy()})
+                stats = {"restarts": service.restarts, "failovers": service.failovers, "hooks": len(service.hooks)}
+                self._reply(200, stats | {"healthy": service.is_healthy()})
             else:
                 self._reply(404, {"error": f"no route {self.path}"})
 
@@ -102,6 +121,12 @@ def _handler(service: DemoService) -> type[BaseHTTPRequestHandler]:
             elif self.path == "/admin/break":
                 service.break_()
                 self._reply(200, {"healthy": False})
+            elif self.path == "/admin/failover":
+                service.failover()
+                self._reply(200, {"failedOver": True})
+            elif self.path.startswith("/hooks/"):
+                service.hooks.append((self.path.removeprefix("/hooks/"), body))
+                self._reply(200, {"ok": True})
             else:
                 self._reply(404, {"error": f"no route {self.path}"})
 
