@@ -86,6 +86,7 @@ def test_fixed_on_the_first_round_resolves_verified() -> None:
     assert run.condition("Resolved") == ("True", "Verified")
     assert [f.step for f in run.status.findings] == ["ping"]
     assert run.status.resolvedAt and run.status.attempts == 1 and run.status.currentStep is None
+    assert run.status.escalation.nextAt is None and run.status.escalation.fired == ()
 
 
 def test_fixed_on_the_second_round() -> None:

@@ -38,6 +38,16 @@ def test_a_valid_policy_parses_into_ordered_typed_steps() -> None:
         ({"match": {"labelSelector": {"matchExpressions": [{"key": "k", "operator": "Near"}]}}}, "operator: unknown operator 'Near'"),
         ({"match": {"labelSelector": {"matchExpressions": [{"key": "k", "operator": "In"}]}}}, "values: must be non-empty for operator In"),
         ({"verify": [{"action": "http.check"}]}, "spec.verify[0].name: required"),
+        ({"verify": [check("x", when="steps.x.ok ==")]}, "spec.verify[0].when: does not compile"),
+        ({"verify": [check("x", when="secrets.a == 'b'")]}, "spec.verify[0].when: unknown root 'secrets'"),
+        ({"remediate": [request("x") | {"with": {"url": "http://a/", "json": {"p": "{{ env.HOME }}"}}}]}, "spec.remediate[0].with (http.request): json.p: unknown root 'env'"),
+        ({"remediate": [request("x") | {"with": {"url": "http://{{ incident.labels.h }}/"}}]}, "url: templates may only fill the URL path"),
+        ({"remediate": [request("x") | {"with": {"url": "http://a/", "expectStatus": "{{ incident.alert"}}]}, "expectStatus: template does not parse"),
+        ({"escalate": {"levels": [{"name": "a"}, {"name": "a"}]}}, "spec.escalate.levels: level names must be unique"),
+        ({"escalate": {"levels": [{"name": "a", "after": "soon"}]}}, "spec.escalate.levels[0].after: invalid duration"),
+        ({"escalate": {"levels": [{"name": "a", "notify": [{"name": "n", "action": "notify.webhook", "with": {"url": "http://h/", "format": "teams"}}]}]}}, "spec.escalate.levels[0].notify[0].with (notify.webhook): format: Input should be 'slack' or 'json'"),
+        ({"diagnose": [check("n")], "escalate": {"levels": [{"name": "a", "notify": [{"name": "n", "action": "notify.webhook", "with": {"url": "http://h/"}}]}]}}, "notify[0].name: duplicate step name 'n'"),
+        ({"limits": {"cooldown": "a while"}}, "spec.limits.cooldown: invalid duration"),
     ],
 )  # fmt: skip
 def test_invalid_policies_name_the_field_and_the_problem(spec: dict, message: str) -> None:  # type: ignore[type-arg]
@@ -47,3 +57,25 @@ def test_invalid_policies_name_the_field_and_the_problem(spec: dict, message: st
 def test_an_invalid_step_keeps_the_match_so_incidents_learn_why() -> None:
     bad = invalid(match={"alerts": ["RedisDown"]}, verify=[{"name": "x", "action": "nope.x"}])
     assert bad.match is not None and bad.match.alerts == {"RedisDown"}
+
+
+def test_templated_values_are_checked_when_the_step_runs_not_on_apply() -> None:
+    parsed = policy(
+        remediate=[
+            request("x")
+            | {"with": {"url": "http://a/{{ incident.labels.svc }}", "expectStatus": "{{ steps.y.output.code }}"}}
+        ]
+    )
+    assert parsed.remediate[0].params["expectStatus"] == "{{ steps.y.output.code }}"
+
+
+def test_destructive_steps_need_approval_unless_they_opt_out() -> None:
+    parsed = policy(remediate=[request("a") | {"with": {"url": "http://a/", "destructive": True}},
+                               request("b", requiresApproval=False) | {"with": {"url": "http://a/", "destructive": True}},
+                               request("c")])  # fmt: skip
+    assert [(s.destructive, s.requires_approval) for s in parsed.remediate] == [
+        (True, True),
+        (True, False),
+        (False, False),
+    ]
+    assert policy(verify=[check("v")]).verify[0].read_only

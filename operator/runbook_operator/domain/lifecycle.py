@@ -150,7 +150,8 @@ class _Progress:
 
     def resolve(self, reason: str, message: str) -> None:
         self.condition(ConditionType.RESOLVED, True, reason, message)
-        self.status = replace(self.status, resolvedAt=timestamp(self.now), verifyAfter=None)
+        escalation = replace(self.status.escalation, nextAt=None)
+        self.status = replace(self.status, resolvedAt=timestamp(self.now), verifyAfter=None, escalation=escalation)
         self.enter(Phase.RESOLVED, reason, message)
 
     def wait(self, reason: str, message: str) -> None:
