@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 CLUSTER_DIR := .cluster
 
-.PHONY: run test test-unit test-e2e lint fmt cluster cluster-down env controlplane clean
+.PHONY: run test test-unit test-e2e lint fmt docs cluster cluster-down env controlplane clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check operator tests
 	$(BIN)/ruff format --check operator tests
 	$(BIN)/mypy
+
+## Regenerate docs/actions.md from the action registry.
+docs: $(BIN)/.installed
+	$(BIN)/runbook-operator actions --markdown > docs/actions.md
 
 fmt: $(BIN)/.installed
 	$(BIN)/ruff check --fix operator tests

@@ -29,15 +29,11 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _actions(_: argparse.Namespace) -> int:
-    from runbook_operator.actions import default_registry
+def _actions(args: argparse.Namespace) -> int:
+    from runbook_operator.actions import default_registry, reference
 
-    for action in default_registry():
-        flag = "  [destructive]" if action.destructive else ""
-        print(f"{action.name}{flag} — {action.description} (default timeout {action.default_timeout:g}s)")
-        for name, info in action.params.model_fields.items():
-            required = "required" if info.is_required() else f"default {info.get_default(call_default_factory=True)!r}"
-            print(f"    {info.alias or name}: {info.description or ''} ({required})")
+    registry = default_registry()
+    sys.stdout.write(reference.markdown(registry) if args.markdown else reference.text(registry))
     return 0
 
 
@@ -83,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_run)
 
     actions = sub.add_parser("actions", help="list the action catalog with parameters")
+    actions.add_argument("--markdown", action="store_true", help="as the reference page docs/actions.md")
     actions.set_defaults(func=_actions)
 
     demo = sub.add_parser("demo-server", help="serve a simulated ISH Chat instance manager for the examples")

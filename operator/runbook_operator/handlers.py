@@ -55,7 +55,8 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.client_timeout = 330
     settings.watching.inactivity_timeout = 600
     runtime.kube = Kube.from_environment()
-    runtime.reconciler = Reconciler(runtime.kube, Executor(REGISTRY), _candidates, resolved_ttl=runtime.resolved_ttl)
+    executor = Executor(REGISTRY, services=runtime.kube)
+    runtime.reconciler = Reconciler(runtime.kube, executor, _candidates, resolved_ttl=runtime.resolved_ttl)
 
 
 @kopf.on.cleanup()

@@ -1,83 +1,25 @@
-"""A real control plane, the CRDs and RBAC from manifests/, and the operator running
-as its own ServiceAccount (not system:masters): started once per session."""
+"""The operator running as its own ServiceAccount (not system:masters), once per session,
+on the shared control plane of tests/fixtures/cluster.py."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
-from runbook_operator.lab.controlplane import ControlPlane, free_port
+from runbook_operator.lab.controlplane import free_port
 from runbook_operator.lab.demo import DemoService
+from tests.fixtures.cluster import ROOT, Kubectl, wait_for
 
-ROOT = Path(__file__).resolve().parents[2]
 SA = "system:serviceaccount:runbook-operator:runbook-operator"
-
-
-class Kubectl:
-    def __init__(self, binary: Path, kubeconfig: Path) -> None:
-        self.binary, self.kubeconfig = binary, kubeconfig
-
-    def __call__(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
-        proc = subprocess.run(
-            [str(self.binary), *args], input=input, env=env, capture_output=True, text=True, timeout=60
-        )
-        if check and proc.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)} failed: {proc.stderr}")
-        return proc
-
-    def apply(self, *docs: dict[str, Any], check: bool = True) -> subprocess.CompletedProcess[str]:
-        return self("apply", "-f", "-", input=yaml.safe_dump_all(docs), check=check)
-
-    def get(self, kind: str, name: str, namespace: str) -> dict[str, Any]:
-        return json.loads(self("get", kind, name, "-n", namespace, "-o", "json").stdout)  # type: ignore[no-any-return]
-
-    def events(self, name: str, namespace: str) -> list[dict[str, Any]]:
-        out = self("get", "events", "-n", namespace, "--field-selector", f"involvedObject.name={name}", "-o", "json")
-        items = json.loads(out.stdout)["items"]
-        return sorted(items, key=lambda e: (e.get("firstTimestamp") or "", e["metadata"]["creationTimestamp"]))
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}; last value: {last!r}")
-
-
-@pytest.fixture(scope="session")
-def controlplane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    build = subprocess.run([str(ROOT / "tools/controlplane/build.sh")], capture_output=True, text=True, check=True)
-    plane = ControlPlane(tmp_path_factory.mktemp("controlplane"), Path(build.stdout.strip()))
-    plane.up()
-    yield plane
-    plane.down()
-
-
-@pytest.fixture(scope="session")
-def kubectl(controlplane: ControlPlane) -> Kubectl:
-    k = Kubectl(controlplane.bin / "kubectl", controlplane.kubeconfig)
-    k("apply", "-k", str(ROOT / "manifests"))
-    k("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
-    # the OpenAPI document (kubectl explain, server-side field names) is published a moment later
-    wait_for(lambda: k("explain", "incident", check=False).returncode == 0, 60, "the CRDs' OpenAPI schema")
-    return k
+__all__ = ["ROOT", "SA", "Kubectl", "OperatorProcess", "wait_for"]
 
 
 @pytest.fixture(scope="session")
@@ -142,17 +84,6 @@ def operator(operator_kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory
     op.start()
     yield op
     op.stop()
-
-
-_counter = itertools.count()
-
-
-@pytest.fixture
-def namespace(kubectl: Kubectl) -> Iterator[str]:
-    name = f"e2e-{os.getpid()}-{next(_counter)}"
-    kubectl("create", "namespace", name)
-    yield name
-    kubectl("delete", "namespace", name, "--wait=false")
 
 
 @pytest.fixture

@@ -1,10 +1,16 @@
-"""Action registry: lookup, parameter validation, and the built-in catalog."""
+"""Action registry: lookup, parameter validation, the built-in catalog and plug-ins.
+
+Third parties add actions without forking: a package declares an entry point in the
+group ``runbook_operator.actions`` whose object is an iterable of :class:`Action`.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
-from typing import Annotated, Any, Generic, TypeVar
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Annotated, Any, Generic, Protocol, TypeVar
 
 import pydantic
 
@@ -14,6 +20,9 @@ from runbook_operator.domain.lifecycle import StepResult
 from runbook_operator.domain.model import Traits
 
 P = TypeVar("P", bound=pydantic.BaseModel)
+T = TypeVar("T")
+ENTRY_POINT_GROUP = "runbook_operator.actions"
+log = logging.getLogger(__name__)
 
 
 # A duration parameter written as in Flux ("5s", "1m"), held as seconds.
@@ -28,14 +37,48 @@ class Params(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
 
 
+class SecretRef(Params):
+    """A key of a Secret in the policy's namespace; the value is read when the step runs."""
+
+    name: str = pydantic.Field(min_length=1, max_length=253, description="Secret name")
+    key: str = pydantic.Field(min_length=1, max_length=253, description="key in the Secret's data")
+
+
+class Services(Protocol):
+    """What the engine lends actions: the cluster and a thread pool for blocking clients."""
+
+    async def read_secret(self, namespace: str, name: str, key: str) -> str: ...
+    def api_client(self) -> Any: ...
+    async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T: ...
+
+
 @dataclass(frozen=True)
 class ActionContext:
-    """What an action may know about the incident it serves (never credentials)."""
+    """What an action may know about the incident it serves.
+
+    Credentials come only through :meth:`secret`, which remembers every value it
+    hands out so the executor can scrub them from the result (status, Events, logs).
+    """
 
     namespace: str
     incident: str
     timeout: float
     details: Mapping[str, Any] | None = None  # the incident view, phase and findings, for notifications
+    services: Services | None = None
+    revealed: set[str] = field(default_factory=set)
+
+    async def secret(self, ref: SecretRef) -> str:
+        if self.services is None:
+            raise RuntimeError("no cluster to read secrets from")
+        value = await self.services.read_secret(self.namespace, ref.name, ref.key)
+        if value:
+            self.revealed.add(value)
+        return value
+
+    def redact(self, text: str) -> str:
+        for value in sorted(self.revealed, key=len, reverse=True):
+            text = text.replace(value, "***")
+        return text
 
 
 @dataclass(frozen=True)
@@ -104,7 +147,22 @@ class Registry:
             return action.traits(None)
 
 
-def default_registry() -> Registry:
+def builtin_actions() -> list[Action[Any]]:
     from runbook_operator.actions import http, notify
 
-    return Registry((*http.ACTIONS, *notify.ACTIONS))
+    return [*http.ACTIONS, *notify.ACTIONS]
+
+
+def plugin_actions() -> list[Action[Any]]:
+    """Actions from installed packages' entry points; a broken plug-in is logged and skipped."""
+    found: list[Action[Any]] = []
+    for point in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            found.extend(point.load())
+        except Exception as err:  # one bad plug-in must not take the operator down
+            log.error("action plug-in %s (%s) failed to load: %s", point.name, point.value, err)
+    return found
+
+
+def default_registry() -> Registry:
+    return Registry((*builtin_actions(), *plugin_actions()))

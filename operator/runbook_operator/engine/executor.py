@@ -7,11 +7,12 @@ becomes a failed result with a clear message, never a crash of the operator.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from runbook_operator.actions.registry import ActionContext, Registry
+from runbook_operator.actions.registry import ActionContext, Registry, Services
 from runbook_operator.domain.lifecycle import StepCall, StepResult
 from runbook_operator.domain.model import Incident
 
@@ -20,8 +21,8 @@ Sleep = Callable[[float], Awaitable[None]]
 
 
 class Executor:
-    def __init__(self, registry: Registry, sleep: Sleep = asyncio.sleep) -> None:
-        self._registry, self._sleep = registry, sleep
+    def __init__(self, registry: Registry, services: Services | None = None, sleep: Sleep = asyncio.sleep) -> None:
+        self._registry, self._services, self._sleep = registry, services, sleep
 
     async def run(self, incident: Incident, call: StepCall, details: Mapping[str, Any] | None = None) -> StepResult:
         step = call.step
@@ -31,7 +32,7 @@ class Executor:
         except ValueError as err:  # rendered templates gave a bad value, or the catalog changed
             return StepResult(False, f"cannot run {step.action}: {err}")
         timeout = step.timeout or action.default_timeout
-        ctx = ActionContext(incident.namespace, incident.name, timeout, details)
+        ctx = ActionContext(incident.namespace, incident.name, timeout, details, self._services)
         result = StepResult(False, "not run")
         for attempt in range(step.retries + 1):
             if attempt:
@@ -41,7 +42,7 @@ class Executor:
                 break
         if step.retries and not result.ok:
             result = StepResult(False, f"{result.message} (after {step.retries + 1} tries)", result.output)
-        return result
+        return _redacted(result, ctx)
 
     @staticmethod
     async def _once(coro: Awaitable[StepResult], limit: float, name: str) -> StepResult:
@@ -52,3 +53,11 @@ class Executor:
         except Exception as err:  # an action bug must not take the operator down
             log.exception("action %s raised", name)
             return StepResult(False, f"{name} failed: {type(err).__name__}: {err}")
+
+
+def _redacted(result: StepResult, ctx: ActionContext) -> StepResult:
+    """No secret value read for this step leaves it: not in status, Events, logs or notifications."""
+    if not ctx.revealed:
+        return result
+    output = json.loads(ctx.redact(json.dumps(result.output, default=str)))
+    return StepResult(result.ok, ctx.redact(result.message), output)

@@ -7,6 +7,7 @@ pool so the event loop never blocks.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 
 class Kube:
     def __init__(self, api_client: kubernetes.client.ApiClient, workers: int = 16) -> None:
+        self._client = api_client
         self._custom = kubernetes.client.CustomObjectsApi(api_client)
         self._core = kubernetes.client.CoreV1Api(api_client)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kube")
@@ -41,6 +43,24 @@ class Kube:
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
+
+    # -- what actions may use (the Services protocol) ------------------------------
+    def api_client(self) -> kubernetes.client.ApiClient:
+        return self._client
+
+    async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        return await self._call(fn, *args)
+
+    async def read_secret(self, namespace: str, name: str, key: str) -> str:
+        """The decoded value of one key; errors say which Secret and key, never a value."""
+        try:
+            secret = await self._call(self._core.read_namespaced_secret, name, namespace)
+        except kubernetes.client.ApiException as err:
+            raise LookupError(f"secret {namespace}/{name}: {err.reason} ({err.status})") from None
+        data = secret.data or {}
+        if key not in data:
+            raise LookupError(f"secret {namespace}/{name} has no key {key!r}")
+        return base64.b64decode(data[key]).decode()
 
     async def patch_status(self, plural: str, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         """Merge-patch the status subresource (the operator is its only writer)."""

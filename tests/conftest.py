@@ -1,0 +1,3 @@
+"""Fixtures shared by the test tiers."""
+
+pytest_plugins = ["tests.fixtures.cluster"]
