@@ -8,7 +8,7 @@ from typing import Any, Literal
 import httpx
 import pydantic
 
-from runbook_operator.actions.registry import Action, ActionContext, Duration, Params
+from runbook_operator.actions.registry import Action, ActionContext, Duration, Params, SecretRef
 from runbook_operator.domain.lifecycle import StepResult
 
 MAX_BODY = 64 * 1024  # bytes of a response we read; the rest is ignored
@@ -38,6 +38,11 @@ class RequestParams(_Target):
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = pydantic.Field("POST", description="HTTP method")
     json_body: Any = pydantic.Field(None, alias="json", description="JSON body to send")
     headers: dict[str, str] = pydantic.Field(default_factory=dict, description="extra request headers")
+    headers_from_secrets: dict[str, SecretRef] = pydantic.Field(
+        default_factory=dict,
+        alias="headersFromSecrets",
+        description="headers whose values come from Secrets, e.g. Authorization: {name: admin-api, key: token}",
+    )
     destructive: bool = pydantic.Field(False, description="this call destroys or fails over: it then needs approval")
 
 
@@ -55,8 +60,9 @@ async def _send(method: str, params: _Target, ctx: ActionContext, **kwargs: Any)
         return response, body, time.perf_counter() - started
 
 
-def _excerpt(body: bytes) -> str:
-    return body[:_EXCERPT].decode("utf-8", errors="replace")
+def _excerpt(body: bytes, ctx: ActionContext) -> str:
+    """The start of a body, with secrets scrubbed first so a cut cannot leave part of one."""
+    return ctx.redact(body.decode("utf-8", errors="replace"))[:_EXCERPT]
 
 
 async def _guarded(
@@ -89,14 +95,20 @@ async def check(params: CheckParams, ctx: ActionContext) -> StepResult:
 
 
 async def request(params: RequestParams, ctx: ActionContext) -> StepResult:
-    kwargs: dict[str, Any] = {"headers": params.headers}
+    headers = dict(params.headers)
+    for header, ref in params.headers_from_secrets.items():
+        try:
+            headers[header] = await ctx.secret(ref)
+        except (LookupError, RuntimeError) as err:
+            return StepResult(False, f"header {header}: {err}")
+    kwargs: dict[str, Any] = {"headers": headers}
     if params.json_body is not None:
         kwargs["json"] = params.json_body
     sent = await _guarded(params.method, params, ctx, **kwargs)
     if isinstance(sent, StepResult):
         return sent
     response, body, _ = sent
-    output = {"status": response.status_code, "body": _excerpt(body)}
+    output = {"status": response.status_code, "body": _excerpt(body, ctx)}
     where = f"{params.method} {params.url}"
     if response.status_code != params.expect_status:
         return StepResult(False, f"{where}: status {response.status_code}, expected {params.expect_status}", output)

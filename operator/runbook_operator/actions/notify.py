@@ -2,20 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any, Literal
 
 import httpx
 import pydantic
 
-from runbook_operator.actions.registry import Action, ActionContext, Params
+from runbook_operator.actions.registry import Action, ActionContext, Duration, Params, SecretRef
 from runbook_operator.domain.lifecycle import StepResult
 
 
 class WebhookParams(Params):
-    url: pydantic.AnyHttpUrl = pydantic.Field(description="webhook URL; comes from the policy")
+    url: pydantic.AnyHttpUrl | None = pydantic.Field(None, description="webhook URL written in the policy")
+    url_secret_ref: SecretRef | None = pydantic.Field(
+        None, alias="urlSecretRef", description="the webhook URL from a Secret (Slack URLs are credentials)"
+    )
     format: Literal["slack", "json"] = pydantic.Field("json", description="slack: {text}; json: the incident document")
     text: str | None = pydantic.Field(None, description="a message to lead with (may template incident fields)")
+    attempts: int = pydantic.Field(3, ge=1, le=10, description="tries on connection errors and 5xx answers")
+    backoff: Duration = pydantic.Field(1.0, description="wait between tries, e.g. 1s")
+
+    @pydantic.model_validator(mode="after")
+    def _one_url(self) -> WebhookParams:
+        if (self.url is None) == (self.url_secret_ref is None):
+            raise ValueError("give exactly one of url and urlSecretRef")
+        return self
 
 
 def _document(ctx: ActionContext, text: str | None) -> dict[str, Any]:
@@ -44,24 +56,39 @@ def _slack(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 async def webhook(params: WebhookParams, ctx: ActionContext) -> StepResult:
+    if params.url_secret_ref is not None:
+        try:
+            url = httpx.URL(await ctx.secret(params.url_secret_ref))
+        except (LookupError, RuntimeError, httpx.InvalidURL) as err:
+            return StepResult(False, f"webhook URL from secret {params.url_secret_ref.name}: {err}")
+    else:
+        url = httpx.URL(str(params.url))
+    where = f"webhook at {url.host}"  # never the whole URL: its path is often the credential
     doc = _document(ctx, params.text)
-    payload = _slack(doc) if params.format == "slack" else doc
+    body = json.dumps(_slack(doc) if params.format == "slack" else doc)
+    result = StepResult(False, f"{where}: not sent")
+    async with httpx.AsyncClient(timeout=ctx.timeout, follow_redirects=False) as client:
+        for attempt in range(params.attempts):
+            if attempt:
+                await asyncio.sleep(params.backoff)
+            result = await _post(client, url, body, where)
+            if result.ok or result.output.get("status", 500) < 500:
+                break
+    return result
+
+
+async def _post(client: httpx.AsyncClient, url: httpx.URL, body: str, where: str) -> StepResult:
     try:
-        async with httpx.AsyncClient(timeout=ctx.timeout, follow_redirects=False) as client:
-            response = await client.post(
-                str(params.url), content=json.dumps(payload), headers={"Content-Type": "application/json"}
-            )
+        response = await client.post(url, content=body, headers={"Content-Type": "application/json"})
     except httpx.TimeoutException:
-        return StepResult(False, f"webhook {params.url}: no answer within {ctx.timeout:g}s")
+        return StepResult(False, f"{where}: no answer in time")
     except httpx.HTTPError as err:
-        return StepResult(False, f"webhook {params.url}: {type(err).__name__}: {err or 'connection failed'}")
+        return StepResult(False, f"{where}: {type(err).__name__}")
     if response.status_code >= 300:
-        return StepResult(
-            False, f"webhook {params.url}: status {response.status_code}", {"status": response.status_code}
-        )
-    return StepResult(True, f"notified {params.url.host} ({params.format})", {"status": response.status_code})
+        return StepResult(False, f"{where}: status {response.status_code}", {"status": response.status_code})
+    return StepResult(True, f"notified {where}", {"status": response.status_code})
 
 
 ACTIONS: tuple[Action[Any], ...] = (
-    Action("notify.webhook", WebhookParams, webhook, "post the incident to a webhook (Slack-compatible or JSON)", 10.0),
+    Action("notify.webhook", WebhookParams, webhook, "post the incident to a webhook (Slack-compatible or JSON)", 30.0),
 )

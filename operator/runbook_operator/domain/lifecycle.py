@@ -387,7 +387,7 @@ def _prepare(p: _Progress, ctx: _Context, step: Step, attempt: int) -> StepCall 
     try:
         params = expressions.render(step.params, variables)
     except ValueError as err:
-        return _fail(p, step, attempt, f"cannot render parameters: {err}")
+        return _settle_unrun(p, step, attempt, StepState.FAILED, f"cannot render parameters: {err}")
     if ctx.dry_run and not step.read_only:
         _skip(p, step, attempt, f"dry run: would run {step.action} with {_compact(params)}")
         return None
@@ -406,35 +406,20 @@ def _render(ctx: _Context, status: Status, step: Step) -> dict[str, Any]:
         return dict(step.params)  # the executor will report the bad parameters
 
 
-def _skip(p: _Progress, step: Step, attempt: int, why: str) -> None:
-    record = StepRecord(
-        step.name,
-        step.stage.value,
-        step.action,
-        attempt,
-        StepState.SKIPPED.value,
-        timestamp(p.now),
-        timestamp(p.now),
-        why,
-    )
+def _settle_unrun(p: _Progress, step: Step, attempt: int, state: StepState, why: str) -> StepRecord:
+    """Record a step that ends without running: Skipped (when, dry run, interrupted) or Failed."""
+    now = timestamp(p.now)
+    record = StepRecord(step.name, step.stage.value, step.action, attempt, state.value, now, now, why)
     p.status = p.status.with_record(record)
-    p.emit(NORMAL, Reason.STEP_SKIPPED, f"{step.stage.value} step {step.name!r} skipped: {why}")
-
-
-def _fail(p: _Progress, step: Step, attempt: int, why: str) -> StepRecord:
-    record = StepRecord(
-        step.name,
-        step.stage.value,
-        step.action,
-        attempt,
-        StepState.FAILED.value,
-        timestamp(p.now),
-        timestamp(p.now),
-        why,
-    )
-    p.status = p.status.with_record(record)
-    p.emit(WARNING, Reason.STEP_FAILED, f"{step.stage.value} step {step.name!r} ({step.action}) failed: {why}")
+    if state is StepState.SKIPPED:
+        p.emit(NORMAL, Reason.STEP_SKIPPED, f"{step.stage.value} step {step.name!r} skipped: {why}")
+    else:
+        p.emit(WARNING, Reason.STEP_FAILED, f"{step.stage.value} step {step.name!r} ({step.action}) failed: {why}")
     return record
+
+
+def _skip(p: _Progress, step: Step, attempt: int, why: str) -> None:
+    _settle_unrun(p, step, attempt, StepState.SKIPPED, why)
 
 
 def _approval_command(ctx: _Context, step: Step) -> str:

@@ -5,7 +5,8 @@
 ``fixable`` is false or ``ineffective_restarts`` are left; ``POST /admin/break``
 takes it down. ``POST /admin/failover`` takes ``failover_seconds`` and fixes it
 (a slow, destructive call). ``POST /hooks/NAME`` records a notification.
-``GET /admin/stats`` counts all of it, so tests can check what really happened.
+``POST /admin/echo`` answers with the request's headers (a careless API that echoes
+credentials). ``GET /admin/stats`` counts all of it, so tests can check what happened.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ class DemoService:
         self.restarts = self.failovers = self.ineffective_restarts = 0
         self.failover_seconds = 0.0
         self.hooks: list[tuple[str, Any]] = []
+        self.hook_failures = 0  # answer this many hook posts with 503 first
+        self.headers: list[dict[str, str]] = []
         self.requests: list[tuple[str, str, Any]] = []
         self._healthy_at: float | None = None
         self._lock = threading.Lock()
@@ -112,6 +115,7 @@ def _handler(service: DemoService) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:
             body = self._body()
             service.requests.append(("POST", self.path, body))
+            service.headers.append(dict(self.headers.items()))
             if self.path == "/admin/restart":
                 service.restart()
                 self._reply(
@@ -124,9 +128,14 @@ def _handler(service: DemoService) -> type[BaseHTTPRequestHandler]:
             elif self.path == "/admin/failover":
                 service.failover()
                 self._reply(200, {"failedOver": True})
+            elif self.path.startswith("/hooks/") and service.hook_failures > 0:
+                service.hook_failures -= 1
+                self._reply(503, {"error": "try again"})
             elif self.path.startswith("/hooks/"):
                 service.hooks.append((self.path.removeprefix("/hooks/"), body))
                 self._reply(200, {"ok": True})
+            elif self.path == "/admin/echo":  # a careless admin API that echoes credentials back
+                self._reply(200, {"headers": dict(self.headers.items())})
             else:
                 self._reply(404, {"error": f"no route {self.path}"})
 

@@ -1,0 +1,127 @@
+"""notify.webhook and secret-bearing http.request against a real local HTTP server."""
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from runbook_operator.actions import ActionContext, default_registry
+from runbook_operator.domain.lifecycle import StepCall
+from runbook_operator.domain.model import Stage, Step
+from runbook_operator.engine.executor import Executor
+from runbook_operator.lab.demo import DemoService
+from tests.unit.builders import REGISTRY, incident
+
+SECRETS = {("ns", "admin-api", "token"): "Bearer s3cr3t-token", ("ns", "slack", "url"): ""}
+
+
+class Secrets:
+    def __init__(self, values: dict[tuple[str, str, str], str]) -> None:
+        self.values = values
+
+    async def read_secret(self, namespace: str, name: str, key: str) -> str:
+        try:
+            return self.values[(namespace, name, key)]
+        except KeyError:
+            raise LookupError(f"secret {namespace}/{name} has no key {key!r}") from None
+
+    def api_client(self) -> Any:
+        raise NotImplementedError
+
+    async def run_blocking(self, fn: Any, *args: Any) -> Any:
+        return fn(*args)
+
+
+@pytest.fixture
+def service() -> Iterator[DemoService]:
+    svc = DemoService(restart_seconds=0).start()
+    yield svc
+    svc.stop()
+
+
+def context(services: Any = None) -> ActionContext:
+    details = {"alert": "RedisDown", "severity": "Critical", "phase": "Escalated", "level": "on-call",
+               "findings": [{"step": "ping", "message": "connection refused"}]}  # fmt: skip
+    return ActionContext("ns", "redis-down", 5.0, details, services)
+
+
+async def webhook(params: dict[str, Any], ctx: ActionContext) -> Any:
+    action = REGISTRY.get("notify.webhook")
+    return await action.run(REGISTRY.parse("notify.webhook", params), ctx)
+
+
+async def test_slack_payload_names_the_incident_findings_and_how_to_inspect(service: DemoService) -> None:
+    result = await webhook({"url": f"{service.url}/hooks/oncall", "format": "slack"}, context())
+    assert result.ok, result.message
+    (name, body), = service.hooks
+    assert name == "oncall"
+    assert body["text"].splitlines() == [
+        "[Critical] RedisDown: incident redis-down is Escalated",
+        "• ping: connection refused",
+        "Inspect: `kubectl describe incident redis-down -n ns`",
+    ]
+
+
+async def test_json_payload_is_the_incident_document(service: DemoService) -> None:
+    await webhook({"url": f"{service.url}/hooks/x", "format": "json", "text": "heads up"}, context())
+    body = service.hooks[0][1]
+    assert (body["alert"], body["severity"], body["phase"], body["level"], body["text"]) == (
+        "RedisDown", "Critical", "Escalated", "on-call", "heads up")  # fmt: skip
+    assert body["findings"] == [{"step": "ping", "message": "connection refused"}]
+
+
+async def test_webhook_is_retried_on_5xx_and_not_on_4xx(service: DemoService) -> None:
+    service.hook_failures = 2
+    result = await webhook({"url": f"{service.url}/hooks/x", "backoff": "10ms"}, context())
+    assert result.ok and len(service.hooks) == 1
+    assert [p for m, p, _ in service.requests] == ["/hooks/x"] * 3
+    gone = await webhook({"url": f"{service.url}/nowhere", "backoff": "10ms"}, context())
+    assert not gone.ok and "status 404" in gone.message
+    assert [p for m, p, _ in service.requests].count("/nowhere") == 1
+
+
+async def test_webhook_url_from_a_secret_never_shows_in_the_result(service: DemoService) -> None:
+    secret_url = f"{service.url}/hooks/T0KEN-IN-PATH"
+    ctx = context(Secrets({("ns", "slack", "url"): secret_url}))
+    result = await webhook({"urlSecretRef": {"name": "slack", "key": "url"}, "format": "slack"}, ctx)
+    assert result.ok and service.hooks[0][0] == "T0KEN-IN-PATH"
+    assert "T0KEN" not in result.message and result.message == "notified webhook at 127.0.0.1"
+    missing = await webhook({"urlSecretRef": {"name": "slack", "key": "nope"}}, ctx)
+    assert not missing.ok and "has no key 'nope'" in missing.message
+
+
+async def test_webhook_down_is_a_clear_failure() -> None:
+    result = await webhook({"url": "http://127.0.0.1:9/hooks/x", "attempts": 2, "backoff": "10ms"}, context())
+    assert not result.ok and result.message == "webhook at 127.0.0.1: ConnectError"
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({}, "give exactly one of url and urlSecretRef"),
+        ({"url": "http://a/", "urlSecretRef": {"name": "s", "key": "k"}}, "give exactly one of url and urlSecretRef"),
+        ({"url": "http://a/", "format": "teams"}, "format: Input should be 'slack' or 'json'"),
+        ({"urlSecretRef": {"name": "s"}}, "urlSecretRef.key: Field required"),
+        ({"url": "http://a/", "attempts": 0}, "attempts: Input should be greater than or equal to 1"),
+    ],
+)
+def test_webhook_parameters_are_validated(params: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        default_registry().check("notify.webhook", params)
+
+
+async def test_headers_from_secrets_are_sent_and_scrubbed_from_the_result(service: DemoService) -> None:
+    params = {"url": f"{service.url}/admin/echo", "headersFromSecrets": {"Authorization": {"name": "admin-api", "key": "token"}}}
+    step = Step("echo", Stage.REMEDIATE, "http.request", params)
+    result = await Executor(REGISTRY, services=Secrets(SECRETS)).run(incident(), StepCall(step, 1, params))
+    assert result.ok
+    assert service.headers[-1]["Authorization"] == "Bearer s3cr3t-token"  # it really went out
+    assert "s3cr3t" not in result.message + str(result.output)  # and never comes back
+    assert "\"Authorization\": \"*" in result.output["body"]  # scrubbed before the excerpt was cut
+
+
+async def test_a_missing_secret_fails_the_step_naming_it() -> None:
+    params = {"url": "http://127.0.0.1:9/x", "headersFromSecrets": {"X-Token": {"name": "gone", "key": "k"}}}
+    step = Step("s", Stage.REMEDIATE, "http.request", params)
+    result = await Executor(REGISTRY, services=Secrets({})).run(incident(), StepCall(step, 1, params))
+    assert not result.ok and result.message == "header X-Token: secret ns/gone has no key 'k'"
