@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 CLUSTER_DIR := .cluster
 
-.PHONY: run test test-unit test-e2e lint fmt docs cluster cluster-down env controlplane clean
+.PHONY: run test test-unit test-integration test-e2e lint fmt docs cluster cluster-down env controlplane clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,12 +20,15 @@ controlplane:
 run: $(BIN)/.installed
 	@tools/run-local.sh
 
-## Unit tests, then end-to-end tests on a real control plane started for the session.
+## Unit, integration (real PostgreSQL, Redis, Prometheus, Docker, control plane) and end-to-end tests.
 test: $(BIN)/.installed controlplane
 	$(BIN)/pytest
 
 test-unit: $(BIN)/.installed
 	$(BIN)/pytest tests/unit
+
+test-integration: $(BIN)/.installed controlplane
+	$(BIN)/pytest tests/integration
 
 test-e2e: $(BIN)/.installed controlplane
 	$(BIN)/pytest tests/e2e

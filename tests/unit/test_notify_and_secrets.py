@@ -53,7 +53,7 @@ async def webhook(params: dict[str, Any], ctx: ActionContext) -> Any:
 async def test_slack_payload_names_the_incident_findings_and_how_to_inspect(service: DemoService) -> None:
     result = await webhook({"url": f"{service.url}/hooks/oncall", "format": "slack"}, context())
     assert result.ok, result.message
-    (name, body), = service.hooks
+    ((name, body),) = service.hooks
     assert name == "oncall"
     assert body["text"].splitlines() == [
         "[Critical] RedisDown: incident redis-down is Escalated",
@@ -111,13 +111,16 @@ def test_webhook_parameters_are_validated(params: dict[str, Any], message: str) 
 
 
 async def test_headers_from_secrets_are_sent_and_scrubbed_from_the_result(service: DemoService) -> None:
-    params = {"url": f"{service.url}/admin/echo", "headersFromSecrets": {"Authorization": {"name": "admin-api", "key": "token"}}}
+    params = {
+        "url": f"{service.url}/admin/echo",
+        "headersFromSecrets": {"Authorization": {"name": "admin-api", "key": "token"}},
+    }
     step = Step("echo", Stage.REMEDIATE, "http.request", params)
     result = await Executor(REGISTRY, services=Secrets(SECRETS)).run(incident(), StepCall(step, 1, params))
     assert result.ok
     assert service.headers[-1]["Authorization"] == "Bearer s3cr3t-token"  # it really went out
     assert "s3cr3t" not in result.message + str(result.output)  # and never comes back
-    assert "\"Authorization\": \"*" in result.output["body"]  # scrubbed before the excerpt was cut
+    assert '"Authorization": "*' in result.output["body"]  # scrubbed before the excerpt was cut
 
 
 async def test_a_missing_secret_fails_the_step_naming_it() -> None:

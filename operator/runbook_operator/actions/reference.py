@@ -57,8 +57,11 @@ def markdown(registry: Registry) -> str:
         timeout = f"default timeout {action.default_timeout:g}s"
         out.append(f"## `{action.name}`\n\n{action.description}. *{_flags(action)}*, {timeout}.\n")
         out.append("| parameter | type | default | description |\n|---|---|---|---|")
-        out.extend(
-            f"| `{n}` | `{k}` | {d.replace('|', '/')} | {doc.replace('|', '/')} |" for n, k, d, doc in _params(action)
-        )
+        out.extend(f"| `{n}` | `{k}` | {_cell(d)} | {_cell(doc)} |" for n, k, d, doc in _params(action))
         out.append("")
     return "\n".join(out)
+
+
+def _cell(text: str) -> str:
+    """A Markdown table cell: a pipe in a regex default must not end the cell."""
+    return text.replace("|", "\\|")

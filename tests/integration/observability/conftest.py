@@ -1,0 +1,394 @@
+"""Real servers for the prometheus.* and docker.* actions, started once per session.
+
+* Prometheus (Debian's /usr/bin/prometheus) scraping a tiny exporter this module serves
+  from a thread, every second, on free loopback ports.
+* A Docker engine: the host's /var/run/docker.sock when it answers, else a private
+  dockerd with its own socket, data and exec roots (no bridge, no iptables: the test
+  containers run with ``network_mode="none"``), and a busybox image imported from the
+  host's static busybox (no registry needed).
+
+Each server is stopped by its own pid at the end and its temporary directory removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import itertools
+import math
+import os
+import shutil
+import socket
+import subprocess
+import tarfile
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import httpx
+import pytest
+
+from runbook_operator.actions import ActionContext
+from runbook_operator.domain.lifecycle import StepResult
+from runbook_operator.lab.controlplane import free_port
+from tests.unit.builders import REGISTRY
+
+PROMETHEUS = Path("/usr/bin/prometheus")
+DOCKERD = Path("/usr/sbin/dockerd")
+BUSYBOX = Path("/bin/busybox")
+HOST_SOCKET = "unix:///var/run/docker.sock"
+IMAGE = "local/busybox:1"
+# what a private dockerd needs here: no bridge, NAT or forwarding set up on the host
+DOCKERD_FLAGS = ("--bridge=none", "--iptables=false", "--ip-forward=false", "--ip-masq=false")
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+        except Exception as err:  # the server is still starting
+            last = err
+        else:
+            if last:
+                return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}; last: {last!r}")
+
+
+async def run(name: str, params: dict[str, Any], timeout: float = 10.0) -> StepResult:
+    """Run an action as the executor does: parameters parsed by the registry, a bounded context."""
+    action = REGISTRY.get(name)
+    return await action.run(REGISTRY.parse(name, params), ActionContext("ns", "inc", timeout=timeout))
+
+
+def _stop(proc: subprocess.Popen[bytes], grace: float = 20.0) -> None:
+    """Stop one process we started, by its pid: TERM, then KILL if it does not go."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+# -- ports -------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def silent_port() -> Iterator[int]:
+    """A port that accepts connections and never answers (a hung server)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        sock.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                accepted.append(sock.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield sock.getsockname()[1]
+    stop.set()
+    thread.join()
+    for conn in accepted:
+        conn.close()
+    sock.close()
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A loopback port nothing listens on (the server is down)."""
+    return free_port()
+
+
+# -- the exporter Prometheus scrapes ------------------------------------------------------------------------
+
+
+class Exporter:
+    """ISH Chat's metrics, some fixed, some the tests change; counters grow at every scrape."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.scrapes = 0
+        self.flaky_errors_per_scrape = 0  # ish_chat_requests_total{status="500",provider_type="flaky"} growth
+        self.flaky_errors = 0
+        self.healthy = {"openai": 3.0, "anthropic": 1.0}  # ish_chat_instances_healthy, a gauge tests may set
+        self.requests = 0
+        self.buckets = {"0.1": 0, "0.5": 0, "1": 0, "2.5": 0, "+Inf": 0}
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        exporter = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path != "/metrics":
+                    self.send_error(404, "no such page")
+                    return
+                body = exporter.scrape().encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        return Handler
+
+    def scrape(self) -> str:
+        with self.lock:
+            self.scrapes += 1
+            # ten requests a scrape: 8 fast, 1 at ~0.8s, 1 at ~2s -> p95 interpolates to 1.75s
+            self.requests += 10
+            for le, add in (("0.1", 8), ("0.5", 8), ("1", 9), ("2.5", 10), ("+Inf", 10)):
+                self.buckets[le] += add
+            self.flaky_errors += self.flaky_errors_per_scrape
+            lines = [
+                "# TYPE ish_chat_request_duration_seconds histogram",
+                *(
+                    f'ish_chat_request_duration_seconds_bucket{{provider_type="openai",le="{le}"}} {n}'
+                    for le, n in self.buckets.items()
+                ),
+                f'ish_chat_request_duration_seconds_count{{provider_type="openai"}} {self.requests}',
+                f'ish_chat_request_duration_seconds_sum{{provider_type="openai"}} {self.requests * 0.3:.1f}',
+                "# TYPE ish_chat_requests_total counter",
+                f'ish_chat_requests_total{{status="200",provider_type="openai"}} {self.requests}',
+                'ish_chat_requests_total{status="500",provider_type="openai"} 0',
+                f'ish_chat_requests_total{{status="500",provider_type="flaky"}} {self.flaky_errors}',
+                "# TYPE ish_chat_instances_healthy gauge",
+                *(f'ish_chat_instances_healthy{{provider_type="{p}"}} {v}' for p, v in self.healthy.items()),
+                "# TYPE ish_chat_error_ratio gauge",
+                'ish_chat_error_ratio{provider_type="openai"} 0.02',
+                f'ish_chat_error_ratio{{provider_type="idle"}} {math.nan}',  # 0/0: no traffic
+                "# TYPE ish_chat_scrapes gauge",
+                f"ish_chat_scrapes {self.scrapes}",
+            ]
+        return "\n".join(lines) + "\n"
+
+    def start(self) -> Exporter:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+
+@dataclass
+class PrometheusServer:
+    url: str
+    exporter: Exporter
+    proc: subprocess.Popen[bytes]
+
+    def query(self, promql: str) -> list[dict[str, Any]]:
+        """What Prometheus answers now (for waiting on a scrape; the tests check the actions)."""
+        answer = httpx.get(f"{self.url}/api/v1/query", params={"query": promql}, timeout=5).json()
+        assert answer["status"] == "success", answer
+        return list(answer["data"]["result"])
+
+    def value(self, promql: str) -> float | None:
+        result = self.query(promql)
+        return float(result[0]["value"][1]) if result else None
+
+
+@pytest.fixture(scope="session")
+def prometheus() -> Iterator[PrometheusServer]:
+    exporter = Exporter().start()
+    workdir = Path(tempfile.mkdtemp(prefix="obs-prometheus-"))
+    port = free_port()
+    config = workdir / "prometheus.yml"
+    config.write_text(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+        "scrape_configs:\n"
+        "  - job_name: ish-chat\n"
+        f"    static_configs:\n      - targets: ['127.0.0.1:{exporter.port}']\n"
+    )
+    log = (workdir / "prometheus.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            str(PROMETHEUS),
+            f"--config.file={config}",
+            f"--storage.tsdb.path={workdir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=warn",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=workdir,
+    )
+    server = PrometheusServer(f"http://127.0.0.1:{port}", exporter, proc)
+    try:
+
+        def ready() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"prometheus exited: {(workdir / 'prometheus.log').read_text()[-2000:]}")
+            return httpx.get(f"{server.url}/-/ready", timeout=1).status_code == 200
+
+        wait_for(ready, 30, "Prometheus to be ready")
+        # three scrapes, so rate() over a short window has points to work with
+        wait_for(lambda: (server.value("ish_chat_scrapes") or 0) >= 3, 30, "the first scrapes")
+        yield server
+    finally:
+        _stop(proc)
+        log.close()
+        exporter.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+# -- the Docker engine --------------------------------------------------------------------------------------
+
+
+@dataclass
+class DockerEngine:
+    host: str
+    client: Any
+    label: str  # every object the tests make carries it, so a prune only ever touches those
+    own_daemon: bool
+    made: list[str] = field(default_factory=list)
+    _names: Iterator[int] = field(default_factory=itertools.count)
+
+    def name(self, stem: str) -> str:
+        return f"obs-{stem}-{os.getpid()}-{next(self._names)}"
+
+    def run(self, stem: str, script: str, labelled: bool = True, **kwargs: Any) -> Any:
+        """A busybox container running `sh -c script`, detached, without a network."""
+        labels = {self.label: "1"} if labelled else {}
+        container = self.client.containers.run(
+            IMAGE,
+            ["sh", "-c", script],
+            name=self.name(stem),
+            detach=True,
+            network_mode="none",
+            labels=labels,
+            **kwargs,
+        )
+        self.made.append(container.id)
+        return container
+
+    def attrs(self, name: str) -> dict[str, Any]:
+        return dict(self.client.containers.get(name).attrs)
+
+    def remove_all(self) -> None:
+        for cid in self.made:
+            with contextlib.suppress(docker.errors.NotFound):
+                self.client.api.remove_container(cid, force=True)
+        self.made.clear()
+
+
+def _answers(host: str) -> bool:
+    try:
+        client = docker.DockerClient(base_url=host, timeout=3)
+    except docker.errors.DockerException:
+        return False
+    try:
+        return bool(client.ping())
+    except Exception:
+        return False
+    finally:
+        client.close()
+
+
+def _busybox_tar() -> bytes:
+    """A root filesystem holding the host's static busybox, its applets and /bin/sh."""
+    applets = subprocess.run([str(BUSYBOX), "--list"], capture_output=True, text=True, check=True).stdout.split()
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for directory in ("bin", "tmp", "proc", "sys", "dev", "etc"):
+            info = tarfile.TarInfo(directory)
+            info.type, info.mode = tarfile.DIRTYPE, 0o1777 if directory == "tmp" else 0o755
+            tar.addfile(info)
+        tar.add(str(BUSYBOX), arcname="bin/busybox")
+        for applet in {*applets, "sh"} - {"busybox"}:
+            link = tarfile.TarInfo(f"bin/{applet}")
+            link.type, link.linkname, link.mode = tarfile.SYMTYPE, "busybox", 0o777
+            tar.addfile(link)
+    return buffer.getvalue()
+
+
+def _drop_empty_cgroups() -> None:
+    """The `docker` parent cgroups our dockerd made; rmdir fails (and is ignored) while any container is in one."""
+    for parent in Path("/sys/fs/cgroup").glob("*/docker"):
+        with contextlib.suppress(OSError):
+            parent.rmdir()
+    with contextlib.suppress(OSError):
+        Path("/sys/fs/cgroup/docker").rmdir()  # cgroup v2
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> Iterator[DockerEngine]:
+    label = f"runbook-operator-test-{uuid.uuid4().hex[:8]}"
+    proc: subprocess.Popen[bytes] | None = None
+    workdir: Path | None = None
+    host = HOST_SOCKET
+    client: Any = None
+    try:
+        if not _answers(host):
+            # short path: a unix socket path must stay under 108 bytes
+            workdir = Path(tempfile.mkdtemp(prefix="obs-docker-"))
+            host = f"unix://{workdir}/docker.sock"
+            log = (workdir / "dockerd.log").open("wb")
+            proc = subprocess.Popen(
+                [
+                    str(DOCKERD),
+                    f"--host={host}",
+                    f"--data-root={workdir / 'data'}",
+                    f"--exec-root={workdir / 'exec'}",
+                    f"--pidfile={workdir / 'pid'}",
+                    *DOCKERD_FLAGS,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=workdir,
+            )
+            log.close()
+
+            def up() -> bool:
+                if proc is not None and proc.poll() is not None:
+                    raise AssertionError(f"dockerd exited: {(workdir / 'dockerd.log').read_text()[-3000:]}")
+                return _answers(host)
+
+            wait_for(up, 60, "dockerd to answer", interval=0.2)
+        client = docker.DockerClient(base_url=host, timeout=60)
+        client.api.import_image_from_data(_busybox_tar(), repository=IMAGE.split(":")[0], tag=IMAGE.split(":")[1])
+        engine = DockerEngine(host, client, label, own_daemon=proc is not None)
+        try:
+            yield engine
+        finally:
+            engine.remove_all()
+    finally:
+        if client is not None:
+            client.close()
+        if proc is not None:
+            _stop(proc, grace=30)
+            _drop_empty_cgroups()
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def engine(docker_engine: DockerEngine) -> Iterator[DockerEngine]:
+    """The session's engine; the containers a test makes are removed after it."""
+    yield docker_engine
+    docker_engine.remove_all()
