@@ -1,7 +1,6 @@
 """http.* against real HTTP servers on loopback: the demo service and a silent socket."""
 
 import socket
-import threading
 from collections.abc import Iterator
 
 import pytest
@@ -20,33 +19,6 @@ def service() -> Iterator[DemoService]:
     svc = DemoService(restart_seconds=0).start()
     yield svc
     svc.stop()
-
-
-@pytest.fixture
-def silent_port() -> Iterator[int]:
-    """A port that accepts connections and never answers (a hung server)."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(8)
-    accepted: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        sock.settimeout(0.1)
-        while not stop.is_set():
-            try:
-                accepted.append(sock.accept()[0])
-            except TimeoutError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield sock.getsockname()[1]
-    stop.set()
-    thread.join()
-    for conn in accepted:
-        conn.close()
-    sock.close()
 
 
 async def run(

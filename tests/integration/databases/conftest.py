@@ -11,11 +11,8 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
-import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +24,8 @@ import redis
 
 from runbook_operator.actions import ActionContext
 from runbook_operator.domain.lifecycle import StepResult
+from runbook_operator.lab.controlplane import free_port
+from tests.fixtures.common import wait_for
 from tests.unit.builders import REGISTRY
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -78,23 +77,6 @@ async def run(name: str, params: dict[str, Any], timeout: float = 10.0) -> StepR
     return await action.run(REGISTRY.parse(name, params), context(timeout))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}; last value: {last!r}")
-
-
 def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
     """Stop one child by its pid; kill it if it does not go in time."""
     if proc.poll() is None:
@@ -104,39 +86,6 @@ def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
         except subprocess.TimeoutExpired:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(5)
-
-
-@pytest.fixture
-def silent_port() -> Iterator[int]:
-    """A port that accepts connections and never answers (a hung server)."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(8)
-    accepted: list[socket.socket] = []
-    stopped = threading.Event()
-
-    def accept() -> None:
-        sock.settimeout(0.1)
-        while not stopped.is_set():
-            try:
-                accepted.append(sock.accept()[0])
-            except TimeoutError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield sock.getsockname()[1]
-    stopped.set()
-    thread.join()
-    for conn in accepted:
-        conn.close()
-    sock.close()
-
-
-@pytest.fixture
-def closed_port() -> int:
-    """A loopback port nothing listens on (a server that is down)."""
-    return free_port()
 
 
 # -- PostgreSQL ------------------------------------------------------------------------

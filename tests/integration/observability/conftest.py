@@ -18,14 +18,12 @@ import itertools
 import math
 import os
 import shutil
-import socket
 import subprocess
 import tarfile
 import tempfile
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -39,6 +37,7 @@ import pytest
 from runbook_operator.actions import ActionContext
 from runbook_operator.domain.lifecycle import StepResult
 from runbook_operator.lab.controlplane import free_port
+from tests.fixtures.common import wait_for
 from tests.unit.builders import REGISTRY
 
 PROMETHEUS = Path("/usr/bin/prometheus")
@@ -48,21 +47,6 @@ HOST_SOCKET = "unix:///var/run/docker.sock"
 IMAGE = "local/busybox:1"
 # what a private dockerd needs here: no bridge, NAT or forwarding set up on the host
 DOCKERD_FLAGS = ("--bridge=none", "--iptables=false", "--ip-forward=false", "--ip-masq=false")
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = predicate()
-        except Exception as err:  # the server is still starting
-            last = err
-        else:
-            if last:
-                return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}; last: {last!r}")
 
 
 async def run(name: str, params: dict[str, Any], timeout: float = 10.0) -> StepResult:
@@ -83,39 +67,6 @@ def _stop(proc: subprocess.Popen[bytes], grace: float = 20.0) -> None:
 
 
 # -- ports -------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def silent_port() -> Iterator[int]:
-    """A port that accepts connections and never answers (a hung server)."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(16)
-    accepted: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        sock.settimeout(0.1)
-        while not stop.is_set():
-            try:
-                accepted.append(sock.accept()[0])
-            except TimeoutError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield sock.getsockname()[1]
-    stop.set()
-    thread.join()
-    for conn in accepted:
-        conn.close()
-    sock.close()
-
-
-@pytest.fixture
-def closed_port() -> int:
-    """A loopback port nothing listens on (the server is down)."""
-    return free_port()
 
 
 # -- the exporter Prometheus scrapes ------------------------------------------------------------------------
@@ -246,9 +197,9 @@ def prometheus() -> Iterator[PrometheusServer]:
                 raise AssertionError(f"prometheus exited: {(workdir / 'prometheus.log').read_text()[-2000:]}")
             return httpx.get(f"{server.url}/-/ready", timeout=1).status_code == 200
 
-        wait_for(ready, 30, "Prometheus to be ready")
+        wait_for(ready, 30, "Prometheus to be ready", ignoring=(Exception,))
         # three scrapes, so rate() over a short window has points to work with
-        wait_for(lambda: (server.value("ish_chat_scrapes") or 0) >= 3, 30, "the first scrapes")
+        wait_for(lambda: (server.value("ish_chat_scrapes") or 0) >= 3, 30, "the first scrapes", ignoring=(Exception,))
         yield server
     finally:
         _stop(proc)
@@ -369,7 +320,7 @@ def docker_engine() -> Iterator[DockerEngine]:
                     raise AssertionError(f"dockerd exited: {(workdir / 'dockerd.log').read_text()[-3000:]}")
                 return _answers(host)
 
-            wait_for(up, 60, "dockerd to answer", interval=0.2)
+            wait_for(up, 60, "dockerd to answer", every=0.2, ignoring=(Exception,))
         client = docker.DockerClient(base_url=host, timeout=60)
         client.api.import_image_from_data(_busybox_tar(), repository=IMAGE.split(":")[0], tag=IMAGE.split(":")[1])
         engine = DockerEngine(host, client, label, own_daemon=proc is not None)

@@ -16,7 +16,8 @@ import pytest
 from runbook_operator.actions import ActionContext
 from runbook_operator.actions.docker import cpu_percent, memory_use
 from runbook_operator.domain.lifecycle import OUTPUT_LIMIT
-from tests.integration.observability.conftest import IMAGE, DockerEngine, run, wait_for
+from tests.fixtures.common import wait_for
+from tests.integration.observability.conftest import IMAGE, DockerEngine, run
 from tests.unit.builders import REGISTRY
 
 T = TypeVar("T")
