@@ -20,7 +20,7 @@ import docker.errors
 import pydantic
 import requests
 
-from runbook_operator.actions.registry import Action, ActionContext, Duration, Params
+from runbook_operator.actions.registry import Action, ActionContext, Duration, ErrorScan, Params
 from runbook_operator.domain.lifecycle import StepResult
 
 T = TypeVar("T")
@@ -72,28 +72,9 @@ class RestartParams(_Container):
     )
 
 
-class LogsParams(_Container):
+class LogsParams(_Container, ErrorScan):
     tail: int = pydantic.Field(200, ge=1, le=10_000, description="lines read from the end of the log")
     since: Duration | None = pydantic.Field(None, description="only lines written in this last period, e.g. 5m")
-    error_pattern: str = pydantic.Field(
-        r"(?i)error|exception|fatal",
-        alias="errorPattern",
-        min_length=1,
-        max_length=500,
-        description="regular expression (Python syntax) a line matches to count as an error",
-    )
-    max_errors: int | None = pydantic.Field(
-        None, alias="maxErrors", ge=0, description="fail when more lines than this match errorPattern"
-    )
-
-    @pydantic.field_validator("error_pattern")
-    @classmethod
-    def _compiles(cls, value: str) -> str:
-        try:
-            re.compile(value)
-        except re.error as err:
-            raise ValueError(f"invalid regular expression {value!r}: {err}") from None
-        return value
 
 
 class StatsParams(_Container):

@@ -7,6 +7,7 @@ group ``runbook_operator.actions`` whose object is an iterable of :class:`Action
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -35,6 +36,30 @@ class Params(pydantic.BaseModel):
     """Base for parameter models: unknown keys are errors, so typos fail on apply."""
 
     model_config = pydantic.ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class ErrorScan(Params):
+    """Parameters of the actions that count error lines in logs (docker.logs, kubernetes.podLogs)."""
+
+    error_pattern: str = pydantic.Field(
+        r"(?i)error|exception|fatal",
+        alias="errorPattern",
+        min_length=1,
+        max_length=500,
+        description="regular expression (Python syntax) a line matches to count as an error",
+    )
+    max_errors: int | None = pydantic.Field(
+        None, alias="maxErrors", ge=0, description="fail when more lines than this match errorPattern"
+    )
+
+    @pydantic.field_validator("error_pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as err:
+            raise ValueError(f"invalid regular expression {value!r}: {err}") from None
+        return value
 
 
 class SecretRef(Params):
@@ -76,6 +101,7 @@ class ActionContext:
         return value
 
     def redact(self, text: str) -> str:
+        """Scrub secret values; actions that shorten text must call it before cutting."""
         for value in sorted(self.revealed, key=len, reverse=True):
             text = text.replace(value, "***")
         return text
@@ -148,9 +174,10 @@ class Registry:
 
 
 def builtin_actions() -> list[Action[Any]]:
-    from runbook_operator.actions import http, notify
+    from runbook_operator.actions import docker, http, kubernetes, notify, postgres, prometheus, redis
 
-    return [*http.ACTIONS, *notify.ACTIONS]
+    return [*http.ACTIONS, *notify.ACTIONS, *kubernetes.ACTIONS, *docker.ACTIONS, *prometheus.ACTIONS,
+            *postgres.ACTIONS, *redis.ACTIONS]  # fmt: skip
 
 
 def plugin_actions() -> list[Action[Any]]:

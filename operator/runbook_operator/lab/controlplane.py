@@ -193,6 +193,9 @@ class ControlPlane:
             "kwok",
             f"--kubeconfig={kubeconfig}",
             "--manage-all-nodes=true",
+            # renew the node Lease like a kubelet, or the node lifecycle controller marks the
+            # node NotReady after ~50 s and every pod on it Ready=False for good
+            "--node-lease-duration-seconds=40",
             f"--server-address=127.0.0.1:{free_port()}",
         )
         self._create_node()
