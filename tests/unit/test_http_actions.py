@@ -101,3 +101,15 @@ async def test_request_fails_on_an_unexpected_status(service: DemoService) -> No
 def test_parameters_are_validated_with_precise_messages(name: str, params: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         REGISTRY.parse(name, params)
+
+
+async def test_request_times_out_on_a_server_that_never_answers(silent_port: int) -> None:
+    result = await run("http.request", {"url": f"http://127.0.0.1:{silent_port}/admin/restart", "timeout": "300ms"})
+    assert (
+        not result.ok and result.message == f"POST http://127.0.0.1:{silent_port}/admin/restart: no answer within 0.3s"
+    )
+
+
+async def test_request_to_a_server_that_is_down(closed_port: int) -> None:
+    result = await run("http.request", {"url": f"http://127.0.0.1:{closed_port}/admin/restart"})
+    assert not result.ok and "ConnectError" in result.message

@@ -128,3 +128,9 @@ async def test_a_missing_secret_fails_the_step_naming_it() -> None:
     step = Step("s", Stage.REMEDIATE, "http.request", params)
     result = await Executor(REGISTRY, services=Secrets({})).run(incident(), StepCall(step, 1, params))
     assert not result.ok and result.message == "header X-Token: secret ns/gone has no key 'k'"
+
+
+async def test_webhook_times_out_on_a_receiver_that_never_answers(silent_port: int) -> None:
+    ctx = ActionContext("ns", "redis-down", 0.3, None, None)
+    result = await webhook({"url": f"http://127.0.0.1:{silent_port}/hooks/x", "attempts": 1}, ctx)
+    assert not result.ok and result.message == "webhook at 127.0.0.1: no answer in time"
