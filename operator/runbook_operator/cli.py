@@ -15,6 +15,14 @@ def _run(args: argparse.Namespace) -> int:
     from runbook_operator import handlers  # registers the handlers
 
     handlers.runtime.resolved_ttl = args.resolved_ttl
+    if args.metrics_address:
+        import prometheus_client
+
+        from runbook_operator.engine.metrics import Metrics
+
+        host, _, port = args.metrics_address.rpartition(":")
+        handlers.runtime.metrics = Metrics(prometheus_client.REGISTRY)
+        prometheus_client.start_http_server(int(port), host or "0.0.0.0")
     kopf.configure(verbose=args.verbose)
     if not args.verbose:  # one line per handled watch event or HTTP call is noise at scale
         for noisy in ("kopf.objects", "httpx"):
@@ -42,6 +50,47 @@ def _demo_server(args: argparse.Namespace) -> int:
 
     serve_forever(args.host, args.port, healthy=args.healthy)
     return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from runbook_operator import gitops
+    from runbook_operator.actions import default_registry
+
+    try:
+        crds = gitops.load_crds(Path(args.crds) if args.crds else None)
+    except gitops.InputError as err:
+        print(f"runbook-operator validate: {err}", file=sys.stderr)
+        return 2
+    report = gitops.validate(args.paths, crds, default_registry().check)
+    for problem in report.problems:
+        print(problem)
+    print(report.summary())
+    return report.exit_code
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from runbook_operator import gitops
+    from runbook_operator.actions import default_registry
+
+    try:
+        incidents = list(gitops.iter_kind(gitops.load_resources([args.incident]), "Incident"))
+        policies = list(gitops.iter_kind(gitops.load_resources(args.policies), "RemediationPolicy"))
+    except gitops.InputError as err:
+        print(f"runbook-operator plan: {err}", file=sys.stderr)
+        return 2
+    if not incidents:
+        print(f"runbook-operator plan: {args.incident}: no Incident found", file=sys.stderr)
+        return 2
+    check = default_registry().check
+    bodies = [gitops.with_namespace(p.body, args.namespace) for p in policies]
+    ok = True
+    for i, incident in enumerate(incidents):
+        lines, matched = gitops.plan(gitops.with_namespace(incident.body, args.namespace), bodies, check)
+        print(("\n" if i else "") + "\n".join(lines))
+        ok = ok and matched
+    return 0 if ok else 1
 
 
 def _ttl(text: str) -> float | None:
@@ -75,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DURATION",
         help="delete resolved incidents this long after they resolved, e.g. 24h (default), or 'never'",
     )
+    run.add_argument(
+        "--metrics-address",
+        default="127.0.0.1:8081",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics on http://HOST:PORT/metrics (default 127.0.0.1:8081; '' turns it off)",
+    )
     run.add_argument("-v", "--verbose", action="store_true")
     run.set_defaults(func=_run)
 
@@ -87,6 +142,25 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, default=18080)
     demo.add_argument("--healthy", action="store_true", help="start healthy (default: down, so remediation has work)")
     demo.set_defaults(func=_demo_server)
+
+    validate = sub.add_parser(
+        "validate", help="check RemediationPolicy and Incident files offline (CRD schema and policy rules)"
+    )
+    validate.add_argument("paths", nargs="+", metavar="PATH", help="YAML files or directories (searched recursively)")
+    validate.add_argument(
+        "--crds", metavar="DIR", help="directory of the CRDs (default: $RUNBOOK_OPERATOR_CRDS, else the repo's crds/)"
+    )
+    validate.set_defaults(func=_validate)
+
+    plan = sub.add_parser("plan", help="show offline which policy an incident would get and the steps it would run")
+    plan.add_argument("incident", metavar="INCIDENT.yaml", help="a file with one or more Incidents")
+    plan.add_argument(
+        "--policies", action="append", required=True, metavar="DIR", help="RemediationPolicy files or directories"
+    )
+    plan.add_argument(
+        "-n", "--namespace", default="default", help="namespace for objects that name none (default: default)"
+    )
+    plan.set_defaults(func=_plan)
     return parser
 
 

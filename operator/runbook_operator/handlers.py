@@ -19,6 +19,7 @@ from runbook_operator.domain.model import InvalidPolicy, parse_policy
 from runbook_operator.domain.status import Condition, Status
 from runbook_operator.engine.executor import Executor
 from runbook_operator.engine.kube import GROUP, VERSION, Kube
+from runbook_operator.engine.metrics import Metrics
 from runbook_operator.engine.reconciler import Reconciler, utcnow
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class _Runtime:
     kube: Kube | None = None
     reconciler: Reconciler | None = None
     resolved_ttl: float | None = 24 * 3600.0  # set by the CLI before Kopf starts
+    metrics: Metrics | None = None  # likewise
     policies: PolicyIndex = None
 
 
@@ -55,8 +57,13 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.client_timeout = 330
     settings.watching.inactivity_timeout = 600
     runtime.kube = Kube.from_environment()
-    executor = Executor(REGISTRY, services=runtime.kube)
-    runtime.reconciler = Reconciler(runtime.kube, executor, _candidates, resolved_ttl=runtime.resolved_ttl)
+    executor = Executor(REGISTRY, services=runtime.kube, metrics=runtime.metrics)
+    reconciler = Reconciler(
+        runtime.kube, executor, _candidates, resolved_ttl=runtime.resolved_ttl, metrics=runtime.metrics
+    )
+    if runtime.metrics is not None:
+        runtime.metrics.watch(reconciler.phases)
+    runtime.reconciler = reconciler
 
 
 @kopf.on.cleanup()

@@ -35,7 +35,7 @@ def operator_kubeconfig(kubectl: Kubectl, tmp_path_factory: pytest.TempPathFacto
 
 class OperatorProcess:
     def __init__(self, kubeconfig: Path, log: Path) -> None:
-        self.kubeconfig, self.log, self.port = kubeconfig, log, free_port()
+        self.kubeconfig, self.log, self.port, self.metrics_port = kubeconfig, log, free_port(), free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -47,6 +47,7 @@ class OperatorProcess:
             "run",
             "--all-namespaces",
             f"--liveness=http://127.0.0.1:{self.port}/healthz",
+            f"--metrics-address=127.0.0.1:{self.metrics_port}",
         ]
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -61,6 +62,10 @@ class OperatorProcess:
                 return r.status == 200
         except OSError:
             return False
+
+    def scrape(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+            return r.read().decode()  # type: ignore[no-any-return]
 
     def kill9(self) -> None:
         """Die the hard way, mid-whatever: no cleanup, no status written."""

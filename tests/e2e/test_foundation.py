@@ -234,3 +234,17 @@ def test_the_operator_runs_with_its_own_least_privilege_rbac(
                       ("update", "remediationpolicies.remediation.ishchat.io"), ("create", "pods")]:  # fmt: skip
         assert can(verb, res) == "no", f"the operator may {verb} {res}"
     assert "Forbidden" not in operator.log.read_text()
+
+
+def test_metrics_after_a_real_incident(
+    kubectl: Kubectl, operator: OperatorProcess, namespace: str, demo: DemoService
+) -> None:
+    kubectl.apply(demo_policy("im-down", namespace, demo.url))
+    kubectl.apply(incident("measured", namespace))
+    settled(kubectl, "measured", namespace, "Resolved")
+    text = operator.scrape()
+    finished = 'runbook_incidents_finished_total{alert="InstanceManagerDown",phase="Resolved",reason="Verified"}'
+    assert finished in text and float(text.split(finished)[1].split()[0]) >= 1
+    assert 'runbook_action_duration_seconds_count{action="http.request",outcome="success"}' in text
+    assert 'runbook_incident_time_to_resolve_seconds_count{severity="Critical"}' in text
+    assert 'runbook_incidents{phase="Resolved"}' in text

@@ -9,20 +9,28 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from runbook_operator.actions.registry import ActionContext, Registry, Services
 from runbook_operator.domain.lifecycle import StepCall, StepResult
 from runbook_operator.domain.model import Incident
+from runbook_operator.engine.metrics import Metrics
 
 log = logging.getLogger(__name__)
 Sleep = Callable[[float], Awaitable[None]]
 
 
 class Executor:
-    def __init__(self, registry: Registry, services: Services | None = None, sleep: Sleep = asyncio.sleep) -> None:
-        self._registry, self._services, self._sleep = registry, services, sleep
+    def __init__(
+        self,
+        registry: Registry,
+        services: Services | None = None,
+        sleep: Sleep = asyncio.sleep,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._registry, self._services, self._sleep, self._metrics = registry, services, sleep, metrics
 
     async def run(self, incident: Incident, call: StepCall, details: Mapping[str, Any] | None = None) -> StepResult:
         step = call.step
@@ -34,6 +42,7 @@ class Executor:
         timeout = step.timeout or action.default_timeout
         ctx = ActionContext(incident.namespace, incident.name, timeout, details, self._services)
         result = StepResult(False, "not run")
+        started = time.monotonic()
         for attempt in range(step.retries + 1):
             if attempt:
                 await self._sleep(step.backoff)
@@ -42,6 +51,8 @@ class Executor:
                 break
         if step.retries and not result.ok:
             result = StepResult(False, f"{result.message} (after {step.retries + 1} tries)", result.output)
+        if self._metrics is not None:
+            self._metrics.action(step.action, result.ok, time.monotonic() - started)
         return _redacted(result, ctx)
 
     @staticmethod

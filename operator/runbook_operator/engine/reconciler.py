@@ -27,6 +27,7 @@ from runbook_operator.domain.matching import Candidate
 from runbook_operator.domain.model import Incident
 from runbook_operator.domain.status import Phase, Status, parse_timestamp
 from runbook_operator.engine.executor import Executor
+from runbook_operator.engine.metrics import Metrics
 
 log = logging.getLogger(__name__)
 Body = Mapping[str, Any]
@@ -59,10 +60,12 @@ class Reconciler:
         candidates: Callable[[str], Sequence[Candidate]],
         clock: Clock = utcnow,
         resolved_ttl: float | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._cluster, self._executor, self._candidates, self._clock = cluster, executor, candidates, clock
-        self._ttl = resolved_ttl
+        self._ttl, self._metrics = resolved_ttl, metrics
         self._workers: dict[str, _Worker] = {}
+        self._phases: dict[str, str | None] = {}  # uid -> phase, of every incident seen (for the gauges)
         self._book: dict[str, tuple[str, Peer]] = {}  # uid -> (target, peer view)
 
     # -- fed by the watch --------------------------------------------------
@@ -72,6 +75,7 @@ class Reconciler:
         worker = self._workers.get(uid)
         if worker is None:
             status = Status.from_dict(body.get("status"))
+            self._phases[uid] = status.phase
             self._note(uid, Incident.from_body(body), status)
             if status.phase == Phase.RESOLVED.value and self._ttl is None:
                 return  # finished before we saw it; nothing to do
@@ -83,6 +87,7 @@ class Reconciler:
     def forget(self, uid: str) -> None:
         worker = self._workers.pop(uid, None)
         entry = self._book.pop(uid, None)
+        self._phases.pop(uid, None)
         if worker and worker.task:
             worker.task.cancel()
         if entry:
@@ -96,6 +101,14 @@ class Reconciler:
     @property
     def active(self) -> int:
         return len(self._workers)
+
+    def phases(self) -> list[str | None]:
+        return list(self._phases.values())
+
+    def _progressed(self, uid: str, incident: Incident, before: Status, after: Status) -> None:
+        self._phases[uid] = after.phase
+        if self._metrics is not None and before is not after:
+            self._metrics.transition(incident, before, after)
 
     async def stop(self) -> None:
         tasks = [w.task for w in self._workers.values() if w.task]
@@ -139,6 +152,7 @@ class Reconciler:
             incident = Incident.from_body(body)
             now = self._clock()
             decision = decide(incident, status, self._candidates(incident.namespace), now, self._peers(uid, incident))
+            self._progressed(uid, incident, status, decision.status)
             status = decision.status
             self._note(uid, incident, status)
             pending.extend(decision.events)
@@ -149,7 +163,9 @@ class Reconciler:
                 written, pending = status, []
             if decision.run is not None:
                 result = await self._executor.run(incident, decision.run, _details(incident, status))
+                before = status
                 status, events = complete(status, decision.run, result, self._clock())
+                self._progressed(uid, incident, before, status)
                 pending.extend(events)
                 continue
             if status.phase == Phase.RESOLVED.value:

@@ -1,0 +1,87 @@
+"""Prometheus metrics of the operator, derived from status changes and action runs.
+
+Counters move on transitions between two statuses of one incident (so a restarted
+operator that reloads a finished incident counts nothing twice); gauges are read
+from the reconciler when scraped.
+"""
+
+from __future__ import annotations
+
+from collections import Counter as Tally
+from collections.abc import Callable, Iterable, Iterator, Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from runbook_operator.domain.model import Incident
+from runbook_operator.domain.status import Phase, Status, parse_timestamp
+
+# incident handling takes seconds to hours
+_DURATIONS = (1, 5, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400, 43200, 86400)
+_TERMINAL = (Phase.RESOLVED.value, Phase.ESCALATED.value)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.finished = Counter(
+            "runbook_incidents_finished_total",
+            "Incidents that reached Resolved or Escalated, by alert and reason",
+            ["alert", "phase", "reason"],
+            registry=registry,
+        )
+        self.time_to_acknowledge = Histogram(
+            "runbook_incident_time_to_acknowledge_seconds", "From start to spec.acknowledgedBy (MTTA)",
+            ["severity"], buckets=_DURATIONS, registry=registry,
+        )  # fmt: skip
+        self.time_to_resolve = Histogram(
+            "runbook_incident_time_to_resolve_seconds", "From start to Resolved (MTTR)",
+            ["severity"], buckets=_DURATIONS, registry=registry,
+        )  # fmt: skip
+        self.escalations = Counter(
+            "runbook_escalations_total", "Escalation levels reached", ["level"], registry=registry
+        )
+        self.actions = Histogram(
+            "runbook_action_duration_seconds", "Action runs (with retries) by action and outcome",
+            ["action", "outcome"], buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120), registry=registry,
+        )  # fmt: skip
+
+    def watch(self, phases: Callable[[], Iterable[str | None]]) -> None:
+        """Report incidents by phase (and approvals waiting) from the reconciler at scrape time."""
+        self.registry.register(_PhaseCollector(phases))
+
+    def transition(self, incident: Incident, before: Status, after: Status) -> None:
+        severity = after.severity or "Medium"
+        if after.phase in _TERMINAL and after.phase != before.phase:
+            condition = after.condition(after.phase)  # Resolved / Escalated conditions carry the reason
+            reason = condition.reason if condition else "Unknown"
+            self.finished.labels(incident.alert, after.phase, reason).inc()
+            if after.phase == Phase.RESOLVED.value and after.startedAt and after.resolvedAt:
+                self.time_to_resolve.labels(severity).observe(_seconds(after.startedAt, after.resolvedAt))
+        if after.acknowledgedAt and not before.acknowledgedAt and after.startedAt:
+            self.time_to_acknowledge.labels(severity).observe(_seconds(after.startedAt, after.acknowledgedAt))
+        for level in after.escalation.fired[len(before.escalation.fired) :]:
+            self.escalations.labels(level).inc()
+
+    def action(self, name: str, ok: bool, seconds: float) -> None:
+        self.actions.labels(name, "success" if ok else "failure").observe(seconds)
+
+
+def _seconds(start: str, end: str) -> float:
+    return max(0.0, (parse_timestamp(end) - parse_timestamp(start)).total_seconds())
+
+
+class _PhaseCollector(Collector):
+    def __init__(self, phases: Callable[[], Iterable[str | None]]) -> None:
+        self._phases = phases
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        counts: Mapping[str, int] = Tally(p or Phase.PENDING.value for p in self._phases())
+        family = GaugeMetricFamily("runbook_incidents", "Incidents the operator knows, by phase", labels=["phase"])
+        for phase in Phase:
+            family.add_metric([phase.value], counts.get(phase.value, 0))
+        yield family
+        waiting = GaugeMetricFamily("runbook_approvals_waiting", "Incidents waiting for an approval")
+        waiting.add_metric([], counts.get(Phase.AWAITING_APPROVAL.value, 0))
+        yield waiting

@@ -1,0 +1,62 @@
+"""The operator's metrics move on transitions, once, whatever restarts happen."""
+
+from dataclasses import replace
+from datetime import UTC, datetime
+
+from prometheus_client import CollectorRegistry
+
+from runbook_operator.domain.status import EscalationState, Status
+from runbook_operator.engine.metrics import Metrics
+from tests.unit.builders import incident
+
+STARTED = Status(phase="Remediating", severity="Critical", startedAt="2026-11-27T08:00:00Z")
+
+
+def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    return registry.get_sample_value(name, labels) or 0.0
+
+
+def test_a_resolution_counts_once_with_its_reason_and_time_to_resolve() -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    resolved = replace(STARTED, phase="Resolved", resolvedAt="2026-11-27T08:12:00Z").with_condition(
+        "Resolved", True, "Verified", "ok", datetime(2026, 11, 27, 8, 12, tzinfo=UTC)
+    )
+    metrics.transition(incident("RedisDown"), STARTED, resolved)
+    metrics.transition(incident("RedisDown"), resolved, resolved)  # a later look, or a restart: no change
+    labels = {"alert": "RedisDown", "phase": "Resolved", "reason": "Verified"}
+    assert sample(registry, "runbook_incidents_finished_total", **labels) == 1
+    assert sample(registry, "runbook_incident_time_to_resolve_seconds_sum", severity="Critical") == 720
+    assert sample(registry, "runbook_incident_time_to_resolve_seconds_count", severity="Critical") == 1
+
+
+def test_acknowledgement_and_escalation_levels() -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    acked = replace(STARTED, acknowledgedAt="2026-11-27T08:05:00Z", escalation=EscalationState(fired=("on-call",)))
+    metrics.transition(incident(), STARTED, acked)
+    later = replace(acked, escalation=EscalationState(fired=("on-call", "team-lead")))
+    metrics.transition(incident(), acked, later)
+    assert sample(registry, "runbook_incident_time_to_acknowledge_seconds_sum", severity="Critical") == 300
+    assert sample(registry, "runbook_escalations_total", level="on-call") == 1
+    assert sample(registry, "runbook_escalations_total", level="team-lead") == 1
+
+
+def test_phase_gauges_read_the_reconciler_at_scrape_time() -> None:
+    registry = CollectorRegistry()
+    phases: list[str | None] = ["Resolved", "AwaitingApproval", None, "AwaitingApproval"]
+    Metrics(registry).watch(lambda: phases)
+    assert sample(registry, "runbook_incidents", phase="AwaitingApproval") == 2
+    assert sample(registry, "runbook_incidents", phase="Pending") == 1
+    assert sample(registry, "runbook_approvals_waiting") == 2
+    phases.clear()
+    assert sample(registry, "runbook_approvals_waiting") == 0
+
+
+def test_action_runs_by_outcome() -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    metrics.action("http.check", True, 0.2)
+    metrics.action("http.check", False, 3.0)
+    assert sample(registry, "runbook_action_duration_seconds_count", action="http.check", outcome="success") == 1
+    assert sample(registry, "runbook_action_duration_seconds_count", action="http.check", outcome="failure") == 1
