@@ -38,32 +38,18 @@ from runbook_operator.actions import ActionContext
 from runbook_operator.domain.lifecycle import StepResult
 from runbook_operator.lab.controlplane import free_port
 from tests.fixtures.common import wait_for
+from tests.fixtures.dockerd import docker_host, stop
 from tests.unit.builders import REGISTRY
 
 PROMETHEUS = Path("/usr/bin/prometheus")
-DOCKERD = Path("/usr/sbin/dockerd")
 BUSYBOX = Path("/bin/busybox")
-HOST_SOCKET = "unix:///var/run/docker.sock"
 IMAGE = "local/busybox:1"
-# what a private dockerd needs here: no bridge, NAT or forwarding set up on the host
-DOCKERD_FLAGS = ("--bridge=none", "--iptables=false", "--ip-forward=false", "--ip-masq=false")
 
 
 async def run(name: str, params: dict[str, Any], timeout: float = 10.0) -> StepResult:
     """Run an action as the executor does: parameters parsed by the registry, a bounded context."""
     action = REGISTRY.get(name)
     return await action.run(REGISTRY.parse(name, params), ActionContext("ns", "inc", timeout=timeout))
-
-
-def _stop(proc: subprocess.Popen[bytes], grace: float = 20.0) -> None:
-    """Stop one process we started, by its pid: TERM, then KILL if it does not go."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 # -- ports -------------------------------------------------------------------------------------------------
@@ -202,7 +188,7 @@ def prometheus() -> Iterator[PrometheusServer]:
         wait_for(lambda: (server.value("ish_chat_scrapes") or 0) >= 3, 30, "the first scrapes", ignoring=(Exception,))
         yield server
     finally:
-        _stop(proc)
+        stop(proc)
         log.close()
         exporter.stop()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -278,64 +264,20 @@ def _busybox_tar() -> bytes:
     return buffer.getvalue()
 
 
-def _drop_empty_cgroups() -> None:
-    """The `docker` parent cgroups our dockerd made; rmdir fails (and is ignored) while any container is in one."""
-    for parent in Path("/sys/fs/cgroup").glob("*/docker"):
-        with contextlib.suppress(OSError):
-            parent.rmdir()
-    with contextlib.suppress(OSError):
-        Path("/sys/fs/cgroup/docker").rmdir()  # cgroup v2
-
-
 @pytest.fixture(scope="session")
 def docker_engine() -> Iterator[DockerEngine]:
     label = f"runbook-operator-test-{uuid.uuid4().hex[:8]}"
-    proc: subprocess.Popen[bytes] | None = None
-    workdir: Path | None = None
-    host = HOST_SOCKET
-    client: Any = None
-    try:
-        if not _answers(host):
-            # short path: a unix socket path must stay under 108 bytes
-            workdir = Path(tempfile.mkdtemp(prefix="obs-docker-"))
-            host = f"unix://{workdir}/docker.sock"
-            log = (workdir / "dockerd.log").open("wb")
-            proc = subprocess.Popen(
-                [
-                    str(DOCKERD),
-                    f"--host={host}",
-                    f"--data-root={workdir / 'data'}",
-                    f"--exec-root={workdir / 'exec'}",
-                    f"--pidfile={workdir / 'pid'}",
-                    *DOCKERD_FLAGS,
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=workdir,
-            )
-            log.close()
-
-            def up() -> bool:
-                if proc is not None and proc.poll() is not None:
-                    raise AssertionError(f"dockerd exited: {(workdir / 'dockerd.log').read_text()[-3000:]}")
-                return _answers(host)
-
-            wait_for(up, 60, "dockerd to answer", every=0.2, ignoring=(Exception,))
+    with docker_host(_answers, "obs-docker-") as (host, own):
         client = docker.DockerClient(base_url=host, timeout=60)
-        client.api.import_image_from_data(_busybox_tar(), repository=IMAGE.split(":")[0], tag=IMAGE.split(":")[1])
-        engine = DockerEngine(host, client, label, own_daemon=proc is not None)
         try:
-            yield engine
+            client.api.import_image_from_data(_busybox_tar(), repository=IMAGE.split(":")[0], tag=IMAGE.split(":")[1])
+            engine = DockerEngine(host, client, label, own_daemon=own)
+            try:
+                yield engine
+            finally:
+                engine.remove_all()
         finally:
-            engine.remove_all()
-    finally:
-        if client is not None:
             client.close()
-        if proc is not None:
-            _stop(proc, grace=30)
-            _drop_empty_cgroups()
-        if workdir is not None:
-            shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.fixture
