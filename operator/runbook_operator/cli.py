@@ -23,7 +23,7 @@ def _run(args: argparse.Namespace) -> int:
         host, _, port = args.metrics_address.rpartition(":")
         handlers.runtime.metrics = Metrics(prometheus_client.REGISTRY)
         prometheus_client.start_http_server(int(port), host or "0.0.0.0")
-    kopf.configure(verbose=args.verbose)
+    kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat[args.log_format.upper()])
     if not args.verbose:  # one line per handled watch event or HTTP call is noise at scale
         for noisy in ("kopf.objects", "httpx"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -129,6 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="127.0.0.1:8081",
         metavar="HOST:PORT",
         help="serve Prometheus metrics on http://HOST:PORT/metrics (default 127.0.0.1:8081; '' turns it off)",
+    )
+    run.add_argument(
+        "--log-format",
+        choices=("full", "plain", "json"),
+        default="full",
+        help="json: one object a line, step outcomes with incident, policy, step, action and duration as keys",
     )
     run.add_argument("-v", "--verbose", action="store_true")
     run.set_defaults(func=_run)

@@ -48,6 +48,7 @@ class OperatorProcess:
             "--all-namespaces",
             f"--liveness=http://127.0.0.1:{self.port}/healthz",
             f"--metrics-address=127.0.0.1:{self.metrics_port}",
+            "--log-format=json",
         ]
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)

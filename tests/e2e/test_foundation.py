@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -248,3 +249,19 @@ def test_metrics_after_a_real_incident(
     assert 'runbook_action_duration_seconds_count{action="http.request",outcome="success"}' in text
     assert 'runbook_incident_time_to_resolve_seconds_count{severity="Critical"}' in text
     assert 'runbook_incidents{phase="Resolved"}' in text
+
+
+def test_json_logs_have_one_line_per_step_outcome(
+    kubectl: Kubectl, operator: OperatorProcess, namespace: str, demo: DemoService
+) -> None:
+    kubectl.apply(demo_policy("im-down", namespace, demo.url))
+    kubectl.apply(incident("logged", namespace))
+    settled(kubectl, "logged", namespace, "Resolved")
+    lines = [json.loads(line) for line in operator.log.read_text().splitlines() if line.startswith("{")]
+    steps = [line for line in lines if line.get("incident") == f"{namespace}/logged" and "step" in line]
+    assert [(s["stage"], s["step"], s["action"], s["outcome"]) for s in steps] == [
+        ("Diagnose", "health", "http.check", "failed"),
+        ("Remediate", "restart", "http.request", "succeeded"),
+        ("Verify", "healthy-again", "http.check", "succeeded"),
+    ]
+    assert all(s["policy"] == "im-down" and isinstance(s["duration"], float) for s in steps)

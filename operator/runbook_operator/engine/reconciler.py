@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -24,7 +25,7 @@ from typing import Any, Protocol
 
 from runbook_operator.domain.lifecycle import Event, Peer, complete, decide
 from runbook_operator.domain.matching import Candidate
-from runbook_operator.domain.model import Incident
+from runbook_operator.domain.model import Incident, Step
 from runbook_operator.domain.status import Phase, Status, parse_timestamp
 from runbook_operator.engine.executor import Executor
 from runbook_operator.engine.metrics import Metrics
@@ -162,7 +163,9 @@ class Reconciler:
                     continue
                 written, pending = status, []
             if decision.run is not None:
+                started = time.monotonic()
                 result = await self._executor.run(incident, decision.run, _details(incident, status))
+                _log_step(incident, status, decision.run.step, result.ok, time.monotonic() - started)
                 before = status
                 status, events = complete(status, decision.run, result, self._clock())
                 self._progressed(uid, incident, before, status)
@@ -236,3 +239,17 @@ def _details(incident: Incident, status: Status) -> dict[str, Any]:
         "level": status.escalation.level,
         "findings": [{"step": f.step, "message": f.message} for f in status.findings],
     }
+
+
+def _log_step(incident: Incident, status: Status, step: Step, ok: bool, seconds: float) -> None:
+    """One line per step outcome; with --log-format json its fields are keys of their own."""
+    fields = {
+        "incident": f"{incident.namespace}/{incident.name}",
+        "policy": status.policy,
+        "step": step.name,
+        "stage": step.stage.value,
+        "action": step.action,
+        "outcome": "succeeded" if ok else "failed",
+        "duration": round(seconds, 3),
+    }
+    log.info("step %(step)s (%(action)s) %(outcome)s in %(duration)ss", fields, extra=fields)
