@@ -215,6 +215,7 @@ def test_the_install_manifests_pass_server_side_dry_run(kubectl: Kubectl) -> Non
         "ClusterRole",
         "ClusterRoleBinding",
         "Deployment",
+        "Service",
     }
 
 
