@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import re
 import sys
+from typing import Any
 
 from runbook_operator import __version__
 
@@ -15,6 +18,7 @@ def _run(args: argparse.Namespace) -> int:
     from runbook_operator import handlers  # registers the handlers
 
     handlers.runtime.resolved_ttl = args.resolved_ttl
+    handlers.runtime.archive_dsn = os.environ.get(args.archive_dsn_env) or None
     if args.metrics_address:
         import prometheus_client
 
@@ -93,6 +97,86 @@ def _plan(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _report(args: argparse.Namespace) -> int:
+    from runbook_operator import report
+
+    if args.name is None and args.filename is None:
+        print("runbook-operator report: give an incident NAME or -f FILE", file=sys.stderr)
+        return 2
+    try:
+        if args.filename is not None:
+            pairs = _report_from_file(args.filename, args.name)
+        else:
+            pairs = [_report_from_cluster(args.name, args.namespace)]
+    except LookupError as err:
+        print(f"runbook-operator report: {err}", file=sys.stderr)
+        return 1
+    text = "\n---\n\n".join(report.render(body, events) for body, events in pairs)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as out:
+            out.write(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _report_from_cluster(name: str, namespace: str | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The Incident and its Events, read with the current kubeconfig (or in-cluster config)."""
+    import os
+
+    import kubernetes
+
+    try:
+        config_file = os.environ.get("KUBECONFIG") or None
+        client = kubernetes.config.new_client_from_config(config_file=config_file)  # type: ignore[no-untyped-call]
+        _, active = kubernetes.config.list_kube_config_contexts(config_file=config_file)  # type: ignore[no-untyped-call]
+        namespace = namespace or (active or {}).get("context", {}).get("namespace") or "default"
+    except (kubernetes.config.ConfigException, OSError):
+        kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
+        client = kubernetes.client.ApiClient()
+        namespace = namespace or "default"
+    try:
+        body: Any = kubernetes.client.CustomObjectsApi(client).get_namespaced_custom_object(
+            "remediation.ishchat.io", "v1alpha1", namespace, "incidents", name
+        )
+        selector = f"involvedObject.name={name},involvedObject.kind=Incident"
+        listed = kubernetes.client.CoreV1Api(client).list_namespaced_event(namespace, field_selector=selector)
+    except kubernetes.client.ApiException as err:
+        if err.status == 404:
+            raise LookupError(f"incident {namespace}/{name} not found") from None
+        raise LookupError(f"reading incident {namespace}/{name}: {err.reason} ({err.status})") from None
+    events = [client.sanitize_for_serialization(e) for e in listed.items]
+    return body, events
+
+
+def _report_from_file(path: str, name: str | None) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """Incidents (and any Events about them) from YAML or JSON: one object, several, or a List."""
+    import yaml
+
+    try:
+        if path == "-":
+            text = sys.stdin.read()
+        else:
+            with open(path, encoding="utf-8") as file:
+                text = file.read()
+        docs = [d for d in yaml.safe_load_all(text) if isinstance(d, dict)]
+    except (OSError, yaml.YAMLError) as err:
+        raise LookupError(f"{path}: {err}") from None
+    objects = [item for d in docs for item in (d.get("items") or [] if d.get("kind", "").endswith("List") else [d])]
+    incidents = [o for o in objects if o.get("kind") == "Incident"]
+    if name is not None:
+        incidents = [o for o in incidents if (o.get("metadata") or {}).get("name") == name]
+    if not incidents:
+        raise LookupError(f"{path}: no Incident" + (f" named {name}" if name else "") + " found")
+
+    def about(incident: dict[str, Any], event: dict[str, Any]) -> bool:
+        involved, meta = event.get("involvedObject") or {}, incident.get("metadata") or {}
+        return involved.get("kind") == "Incident" and involved.get("name") == meta.get("name")
+
+    events = [o for o in objects if o.get("kind") == "Event"]
+    return [(i, [e for e in events if about(i, e)]) for i in incidents]
+
+
 def _ttl(text: str) -> float | None:
     from runbook_operator.domain.durations import parse_duration
 
@@ -102,6 +186,48 @@ def _ttl(text: str) -> float | None:
         return parse_duration(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _since(text: str) -> float:
+    """A duration for ``stats``: parse_duration's units plus ``d`` for days (7d, 1d12h)."""
+    from runbook_operator.domain.durations import parse_duration
+
+    match = re.fullmatch(r"(?:(\d+)d)?(.*)", text or "", re.DOTALL)
+    days, rest = match.groups() if match else (None, text)
+    try:
+        seconds = int(days or 0) * 86400.0 + (parse_duration(rest) if rest or not days else 0.0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: expected e.g. 7d, 12h, 1d12h, 30m") from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: must be more than zero")
+    return seconds
+
+
+def _stats(args: argparse.Namespace) -> int:
+    import asyncio
+    from datetime import timedelta
+
+    from runbook_operator.engine.archive import AlertStats, Archive, stats_table
+
+    dsn = os.environ.get(args.dsn_env)
+    if not dsn:
+        print(f"runbook-operator stats: ${args.dsn_env} is not set (the archive's PostgreSQL DSN)", file=sys.stderr)
+        return 2
+    archive = Archive(dsn)
+
+    async def query() -> list[AlertStats]:
+        try:
+            return await archive.stats(timedelta(seconds=args.since))
+        finally:
+            await archive.close()
+
+    try:
+        rows = asyncio.run(query())
+    except Exception as err:  # never the DSN: only where, and the redacted error
+        print(f"runbook-operator stats: archive {archive.where}: {archive.redact(err)}", file=sys.stderr)
+        return 1
+    print(stats_table(rows))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,8 +262,22 @@ def build_parser() -> argparse.ArgumentParser:
         default="full",
         help="json: one object a line, step outcomes with incident, policy, step, action and duration as keys",
     )
+    run.add_argument(
+        "--archive-dsn-env",
+        default="RUNBOOK_ARCHIVE_DSN",
+        metavar="VAR",
+        help="archive finished incidents to the PostgreSQL DSN in env var VAR (default RUNBOOK_ARCHIVE_DSN; "
+        "unset: no archive). In Kubernetes, fill it from a Secret (valueFrom.secretKeyRef)",
+    )
     run.add_argument("-v", "--verbose", action="store_true")
     run.set_defaults(func=_run)
+
+    stats = sub.add_parser("stats", help="per-alert incident counts, MTTA and MTTR from the incident archive")
+    stats.add_argument("--since", type=_since, default=_since("7d"), metavar="DURATION", help="e.g. 7d (default), 12h")
+    stats.add_argument(
+        "--dsn-env", default="RUNBOOK_ARCHIVE_DSN", metavar="VAR", help="env var with the archive's PostgreSQL DSN"
+    )
+    stats.set_defaults(func=_stats)
 
     actions = sub.add_parser("actions", help="list the action catalog with parameters")
     actions.add_argument("--markdown", action="store_true", help="as the reference page docs/actions.md")
@@ -167,6 +307,17 @@ def build_parser() -> argparse.ArgumentParser:
         "-n", "--namespace", default="default", help="namespace for objects that name none (default: default)"
     )
     plan.set_defaults(func=_plan)
+    report = sub.add_parser("report", help="render a post-incident report (Markdown) of an Incident")
+    report.add_argument("name", nargs="?", metavar="NAME", help="the Incident to read from the cluster")
+    report.add_argument("-n", "--namespace", help="its namespace (default: the kubeconfig context's, else default)")
+    report.add_argument(
+        "-f",
+        "--filename",
+        metavar="FILE",
+        help="render offline from YAML or JSON (kubectl get inc NAME -o yaml); - is stdin",
+    )
+    report.add_argument("-o", "--output", metavar="FILE", help="write the report to FILE instead of stdout")
+    report.set_defaults(func=_report)
     return parser
 
 

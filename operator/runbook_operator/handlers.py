@@ -17,6 +17,7 @@ from runbook_operator.actions import default_registry
 from runbook_operator.domain.matching import Candidate
 from runbook_operator.domain.model import InvalidPolicy, parse_policy
 from runbook_operator.domain.status import Condition, Status
+from runbook_operator.engine.archive import Archive, ArchiveWriter
 from runbook_operator.engine.executor import Executor
 from runbook_operator.engine.kube import GROUP, VERSION, Kube
 from runbook_operator.engine.metrics import Metrics
@@ -39,6 +40,7 @@ class _Runtime:
     reconciler: Reconciler | None = None
     resolved_ttl: float | None = 24 * 3600.0  # set by the CLI before Kopf starts
     metrics: Metrics | None = None  # likewise
+    archive_dsn: str | None = None  # likewise: from the env var --archive-dsn-env names; None: no archive
     policies: PolicyIndex = None
 
 
@@ -58,8 +60,20 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.inactivity_timeout = 600
     runtime.kube = Kube.from_environment()
     executor = Executor(REGISTRY, services=runtime.kube, metrics=runtime.metrics)
+    archive = None
+    if runtime.archive_dsn:
+        archive = ArchiveWriter(
+            Archive(runtime.archive_dsn), runtime.metrics.archive() if runtime.metrics is not None else None
+        )
+        log.info("archiving finished incidents to %s", archive.archive.where)  # never the DSN itself
+        archive.start()  # migrates the schema, retrying in the background while the database is down
     reconciler = Reconciler(
-        runtime.kube, executor, _candidates, resolved_ttl=runtime.resolved_ttl, metrics=runtime.metrics
+        runtime.kube,
+        executor,
+        _candidates,
+        resolved_ttl=runtime.resolved_ttl,
+        metrics=runtime.metrics,
+        archive=archive,
     )
     if runtime.metrics is not None:
         runtime.metrics.watch(reconciler.phases)

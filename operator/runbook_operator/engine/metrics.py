@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -22,9 +22,28 @@ _DURATIONS = (1, 5, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400, 432
 _TERMINAL = (Phase.RESOLVED.value, Phase.ESCALATED.value)
 
 
+class ArchiveMetrics:
+    """The incident archive's health; registered only when an archive is configured."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.up = Gauge("runbook_archive_up", "1 while the incident archive database takes writes, else 0",
+                        registry=registry)  # fmt: skip
+        self.failures = Counter(
+            "runbook_archive_failures_total", "Failed attempts to reach or write the incident archive",
+            registry=registry,
+        )  # fmt: skip
+        self.dropped = Counter(
+            "runbook_archive_dropped_total", "Finished incidents dropped from a full archive queue (oldest first)",
+            registry=registry,
+        )  # fmt: skip
+        self.pending = Gauge("runbook_archive_pending", "Finished incidents waiting to be archived",
+                             registry=registry)  # fmt: skip
+
+
 class Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        self._archive: ArchiveMetrics | None = None
         self.finished = Counter(
             "runbook_incidents_finished_total",
             "Incidents that reached Resolved or Escalated, by alert and reason",
@@ -46,6 +65,12 @@ class Metrics:
             "runbook_action_duration_seconds", "Action runs (with retries) by action and outcome",
             ["action", "outcome"], buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120), registry=registry,
         )  # fmt: skip
+
+    def archive(self) -> ArchiveMetrics:
+        """The archive's metrics, registered on first use (so no archive shows no archive series)."""
+        if self._archive is None:
+            self._archive = ArchiveMetrics(self.registry)
+        return self._archive
 
     def watch(self, phases: Callable[[], Iterable[str | None]]) -> None:
         """Report incidents by phase (and approvals waiting) from the reconciler at scrape time."""

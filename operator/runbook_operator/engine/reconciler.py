@@ -27,6 +27,7 @@ from runbook_operator.domain.lifecycle import Event, Peer, complete, decide
 from runbook_operator.domain.matching import Candidate
 from runbook_operator.domain.model import Incident, Step
 from runbook_operator.domain.status import Phase, Status, parse_timestamp
+from runbook_operator.engine.archive import TERMINAL, ArchiveRecord, ArchiveWriter
 from runbook_operator.engine.executor import Executor
 from runbook_operator.engine.metrics import Metrics
 
@@ -62,9 +63,10 @@ class Reconciler:
         clock: Clock = utcnow,
         resolved_ttl: float | None = None,
         metrics: Metrics | None = None,
+        archive: ArchiveWriter | None = None,
     ) -> None:
         self._cluster, self._executor, self._candidates, self._clock = cluster, executor, candidates, clock
-        self._ttl, self._metrics = resolved_ttl, metrics
+        self._ttl, self._metrics, self._archive = resolved_ttl, metrics, archive
         self._workers: dict[str, _Worker] = {}
         self._phases: dict[str, str | None] = {}  # uid -> phase, of every incident seen (for the gauges)
         self._book: dict[str, tuple[str, Peer]] = {}  # uid -> (target, peer view)
@@ -77,7 +79,10 @@ class Reconciler:
         if worker is None:
             status = Status.from_dict(body.get("status"))
             self._phases[uid] = status.phase
-            self._note(uid, Incident.from_body(body), status)
+            incident = Incident.from_body(body)
+            self._note(uid, incident, status)
+            if status.phase in TERMINAL:  # finished before we saw it (a restart): archive it again, harmlessly
+                self._archived(uid, incident, status)
             if status.phase == Phase.RESOLVED.value and self._ttl is None:
                 return  # finished before we saw it; nothing to do
             worker = self._workers[uid] = _Worker(body)
@@ -110,6 +115,12 @@ class Reconciler:
         self._phases[uid] = after.phase
         if self._metrics is not None and before is not after:
             self._metrics.transition(incident, before, after)
+        if after.phase in TERMINAL and (after.phase != before.phase or after.acknowledgedAt != before.acknowledgedAt):
+            self._archived(uid, incident, after)
+
+    def _archived(self, uid: str, incident: Incident, status: Status) -> None:
+        if self._archive is not None:
+            self._archive.enqueue(ArchiveRecord.of(uid, incident, status, self._clock()))
 
     async def stop(self) -> None:
         tasks = [w.task for w in self._workers.values() if w.task]
@@ -119,6 +130,8 @@ class Reconciler:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._archive is not None:
+            await self._archive.close()
 
     # -- one incident ------------------------------------------------------
     def _note(self, uid: str, incident: Incident, status: Status) -> None:

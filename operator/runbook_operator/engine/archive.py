@@ -1,0 +1,464 @@
+"""An optional PostgreSQL archive of finished incidents, for history and MTTA/MTTR reports.
+
+``Archive`` talks to the database (psycopg 3, async): versioned, idempotent schema
+migrations, an UPSERT per incident keyed by its uid, and per-alert statistics
+computed in SQL. ``ArchiveWriter`` sits between the reconciler and the archive:
+``enqueue`` never blocks an incident task; one background task drains a bounded
+queue, and while the database is down it keeps the records, logs one warning per
+outage and retries with a capped backoff.
+
+The DSN carries a password, so it never reaches a log line or an error message:
+only ``host:port/dbname`` is shown (see ``where``) and database errors are redacted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.types.json import Jsonb
+
+from runbook_operator.domain.model import Incident
+from runbook_operator.domain.status import Phase, Status, parse_timestamp
+from runbook_operator.engine.metrics import ArchiveMetrics
+
+log = logging.getLogger(__name__)
+
+TERMINAL = (Phase.RESOLVED.value, Phase.ESCALATED.value)
+TABLE = "incident_archive"
+CONNECT_TIMEOUT = 5  # seconds; a database that does not answer counts as down
+_LOCK = 0x72626F61  # pg_advisory_xact_lock key: two operators migrating at once take turns
+
+# (version, statements): append only; a database at version N runs the ones above N, once.
+MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
+    (
+        1,
+        (
+            f"""CREATE TABLE {TABLE} (
+                uid text PRIMARY KEY,
+                namespace text NOT NULL,
+                name text NOT NULL,
+                alert text NOT NULL,
+                severity text,
+                policy text,
+                phase text NOT NULL,
+                reason text,
+                started_at timestamptz,
+                acknowledged_at timestamptz,
+                resolved_at timestamptz,
+                attempts integer NOT NULL DEFAULT 0,
+                findings jsonb NOT NULL DEFAULT '[]',
+                steps jsonb NOT NULL DEFAULT '[]',
+                timeline jsonb NOT NULL DEFAULT '[]',
+                escalation jsonb NOT NULL DEFAULT '{{}}',
+                archived_at timestamptz NOT NULL DEFAULT now()
+            )""",
+        ),
+    ),
+    (
+        2,
+        (
+            f"CREATE INDEX {TABLE}_started_at ON {TABLE} (started_at)",
+            f"CREATE INDEX {TABLE}_alert ON {TABLE} (alert, started_at)",
+        ),
+    ),
+)
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+_COLUMNS = (
+    "uid", "namespace", "name", "alert", "severity", "policy", "phase", "reason", "started_at",
+    "acknowledged_at", "resolved_at", "attempts", "findings", "steps", "timeline", "escalation", "archived_at",
+)  # fmt: skip
+_UPSERT = (
+    f"INSERT INTO {TABLE} ({', '.join(_COLUMNS)}) VALUES ({', '.join(f'%({c})s' for c in _COLUMNS)}) "
+    f"ON CONFLICT (uid) DO UPDATE SET {', '.join(f'{c} = EXCLUDED.{c}' for c in _COLUMNS if c != 'uid')}"
+)
+_STATS = f"""
+SELECT alert,
+       count(*) AS incidents,
+       count(*) FILTER (WHERE phase = %(resolved)s) AS resolved,
+       count(*) FILTER (WHERE phase = %(escalated)s) AS escalated,
+       count(*) FILTER (WHERE phase <> %(resolved)s AND phase <> %(escalated)s) AS other,
+       avg(tta), percentile_cont(0.5) WITHIN GROUP (ORDER BY tta), percentile_cont(0.9) WITHIN GROUP (ORDER BY tta),
+       avg(ttr), percentile_cont(0.5) WITHIN GROUP (ORDER BY ttr), percentile_cont(0.9) WITHIN GROUP (ORDER BY ttr)
+FROM (
+    SELECT alert, phase,
+           EXTRACT(EPOCH FROM acknowledged_at - started_at)::float8 AS tta,
+           CASE WHEN phase = %(resolved)s THEN EXTRACT(EPOCH FROM resolved_at - started_at)::float8 END AS ttr
+    FROM {TABLE}
+    WHERE coalesce(started_at, archived_at) >= now() - %(since)s
+) AS finished
+GROUP BY alert
+ORDER BY incidents DESC, alert
+"""
+
+
+@dataclass(frozen=True)
+class ArchiveRecord:
+    """One row of the archive: an incident as it finished (or as far as it got)."""
+
+    uid: str
+    namespace: str
+    name: str
+    alert: str
+    severity: str | None
+    policy: str | None
+    phase: str
+    reason: str | None
+    started_at: datetime | None
+    acknowledged_at: datetime | None
+    resolved_at: datetime | None
+    attempts: int
+    findings: Sequence[Any]
+    steps: Sequence[Any]
+    timeline: Sequence[Any]
+    escalation: dict[str, Any]
+    archived_at: datetime
+
+    @classmethod
+    def of(cls, uid: str, incident: Incident, status: Status, now: datetime) -> ArchiveRecord:
+        raw = status.to_dict()
+        condition = status.condition(status.phase) if status.phase else None
+        return cls(
+            uid=uid,
+            namespace=incident.namespace,
+            name=incident.name,
+            alert=incident.alert,
+            severity=status.severity or incident.severity,
+            policy=status.policy,
+            phase=status.phase or Phase.PENDING.value,
+            reason=condition.reason if condition is not None else None,
+            started_at=_time(status.startedAt),
+            acknowledged_at=_time(status.acknowledgedAt),
+            resolved_at=_time(status.resolvedAt),
+            attempts=status.attempts,
+            findings=raw["findings"],
+            steps=raw["steps"],
+            timeline=raw["timeline"],
+            escalation=raw["escalation"],
+            archived_at=now,
+        )
+
+    def params(self) -> dict[str, Any]:
+        values = {c: getattr(self, c) for c in _COLUMNS}
+        for key in ("findings", "steps", "timeline", "escalation"):
+            values[key] = Jsonb(values[key])
+        return values
+
+
+@dataclass(frozen=True)
+class AlertStats:
+    """Per alert: how many incidents and how they ended; MTTA / MTTR in seconds (None: no data)."""
+
+    alert: str
+    incidents: int
+    resolved: int
+    escalated: int
+    other: int
+    mtta: float | None
+    mtta_p50: float | None
+    mtta_p90: float | None
+    mttr: float | None
+    mttr_p50: float | None
+    mttr_p90: float | None
+
+
+def _time(text: str | None) -> datetime | None:
+    return parse_timestamp(text) if text else None
+
+
+def where(dsn: str) -> str:
+    """``host:port/dbname`` of a DSN, for logs: never the user or the password."""
+    try:
+        parts = conninfo_to_dict(dsn)
+    except Exception:  # the parser's message may quote the DSN
+        return "<unparsable DSN>"
+    host = str(parts.get("host") or parts.get("hostaddr") or "localhost")
+    port = f":{parts['port']}" if parts.get("port") else ""
+    return f"{host}{port}/{parts.get('dbname') or '-'}"
+
+
+class Archive:
+    """The archive database. Keeps one connection, opened on first use and again after an error."""
+
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
+        self.where = where(dsn)
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._secrets = [s for s in (dsn, _password(dsn)) if s]
+
+    def redact(self, err: BaseException) -> str:
+        """An error's first line without the DSN or its password."""
+        text = str(err).splitlines()[0] if str(err) else type(err).__name__
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text[:300]
+
+    async def _connection(self) -> psycopg.AsyncConnection[Any]:
+        if self._conn is None or self._conn.closed:
+            try:
+                self._conn = await psycopg.AsyncConnection.connect(
+                    self._dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT
+                )
+            except psycopg.Error:
+                raise
+            except Exception as err:  # e.g. an unparsable DSN: the message could quote it
+                raise psycopg.OperationalError(f"cannot connect to {self.where}: {type(err).__name__}") from None
+        return self._conn
+
+    async def _run(self, fn: Any) -> Any:
+        """Run ``fn(conn)``; on any error drop the connection so the next call opens a fresh one."""
+        conn = await self._connection()
+        try:
+            return await fn(conn)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def migrate(self) -> int:
+        """Bring the schema to SCHEMA_VERSION; return the version found before. Safe to run any number of times."""
+
+        async def go(conn: psycopg.AsyncConnection[Any]) -> int:
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
+                await conn.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_version ("
+                    "version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+                )
+                cur = await conn.execute("SELECT coalesce(max(version), 0) FROM schema_version")
+                row = await cur.fetchone()
+                found = int(row[0]) if row else 0
+                for version, statements in MIGRATIONS:
+                    if version <= found:
+                        continue
+                    for statement in statements:
+                        await conn.execute(statement)
+                    await conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
+                    log.info("archive %s: schema migrated to version %d", self.where, version)
+                return found
+
+        return int(await self._run(go))
+
+    async def write(self, record: ArchiveRecord) -> None:
+        await self.write_many([record])
+
+    async def write_many(self, records: Iterable[ArchiveRecord]) -> None:
+        """UPSERT by uid, all in one transaction: archiving an incident again updates its row."""
+        params = [r.params() for r in records]
+        if not params:
+            return
+
+        async def go(conn: psycopg.AsyncConnection[Any]) -> None:
+            async with conn.transaction(), conn.cursor() as cur:
+                await cur.executemany(_UPSERT, params)
+
+        await self._run(go)
+
+    async def stats(self, since: timedelta) -> list[AlertStats]:
+        """Per alert, incidents started within ``since``: counts by outcome, MTTA and MTTR (avg, p50, p90)."""
+
+        async def go(conn: psycopg.AsyncConnection[Any]) -> list[AlertStats]:
+            params = {"since": since, "resolved": Phase.RESOLVED.value, "escalated": Phase.ESCALATED.value}
+            cur = await conn.execute(_STATS, params)
+            return [AlertStats(*row) for row in await cur.fetchall()]
+
+        result: list[AlertStats] = await self._run(go)
+        return result
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+
+def _password(dsn: str) -> str | None:
+    try:
+        password = conninfo_to_dict(dsn).get("password")
+        return str(password) if password else None
+    except Exception:
+        match = re.search(r"://[^:/@]*:([^@]*)@", dsn)
+        return match.group(1) if match else None
+
+
+class Store(Protocol):
+    """What the writer needs of an Archive (tests may pass a fake)."""
+
+    where: str
+
+    def redact(self, err: BaseException) -> str: ...
+    async def migrate(self) -> int: ...
+    async def write_many(self, records: Iterable[ArchiveRecord]) -> None: ...
+    async def close(self) -> None: ...
+
+
+class ArchiveWriter:
+    """A bounded, de-duplicating queue in front of the archive, drained by one background task.
+
+    Records are keyed by uid, so an incident archived twice before the queue drains is
+    written once, in its latest state. Past ``limit`` the oldest record is dropped (and
+    counted). While the database is down: one warning per outage, ``runbook_archive_up``
+    0, a failure counted per attempt, and retries after ``min(initial * 2^n, max)`` seconds.
+    """
+
+    def __init__(
+        self,
+        archive: Store,
+        metrics: ArchiveMetrics | None = None,
+        limit: int = 10_000,
+        batch: int = 200,
+        initial_backoff: float = 0.5,
+        max_backoff: float = 30.0,
+    ) -> None:
+        self.archive, self._metrics = archive, metrics
+        self._limit, self._batch = limit, batch
+        self._initial, self._max = initial_backoff, max_backoff
+        self._pending: OrderedDict[str, ArchiveRecord] = OrderedDict()
+        self._wakeup = asyncio.Event()
+        self._idle = asyncio.Event()  # set after every attempt, for flush()
+        self._task: asyncio.Task[None] | None = None
+        self._migrated = False
+        self.up: bool | None = None  # None until the first attempt
+        self.dropped = 0
+        self.written = 0
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def start(self) -> None:
+        """Start draining (and migrate the schema); needs a running event loop. Idempotent."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._drain(), name="archive-writer")
+
+    def enqueue(self, record: ArchiveRecord) -> None:
+        """Queue a record for writing; never blocks, never raises for the database's sake."""
+        self._pending.pop(record.uid, None)
+        self._pending[record.uid] = record
+        while len(self._pending) > self._limit:
+            self._pending.popitem(last=False)
+            self.dropped += 1
+            if self._metrics is not None:
+                self._metrics.dropped.inc()
+        self._gauge_pending()
+        self._wakeup.set()
+        self.start()
+
+    async def flush(self, seconds: float) -> bool:
+        """Wait until the schema is migrated and the queue is empty (True), or ``seconds`` pass (False)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                while self._pending or not self._migrated:
+                    self._idle.clear()
+                    await self._idle.wait()
+                return True
+        return False
+
+    async def close(self, grace: float = 5.0) -> None:
+        """Give a reachable database ``grace`` seconds to take what is queued, then stop."""
+        if self._task is not None and not self._task.done() and self._pending and self.up is not False:
+            await self.flush(grace)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._task = None
+        await self.archive.close()
+        if self._pending:
+            log.warning("archive %s: %d finished incidents not archived at shutdown", self.archive.where, self.pending)
+
+    async def _drain(self) -> None:
+        delay = self._initial
+        while True:
+            if self._migrated and not self._pending:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            try:
+                if not self._migrated:
+                    await self.archive.migrate()
+                    self._migrated = True
+                batch = list(self._pending.values())[: self._batch]
+                await self.archive.write_many(batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:
+                self._failed(err, delay)
+                self._idle.set()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._max)
+                continue
+            delay = self._initial
+            for record in batch:  # a newer version queued meanwhile stays for the next round
+                if self._pending.get(record.uid) is record:
+                    del self._pending[record.uid]
+            self.written += len(batch)
+            self._gauge_pending()
+            self._succeeded()
+            self._idle.set()
+
+    def _failed(self, err: Exception, delay: float) -> None:
+        if self._metrics is not None:
+            self._metrics.failures.inc()
+            self._metrics.up.set(0)
+        if self.up is not False:  # the first failure of an outage: say it once
+            log.warning(
+                "archive %s unreachable, keeping %d records and retrying (up to every %gs): %s",
+                self.archive.where,
+                self.pending,
+                self._max,
+                self.archive.redact(err),
+            )
+        else:
+            log.debug(
+                "archive %s still unreachable, retry in %gs: %s", self.archive.where, delay, self.archive.redact(err)
+            )
+        self.up = False
+
+    def _succeeded(self) -> None:
+        if self.up is False:
+            log.info("archive %s reachable again; catching up on %d records", self.archive.where, self.pending)
+        self.up = True
+        if self._metrics is not None:
+            self._metrics.up.set(1)
+
+    def _gauge_pending(self) -> None:
+        if self._metrics is not None:
+            self._metrics.pending.set(len(self._pending))
+
+
+def stats_table(rows: Sequence[AlertStats]) -> str:
+    """The ``runbook-operator stats`` table: counts, then MTTA and MTTR as avg (p50 / p90), humanized."""
+    from runbook_operator.domain.durations import format_duration
+
+    def human(avg: float | None, p50: float | None, p90: float | None) -> str:
+        if avg is None:
+            return "-"
+        return f"{format_duration(avg)} ({format_duration(p50 or 0.0)} / {format_duration(p90 or 0.0)})"
+
+    header = ("ALERT", "INCIDENTS", "RESOLVED", "ESCALATED", "OTHER", "MTTA avg (p50 / p90)", "MTTR avg (p50 / p90)")
+    lines = [header] + [
+        (
+            r.alert,
+            str(r.incidents),
+            str(r.resolved),
+            str(r.escalated),
+            str(r.other),
+            human(r.mtta, r.mtta_p50, r.mtta_p90),
+            human(r.mttr, r.mttr_p50, r.mttr_p90),
+        )
+        for r in rows
+    ]
+    if not rows:
+        return "no archived incidents in that period"
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join("   ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in lines)
