@@ -18,6 +18,11 @@ def _run(args: argparse.Namespace) -> int:
     from runbook_operator import handlers  # registers the handlers
 
     handlers.runtime.resolved_ttl = args.resolved_ttl
+    if args.intake_address:
+        settings = _intake_settings(args)
+        if settings is None:
+            return 2
+        handlers.runtime.intake = settings
     handlers.runtime.archive_dsn = os.environ.get(args.archive_dsn_env) or None
     if args.metrics_address:
         import prometheus_client
@@ -39,6 +44,30 @@ def _run(args: argparse.Namespace) -> int:
         liveness_endpoint=args.liveness,
     )
     return 0
+
+
+def _intake_settings(args: argparse.Namespace) -> Any:
+    """The intake's settings, or None after saying on stderr why it cannot start."""
+    from runbook_operator import intake
+
+    def fail(message: str) -> None:
+        print(f"runbook-operator run: {message}", file=sys.stderr)
+
+    try:
+        host, port = intake.parse_address(args.intake_address)
+        token = intake.load_token(args.intake_token_file)
+    except (OSError, ValueError) as err:
+        fail(f"--intake-address/--intake-token-file: {err}")
+        return None
+    if token is None and not args.intake_insecure:
+        fail(
+            f"the Alertmanager intake needs a bearer token: --intake-token-file FILE or ${intake.TOKEN_ENV} "
+            "(or --intake-insecure, for a local lab only)"
+        )
+        return None
+    watched = frozenset(args.namespace) if args.namespace else None
+    options = intake.Options(namespace=args.intake_namespace, allowed_namespaces=watched)
+    return intake.Settings(host, port, token, options, args.intake_max_bytes)
 
 
 def _actions(args: argparse.Namespace) -> int:
@@ -268,6 +297,32 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="VAR",
         help="archive finished incidents to the PostgreSQL DSN in env var VAR (default RUNBOOK_ARCHIVE_DSN; "
         "unset: no archive). In Kubernetes, fill it from a Secret (valueFrom.secretKeyRef)",
+    )
+    run.add_argument(
+        "--intake-address",
+        default="",
+        metavar="HOST:PORT",
+        help="serve the Alertmanager webhook intake on http://HOST:PORT/api/v1/alerts/alertmanager "
+        "(default '': off; ':PORT' means 127.0.0.1)",
+    )
+    run.add_argument(
+        "--intake-token-file",
+        metavar="FILE",
+        help="the bearer token the intake requires (else env RUNBOOK_INTAKE_TOKEN); "
+        "in Kubernetes, a Secret mounted as a file",
+    )
+    run.add_argument(
+        "--intake-insecure", action="store_true", help="let the intake run without a token (local labs only)"
+    )
+    run.add_argument(
+        "--intake-namespace",
+        default="default",
+        metavar="NS",
+        help="where Incidents go when the alert has no `namespace` label, or one the operator does not watch "
+        "(default: default)",
+    )
+    run.add_argument(
+        "--intake-max-bytes", type=int, default=1024 * 1024, metavar="N", help="largest webhook body (default 1 MiB)"
     )
     run.add_argument("-v", "--verbose", action="store_true")
     run.set_defaults(func=_run)

@@ -13,6 +13,7 @@ from typing import Any
 
 import kopf
 
+from runbook_operator import intake
 from runbook_operator.actions import default_registry
 from runbook_operator.domain.matching import Candidate
 from runbook_operator.domain.model import InvalidPolicy, parse_policy
@@ -41,6 +42,8 @@ class _Runtime:
     resolved_ttl: float | None = 24 * 3600.0  # set by the CLI before Kopf starts
     metrics: Metrics | None = None  # likewise
     archive_dsn: str | None = None  # likewise: from the env var --archive-dsn-env names; None: no archive
+    intake: intake.Settings | None = None  # likewise: the Alertmanager intake, None: off
+    intake_runner: Any = None  # the intake's aiohttp AppRunner while it serves
     policies: PolicyIndex = None
 
 
@@ -78,10 +81,19 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     if runtime.metrics is not None:
         runtime.metrics.watch(reconciler.phases)
     runtime.reconciler = reconciler
+    if runtime.intake is not None:
+        counters = runtime.metrics.intake() if runtime.metrics is not None else None
+        try:
+            runtime.intake_runner = await intake.start(runtime.intake, intake.KubeIncidents(runtime.kube), counters)
+        except OSError as err:  # the port is taken, the address is not ours: retrying will not help
+            raise kopf.PermanentError(f"cannot serve the Alertmanager intake: {err}") from err
 
 
 @kopf.on.cleanup()
 async def cleanup(**_: Any) -> None:
+    if runtime.intake_runner is not None:
+        await runtime.intake_runner.cleanup()  # stop taking alerts first
+        runtime.intake_runner = None
     if runtime.reconciler:
         await runtime.reconciler.stop()
     if runtime.kube:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -36,6 +37,11 @@ def operator_kubeconfig(kubectl: Kubectl, tmp_path_factory: pytest.TempPathFacto
 class OperatorProcess:
     def __init__(self, kubeconfig: Path, log: Path) -> None:
         self.kubeconfig, self.log, self.port, self.metrics_port = kubeconfig, log, free_port(), free_port()
+        # the Alertmanager intake, with a token only this session knows (tests/e2e/test_intake.py)
+        self.intake_port, self.intake_token = free_port(), secrets.token_hex(16)
+        self.intake_token_file = log.parent / "intake-token"
+        self.intake_token_file.write_text(self.intake_token + "\n")
+        self.intake_url = f"http://127.0.0.1:{self.intake_port}/api/v1/alerts/alertmanager"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -49,6 +55,8 @@ class OperatorProcess:
             f"--liveness=http://127.0.0.1:{self.port}/healthz",
             f"--metrics-address=127.0.0.1:{self.metrics_port}",
             "--log-format=json",
+            f"--intake-address=127.0.0.1:{self.intake_port}",
+            f"--intake-token-file={self.intake_token_file}",
         ]
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)

@@ -232,7 +232,10 @@ def test_the_operator_runs_with_its_own_least_privilege_rbac(
 
     assert can("patch", "incidents.remediation.ishchat.io", "--subresource=status") == "yes"
     assert can("list", "remediationpolicies.remediation.ishchat.io") == "yes"
-    for verb, res in [("delete", "deployments"), ("get", "secrets"), ("patch", "incidents.remediation.ishchat.io"),
+    for verb in ("create", "patch"):  # the Alertmanager intake creates Incidents and sets spec.resolved
+        assert can(verb, "incidents.remediation.ishchat.io") == "yes"
+    for verb, res in [("delete", "deployments"), ("get", "secrets"), ("update", "incidents.remediation.ishchat.io"),
+                      ("patch", "remediationpolicies.remediation.ishchat.io"),
                       ("update", "remediationpolicies.remediation.ishchat.io"), ("create", "pods")]:  # fmt: skip
         assert can(verb, res) == "no", f"the operator may {verb} {res}"
     assert "Forbidden" not in operator.log.read_text()

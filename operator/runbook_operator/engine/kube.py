@@ -69,6 +69,16 @@ class Kube:
             GROUP, VERSION, namespace, plural, name, {"status": status},
         )  # fmt: skip
 
+    async def create(self, plural: str, namespace: str, body: Mapping[str, Any]) -> None:
+        """Create an object (the Alertmanager intake's Incidents); ApiException 409 when it exists."""
+        await self._call(self._custom.create_namespaced_custom_object, GROUP, VERSION, namespace, plural, dict(body))
+
+    async def patch(self, plural: str, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
+        """Merge-patch an object (the intake sets spec.resolved); ApiException 404 when it is gone."""
+        await self._call(
+            self._custom.patch_namespaced_custom_object, GROUP, VERSION, namespace, plural, name, dict(patch)
+        )
+
     async def delete(self, plural: str, namespace: str, name: str) -> None:
         await self._call(self._custom.delete_namespaced_custom_object, GROUP, VERSION, namespace, plural, name)
 

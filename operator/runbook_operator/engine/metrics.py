@@ -40,10 +40,39 @@ class ArchiveMetrics:
                              registry=registry)  # fmt: skip
 
 
+class IntakeMetrics:
+    """The Alertmanager intake's counters; registered only when the intake runs."""
+
+    RESULTS = ("created", "duplicate", "resolved", "unknown_resolved", "failed")
+    REASONS = ("unauthorized", "too_large", "malformed")
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.alerts = Counter(
+            "runbook_intake_alerts_total",
+            "Alerts the Alertmanager intake handled, by result (failed: the API refused or was unreachable)",
+            ["result"], registry=registry,
+        )  # fmt: skip
+        self.rejections = Counter(
+            "runbook_intake_rejected_total", "Webhook requests the intake refused, by reason", ["reason"],
+            registry=registry,
+        )  # fmt: skip
+        for result in self.RESULTS:  # every series exists from the start, at 0
+            self.alerts.labels(result)
+        for reason in self.REASONS:
+            self.rejections.labels(reason)
+
+    def alert(self, result: str) -> None:
+        self.alerts.labels(result).inc()
+
+    def rejected(self, reason: str) -> None:
+        self.rejections.labels(reason).inc()
+
+
 class Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
         self._archive: ArchiveMetrics | None = None
+        self._intake: IntakeMetrics | None = None
         self.finished = Counter(
             "runbook_incidents_finished_total",
             "Incidents that reached Resolved or Escalated, by alert and reason",
@@ -71,6 +100,12 @@ class Metrics:
         if self._archive is None:
             self._archive = ArchiveMetrics(self.registry)
         return self._archive
+
+    def intake(self) -> IntakeMetrics:
+        """The intake's metrics, registered on first use."""
+        if self._intake is None:
+            self._intake = IntakeMetrics(self.registry)
+        return self._intake
 
     def watch(self, phases: Callable[[], Iterable[str | None]]) -> None:
         """Report incidents by phase (and approvals waiting) from the reconciler at scrape time."""

@@ -1,0 +1,351 @@
+"""The Alertmanager intake: a webhook receiver that turns alerts into Incidents.
+
+``POST /api/v1/alerts/alertmanager`` takes Alertmanager's webhook payload (version "4").
+A firing alert creates an Incident named from its alert name and fingerprint (re-sending it
+creates nothing new); a resolved alert sets ``spec.resolved: true`` on that Incident.
+
+The pure part (:func:`parse_payload`, :func:`incident_name`) validates the whole payload
+before anything is written; :func:`build_app` and :func:`start` are the I/O around it.
+Alert labels and annotations are untrusted: they only ever become spec data. The Incident's
+name comes from the sanitized alert name and the hex fingerprint, nothing else.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from runbook_operator.engine.kube import GROUP, VERSION
+
+PATH = "/api/v1/alerts/alertmanager"
+MAX_BYTES = 1024 * 1024
+TOKEN_ENV = "RUNBOOK_INTAKE_TOKEN"
+log = logging.getLogger(__name__)
+
+# the CRD's limits (crds/remediation.ishchat.io_incidents.yaml)
+ALERT_MAX, SUMMARY_MAX, DESCRIPTION_MAX = 253, 1024, 16384
+LABELS_MAX, LABEL_VALUE_MAX, GENERATOR_URL_MAX = 64, 1024, 2048
+NAME_PART_MAX = 40
+SEVERITIES = {
+    "critical": "Critical",
+    "high": "High",
+    "error": "High",
+    "warning": "Medium",
+    "medium": "Medium",
+    "info": "Low",
+    "low": "Low",
+}
+_FINGERPRINT = re.compile(r"[0-9a-fA-F]{8,64}")
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_TIME = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.\d+)?(Z|z|[+-]\d\d:\d\d)")
+
+
+class PayloadError(ValueError):
+    """The payload is not one the intake takes; the message names the field."""
+
+
+@dataclass(frozen=True)
+class Options:
+    """How alerts map to namespaces."""
+
+    namespace: str = "default"  # where an Incident goes when the alert names no (allowed) namespace
+    allowed_namespaces: frozenset[str] | None = None  # None: any namespace an alert's `namespace` label names
+
+
+@dataclass(frozen=True)
+class AlertAction:
+    """What one alert asks for: create (firing) or resolve an Incident."""
+
+    firing: bool
+    namespace: str
+    name: str
+    manifest: Mapping[str, Any] = field(default_factory=dict)  # the Incident, for firing alerts
+
+
+def incident_name(alertname: str, fingerprint: str) -> str:
+    """``<alertname sanitized, ≤40>-<fingerprint[:16]>``: a valid DNS-1123 name, stable per alert."""
+    part = re.sub(r"[^a-z0-9-]", "-", alertname.lower())[:NAME_PART_MAX].strip("-") or "alert"
+    return f"{part}-{fingerprint.lower()[:16]}"
+
+
+def _stringify(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
+def _time(value: Any, where: str) -> str | None:
+    if value is None or value == "":
+        return None
+    match = _TIME.fullmatch(value) if isinstance(value, str) else None
+    try:
+        if match is None:
+            raise ValueError
+        zone = "+00:00" if match.group(2) in ("Z", "z") else match.group(2)
+        parsed = datetime.fromisoformat(match.group(1) + zone)
+    except ValueError:
+        raise PayloadError(f"{where}: not an RFC 3339 time") from None
+    return parsed.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _object(value: Any, where: str, required: bool = True) -> Mapping[str, Any]:
+    if value is None and not required:
+        return {}
+    if value is None:
+        raise PayloadError(f"{where}: required")
+    if not isinstance(value, dict):
+        raise PayloadError(f"{where}: must be an object")
+    return value
+
+
+def _namespace(labels: Mapping[str, Any], options: Options) -> str:
+    wanted = labels.get("namespace")
+    if not isinstance(wanted, str) or not _DNS_LABEL.fullmatch(wanted):
+        return options.namespace
+    if options.allowed_namespaces is not None and wanted not in options.allowed_namespaces:
+        return options.namespace
+    return wanted
+
+
+def _alert(raw: Any, where: str, options: Options) -> AlertAction:
+    alert = _object(raw, where)
+    status = alert.get("status")
+    if status is None:
+        raise PayloadError(f"{where}.status: required")
+    if status not in ("firing", "resolved"):
+        raise PayloadError(f"{where}.status: must be 'firing' or 'resolved'")
+    labels = _object(alert.get("labels"), f"{where}.labels")
+    annotations = _object(alert.get("annotations"), f"{where}.annotations", required=False)
+    alertname = labels.get("alertname")
+    if alertname is None or alertname == "":
+        raise PayloadError(f"{where}.labels.alertname: required")
+    if not isinstance(alertname, str):
+        raise PayloadError(f"{where}.labels.alertname: must be a string")
+    if len(alertname) > ALERT_MAX:
+        raise PayloadError(f"{where}.labels.alertname: longer than {ALERT_MAX} characters")
+    fingerprint = alert.get("fingerprint")
+    if fingerprint is None or fingerprint == "":
+        raise PayloadError(f"{where}.fingerprint: required")
+    if not isinstance(fingerprint, str) or not _FINGERPRINT.fullmatch(fingerprint):
+        raise PayloadError(f"{where}.fingerprint: must be 8 to 64 hex digits")
+    fingerprint = fingerprint.lower()
+    starts_at = _time(alert.get("startsAt"), f"{where}.startsAt")
+    generator = alert.get("generatorURL")
+    if generator is not None and not isinstance(generator, str):
+        raise PayloadError(f"{where}.generatorURL: must be a string")
+    namespace, name = _namespace(labels, options), incident_name(alertname, fingerprint)
+    if status == "resolved":
+        return AlertAction(False, namespace, name)
+
+    spec: dict[str, Any] = {"alert": alertname}
+    severity = SEVERITIES.get(str(labels.get("severity", "")).strip().lower())
+    if severity:
+        spec["severity"] = severity
+    for key, limit in (("summary", SUMMARY_MAX), ("description", DESCRIPTION_MAX)):
+        text = annotations.get(key)
+        if text is not None and text != "":
+            spec[key] = _stringify(text)[:limit]
+    spec["labels"] = {str(k): _stringify(v)[:LABEL_VALUE_MAX] for k, v in sorted(labels.items())[:LABELS_MAX]}
+    source: dict[str, Any] = {"kind": "Alertmanager", "fingerprint": fingerprint}
+    if starts_at:
+        source["startsAt"] = starts_at
+    if generator:
+        source["generatorURL"] = generator[:GENERATOR_URL_MAX]
+    spec["source"] = source
+    manifest = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "Incident",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {"app.kubernetes.io/created-by": "runbook-operator-intake"},
+        },
+        "spec": spec,
+    }
+    return AlertAction(True, namespace, name, manifest)
+
+
+def parse_payload(payload: Any, options: Options = Options()) -> list[AlertAction]:
+    """Every alert of a webhook payload as an action; PayloadError (naming the field) if any is bad."""
+    body = _object(payload, "body")
+    version = body.get("version")
+    if version is None:
+        raise PayloadError("version: required")
+    if version != "4":
+        raise PayloadError(f'version: must be "4", got {json.dumps(version)[:40]}')
+    alerts = body.get("alerts")
+    if alerts is None:
+        raise PayloadError("alerts: required")
+    if not isinstance(alerts, list):
+        raise PayloadError("alerts: must be a list")
+    return [_alert(raw, f"alerts[{i}]", options) for i, raw in enumerate(alerts)]
+
+
+def parse_body(raw: bytes, options: Options = Options()) -> list[AlertAction]:
+    try:
+        payload = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise PayloadError("body: not UTF-8") from None
+    except json.JSONDecodeError as err:
+        raise PayloadError(f"body: not valid JSON: {err}") from None
+    return parse_payload(payload, options)
+
+
+def load_token(path: str | None, environ: Mapping[str, str] = os.environ) -> str | None:
+    """The bearer token from the file (surrounding whitespace stripped), else the env var; None: neither."""
+    if path:
+        token = Path(path).read_text(encoding="utf-8").strip()  # OSError is the caller's to report
+        if not token:
+            raise ValueError(f"{path} is empty")
+        return token
+    return environ.get(TOKEN_ENV, "").strip() or None
+
+
+# -- I/O -----------------------------------------------------------------------------
+
+
+class ApiError(Exception):
+    """A Kubernetes API failure; ``permanent``: retrying the same request will not help."""
+
+    def __init__(self, message: str, permanent: bool) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+class Incidents(Protocol):
+    async def create_incident(self, namespace: str, manifest: Mapping[str, Any]) -> bool:
+        """True: created; False: it exists. ApiError otherwise."""
+
+    async def resolve_incident(self, namespace: str, name: str) -> bool:
+        """True: spec.resolved set; False: no such Incident. ApiError otherwise."""
+
+
+class Counters(Protocol):
+    def alert(self, result: str) -> None: ...
+
+    def rejected(self, reason: str) -> None: ...
+
+
+@dataclass
+class Settings:
+    host: str
+    port: int
+    token: str | None  # None only with --intake-insecure
+    options: Options = Options()
+    max_bytes: int = MAX_BYTES
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"invalid address {text!r}: expected HOST:PORT, e.g. 0.0.0.0:8082")
+    return host or "127.0.0.1", int(port)
+
+
+def _error(status: int, message: str) -> web.Response:
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return web.json_response({"error": message}, status=status, headers=headers)
+
+
+def _authorized(header: str, token: str | None) -> bool:
+    if token is None:
+        return True
+    scheme, _, given = header.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+
+
+def build_app(settings: Settings, incidents: Incidents, counters: Counters | None = None) -> web.Application:
+    def count(kind: str, value: str) -> None:
+        if counters is not None:
+            (counters.alert if kind == "alert" else counters.rejected)(value)
+
+    async def receive(request: web.Request) -> web.Response:
+        if not _authorized(request.headers.get("Authorization", ""), settings.token):
+            count("rejected", "unauthorized")
+            return _error(401, "missing or wrong bearer token")
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            count("rejected", "too_large")
+            return _error(413, f"body: larger than {settings.max_bytes} bytes")
+        try:
+            actions = parse_body(raw, settings.options)
+        except PayloadError as err:
+            count("rejected", "malformed")
+            return _error(400, str(err))
+        results = {"created": 0, "duplicate": 0, "resolved": 0, "unknown_resolved": 0}
+        for action in actions:
+            try:
+                if action.firing:
+                    done = await incidents.create_incident(action.namespace, action.manifest)
+                    result = "created" if done else "duplicate"
+                else:
+                    done = await incidents.resolve_incident(action.namespace, action.name)
+                    result = "resolved" if done else "unknown_resolved"
+            except ApiError as err:
+                count("alert", "failed")
+                where = f"incident {action.namespace}/{action.name}"
+                log.warning("intake: %s: %s", where, err)
+                # 5xx makes Alertmanager retry the whole batch (idempotent); 4xx does not
+                return _error(422 if err.permanent else 503, f"{where}: {err}")
+            results[result] += 1
+            count("alert", result)
+        return web.json_response(results)
+
+    app = web.Application(client_max_size=settings.max_bytes)
+    app.router.add_post(PATH, receive)
+    return app
+
+
+class KubeIncidents:
+    """Incidents in the API through :class:`~runbook_operator.engine.kube.Kube`."""
+
+    def __init__(self, kube: Any) -> None:
+        self._kube = kube
+
+    async def create_incident(self, namespace: str, manifest: Mapping[str, Any]) -> bool:
+        return await self._translate(self._kube.create("incidents", namespace, manifest), conflict=False)
+
+    async def resolve_incident(self, namespace: str, name: str) -> bool:
+        patch = {"spec": {"resolved": True}}
+        return await self._translate(self._kube.patch("incidents", namespace, name, patch), not_found=False)
+
+    @staticmethod
+    async def _translate(call: Any, conflict: bool | None = None, not_found: bool | None = None) -> bool:
+        import kubernetes
+        import urllib3
+
+        try:
+            await call
+        except kubernetes.client.ApiException as err:
+            if err.status == 409 and conflict is not None:
+                return conflict
+            if err.status == 404 and not_found is not None:
+                return not_found
+            # a missing namespace or an invalid object stays so; forbidden, throttled, 5xx may pass
+            raise ApiError(f"{err.reason} ({err.status})", permanent=err.status in (400, 404, 422)) from None
+        except (OSError, urllib3.exceptions.HTTPError) as err:  # the API server is unreachable
+            raise ApiError(f"cannot reach the API server: {err}", permanent=False) from None
+        return True
+
+
+async def start(settings: Settings, incidents: Incidents, counters: Counters | None = None) -> web.AppRunner:
+    """Serve the intake on the running loop; ``await runner.cleanup()`` stops it."""
+    runner = web.AppRunner(build_app(settings, incidents, counters), access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, settings.host, settings.port).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    auth = "bearer token" if settings.token else "NO AUTHENTICATION (--intake-insecure)"
+    log.info("Alertmanager intake on http://%s:%d%s (%s)", settings.host, settings.port, PATH, auth)
+    return runner

@@ -1,0 +1,209 @@
+"""The Alertmanager intake end to end: webhook → Incidents on a real kube-apiserver, as the operator's ServiceAccount."""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import shutil
+import subprocess
+import urllib.error
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from runbook_operator.lab.controlplane import free_port
+from tests.e2e.conftest import Kubectl, OperatorProcess, wait_for
+
+pytestmark = pytest.mark.e2e
+ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
+
+
+def alert(namespace: str, fingerprint: str, status: str = "firing", name: str = "ISHChat_RedisDown") -> dict[str, Any]:
+    return {
+        "status": status,
+        "labels": {"alertname": name, "namespace": namespace, "severity": "critical", "service": "redis",
+                   "hostile": "'; kubectl delete ns --all #"},
+        "annotations": {"summary": "Redis is down", "description": "No PING reply for 2m"},
+        "startsAt": "2026-11-27T09:00:00.123456789Z",
+        "endsAt": "0001-01-01T00:00:00Z" if status == "firing" else "2026-11-27T09:30:00Z",
+        "generatorURL": "http://prometheus:9090/graph?g0.expr=redis_up",
+        "fingerprint": fingerprint,
+    }  # fmt: skip
+
+
+def webhook(*alerts: dict[str, Any]) -> dict[str, Any]:
+    status = "firing" if any(a["status"] == "firing" for a in alerts) else "resolved"
+    return {"version": "4", "groupKey": '{}:{alertname="ISHChat_RedisDown"}', "truncatedAlerts": 0, "status": status,
+            "receiver": "runbook", "groupLabels": {}, "commonLabels": {}, "commonAnnotations": {},
+            "externalURL": "http://alertmanager:9093", "alerts": list(alerts)}  # fmt: skip
+
+
+def post(operator: OperatorProcess, body: bytes | dict[str, Any], token: str | None = "") -> tuple[int, Any]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token or operator.intake_token}"
+    request = urllib.request.Request(operator.intake_url, data=data, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"null")
+
+
+def incidents(kubectl: Kubectl, namespace: str) -> list[dict[str, Any]]:
+    return json.loads(kubectl("get", "incidents", "-n", namespace, "-o", "json").stdout)["items"]  # type: ignore[no-any-return]
+
+
+def sample(text: str, series: str) -> float:
+    match = re.search(rf"^{re.escape(series)} (\S+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+def test_a_firing_alert_creates_one_incident_and_resolving_it_resolves_it(
+    kubectl: Kubectl, operator: OperatorProcess, namespace: str
+) -> None:
+    fingerprint = secrets.token_hex(8)
+    name = f"ishchat-redisdown-{fingerprint}"
+    before = operator.scrape()
+
+    assert post(operator, webhook(alert(namespace, fingerprint))) == (
+        200, {"created": 1, "duplicate": 0, "resolved": 0, "unknown_resolved": 0},
+    )  # fmt: skip
+    body = kubectl.get("incident", name, namespace)
+    assert body["metadata"]["labels"] == {"app.kubernetes.io/created-by": "runbook-operator-intake"}
+    assert body["spec"] == {
+        "alert": "ISHChat_RedisDown",
+        "severity": "Critical",
+        "summary": "Redis is down",
+        "description": "No PING reply for 2m",
+        "labels": {"alertname": "ISHChat_RedisDown", "namespace": namespace, "severity": "critical",
+                   "service": "redis", "hostile": "'; kubectl delete ns --all #"},
+        "source": {"kind": "Alertmanager", "fingerprint": fingerprint, "startsAt": "2026-11-27T09:00:00Z",
+                   "generatorURL": "http://prometheus:9090/graph?g0.expr=redis_up"},
+    }  # fmt: skip
+
+    # Alertmanager re-sends firing alerts every repeat_interval: still one Incident
+    assert post(operator, webhook(alert(namespace, fingerprint)))[1]["duplicate"] == 1
+    assert [i["metadata"]["name"] for i in incidents(kubectl, namespace)] == [name]
+
+    assert post(operator, webhook(alert(namespace, fingerprint, "resolved")))[1]["resolved"] == 1
+    assert kubectl.get("incident", name, namespace)["spec"]["resolved"] is True
+
+    def resolved() -> Any:
+        status = kubectl.get("incident", name, namespace).get("status") or {}
+        conds = {c["type"]: c["reason"] for c in status.get("conditions") or []}
+        return status.get("phase") == "Resolved" and conds.get("Resolved") == "ResolvedExternally"
+
+    wait_for(resolved, 60, f"incident {name} to be Resolved (ResolvedExternally)")
+
+    # a resolved alert whose Incident is gone (or never was) changes nothing
+    assert post(operator, webhook(alert(namespace, secrets.token_hex(8), "resolved")))[1]["unknown_resolved"] == 1
+    after = operator.scrape()
+    for result in ("created", "duplicate", "resolved", "unknown_resolved"):
+        series = f'runbook_intake_alerts_total{{result="{result}"}}'
+        assert sample(after, series) - sample(before, series) >= 1, series
+
+
+@pytest.mark.parametrize("token", [None, "wrong-token"])
+def test_without_the_token_nothing_is_created(
+    kubectl: Kubectl, operator: OperatorProcess, namespace: str, token: str | None
+) -> None:
+    before = sample(operator.scrape(), 'runbook_intake_rejected_total{reason="unauthorized"}')
+    assert post(operator, webhook(alert(namespace, secrets.token_hex(8))), token=token) == (
+        401, {"error": "missing or wrong bearer token"},
+    )  # fmt: skip
+    assert incidents(kubectl, namespace) == []
+    assert sample(operator.scrape(), 'runbook_intake_rejected_total{reason="unauthorized"}') == before + 1
+
+
+def test_an_oversize_body_is_refused(kubectl: Kubectl, operator: OperatorProcess, namespace: str) -> None:
+    before = sample(operator.scrape(), 'runbook_intake_rejected_total{reason="too_large"}')
+    big = webhook(alert(namespace, secrets.token_hex(8)))
+    big["commonAnnotations"] = {"padding": "x" * (1024 * 1024)}
+    assert post(operator, big) == (413, {"error": "body: larger than 1048576 bytes"})
+    assert incidents(kubectl, namespace) == []
+    assert sample(operator.scrape(), 'runbook_intake_rejected_total{reason="too_large"}') == before + 1
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        (
+            b'{"version": "4", "alerts": [{"status": "firing", "labels"',
+            "body: not valid JSON: Expecting ':' delimiter: line 1 column 58 (char 57)",
+        ),
+        ("partial", "alerts[1].labels.alertname: required"),
+        ("bad-fingerprint", "alerts[1].fingerprint: must be 8 to 64 hex digits"),
+        (json.dumps({"version": "3", "alerts": []}).encode(), 'version: must be "4", got "3"'),
+    ],
+)
+def test_malformed_payloads_are_refused_and_nothing_is_created(
+    kubectl: Kubectl, operator: OperatorProcess, namespace: str, body: bytes | str, error: str
+) -> None:
+    before = sample(operator.scrape(), 'runbook_intake_rejected_total{reason="malformed"}')
+    if body == "partial":  # the first alert is fine, the second has no alertname: neither is created
+        second = alert(namespace, secrets.token_hex(8))
+        del second["labels"]["alertname"]
+        body = json.dumps(webhook(alert(namespace, secrets.token_hex(8)), second)).encode()
+    elif body == "bad-fingerprint":
+        body = json.dumps(webhook(alert(namespace, secrets.token_hex(8)), alert(namespace, "../../etc"))).encode()
+    assert isinstance(body, bytes)
+    assert post(operator, body) == (400, {"error": error})
+    assert incidents(kubectl, namespace) == []
+    assert sample(operator.scrape(), 'runbook_intake_rejected_total{reason="malformed"}') == before + 1
+
+
+@pytest.mark.skipif(shutil.which(ALERTMANAGER) is None, reason="needs Debian's prometheus-alertmanager")
+def test_a_real_alertmanager_fires_and_resolves_an_incident(
+    kubectl: Kubectl, operator: OperatorProcess, namespace: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    config = {
+        "route": {"receiver": "runbook", "group_by": ["alertname", "namespace"],
+                  "group_wait": "1s", "group_interval": "1s", "repeat_interval": "1h"},
+        "receivers": [{"name": "runbook", "webhook_configs": [{
+            "url": operator.intake_url, "send_resolved": True,
+            "http_config": {"authorization": {"credentials": operator.intake_token}}}]}],
+    }  # fmt: skip
+    (tmp_path / "alertmanager.yml").write_text(yaml.safe_dump(config))
+    log = (tmp_path / "alertmanager.log").open("wb")
+    proc = subprocess.Popen(
+        [ALERTMANAGER, f"--config.file={tmp_path / 'alertmanager.yml'}", f"--storage.path={tmp_path / 'data'}",
+         f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    api = f"http://127.0.0.1:{port}/api/v2"
+
+    def push(**extra: str) -> bool:
+        doc = [{"labels": {"alertname": "RealAlertmanagerTest", "namespace": namespace, "severity": "warning"},
+                "annotations": {"summary": "pushed by the e2e test"}, "generatorURL": "http://prometheus/graph"} | extra]  # fmt: skip
+        request = urllib.request.Request(
+            f"{api}/alerts", data=json.dumps(doc).encode(), headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=5) as resp:
+            return resp.status == 200  # type: ignore[no-any-return]
+
+    try:
+        wait_for(push, 30, "alertmanager to take an alert", ignoring=(OSError,))
+        (body,) = wait_for(lambda: incidents(kubectl, namespace), 30, "alertmanager's webhook to create the incident")
+        fingerprint = body["spec"]["source"]["fingerprint"]
+        assert body["metadata"]["name"] == f"realalertmanagertest-{fingerprint[:16]}"
+        assert body["spec"]["alert"] == "RealAlertmanagerTest" and body["spec"]["severity"] == "Medium"
+        assert body["spec"]["summary"] == "pushed by the e2e test"
+        assert body["spec"]["source"]["generatorURL"] == "http://prometheus/graph"
+
+        push(endsAt=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+        name = body["metadata"]["name"]
+        wait_for(lambda: kubectl.get("incident", name, namespace)["spec"].get("resolved") is True, 30,
+                 "the resolved notification to set spec.resolved")  # fmt: skip
+        assert len(incidents(kubectl, namespace)) == 1
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()

@@ -1,0 +1,353 @@
+"""The Alertmanager intake: payload → Incident manifests, names, errors, and the HTTP handler with fakes."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import CollectorRegistry
+
+from runbook_operator import intake
+from runbook_operator.engine.metrics import Metrics
+from runbook_operator.intake import ApiError, Options, PayloadError, incident_name, parse_body, parse_payload
+
+FP = "0123456789abcdef"
+DNS1123 = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+def alert(status: str = "firing", fingerprint: str = FP, **labels: Any) -> dict[str, Any]:
+    return {
+        "status": status,
+        "labels": {"alertname": "RedisDown", **labels},
+        "annotations": {"summary": "Redis is down", "description": "No PING reply for 2m"},
+        "startsAt": "2026-11-27T09:00:00.123456789Z",
+        "endsAt": "0001-01-01T00:00:00Z",
+        "generatorURL": "http://prometheus:9090/graph?g0.expr=up",
+        "fingerprint": fingerprint,
+    }
+
+
+def payload(*alerts: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"version": "4", "groupKey": "{}:{}", "status": "firing", "receiver": "runbook",
+            "groupLabels": {}, "commonLabels": {}, "commonAnnotations": {}, "externalURL": "http://am",
+            "alerts": list(alerts)} | extra  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("alertname", "fingerprint", "name"),
+    [
+        ("RedisDown", FP, "redisdown-0123456789abcdef"),
+        ("High_Error.Rate", "ABCDEF0123456789FF", "high-error-rate-abcdef0123456789"),
+        ("x" * 60, FP, "x" * 40 + "-" + FP),
+        ("--Weird--", FP, "weird-" + FP),
+        ("ÄÖÜ", FP, "alert-" + FP),  # nothing left of the name: still valid
+        ("a" * 39 + "_b", FP, "a" * 39 + "-" + FP),  # trimmed to 40 leaves a trailing '-', which goes
+        ("../../etc/passwd", FP, "etc-passwd-" + FP),
+    ],
+)
+def test_incident_names_are_valid_and_deterministic(alertname: str, fingerprint: str, name: str) -> None:
+    assert incident_name(alertname, fingerprint) == name
+    assert DNS1123.fullmatch(name) and len(name) <= 63
+
+
+def test_a_firing_alert_becomes_an_incident_manifest() -> None:
+    (action,) = parse_payload(payload(alert(severity="critical", service="redis")))
+    assert (action.firing, action.namespace, action.name) == (True, "default", "redisdown-0123456789abcdef")
+    assert action.manifest == {
+        "apiVersion": "remediation.ishchat.io/v1alpha1",
+        "kind": "Incident",
+        "metadata": {"name": "redisdown-0123456789abcdef", "namespace": "default",
+                     "labels": {"app.kubernetes.io/created-by": "runbook-operator-intake"}},
+        "spec": {
+            "alert": "RedisDown",
+            "severity": "Critical",
+            "summary": "Redis is down",
+            "description": "No PING reply for 2m",
+            "labels": {"alertname": "RedisDown", "service": "redis", "severity": "critical"},
+            "source": {"kind": "Alertmanager", "fingerprint": FP, "startsAt": "2026-11-27T09:00:00Z",
+                       "generatorURL": "http://prometheus:9090/graph?g0.expr=up"},
+        },
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("label", "severity"),
+    [("critical", "Critical"), ("CRITICAL", "Critical"), ("high", "High"), ("error", "High"),
+     ("warning", "Medium"), ("medium", "Medium"), ("info", "Low"), ("low", "Low"),
+     ("page", None), ("", None), (None, None)],
+)  # fmt: skip
+def test_severities_map_to_the_crd_enum(label: str | None, severity: str | None) -> None:
+    labels = {} if label is None else {"severity": label}
+    (action,) = parse_payload(payload(alert(**labels)))
+    assert action.manifest["spec"].get("severity") == severity
+
+
+def test_text_is_truncated_to_the_crd_limits() -> None:
+    raw = alert(**{f"l{i:03}": "v" * 2000 for i in range(100)})
+    raw["annotations"] = {"summary": "s" * 5000, "description": "d" * 20000}
+    raw["generatorURL"] = "http://x/" + "g" * 5000
+    spec = parse_payload(payload(raw))[0].manifest["spec"]
+    assert len(spec["summary"]) == 1024 and len(spec["description"]) == 16384
+    assert len(spec["labels"]) == 64 and all(len(v) <= 1024 for v in spec["labels"].values())
+    assert len(spec["source"]["generatorURL"]) == 2048
+
+
+def test_label_values_are_stringified() -> None:
+    spec = parse_payload(payload(alert(port=5432, up=False, extra={"a": 1})))[0].manifest["spec"]
+    assert spec["labels"]["port"] == "5432" and spec["labels"]["up"] == "false"
+    assert spec["labels"]["extra"] == '{"a": 1}'
+
+
+@pytest.mark.parametrize(
+    ("labels", "options", "namespace"),
+    [
+        ({}, Options(), "default"),
+        ({}, Options(namespace="alerts"), "alerts"),
+        ({"namespace": "shop"}, Options(), "shop"),
+        ({"namespace": "shop"}, Options(allowed_namespaces=frozenset({"shop"})), "shop"),
+        ({"namespace": "shop"}, Options(namespace="alerts", allowed_namespaces=frozenset({"other"})), "alerts"),
+        ({"namespace": "Not_A_Namespace"}, Options(), "default"),
+        ({"namespace": "a" * 64}, Options(), "default"),
+    ],
+)
+def test_namespaces(labels: dict[str, str], options: Options, namespace: str) -> None:
+    (action,) = parse_payload(payload(alert(**labels)), options)
+    assert action.namespace == namespace and action.manifest["metadata"]["namespace"] == namespace
+
+
+def test_a_resolved_alert_names_the_incident_to_resolve() -> None:
+    (action,) = parse_payload(payload(alert("resolved", namespace="shop")))
+    assert (action.firing, action.namespace, action.name, action.manifest) == (
+        False, "shop", "redisdown-0123456789abcdef", {},
+    )  # fmt: skip
+
+
+def _without(key: str) -> dict[str, Any]:
+    raw = alert()
+    del raw[key]
+    return raw
+
+
+def _labels(**labels: Any) -> dict[str, Any]:
+    return alert() | {"labels": labels}
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        (b'{"version": "4", "alerts": [', "body: not valid JSON: Expecting value: line 1 column 29 (char 28)"),
+        (b"\xff\xfe", "body: not UTF-8"),
+        (b"[]", "body: must be an object"),
+        (b"null", "body: required"),
+        (b'{"alerts": []}', "version: required"),
+        (b'{"version": "3", "alerts": []}', 'version: must be "4", got "3"'),
+        (b'{"version": 4, "alerts": []}', 'version: must be "4", got 4'),
+        (b'{"version": "4"}', "alerts: required"),
+        (b'{"version": "4", "alerts": {}}', "alerts: must be a list"),
+        (json.dumps(payload(alert(), alert(), _labels(severity="x"))).encode(), "alerts[2].labels.alertname: required"),
+        (json.dumps(payload(_labels(alertname=""))).encode(), "alerts[0].labels.alertname: required"),
+        (json.dumps(payload(_labels(alertname=7))).encode(), "alerts[0].labels.alertname: must be a string"),
+        (
+            json.dumps(payload(_labels(alertname="A" * 254))).encode(),
+            "alerts[0].labels.alertname: longer than 253 characters",
+        ),
+        (json.dumps(payload(_without("fingerprint"))).encode(), "alerts[0].fingerprint: required"),
+        (
+            json.dumps(payload(alert(fingerprint="../../x"))).encode(),
+            "alerts[0].fingerprint: must be 8 to 64 hex digits",
+        ),
+        (
+            json.dumps(payload(alert(fingerprint="0123abc"))).encode(),
+            "alerts[0].fingerprint: must be 8 to 64 hex digits",
+        ),
+        (
+            json.dumps(payload(alert(fingerprint="0123456789abcdefg"))).encode(),
+            "alerts[0].fingerprint: must be 8 to 64 hex digits",
+        ),
+        (json.dumps(payload(_without("labels"))).encode(), "alerts[0].labels: required"),
+        (json.dumps(payload(alert() | {"labels": ["a"]})).encode(), "alerts[0].labels: must be an object"),
+        (json.dumps(payload(alert() | {"annotations": "x"})).encode(), "alerts[0].annotations: must be an object"),
+        (json.dumps(payload(_without("status"))).encode(), "alerts[0].status: required"),
+        (json.dumps(payload(alert("pending"))).encode(), "alerts[0].status: must be 'firing' or 'resolved'"),
+        (json.dumps(payload(alert() | {"startsAt": "yesterday"})).encode(), "alerts[0].startsAt: not an RFC 3339 time"),
+        (
+            json.dumps(payload(alert() | {"startsAt": "2026-13-01T00:00:00Z"})).encode(),
+            "alerts[0].startsAt: not an RFC 3339 time",
+        ),
+        (json.dumps(payload(alert() | {"generatorURL": 5})).encode(), "alerts[0].generatorURL: must be a string"),
+        (json.dumps(payload("nope")).encode(), "alerts[0]: must be an object"),  # type: ignore[arg-type]
+    ],
+)
+def test_bad_payloads_are_rejected_naming_the_field(body: bytes, error: str) -> None:
+    with pytest.raises(PayloadError) as caught:
+        parse_body(body)
+    assert str(caught.value) == error
+
+
+def test_hostile_label_values_stay_data() -> None:
+    hostile = {"alertname": "Evil;rm -rf /", "namespace": "kube-system\nx", "metadata.name": "owned",
+               "x": "{{ 7*7 }}", "y": "$(id)"}  # fmt: skip
+    (action,) = parse_payload(payload(alert() | {"labels": hostile}))
+    assert action.name == "evil-rm--rf-0123456789abcdef" and action.namespace == "default"
+    assert action.manifest["metadata"]["name"] == action.name
+    assert action.manifest["spec"]["labels"] == hostile and action.manifest["spec"]["alert"] == "Evil;rm -rf /"
+
+
+def test_startsat_offsets_become_utc() -> None:
+    raw = alert() | {"startsAt": "2026-11-27T10:30:00.5+01:30"}
+    assert parse_payload(payload(raw))[0].manifest["spec"]["source"]["startsAt"] == "2026-11-27T09:00:00Z"
+
+
+def test_an_empty_alert_list_is_fine() -> None:
+    assert parse_payload(payload()) == []
+
+
+def test_tokens(tmp_path: Path) -> None:
+    file = tmp_path / "token"
+    file.write_text("s3cret\n")
+    assert intake.load_token(str(file), {}) == "s3cret"
+    assert intake.load_token(None, {"RUNBOOK_INTAKE_TOKEN": "from-env"}) == "from-env"
+    assert intake.load_token(None, {}) is None
+    file.write_text("  \n")
+    with pytest.raises(ValueError, match="is empty"):
+        intake.load_token(str(file), {})
+    with pytest.raises(OSError):
+        intake.load_token(str(tmp_path / "missing"), {})
+
+
+@pytest.mark.parametrize(("text", "address"), [("0.0.0.0:8082", ("0.0.0.0", 8082)), (":8082", ("127.0.0.1", 8082))])
+def test_addresses(text: str, address: tuple[str, int]) -> None:
+    assert intake.parse_address(text) == address
+
+
+@pytest.mark.parametrize("text", ["8082", "host:", "host:http", "host:70000"])
+def test_bad_addresses(text: str) -> None:
+    with pytest.raises(ValueError, match="expected HOST:PORT"):
+        intake.parse_address(text)
+
+
+# -- the handler, with fake Incidents -----------------------------------------------------
+
+
+class FakeIncidents:
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str], dict[str, Any]] = {}
+        self.fail: ApiError | None = None
+        self.writes = 0
+
+    async def create_incident(self, namespace: str, manifest: Mapping[str, Any]) -> bool:
+        if self.fail:
+            raise self.fail
+        self.writes += 1
+        key = (namespace, manifest["metadata"]["name"])
+        if key in self.objects:
+            return False
+        self.objects[key] = json.loads(json.dumps(manifest))
+        return True
+
+    async def resolve_incident(self, namespace: str, name: str) -> bool:
+        if self.fail:
+            raise self.fail
+        self.writes += 1
+        if (namespace, name) not in self.objects:
+            return False
+        self.objects[namespace, name]["spec"]["resolved"] = True
+        return True
+
+
+@pytest.fixture
+async def served() -> Any:
+    fake, metrics = FakeIncidents(), Metrics(CollectorRegistry())
+    settings = intake.Settings("127.0.0.1", 0, "tok", max_bytes=4096)
+    client = TestClient(TestServer(intake.build_app(settings, fake, metrics.intake())))
+    await client.start_server()
+    yield client, fake, metrics
+    await client.close()
+
+
+def _count(metrics: Metrics, name: str, **labels: str) -> float:
+    return metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+AUTH = {"Authorization": "Bearer tok"}
+
+
+async def test_the_handler_creates_deduplicates_and_resolves(served: Any) -> None:
+    client, fake, metrics = served
+    resp = await client.post(intake.PATH, json=payload(alert()), headers=AUTH)
+    assert resp.status == 200 and await resp.json() == {
+        "created": 1,
+        "duplicate": 0,
+        "resolved": 0,
+        "unknown_resolved": 0,
+    }
+    resp = await client.post(intake.PATH, json=payload(alert()), headers=AUTH)
+    assert (await resp.json())["duplicate"] == 1 and len(fake.objects) == 1
+    resp = await client.post(
+        intake.PATH, json=payload(alert("resolved"), alert("resolved", "ffffffffffffffff")), headers=AUTH
+    )
+    assert await resp.json() == {"created": 0, "duplicate": 0, "resolved": 1, "unknown_resolved": 1}
+    assert fake.objects["default", "redisdown-0123456789abcdef"]["spec"]["resolved"] is True
+    for result, n in {"created": 1, "duplicate": 1, "resolved": 1, "unknown_resolved": 1}.items():
+        assert _count(metrics, "runbook_intake_alerts_total", result=result) == n
+
+
+@pytest.mark.parametrize(
+    "headers", [{}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic tok"}, {"Authorization": "tok"}]
+)
+async def test_the_handler_refuses_without_the_token(served: Any, headers: dict[str, str]) -> None:
+    client, fake, metrics = served
+    resp = await client.post(intake.PATH, json=payload(alert()), headers=headers)
+    assert resp.status == 401 and await resp.json() == {"error": "missing or wrong bearer token"}
+    assert resp.headers["WWW-Authenticate"] == "Bearer"
+    assert fake.writes == 0 and _count(metrics, "runbook_intake_rejected_total", reason="unauthorized") == 1
+
+
+async def test_the_handler_limits_the_body(served: Any) -> None:
+    client, fake, metrics = served
+    resp = await client.post(intake.PATH, data=b"x" * 5000, headers=AUTH | {"Content-Type": "application/json"})
+    assert resp.status == 413 and await resp.json() == {"error": "body: larger than 4096 bytes"}
+    assert fake.writes == 0 and _count(metrics, "runbook_intake_rejected_total", reason="too_large") == 1
+
+
+async def test_one_bad_alert_writes_nothing(served: Any) -> None:
+    client, fake, metrics = served
+    resp = await client.post(intake.PATH, json=payload(alert(), alert(fingerprint="zz")), headers=AUTH)
+    assert resp.status == 400 and await resp.json() == {"error": "alerts[1].fingerprint: must be 8 to 64 hex digits"}
+    assert fake.writes == 0 and _count(metrics, "runbook_intake_rejected_total", reason="malformed") == 1
+
+
+@pytest.mark.parametrize(("permanent", "status"), [(False, 503), (True, 422)])
+async def test_api_failures(served: Any, permanent: bool, status: int) -> None:
+    client, fake, metrics = served
+    fake.fail = ApiError("Service Unavailable (503)", permanent)
+    resp = await client.post(intake.PATH, json=payload(alert()), headers=AUTH)
+    assert resp.status == status
+    assert await resp.json() == {"error": "incident default/redisdown-0123456789abcdef: Service Unavailable (503)"}
+    assert _count(metrics, "runbook_intake_alerts_total", result="failed") == 1
+
+
+async def test_no_token_means_no_auth_only_when_configured_so() -> None:
+    fake = FakeIncidents()
+    client = TestClient(TestServer(intake.build_app(intake.Settings("127.0.0.1", 0, None), fake)))
+    await client.start_server()
+    try:
+        resp = await client.post(intake.PATH, json=payload(alert()))
+        assert resp.status == 200 and len(fake.objects) == 1
+    finally:
+        await client.close()
+
+
+def test_the_cli_refuses_an_intake_without_a_token(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from runbook_operator import cli
+
+    monkeypatch.delenv("RUNBOOK_INTAKE_TOKEN", raising=False)
+    assert cli.main(["run", "--intake-address=127.0.0.1:8082", "--metrics-address="]) == 2
+    assert "the Alertmanager intake needs a bearer token" in capsys.readouterr().err
