@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 CLUSTER_DIR := .cluster
 
-.PHONY: run test test-unit test-integration test-e2e lint fmt docs cluster cluster-down env controlplane clean
+.PHONY: run test test-unit test-integration test-e2e lint fmt docs cluster cluster-down env controlplane clean bench bench-smoke
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,13 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check operator tests
 	$(BIN)/ruff format --check operator tests
 	$(BIN)/mypy
+
+## Benchmarks against a minimal Kopf operator on an own control plane; updates docs/benchmarks.md.
+bench: $(BIN)/.installed controlplane
+	$(BIN)/python bench/run.py
+
+bench-smoke: $(BIN)/.installed controlplane
+	$(BIN)/python bench/run.py --sizes 20 --out $${TMPDIR:-/tmp}/benchmarks-smoke.md
 
 ## Regenerate docs/actions.md from the action registry.
 docs: $(BIN)/.installed

@@ -171,3 +171,19 @@ async def test_two_incidents_on_one_target_never_remediate_at_once(service: Demo
         assert len(holding) <= 1, cluster.timeline
     assert service.restarts == 2
     await reconciler.stop()
+
+
+async def test_a_lagging_watch_event_never_restarts_a_resolved_incident(service: DemoService) -> None:
+    """The watch delivers the operator's own earlier writes after it resolved the incident:
+    such an older version (a step still Running) must not start the incident again."""
+    cluster = MemoryCluster()
+    reconciler = Reconciler(cluster, Executor(default_registry()), lambda ns: [demo_policy(service.url)])
+    reconciler.observe(body())
+    await wait_until(lambda: cluster.writes and cluster.writes[-1]["phase"] == "Resolved")
+    await wait_until(lambda: reconciler.active == 0)
+    running = next(w for w in cluster.writes if w["currentStep"] == "restart")
+    reconciler.observe(body() | {"status": running})
+    await asyncio.sleep(0.3)
+    assert reconciler.active == 0 and service.restarts == 1
+    reconciler.forget("u1")  # deleted: a new incident with the same uid could start (it cannot, but state is clean)
+    await reconciler.stop()

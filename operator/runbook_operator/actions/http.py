@@ -8,7 +8,7 @@ from typing import Any, Literal
 import httpx
 import pydantic
 
-from runbook_operator.actions.registry import Action, ActionContext, Duration, Params, SecretRef
+from runbook_operator.actions.registry import Action, ActionContext, Duration, Params, SecretRef, tls_context
 from runbook_operator.domain.lifecycle import StepResult
 
 MAX_BODY = 64 * 1024  # bytes of a response we read; the rest is ignored
@@ -48,7 +48,9 @@ class RequestParams(_Target):
 
 async def _send(method: str, params: _Target, ctx: ActionContext, **kwargs: Any) -> tuple[httpx.Response, bytes, float]:
     timeout = params.budget(ctx)
-    async with httpx.AsyncClient(timeout=timeout, follow_redirects=True, max_redirects=MAX_REDIRECTS) as client:
+    async with httpx.AsyncClient(
+        timeout=timeout, follow_redirects=True, max_redirects=MAX_REDIRECTS, verify=tls_context()
+    ) as client:
         started = time.perf_counter()
         async with client.stream(method, str(params.url), **kwargs) as response:
             body = b""

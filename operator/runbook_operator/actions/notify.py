@@ -9,7 +9,7 @@ from typing import Any, Literal
 import httpx
 import pydantic
 
-from runbook_operator.actions.registry import Action, ActionContext, Duration, Params, SecretRef
+from runbook_operator.actions.registry import Action, ActionContext, Duration, Params, SecretRef, tls_context
 from runbook_operator.domain.lifecycle import StepResult
 
 
@@ -67,7 +67,7 @@ async def webhook(params: WebhookParams, ctx: ActionContext) -> StepResult:
     doc = _document(ctx, params.text)
     body = json.dumps(_slack(doc) if params.format == "slack" else doc)
     result = StepResult(False, f"{where}: not sent")
-    async with httpx.AsyncClient(timeout=ctx.timeout, follow_redirects=False) as client:
+    async with httpx.AsyncClient(timeout=ctx.timeout, follow_redirects=False, verify=tls_context()) as client:
         for attempt in range(params.attempts):
             if attempt:
                 await asyncio.sleep(params.backoff)

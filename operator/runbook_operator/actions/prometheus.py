@@ -19,7 +19,7 @@ from typing import Any, Literal
 import httpx
 import pydantic
 
-from runbook_operator.actions.registry import Action, ActionContext, Duration, Params
+from runbook_operator.actions.registry import Action, ActionContext, Duration, Params, tls_context
 from runbook_operator.domain.lifecycle import StepResult
 
 MAX_BODY = 1024 * 1024  # bytes of a Prometheus answer we read; a bigger one is refused
@@ -153,7 +153,7 @@ async def _ask(params: _Check, ctx: ActionContext, path: str, form: dict[str, st
     form = {**form, "timeout": f"{budget:g}"}  # seconds: Prometheus then gives up on the query too
     try:
         async with (
-            httpx.AsyncClient(timeout=budget, follow_redirects=False) as client,
+            httpx.AsyncClient(timeout=budget, follow_redirects=False, verify=tls_context()) as client,
             client.stream("POST", params.endpoint(path), data=form) as response,
         ):
             body = b""

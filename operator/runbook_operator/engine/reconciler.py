@@ -69,12 +69,15 @@ class Reconciler:
         self._ttl, self._metrics, self._archive = resolved_ttl, metrics, archive
         self._workers: dict[str, _Worker] = {}
         self._phases: dict[str, str | None] = {}  # uid -> phase, of every incident seen (for the gauges)
+        self._finished: set[str] = set()  # resolved and its task done: later (older) watch events are ignored
         self._book: dict[str, tuple[str, Peer]] = {}  # uid -> (target, peer view)
 
     # -- fed by the watch --------------------------------------------------
     def observe(self, body: Body) -> None:
         """The latest version of an Incident arrived; start or wake its task."""
         uid = body["metadata"]["uid"]
+        if uid in self._finished:
+            return  # the watch lags behind our own writes: an older version must not start it again
         worker = self._workers.get(uid)
         if worker is None:
             status = Status.from_dict(body.get("status"))
@@ -84,6 +87,7 @@ class Reconciler:
             if status.phase in TERMINAL:  # finished before we saw it (a restart): archive it again, harmlessly
                 self._archived(uid, incident, status)
             if status.phase == Phase.RESOLVED.value and self._ttl is None:
+                self._finished.add(uid)
                 return  # finished before we saw it; nothing to do
             worker = self._workers[uid] = _Worker(body)
             worker.task = asyncio.create_task(self._drive(uid), name=f"incident/{uid}")
@@ -93,6 +97,7 @@ class Reconciler:
     def forget(self, uid: str) -> None:
         worker = self._workers.pop(uid, None)
         entry = self._book.pop(uid, None)
+        self._finished.discard(uid)
         self._phases.pop(uid, None)
         if worker and worker.task:
             worker.task.cancel()
@@ -210,6 +215,7 @@ class Reconciler:
                     log.warning("incident %s/%s: TTL delete failed: %s", meta["namespace"], meta["name"], _short(err))
         if self._workers.get(uid) is worker:
             self._workers.pop(uid, None)
+            self._finished.add(uid)
 
     async def _write(self, body: Body, status: Status, events: list[Event]) -> bool:
         meta = body["metadata"]
