@@ -77,6 +77,7 @@ class DemoService:
 
 class _QuietServer(ThreadingHTTPServer):
     request_queue_size = 128  # socketserver's default backlog of 5 refuses connections under a burst
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that hung up (an operator killed mid-request) is not an error here."""
 
