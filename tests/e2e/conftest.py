@@ -18,6 +18,7 @@ import pytest
 from runbook_operator.lab.controlplane import free_port
 from runbook_operator.lab.demo import DemoService
 from tests.fixtures.cluster import ROOT, Kubectl, wait_for
+from tests.fixtures.common import stop
 
 SA = "system:serviceaccount:runbook-operator:runbook-operator"
 __all__ = ["ROOT", "SA", "Kubectl", "OperatorProcess", "wait_for"]
@@ -83,13 +84,8 @@ class OperatorProcess:
         self.proc.wait()
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop(self.proc)
 
 
 @pytest.fixture(scope="session")

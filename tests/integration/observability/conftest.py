@@ -37,8 +37,8 @@ import pytest
 from runbook_operator.actions import ActionContext
 from runbook_operator.domain.lifecycle import StepResult
 from runbook_operator.lab.controlplane import free_port
-from tests.fixtures.common import wait_for
-from tests.fixtures.dockerd import docker_host, stop
+from tests.fixtures.common import stop, wait_for
+from tests.fixtures.dockerd import docker_host
 from tests.unit.builders import REGISTRY
 
 PROMETHEUS = Path("/usr/bin/prometheus")
