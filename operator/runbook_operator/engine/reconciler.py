@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from runbook_operator.domain.lifecycle import Event, Peer, complete, decide
-from runbook_operator.domain.matching import Candidate
+from runbook_operator.domain.matching import Candidate, PolicySet
 from runbook_operator.domain.model import Incident, Step
 from runbook_operator.domain.status import Phase, Status, parse_timestamp
 from runbook_operator.engine.archive import TERMINAL, ArchiveRecord, ArchiveWriter
@@ -71,6 +71,7 @@ class Reconciler:
         self._phases: dict[str, str | None] = {}  # uid -> phase, of every incident seen (for the gauges)
         self._finished: set[str] = set()  # resolved and its task done: later (older) watch events are ignored
         self._book: dict[str, tuple[str, Peer]] = {}  # uid -> (target, peer view)
+        self._policy_sets: dict[str, PolicySet] = {}  # namespace -> its policies, indexed while they stay the same
 
     # -- fed by the watch --------------------------------------------------
     def observe(self, body: Body) -> None:
@@ -138,6 +139,18 @@ class Reconciler:
         if self._archive is not None:
             await self._archive.close()
 
+    def _policies(self, namespace: str) -> Sequence[Candidate]:
+        """The namespace's candidates, indexed for matching; the index is rebuilt only when they change."""
+        current = self._candidates(namespace)
+        cached = self._policy_sets.get(namespace)
+        if cached is not None and cached.same_as(current):
+            return cached
+        if not current:
+            self._policy_sets.pop(namespace, None)
+            return current
+        cached = self._policy_sets[namespace] = PolicySet(current)
+        return cached
+
     # -- one incident ------------------------------------------------------
     def _note(self, uid: str, incident: Incident, status: Status) -> None:
         if incident.target is None:
@@ -170,7 +183,7 @@ class Reconciler:
             body = worker.body
             incident = Incident.from_body(body)
             now = self._clock()
-            decision = decide(incident, status, self._candidates(incident.namespace), now, self._peers(uid, incident))
+            decision = decide(incident, status, self._policies(incident.namespace), now, self._peers(uid, incident))
             self._progressed(uid, incident, status, decision.status)
             status = decision.status
             self._note(uid, incident, status)
