@@ -67,8 +67,15 @@ async def webhook(params: WebhookParams, ctx: ActionContext) -> StepResult:
     doc = _document(ctx, params.text)
     body = json.dumps(_slack(doc) if params.format == "slack" else doc)
     result = StepResult(False, f"{where}: not sent")
+    deadline = asyncio.get_running_loop().time() + ctx.timeout
     async with httpx.AsyncClient(timeout=ctx.timeout, follow_redirects=False, verify=tls_context()) as client:
         for attempt in range(params.attempts):
+            if attempt and asyncio.get_running_loop().time() + params.backoff >= deadline:
+                # another try would start after the step's timeout: say why the last one failed, not "timed out"
+                return StepResult(
+                    False, f"{result.message} ({attempt} of {params.attempts} tries before the step's timeout)",
+                    result.output,
+                )  # fmt: skip
             if attempt:
                 await asyncio.sleep(params.backoff)
             result = await _post(client, url, body, where)
