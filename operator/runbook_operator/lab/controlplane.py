@@ -47,6 +47,7 @@ class State:
     api_port: int
     token: str
     pids: dict[str, int] = field(default_factory=dict)
+    args: dict[str, list[str]] = field(default_factory=dict)  # each component's command line, to restart it
 
     @property
     def server(self) -> str:
@@ -98,6 +99,28 @@ class ControlPlane:
             return False
         return self._ready()
 
+    # -- one component (restart tests: the API server or etcd going away and coming back) --
+    def stop_component(self, name: str, kill: bool = False) -> None:
+        """Stop one component by its pid: TERM (a graceful stop), or KILL (a crash)."""
+        assert self.state
+        pid = self.state.pids.get(name, 0)
+        if not self._owns(pid, name):
+            raise ControlPlaneError(f"{name} is not running (pid {pid})")
+        if kill:
+            os.kill(pid, signal.SIGKILL)
+            _reap(pid)
+        else:
+            _terminate(pid)
+
+    def start_component(self, name: str, timeout: float = 60.0) -> None:
+        """Start a stopped component again with its first command line: same ports, same data."""
+        assert self.state
+        if self._owns(self.state.pids.get(name, 0), name):
+            raise ControlPlaneError(f"{name} is already running")
+        self._spawn(name, *self.state.args[name])
+        if name == "kube-apiserver":
+            self._wait(self._ready, timeout, "kube-apiserver /readyz after a restart")
+
     # -- internals -----------------------------------------------------------
     def _load(self) -> State | None:
         try:
@@ -126,6 +149,7 @@ class ControlPlane:
         )
         log.close()
         self.state.pids[name] = proc.pid
+        self.state.args[name] = list(args)
         self._save()
 
     def _start_all(self, timeout: float) -> None:
@@ -281,6 +305,19 @@ def _terminate(pid: int, grace: float = 10.0) -> None:
             return
         time.sleep(0.1)
     os.kill(pid, signal.SIGKILL)
+
+
+def _reap(pid: int, grace: float = 10.0) -> None:
+    """Wait for a killed process to be gone (reaped when it is our child)."""
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return
+        except ChildProcessError:
+            if not _alive(pid):
+                return
+        time.sleep(0.05)
 
 
 def _alive(pid: int) -> bool:
