@@ -79,7 +79,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         archive=archive,
     )
     if runtime.metrics is not None:
-        runtime.metrics.watch(reconciler.phases)
+        runtime.metrics.watch(reconciler.phases, lambda: reconciler.tasks)
     runtime.reconciler = reconciler
     if runtime.intake is not None:
         counters = runtime.metrics.intake() if runtime.metrics is not None else None

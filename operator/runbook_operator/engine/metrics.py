@@ -107,9 +107,9 @@ class Metrics:
             self._intake = IntakeMetrics(self.registry)
         return self._intake
 
-    def watch(self, phases: Callable[[], Iterable[str | None]]) -> None:
-        """Report incidents by phase (and approvals waiting) from the reconciler at scrape time."""
-        self.registry.register(_PhaseCollector(phases))
+    def watch(self, phases: Callable[[], Iterable[str | None]], tasks: Callable[[], int] | None = None) -> None:
+        """Report incidents by phase (and approvals waiting, and open incident tasks) at scrape time."""
+        self.registry.register(_PhaseCollector(phases, tasks))
 
     def transition(self, incident: Incident, before: Status, after: Status) -> None:
         severity = after.severity or "Medium"
@@ -133,8 +133,8 @@ def _seconds(start: str, end: str) -> float:
 
 
 class _PhaseCollector(Collector):
-    def __init__(self, phases: Callable[[], Iterable[str | None]]) -> None:
-        self._phases = phases
+    def __init__(self, phases: Callable[[], Iterable[str | None]], tasks: Callable[[], int] | None = None) -> None:
+        self._phases, self._tasks = phases, tasks
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         counts: Mapping[str, int] = Tally(p or Phase.PENDING.value for p in self._phases())
@@ -145,3 +145,10 @@ class _PhaseCollector(Collector):
         waiting = GaugeMetricFamily("runbook_approvals_waiting", "Incidents waiting for an approval")
         waiting.add_metric([], counts.get(Phase.AWAITING_APPROVAL.value, 0))
         yield waiting
+        if self._tasks is not None:
+            tasks = GaugeMetricFamily(
+                "runbook_incident_tasks", "Incident tasks running (one per open incident, and per resolved one "
+                "waiting for its TTL); a count that stays up after its incidents are deleted is a leak",
+            )  # fmt: skip
+            tasks.add_metric([], self._tasks())
+            yield tasks

@@ -71,6 +71,7 @@ class Reconciler:
         self._phases: dict[str, str | None] = {}  # uid -> phase, of every incident seen (for the gauges)
         self._finished: set[str] = set()  # resolved and its task done: later (older) watch events are ignored
         self._book: dict[str, tuple[str, Peer]] = {}  # uid -> (target, peer view)
+        self._tasks: set[asyncio.Task[None]] = set()  # every incident task not yet done (a leak shows here)
         self._policy_sets: dict[str, PolicySet] = {}  # namespace -> its policies, indexed while they stay the same
 
     # -- fed by the watch --------------------------------------------------
@@ -92,6 +93,8 @@ class Reconciler:
                 return  # finished before we saw it; nothing to do
             worker = self._workers[uid] = _Worker(body)
             worker.task = asyncio.create_task(self._drive(uid), name=f"incident/{uid}")
+            self._tasks.add(worker.task)
+            worker.task.add_done_callback(self._tasks.discard)
         worker.body = body
         worker.wakeup.set()
 
@@ -113,6 +116,11 @@ class Reconciler:
     @property
     def active(self) -> int:
         return len(self._workers)
+
+    @property
+    def tasks(self) -> int:
+        """Incident tasks not yet done, whether or not a worker still refers to them."""
+        return len(self._tasks)
 
     def phases(self) -> list[str | None]:
         return list(self._phases.values())
