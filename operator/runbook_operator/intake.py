@@ -1,8 +1,9 @@
 """The Alertmanager intake: a webhook receiver that turns alerts into Incidents.
 
 ``POST /api/v1/alerts/alertmanager`` takes Alertmanager's webhook payload (version "4").
-A firing alert creates an Incident named from its alert name and fingerprint (re-sending it
-creates nothing new); a resolved alert sets ``spec.resolved: true`` on that Incident.
+A firing alert creates an Incident named from its alert name, fingerprint and start time
+(re-sending it creates nothing new; firing again after it resolved is a new Incident); a
+resolved alert sets ``spec.resolved: true`` on that Incident.
 
 The pure part (:func:`parse_payload`, :func:`incident_name`) validates the whole payload
 before anything is written; :func:`build_app` and :func:`start` are the I/O around it.
@@ -12,6 +13,7 @@ name comes from the sanitized alert name and the hex fingerprint, nothing else.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import logging
@@ -72,10 +74,19 @@ class AlertAction:
     manifest: Mapping[str, Any] = field(default_factory=dict)  # the Incident, for firing alerts
 
 
-def incident_name(alertname: str, fingerprint: str) -> str:
-    """``<alertname sanitized, ≤40>-<fingerprint[:16]>``: a valid DNS-1123 name, stable per alert."""
+def incident_name(alertname: str, fingerprint: str, starts_at: str | None = None) -> str:
+    """A valid DNS-1123 name, the same for every re-send of one firing of one alert.
+
+    ``<alertname sanitized, ≤40>-<fingerprint[:10]>-<episode>``, where the episode is 6 hex
+    digits of the alert's ``startsAt``: the fingerprint alone names the alert's label set, so
+    the same alert firing again after it resolved is a new Incident, not a "duplicate" of the
+    Resolved one. Without ``startsAt``: ``<alertname>-<fingerprint[:16]>``.
+    """
     part = re.sub(r"[^a-z0-9-]", "-", alertname.lower())[:NAME_PART_MAX].strip("-") or "alert"
-    return f"{part}-{fingerprint.lower()[:16]}"
+    if not starts_at:
+        return f"{part}-{fingerprint.lower()[:16]}"
+    episode = hashlib.sha256(starts_at.encode()).hexdigest()[:6]
+    return f"{part}-{fingerprint.lower()[:10]}-{episode}"
 
 
 def _stringify(value: Any) -> str:
@@ -141,7 +152,7 @@ def _alert(raw: Any, where: str, options: Options) -> AlertAction:
     generator = alert.get("generatorURL")
     if generator is not None and not isinstance(generator, str):
         raise PayloadError(f"{where}.generatorURL: must be a string")
-    namespace, name = _namespace(labels, options), incident_name(alertname, fingerprint)
+    namespace, name = _namespace(labels, options), incident_name(alertname, fingerprint, starts_at)
     if status == "resolved":
         return AlertAction(False, namespace, name)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import secrets
@@ -193,7 +194,8 @@ def test_a_real_alertmanager_fires_and_resolves_an_incident(
         wait_for(push, 30, "alertmanager to take an alert", ignoring=(OSError,))
         (body,) = wait_for(lambda: incidents(kubectl, namespace), 30, "alertmanager's webhook to create the incident")
         fingerprint = body["spec"]["source"]["fingerprint"]
-        assert body["metadata"]["name"] == f"realalertmanagertest-{fingerprint[:16]}"
+        episode = hashlib.sha256(body["spec"]["source"]["startsAt"].encode()).hexdigest()[:6]
+        assert body["metadata"]["name"] == f"realalertmanagertest-{fingerprint[:10]}-{episode}"
         assert body["spec"]["alert"] == "RealAlertmanagerTest" and body["spec"]["severity"] == "Medium"
         assert body["spec"]["summary"] == "pushed by the e2e test"
         assert body["spec"]["source"]["generatorURL"] == "http://prometheus/graph"

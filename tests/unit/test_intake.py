@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Mapping
@@ -17,6 +18,8 @@ from runbook_operator.engine.metrics import Metrics
 from runbook_operator.intake import ApiError, Options, PayloadError, incident_name, parse_body, parse_payload
 
 FP = "0123456789abcdef"
+EPISODE = hashlib.sha256(b"2026-11-27T09:00:00Z").hexdigest()[:6]  # alert()'s startsAt, to the second
+REDIS = f"redisdown-{FP[:10]}-{EPISODE}"
 DNS1123 = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 
@@ -53,15 +56,27 @@ def payload(*alerts: dict[str, Any], **extra: Any) -> dict[str, Any]:
 def test_incident_names_are_valid_and_deterministic(alertname: str, fingerprint: str, name: str) -> None:
     assert incident_name(alertname, fingerprint) == name
     assert DNS1123.fullmatch(name) and len(name) <= 63
+    with_episode = incident_name(alertname, fingerprint, "2026-11-27T09:00:00Z")
+    assert with_episode == name[: -len(FP)] + fingerprint.lower()[:10] + "-" + EPISODE
+    assert DNS1123.fullmatch(with_episode) and len(with_episode) <= 63
+
+
+def test_the_same_alert_firing_again_is_a_new_incident_and_a_resend_is_not() -> None:
+    first = parse_payload(payload(alert()))[0].name
+    resent = parse_payload(payload(alert() | {"startsAt": "2026-11-27T09:00:00.9Z"}))[0].name
+    again = parse_payload(payload(alert() | {"startsAt": "2026-11-27T11:15:00Z"}))[0].name
+    resolved = parse_payload(payload(alert("resolved") | {"endsAt": "2026-11-27T09:05:00Z"}))[0].name
+    assert first == resent == resolved == REDIS
+    assert again != first and again.startswith(f"redisdown-{FP[:10]}-")
 
 
 def test_a_firing_alert_becomes_an_incident_manifest() -> None:
     (action,) = parse_payload(payload(alert(severity="critical", service="redis")))
-    assert (action.firing, action.namespace, action.name) == (True, "default", "redisdown-0123456789abcdef")
+    assert (action.firing, action.namespace, action.name) == (True, "default", REDIS)
     assert action.manifest == {
         "apiVersion": "remediation.ishchat.io/v1alpha1",
         "kind": "Incident",
-        "metadata": {"name": "redisdown-0123456789abcdef", "namespace": "default",
+        "metadata": {"name": REDIS, "namespace": "default",
                      "labels": {"app.kubernetes.io/created-by": "runbook-operator-intake"}},
         "spec": {
             "alert": "RedisDown",
@@ -123,7 +138,7 @@ def test_namespaces(labels: dict[str, str], options: Options, namespace: str) ->
 def test_a_resolved_alert_names_the_incident_to_resolve() -> None:
     (action,) = parse_payload(payload(alert("resolved", namespace="shop")))
     assert (action.firing, action.namespace, action.name, action.manifest) == (
-        False, "shop", "redisdown-0123456789abcdef", {},
+        False, "shop", REDIS, {},
     )  # fmt: skip
 
 
@@ -193,7 +208,7 @@ def test_hostile_label_values_stay_data() -> None:
     hostile = {"alertname": "Evil;rm -rf /", "namespace": "kube-system\nx", "metadata.name": "owned",
                "x": "{{ 7*7 }}", "y": "$(id)"}  # fmt: skip
     (action,) = parse_payload(payload(alert() | {"labels": hostile}))
-    assert action.name == "evil-rm--rf-0123456789abcdef" and action.namespace == "default"
+    assert action.name == f"evil-rm--rf-{FP[:10]}-{EPISODE}" and action.namespace == "default"
     assert action.manifest["metadata"]["name"] == action.name
     assert action.manifest["spec"]["labels"] == hostile and action.manifest["spec"]["alert"] == "Evil;rm -rf /"
 
@@ -292,7 +307,7 @@ async def test_the_handler_creates_deduplicates_and_resolves(served: Any) -> Non
         intake.PATH, json=payload(alert("resolved"), alert("resolved", "ffffffffffffffff")), headers=AUTH
     )
     assert await resp.json() == {"created": 0, "duplicate": 0, "resolved": 1, "unknown_resolved": 1}
-    assert fake.objects["default", "redisdown-0123456789abcdef"]["spec"]["resolved"] is True
+    assert fake.objects["default", REDIS]["spec"]["resolved"] is True
     for result, n in {"created": 1, "duplicate": 1, "resolved": 1, "unknown_resolved": 1}.items():
         assert _count(metrics, "runbook_intake_alerts_total", result=result) == n
 
@@ -328,7 +343,7 @@ async def test_api_failures(served: Any, permanent: bool, status: int) -> None:
     fake.fail = ApiError("Service Unavailable (503)", permanent)
     resp = await client.post(intake.PATH, json=payload(alert()), headers=AUTH)
     assert resp.status == status
-    assert await resp.json() == {"error": "incident default/redisdown-0123456789abcdef: Service Unavailable (503)"}
+    assert await resp.json() == {"error": f"incident default/{REDIS}: Service Unavailable (503)"}
     assert _count(metrics, "runbook_intake_alerts_total", result="failed") == 1
 
 
