@@ -16,7 +16,13 @@ def _run(args: argparse.Namespace) -> int:
     import kopf
 
     from runbook_operator import handlers  # registers the handlers
+    from runbook_operator.engine import hostaliases
 
+    try:
+        hostaliases.install(hostaliases.parse(args.host_alias or ()))
+    except ValueError as err:
+        print(f"runbook-operator run: {err}", file=sys.stderr)
+        return 2
     handlers.runtime.resolved_ttl = args.resolved_ttl
     if args.intake_address:
         settings = _intake_settings(args)
@@ -323,6 +329,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--intake-max-bytes", type=int, default=1024 * 1024, metavar="N", help="largest webhook body (default 1 MiB)"
+    )
+    run.add_argument(
+        "--host-alias",
+        action="append",
+        metavar="NAME=IP",
+        help="connect to IP whenever an action names host NAME (repeatable), as a pod's hostAliases; "
+        "the local lab uses it to answer the pack's in-cluster hosts on loopback",
     )
     run.add_argument("-v", "--verbose", action="store_true")
     run.set_defaults(func=_run)

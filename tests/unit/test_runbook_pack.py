@@ -95,7 +95,7 @@ def walk(value: Any, key: str = "") -> list[tuple[str, Any]]:
 def test_the_pack_validates_clean(capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["validate", str(PACK)])
     out = capsys.readouterr().out.splitlines()
-    assert out[-1] == "12 file(s), 12 resource(s), 0 problem(s)"
+    assert out[-1] == "14 file(s), 12 resource(s), 0 problem(s)"  # + alerting/: rules, Alertmanager config
     assert "12 resource(s), 0 problem(s)" in out[-1]
     assert code == 0
 
