@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 CLUSTER_DIR := .cluster
 
-.PHONY: run test test-unit test-integration test-e2e lint fmt docs cluster cluster-down env controlplane clean bench bench-smoke
+.PHONY: run demo test test-unit test-integration test-e2e lint fmt docs cluster cluster-down env controlplane clean bench bench-smoke
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,9 +16,14 @@ $(BIN)/.installed: pyproject.toml
 controlplane:
 	@tools/controlplane/build.sh >/dev/null
 
-## Run the operator on the current cluster (KUBECONFIG if reachable, else a local one) with the demo endpoint.
+## The local ISH Chat lab (control plane, PostgreSQL, Redis, Prometheus, Alertmanager, simulated ISH Chat,
+## the runbook pack) with the operator in the foreground. Ctrl-C stops it.
 run: $(BIN)/.installed
 	@tools/run-local.sh
+
+## In a second shell while `make run` runs: inject the twelve faults, follow the incidents, print a summary.
+demo: $(BIN)/.installed
+	@$(BIN)/runbook-operator demo --dir .lab
 
 ## Unit, integration (real PostgreSQL, Redis, Prometheus, Docker, control plane) and end-to-end tests.
 test: $(BIN)/.installed controlplane
@@ -66,4 +71,4 @@ env: controlplane
 	@echo "export KUBECONFIG=$(CURDIR)/$(CLUSTER_DIR)/kubeconfig PATH=$$(tools/controlplane/build.sh):$$PATH"
 
 clean: cluster-down
-	rm -rf $(VENV) $(CLUSTER_DIR) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(CLUSTER_DIR) .lab .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,108 @@
+"""``runbook-operator lab`` (what ``make run`` runs) and ``runbook-operator demo`` (``make demo``)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import httpx
+
+from runbook_operator.lab import scenarios
+from runbook_operator.lab.lab import FAULTS, NAMESPACE, Lab, running_lab
+
+
+def lab(directory: Path, kubeconfig: Path, kubectl: Path) -> int:
+    """Bring the lab up, run the operator in the foreground until Ctrl-C, then stop everything."""
+
+    def interrupted(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGINT, interrupted)  # also when started in the background, where SIGINT is ignored
+    started = time.monotonic()
+    the_lab = Lab(directory, kubeconfig, kubectl, quiet=False)
+    try:
+        the_lab.up()
+        assert the_lab.prometheus is not None and the_lab.alertmanager is not None
+        print(
+            f"==> lab up in {time.monotonic() - started:.1f}s; Prometheus {the_lab.prometheus.url}, "
+            f"Alertmanager {the_lab.alertmanager.url}, control {the_lab.control_url}\n"
+            "==> in another shell:\n"
+            "      make demo                      # inject the twelve faults, follow the incidents, print a summary\n"
+            f"      export KUBECONFIG={kubeconfig} PATH={kubectl.parent}:$PATH\n"
+            f"      kubectl get incidents -n {NAMESPACE} -w\n"
+            "==> the operator's log follows (Ctrl-C stops the operator and the whole lab)",
+            flush=True,
+        )
+        assert the_lab.operator is not None
+        code = the_lab.operator.wait()
+        print(f"==> the operator exited ({code}); stopping the lab", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\n==> stopping the lab", flush=True)
+        return 0
+    finally:
+        the_lab.down()
+
+
+def demo(directory: Path, faults: list[str] | None, timeout: float) -> int:
+    """Inject faults wave by wave, follow their Incidents, print the summary; 0 if all ended as expected."""
+    unknown = sorted(set(faults or ()) - set(FAULTS))
+    if unknown:
+        print(f"unknown fault(s) {', '.join(unknown)}; the lab has: {', '.join(FAULTS)}", file=sys.stderr)
+        return 2
+    state = running_lab(directory)
+    if state is None:
+        print(f"no lab runs from {directory}: start it with `make run` first", file=sys.stderr)
+        return 2
+    import kubernetes
+
+    api = kubernetes.client.CustomObjectsApi(kubernetes.config.new_client_from_config(state["kubeconfig"]))  # type: ignore[no-untyped-call]
+
+    def incidents() -> list[dict[str, Any]]:
+        answer: Any = api.list_namespaced_custom_object("remediation.ishchat.io", "v1alpha1", NAMESPACE, "incidents")
+        items: list[dict[str, Any]] = answer["items"]
+        return items
+
+    control = httpx.Client(base_url=state["control"], timeout=30)
+
+    def inject(fault: str) -> None:
+        control.post(f"/lab/faults/{fault}").raise_for_status()
+        print(f"{_now()}  inject  {fault}: {FAULTS[fault]}", flush=True)
+
+    def changed(outcome: scenarios.Outcome, phase: str) -> None:
+        name = (outcome.incident or {}).get("metadata", {}).get("name", "")
+        step = ((outcome.incident or {}).get("status") or {}).get("currentStep") or ""
+        print(f"{_now()}  {outcome.alert:<22} {name:<42} {phase}{f' ({step})' if step else ''}", flush=True)
+
+    wanted = set(faults or FAULTS)
+    outcomes: list[scenarios.Outcome] = []
+    control.post("/lab/clear").raise_for_status()
+    for number, wave in enumerate(scenarios.WAVES, 1):
+        chosen = [fault for fault in wave if fault in wanted]
+        if not chosen:
+            continue
+        print(f"{_now()}  wave {number}: {', '.join(chosen)}", flush=True)
+        before = [item["metadata"]["name"] for item in incidents()]
+        played = scenarios.play(chosen, inject, incidents, timeout=timeout, ignore=before, on_change=changed)
+        outcomes += played.values()
+        control.post("/lab/clear").raise_for_status()
+        print(f"{_now()}  wave {number} done; faults cleared", flush=True)
+    print()
+    print(scenarios.table(outcomes))
+    missed = [o.alert for o in outcomes if not o.ok]
+    print(f"\n{len(outcomes) - len(missed)}/{len(outcomes)} scenarios ended as the runbook expects", end="")
+    print(f"; not: {', '.join(missed)}" if missed else "")
+    hooks = control.get("/hooks").json()
+    if hooks:
+        print(f"{len(hooks)} notification(s) reached the on-call webhook, e.g.: {json.dumps(hooks[0]['body'])[:200]}")
+    return 1 if missed else 0
+
+
+def _now() -> str:
+    return time.strftime("%H:%M:%S")

@@ -1,0 +1,604 @@
+"""The local lab: ISH Chat, its dependencies, monitoring and the operator, on loopback.
+
+``Lab(root, kubeconfig, kubectl).up()`` brings up, on one machine:
+
+* PostgreSQL and Redis (real servers), Prometheus and Alertmanager (real), the simulated
+  ISH Chat services and exporters (:mod:`.ishchat`), each on a loopback address of its own
+  (``127.0.X.1`` … ``127.0.X.8``, the first free ``X``) and on the port the runbook uses;
+* in the cluster: namespace ``ishchat`` with the workloads as Deployments and StatefulSets
+  (pods run under kwok), the Secrets the pack reads, and the pack at lab speed
+  (:mod:`.speed`);
+* the pack's alert rules (at lab speed) in Prometheus, its Alertmanager configuration
+  pointed at the operator's intake;
+* the lab's kubelet: a thread that watches the workloads and, like a real kubelet would,
+  brings a crashed service (or a stopped PostgreSQL/Redis) back when its pods are replaced
+  by a rollout restart;
+* the operator, with ``--host-alias`` for every in-cluster name the pack uses, so the pack
+  runs unchanged apart from its timings.
+
+``POST /lab/faults/NAME`` on the control address injects a fault (:data:`FAULTS`);
+``POST /hooks/NAME`` receives the pack's notifications. ``down()`` stops everything by pid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+import psycopg
+import urllib3
+import yaml
+
+from runbook_operator.lab import ishchat, speed
+from runbook_operator.lab.controlplane import free_port
+from runbook_operator.lab.demo import DemoService
+from runbook_operator.lab.services import Alertmanager, Postgres, Prometheus, Redis, Server
+
+ROOT = Path(__file__).resolve().parents[3]  # the checkout (manifests/, crds/)
+PACK = ROOT / "manifests" / "runbooks" / "ish-chat"
+NAMESPACE = "ishchat"
+DATABASE, DB_USER = "ish_chat", "ishchat_user"
+
+# in-cluster name -> the last octet of its loopback address
+HOSTS = {
+    "instance-manager.ishchat.svc": 1,
+    "intelligent-router.ishchat.svc": 2,
+    "load-balancer.ishchat.svc": 3,
+    "postgres.ishchat.svc": 4,
+    "redis.ishchat.svc": 5,
+    "prometheus.monitoring.svc": 6,
+    "alertmanager.monitoring.svc": 7,
+    "lab.ishchat.svc": 8,  # exporters, notifications, the lab's control API
+}
+CONTROL_PORT = 8080
+EXAMPLES_PORT = 18080
+WORKLOADS = {  # name -> (kind, replicas)
+    "instance-manager": ("Deployment", 2),
+    "intelligent-router": ("Deployment", 2),
+    "load-balancer": ("Deployment", 2),
+    "postgres": ("StatefulSet", 1),
+    "redis": ("StatefulSet", 1),
+}
+FAULTS = {
+    **ishchat.FAULTS,
+    "postgresql-down": "PostgreSQL stops (its process is shut down)",
+    "postgresql-slow-queries": "a query taking 0.6s runs in a loop",
+    "redis-down": "Redis stops (its process is shut down)",
+}
+# the alert each fault raises (the demo and the tests wait for its Incident)
+ALERTS = {
+    "instance-manager-down": "InstanceManagerDown",
+    "intelligent-router-down": "IntelligentRouterDown",
+    "load-balancer-down": "LoadBalancerDown",
+    "high-response-time": "HighResponseTime",
+    "high-error-rate": "HighErrorRate",
+    "high-cpu-usage": "HighCPUUsage",
+    "high-memory-usage": "HighMemoryUsage",
+    "disk-space-running-low": "DiskSpaceRunningLow",
+    "postgresql-down": "PostgreSQLDown",
+    "postgresql-slow-queries": "PostgreSQLSlowQueries",
+    "redis-down": "RedisDown",
+    "unexpected-cost-spike": "UnexpectedCostSpike",
+}
+RESTART_ANNOTATION = "kubectl.kubernetes.io/restartedAt"
+
+
+class LabError(RuntimeError):
+    pass
+
+
+def pick_subnet() -> str:
+    """The first ``127.0.X`` whose lab ports are all free (so two labs can run side by side)."""
+    ports = {1: 9090, 2: 9091, 3: 9092, 4: 5432, 5: 6379, 6: 9090, 7: 9093, 8: CONTROL_PORT}
+    for x in range(10, 250):
+        if all(_free(f"127.0.{x}.{host}", port) for host, port in ports.items()):
+            return f"127.0.{x}"
+    raise LabError("no free 127.0.X.0/24 for the lab")
+
+
+def _free(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do: TIME_WAIT is no conflict
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+class Lab:
+    def __init__(
+        self, root: Path, kubeconfig: Path, kubectl: Path, factor: float = speed.FACTOR, quiet: bool = True
+    ) -> None:
+        self.root, self.kubeconfig, self.kubectl = root.resolve(), kubeconfig, kubectl
+        self.factor, self.quiet = factor, quiet
+        self.subnet = ""
+        self.token = secrets.token_hex(24)
+        self.db_password = secrets.token_hex(12)
+        self.intake_port = self.metrics_port = 0
+        self.hooks: list[tuple[str, Any]] = []
+        self.sim: ishchat.IshChat | None = None
+        self.postgres: Postgres | None = None
+        self.redis: Redis | None = None
+        self.prometheus: Prometheus | None = None
+        self.alertmanager: Alertmanager | None = None
+        self.operator: subprocess.Popen[bytes] | None = None
+        self.examples: DemoService | None = None
+        self._control: Any = None
+        self._kubelet: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._slow: threading.Thread | None = None
+        self._slow_stop = threading.Event()
+
+    # -- addresses -----------------------------------------------------------------------------
+
+    def ip(self, host: str) -> str:
+        return f"{self.subnet}.{HOSTS[host]}"
+
+    @property
+    def control_url(self) -> str:
+        return f"http://{self.ip('lab.ishchat.svc')}:{CONTROL_PORT}"
+
+    @property
+    def intake_url(self) -> str:
+        return f"http://127.0.0.1:{self.intake_port}/api/v1/alerts/alertmanager"
+
+    def host_aliases(self) -> list[str]:
+        return [f"{name}={self.ip(name)}" for name in HOSTS]
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def up(self, operator_output: Path | None = None) -> Lab:
+        """Start everything; on any failure stop what started and raise."""
+        try:
+            self._up(operator_output)
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def _up(self, operator_output: Path | None) -> None:
+        other = running_lab(self.root)
+        if other is not None:
+            raise LabError(f"a lab already runs from {self.root} (pid {other['pid']}); stop it first")
+        shutil.rmtree(self.root, ignore_errors=True)  # every lab starts from empty data
+        self.root.mkdir(parents=True)
+        self.subnet = pick_subnet()
+        self._say(f"lab addresses {self.subnet}.1-8")
+        self.postgres = Postgres(self.root / "postgres", self.ip("postgres.ishchat.svc"))
+        self.postgres.init(DATABASE, DB_USER, self.db_password)
+        self._seed_database()
+        self.redis = Redis(self.root / "redis", self.ip("redis.ishchat.svc"))
+        self.redis.start()
+        self._say("PostgreSQL and Redis up")
+        probes = {"postgres": self._postgres_metrics, "redis": self._redis_metrics}
+        self.sim = ishchat.IshChat(
+            {name: self.ip(f"{name}.ishchat.svc") for name in ishchat.SERVICES}, self.ip("lab.ishchat.svc"), probes
+        ).start()
+        self._control = _serve_control(self)
+        self.intake_port, self.metrics_port = free_port(), free_port()
+        token_file = self.root / "intake-token"
+        token_file.write_text(self.token)
+        token_file.chmod(0o600)
+        self._start_monitoring(token_file)
+        self._say("simulated ISH Chat, Prometheus and Alertmanager up")
+        self._apply_cluster()
+        self._say(f"namespace {NAMESPACE}: workloads, secrets and the {len(self.policies())} policies applied")
+        self._kubelet = threading.Thread(target=self._kubelet_loop, name="lab-kubelet", daemon=True)
+        self._kubelet.start()
+        if _free("127.0.0.1", EXAMPLES_PORT):  # the endpoint manifests/examples/ remediates
+            self.examples = DemoService("127.0.0.1", EXAMPLES_PORT).start()
+        self._start_operator(token_file, operator_output)
+        self._write_state()
+
+    def down(self) -> None:
+        self._stopping.set()
+        self._slow_stop.set()
+        if self.operator is not None and self.operator.poll() is None:
+            self.operator.terminate()
+            try:
+                self.operator.wait(15)
+            except subprocess.TimeoutExpired:
+                self.operator.kill()
+                self.operator.wait(5)
+        for server in (self.alertmanager, self.prometheus, self.redis, self.postgres):
+            if server is not None:
+                server.stop()
+        if self._control is not None:
+            self._control.shutdown()
+            self._control.server_close()
+        if self.sim is not None:
+            self.sim.stop()
+        if self.examples is not None:
+            self.examples.stop()
+        if self._kubelet is not None:
+            self._kubelet.join(5)
+        with contextlib.suppress(FileNotFoundError):
+            (self.root / "lab.json").unlink()
+
+    def _say(self, text: str) -> None:
+        if not self.quiet:
+            print(f"==> {text}", flush=True)
+
+    def _write_state(self) -> None:
+        state = {
+            "control": self.control_url,
+            "kubeconfig": str(self.kubeconfig),
+            "kubectl": str(self.kubectl),
+            "prometheus": self.prometheus.url if self.prometheus else "",
+            "alertmanager": self.alertmanager.url if self.alertmanager else "",
+            "pid": os.getpid(),
+        }
+        (self.root / "lab.json").write_text(json.dumps(state, indent=2))
+
+    # -- PostgreSQL and Redis ------------------------------------------------------------------
+
+    def _seed_database(self) -> None:
+        assert self.postgres
+        with self.postgres.superuser(DATABASE) as admin:
+            admin.execute(f"SET ROLE {DB_USER}")
+            admin.execute(
+                "CREATE TABLE IF NOT EXISTS conversations "
+                "(id bigint PRIMARY KEY, user_id bigint, created_at timestamptz)"
+            )
+            admin.execute("CREATE INDEX IF NOT EXISTS conversations_user ON conversations (user_id)")
+            admin.execute(
+                "INSERT INTO conversations SELECT g, g % 97, now() FROM generate_series(1, 2000) g "
+                "ON CONFLICT DO NOTHING"
+            )
+
+    def _postgres_metrics(self) -> str:
+        assert self.postgres
+        up, rows = 0, []
+        with (
+            contextlib.suppress(psycopg.Error),
+            psycopg.connect(
+                host=self.postgres.host,
+                port=self.postgres.port,
+                user=DB_USER,
+                password=self.db_password,
+                dbname=DATABASE,
+                connect_timeout=2,
+                autocommit=True,
+            ) as conn,
+        ):
+            up = 1
+            rows = conn.execute(
+                "SELECT s.queryid::text, d.datname, sum(s.total_exec_time) / 1000.0, sum(s.calls) "
+                "FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid "
+                "WHERE s.queryid IS NOT NULL GROUP BY 1, 2"
+            ).fetchall()
+        parts = [ishchat.samples("pg_up", [({}, float(up))])]
+        if rows:
+            labelled = [({"queryid": q, "datname": d}, float(t)) for q, d, t, _ in rows]
+            parts.append(ishchat.samples("pg_stat_statements_seconds_total", labelled, "counter"))
+            calls = [({"queryid": q, "datname": d}, float(c)) for q, d, _, c in rows]
+            parts.append(ishchat.samples("pg_stat_statements_calls_total", calls, "counter"))
+        return "\n".join(parts)
+
+    def _redis_metrics(self) -> str:
+        """redis_exporter's redis_up: PING answered with PONG (raw, so no client retries outlast the scrape)."""
+        assert self.redis
+        up = 0.0
+        with contextlib.suppress(OSError), socket.create_connection((self.redis.host, self.redis.port), 0.5) as conn:
+            conn.settimeout(0.5)
+            conn.sendall(b"PING\r\n")
+            up = 1.0 if conn.recv(16).startswith(b"+PONG") else 0.0
+        return ishchat.samples("redis_up", [({}, up)])
+
+    # -- monitoring ----------------------------------------------------------------------------
+
+    def _start_monitoring(self, token_file: Path) -> None:
+        rule = yaml.safe_load((PACK / "alerting" / "prometheus-rule.yaml").read_text())
+        groups = speed.rules(rule["spec"]["groups"], self.factor)
+        prom_root = self.root / "prometheus"
+        prom_root.mkdir(parents=True, exist_ok=True)
+        (prom_root / "rules.yml").write_text(yaml.safe_dump({"groups": groups}, sort_keys=False))
+        lab = self.ip("lab.ishchat.svc")
+        jobs = {
+            f"ish-chat-{name}": f"{self.ip(f'{name}.ishchat.svc')}:{port}" for name, port in ishchat.SERVICES.items()
+        }
+        jobs |= {job: f"{lab}:{port}" for job, port in ishchat.EXPORTER_PORTS.items()}
+        config = {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"},
+            "rule_files": [str(prom_root / "rules.yml")],
+            "alerting": {
+                "alertmanagers": [{"static_configs": [{"targets": [f"{self.ip('alertmanager.monitoring.svc')}:9093"]}]}]
+            },
+            "scrape_configs": [
+                {"job_name": job, "static_configs": [{"targets": [target]}]} for job, target in jobs.items()
+            ],
+        }
+        self.prometheus = Prometheus(prom_root, self.ip("prometheus.monitoring.svc"))
+        self.prometheus.config.write_text(yaml.safe_dump(config, sort_keys=False))
+        self.prometheus.start()
+        am_config = yaml.safe_load((PACK / "alerting" / "alertmanager.yaml").read_text())
+        self.alertmanager = Alertmanager(self.root / "alertmanager", self.ip("alertmanager.monitoring.svc"))
+        self.alertmanager.config.write_text(
+            yaml.safe_dump(speed.alertmanager(am_config, self.intake_url, str(token_file)), sort_keys=False)
+        )
+        self.alertmanager.start()
+
+    # -- the cluster ---------------------------------------------------------------------------
+
+    def kube(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        env = os.environ | {"KUBECONFIG": str(self.kubeconfig)}
+        done = subprocess.run(
+            [str(self.kubectl), *args], input=stdin, capture_output=True, text=True, env=env, timeout=120, check=False
+        )
+        if check and done.returncode:
+            raise LabError(f"kubectl {' '.join(args)}: {done.stderr.strip()}")
+        return done
+
+    def policies(self) -> list[dict[str, Any]]:
+        """The pack's RemediationPolicies at lab speed."""
+        docs = []
+        for path in sorted(PACK.glob("*.yaml")):
+            doc = yaml.safe_load(path.read_text())
+            if isinstance(doc, dict) and doc.get("kind") == "RemediationPolicy":
+                docs.append(speed.policy(doc, self.factor))
+        return docs
+
+    def _apply_cluster(self) -> None:
+        self.kube("apply", "-k", str(ROOT / "crds"))
+        self.kube(
+            "wait", "--for=condition=Established", "--timeout=60s",
+            "crd/incidents.remediation.ishchat.io", "crd/remediationpolicies.remediation.ishchat.io",
+        )  # fmt: skip
+        docs: list[dict[str, Any]] = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}]
+        for name, (kind, replicas) in WORKLOADS.items():
+            docs.append(_workload(name, kind, replicas))
+            if kind == "StatefulSet":
+                docs.append(_headless_service(name))
+        docs.append(_secret("ishchat-postgres", {"password": self.db_password}))
+        docs.append(_secret("ishchat-notify", {"webhook": f"{self.control_url}/hooks/on-call"}))
+        docs += self.policies()
+        self.kube("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": docs}))
+        for name, (kind, _) in WORKLOADS.items():
+            self.kube("rollout", "status", f"{kind.lower()}/{name}", "-n", NAMESPACE, "--timeout=120s")
+
+    def _kubelet_loop(self) -> None:
+        """Poll the workloads: a new restartedAt brings the service back; pods feed cAdvisor metrics."""
+        api = kubernetes.config.new_client_from_config(str(self.kubeconfig))  # type: ignore[no-untyped-call]
+        seen: dict[str, str | None] = {}
+        while not self._stopping.wait(0.5):
+            try:
+                state = self._workload_state(api)
+            except (kubernetes.client.ApiException, OSError, ValueError, KeyError, urllib3.exceptions.HTTPError):
+                continue
+            for name, (stamp, _) in state.items():
+                if name in seen and stamp != seen[name]:
+                    self._restart(name)
+                seen[name] = stamp
+            if self.sim is not None:
+                self.sim.set_pods({name: pods for name, (_, pods) in state.items()})
+
+    def _workload_state(self, api: kubernetes.client.ApiClient) -> dict[str, tuple[str | None, list[str]]]:
+        def items(call: Any) -> list[dict[str, Any]]:
+            found: list[dict[str, Any]] = json.loads(call(NAMESPACE, _request_timeout=5, _preload_content=False).data)[
+                "items"
+            ]
+            return found
+
+        apps, core = kubernetes.client.AppsV1Api(api), kubernetes.client.CoreV1Api(api)
+        state: dict[str, tuple[str | None, list[str]]] = {}
+        for item in items(apps.list_namespaced_deployment) + items(apps.list_namespaced_stateful_set):
+            annotations = item["spec"]["template"].get("metadata", {}).get("annotations") or {}
+            state[item["metadata"]["name"]] = (annotations.get(RESTART_ANNOTATION), [])
+        for pod in items(core.list_namespaced_pod):
+            app = (pod["metadata"].get("labels") or {}).get("app")
+            running = pod.get("status", {}).get("phase") == "Running" and not pod["metadata"].get("deletionTimestamp")
+            if app in state and running:
+                state[app][1].append(pod["metadata"]["name"])
+        return state
+
+    def _restart(self, name: str) -> None:
+        server: Server | None = {"postgres": self.postgres, "redis": self.redis}.get(name)
+        if server is not None:
+            if not server.running:
+                server.start()
+        elif self.sim is not None:
+            self.sim.restarted(name)
+
+    # -- the operator --------------------------------------------------------------------------
+
+    def _start_operator(self, token_file: Path, output: Path | None) -> None:
+        args = [sys.executable, "-m", "runbook_operator", "run", "--all-namespaces"]
+        args += [f"--host-alias={alias}" for alias in self.host_aliases()]
+        args += [f"--intake-address=127.0.0.1:{self.intake_port}", f"--intake-token-file={token_file}"]
+        args += [f"--intake-namespace={NAMESPACE}", f"--metrics-address=127.0.0.1:{self.metrics_port}"]
+        args += ["--log-format=plain", "--resolved-ttl=never"]
+        env = os.environ | {"KUBECONFIG": str(self.kubeconfig)}
+        log = output.open("ab") if output is not None else None
+        try:
+            self.operator = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT if log else None)
+        finally:
+            if log is not None:
+                log.close()
+
+    # -- faults --------------------------------------------------------------------------------
+
+    def inject(self, fault: str) -> None:
+        if fault not in FAULTS:
+            raise KeyError(fault)
+        if fault == "postgresql-down" and self.postgres:
+            self.postgres.stop()
+        elif fault == "redis-down" and self.redis:
+            self.redis.stop()
+        elif fault == "postgresql-slow-queries":
+            self._slow_stop.clear()
+            self._slow = threading.Thread(target=self._slow_queries, name="lab-slow-queries", daemon=True)
+            self._slow.start()
+        elif self.sim is not None:
+            self.sim.inject(fault)
+
+    def clear(self) -> None:
+        """Undo every fault: servers back, slow queries stopped and forgotten, the simulation healthy."""
+        self._slow_stop.set()
+        if self._slow is not None:
+            self._slow.join(10)
+        for server in (self.postgres, self.redis):
+            if server is not None and not server.running:
+                server.start()
+        if self.postgres is not None:
+            with self.postgres.superuser(DATABASE) as admin:
+                admin.execute("SELECT pg_stat_statements_reset()")
+        if self.sim is not None:
+            self.sim.clear()
+        for name, (kind, replicas) in WORKLOADS.items():  # undo a scale-out
+            self.kube("scale", f"{kind.lower()}/{name}", "-n", NAMESPACE, f"--replicas={replicas}")
+
+    def _slow_queries(self) -> None:
+        """The slow query, over and over (reconnecting while PostgreSQL is down) until cleared."""
+        assert self.postgres
+        while not self._slow_stop.is_set():
+            try:
+                with psycopg.connect(
+                    host=self.postgres.host, port=self.postgres.port, user=DB_USER, password=self.db_password,
+                    dbname=DATABASE, autocommit=True, connect_timeout=2,
+                ) as conn:  # fmt: skip
+                    while not self._slow_stop.is_set():
+                        conn.execute("SELECT count(*), pg_sleep(0.6) FROM conversations WHERE user_id = 7")
+            except psycopg.Error:
+                self._slow_stop.wait(1)
+
+    def state(self) -> dict[str, Any]:
+        sim = self.sim
+        return {
+            "faults": sorted(sim.faults if sim else ())
+            + [f for f, s in (("postgresql-down", self.postgres), ("redis-down", self.redis)) if s and not s.running]
+            + (["postgresql-slow-queries"] if self._slow and self._slow.is_alive() else []),
+            "hooks": len(self.hooks),
+        }
+
+
+def running_lab(root: Path) -> dict[str, Any] | None:
+    """The state of the lab running from ``root``, if its process is alive."""
+    try:
+        state: dict[str, Any] = json.loads((root / "lab.json").read_text())
+        os.kill(int(state["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return state
+
+
+# -- cluster objects ---------------------------------------------------------------------------
+
+
+def _workload(name: str, kind: str, replicas: int) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "replicas": replicas,
+        "selector": {"matchLabels": {"app": name}},
+        "template": {
+            "metadata": {"labels": {"app": name, "app.kubernetes.io/part-of": "ish-chat"}},
+            "spec": {
+                "containers": [
+                    {
+                        "name": name,
+                        "image": f"ishchat/{name}:lab",  # never pulled: kwok runs the pods
+                        "resources": {"limits": {"cpu": "1", "memory": "512Mi"}},
+                    }
+                ]
+            },
+        },
+    }
+    if kind == "StatefulSet":
+        spec["serviceName"] = name
+    return {
+        "apiVersion": "apps/v1",
+        "kind": kind,
+        "metadata": {"name": name, "namespace": NAMESPACE, "labels": {"app": name}},
+        "spec": spec,
+    }
+
+
+def _headless_service(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {"clusterIP": "None", "selector": {"app": name}, "ports": [{"port": 1, "name": "lab"}]},
+    }
+
+
+def _secret(name: str, data: dict[str, str]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "stringData": data,
+    }
+
+
+# -- the control API ---------------------------------------------------------------------------
+
+
+def _serve_control(lab: Lab) -> Any:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def _reply(self, code: int, payload: Any) -> None:
+            body = json.dumps(payload).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:
+            if self.path == "/lab":
+                self._reply(200, lab.state() | {"available": FAULTS})
+            elif self.path == "/hooks":
+                self._reply(200, [{"hook": name, "body": body} for name, body in lab.hooks])
+            else:
+                self._reply(404, {"error": f"no route {self.path}"})
+
+        def do_POST(self) -> None:
+            length = min(int(self.headers.get("Content-Length") or 0), 1 << 20)
+            raw = self.rfile.read(length) if length else b""
+            if self.path.startswith("/hooks/"):
+                with contextlib.suppress(ValueError):
+                    lab.hooks.append((self.path.removeprefix("/hooks/"), json.loads(raw or b"null")))
+                self._reply(200, {"ok": True})
+            elif self.path.startswith("/lab/faults/"):
+                fault = self.path.removeprefix("/lab/faults/")
+                if fault not in FAULTS:
+                    self._reply(404, {"error": f"unknown fault {fault!r}", "available": sorted(FAULTS)})
+                    return
+                lab.inject(fault)
+                self._reply(200, {"injected": fault, "what": FAULTS[fault]})
+            elif self.path == "/lab/clear":
+                lab.clear()
+                self._reply(200, {"cleared": True})
+            else:
+                self._reply(404, {"error": f"no route {self.path}"})
+
+    server = ishchat._Server((lab.ip("lab.ishchat.svc"), CONTROL_PORT), Handler)
+    threading.Thread(target=server.serve_forever, args=(0.1,), name="lab-control", daemon=True).start()
+    return server
+
+
+@contextlib.contextmanager
+def running(
+    root: Path, kubeconfig: Path, kubectl: Path, operator_output: Path | None = None, **options: Any
+) -> Iterator[Lab]:
+    lab = Lab(root, kubeconfig, kubectl, **options)
+    lab.up(operator_output)
+    try:
+        yield lab
+    finally:
+        lab.down()
+        shutil.rmtree(root, ignore_errors=True)

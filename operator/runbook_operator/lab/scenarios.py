@@ -1,0 +1,135 @@
+"""The twelve runbook scenarios the lab plays: fault → alert → Incident → where the runbook ends.
+
+Faults are injected in three waves of scenarios that do not touch the same thing, each wave
+followed until every one of its alerts has an Incident that reached a settled phase, then
+cleared. ``EXPECTED`` is where the runbook leaves each one: ``Resolved`` where its steps fix
+the fault, ``AwaitingApproval`` where a destructive step needs a person, ``Escalated`` where
+the runbook hands over to people. :func:`play` is shared by ``runbook-operator demo`` and
+the end-to-end tests; it reads Incidents through a callable, so it needs no cluster itself.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from runbook_operator.lab.lab import ALERTS
+
+WAVES: tuple[tuple[str, ...], ...] = (
+    ("instance-manager-down", "intelligent-router-down", "load-balancer-down", "postgresql-down", "redis-down"),
+    ("high-response-time", "high-error-rate", "high-memory-usage", "disk-space-running-low", "postgresql-slow-queries"),
+    ("high-cpu-usage", "unexpected-cost-spike"),
+)
+EXPECTED = {
+    "InstanceManagerDown": "Resolved",
+    "IntelligentRouterDown": "Resolved",
+    "LoadBalancerDown": "Resolved",
+    "PostgreSQLDown": "Resolved",
+    "RedisDown": "Resolved",
+    "HighResponseTime": "Resolved",
+    "HighErrorRate": "AwaitingApproval",  # failing over a provider is destructive
+    "HighMemoryUsage": "Escalated",  # a restart does not fix a leak: people raise limits, find the leak
+    "DiskSpaceRunningLow": "AwaitingApproval",  # docker prune
+    "PostgreSQLSlowQueries": "AwaitingApproval",  # REINDEX (after ANALYZE ran)
+    "HighCPUUsage": "Resolved",
+    "UnexpectedCostSpike": "AwaitingApproval",  # scaling a provider down is a budget decision
+}
+SETTLED = frozenset({"Resolved", "AwaitingApproval", "Escalated"})
+
+
+@dataclass
+class Outcome:
+    """One scenario as it ended (or as far as it got)."""
+
+    fault: str
+    alert: str
+    injected: float  # time.monotonic()
+    incident: dict[str, Any] | None = None
+    settled_after: float | None = None  # seconds from injection
+    phases: list[str] = field(default_factory=list)
+
+    @property
+    def phase(self) -> str:
+        return str(((self.incident or {}).get("status") or {}).get("phase") or "-")
+
+    @property
+    def ok(self) -> bool:
+        return self.phase == EXPECTED[self.alert]
+
+
+def play(
+    faults: Iterable[str],
+    inject: Callable[[str], None],
+    incidents: Callable[[], list[dict[str, Any]]],
+    timeout: float = 240.0,
+    ignore: Iterable[str] = (),
+    on_change: Callable[[Outcome, str], None] | None = None,
+    poll: float = 1.0,
+) -> dict[str, Outcome]:
+    """Inject ``faults`` and follow their alerts' new Incidents until each settles (or ``timeout``).
+
+    ``ignore``: names of Incidents that existed before; ``on_change(outcome, phase)`` sees
+    every phase an Incident is seen in. The first new Incident of an alert is its scenario's.
+    """
+    seen = set(ignore)
+    outcomes: dict[str, Outcome] = {}
+    for fault in faults:
+        inject(fault)
+        outcomes[ALERTS[fault]] = Outcome(fault, ALERTS[fault], time.monotonic())
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _observe(outcomes, incidents(), seen, on_change)
+        if all(o.settled_after is not None for o in outcomes.values()):
+            break
+        time.sleep(poll)
+    return outcomes
+
+
+def _observe(
+    outcomes: Mapping[str, Outcome],
+    items: list[dict[str, Any]],
+    seen: set[str],
+    on_change: Callable[[Outcome, str], None] | None,
+) -> None:
+    for item in sorted(items, key=lambda i: i["metadata"].get("creationTimestamp", "")):
+        name = item["metadata"]["name"]
+        outcome = outcomes.get(item.get("spec", {}).get("alert", ""))
+        if outcome is None or name in seen:
+            continue
+        if outcome.incident is not None and outcome.incident["metadata"]["name"] != name:
+            continue  # a later Incident of the same alert (e.g. it fired twice): the first one is the scenario
+        outcome.incident = item
+        phase = (item.get("status") or {}).get("phase")
+        if phase and (not outcome.phases or outcome.phases[-1] != phase):
+            outcome.phases.append(phase)
+            if on_change is not None:
+                on_change(outcome, phase)
+        if phase in SETTLED and outcome.settled_after is None:
+            outcome.settled_after = time.monotonic() - outcome.injected
+
+
+def table(outcomes: Iterable[Outcome]) -> str:
+    """The summary: one row per scenario."""
+    rows = [("ALERT", "INCIDENT", "PHASE", "EXPECTED", "REASON", "STEPS", "SETTLED IN")]
+    for o in outcomes:
+        status = (o.incident or {}).get("status") or {}
+        steps = status.get("steps") or []
+        ran = sum(1 for s in steps if s.get("state") in ("Succeeded", "Failed"))
+        waiting = [s["name"] for s in steps if s.get("state") == "AwaitingApproval"]
+        summary = f"{ran} ran" + (f", {waiting[0]} awaits approval" if waiting else "")
+        settled = f"{o.settled_after:.0f}s" if o.settled_after is not None else "not settled"
+        name = (o.incident or {}).get("metadata", {}).get("name", "(no incident)")
+        reason = _condition_reason(status) or "-"
+        rows.append((o.alert, name, o.phase, EXPECTED[o.alert], reason, summary, settled))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+
+
+def _condition_reason(status: Mapping[str, Any]) -> str | None:
+    wanted = {"Resolved": "Resolved", "Escalated": "Escalated"}.get(str(status.get("phase")))
+    for condition in status.get("conditions") or ():
+        if condition.get("type") == wanted and condition.get("status") == "True":
+            return str(condition.get("reason"))
+    return None
