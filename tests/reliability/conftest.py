@@ -25,7 +25,7 @@ TERMINAL = ("Resolved", "Escalated")
 class GateServer:
     """An HTTP endpoint that counts every call by path and answers as told.
 
-    ``/gate/NAME``: 200, but while the gate NAME is shut the call blocks until it opens;
+    ``/gate/NAME[/...]``: 200, but while the gate NAME is shut the call blocks until it opens;
     ``/done/NAME``: 200 once a ``/gate/NAME`` call has finished (its effect happened), else 503;
     ``/fail/NAME``: 500. Any method; JSON bodies are kept per path.
     """
@@ -60,7 +60,8 @@ class GateServer:
         with self._lock:
             self.calls[path] += 1
             self.bodies.setdefault(path, []).append(body)
-        kind, _, name = path.strip("/").partition("/")
+        kind, _, rest = path.strip("/").partition("/")
+        name = rest.split("/")[0]  # /gate/NAME/more/path is gate NAME too
         if kind == "gate":
             gate = self._shut.get(name)
             if gate is not None:

@@ -3,7 +3,8 @@
 Both see only three roots: ``incident`` (its spec, name and effective severity),
 ``steps`` (results of earlier steps by name) and ``findings``. Incident text is
 data: it is substituted into the policy's templates, never parsed as one, and in
-URLs every substituted value is percent-encoded and may only fill the path.
+URLs every substituted value is percent-encoded and may only fill the path, and may
+not make a ``.`` or ``..`` segment of it (which would move the request elsewhere).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit
 
 import cel
 import jinja2
@@ -118,8 +119,12 @@ def _render_value(value: Any, context: Mapping[str, Any], url: bool) -> Any:
         return value
     env = _URL if url else _TEXT
     try:
-        return env.from_string(value).render(context)
+        rendered = env.from_string(value).render(context)
     except jinja2.UndefinedError as err:
         raise ValueError(f"template {value!r}: {err.message}") from None
     except jinja2.exceptions.SecurityError as err:
         raise ValueError(f"template {value!r} was refused by the sandbox: {err}") from None
+    if url and any(unquote(part) in (".", "..") for part in urlsplit(rendered).path.split("/")):
+        # quote() keeps dots: a value ".." would climb out of the path the policy wrote
+        raise ValueError(f"template {value!r}: the values made a '.' or '..' segment of the URL path: {rendered!r}")
+    return rendered
