@@ -1,0 +1,338 @@
+"""The twelve runbook scenarios, end to end in the lab `make run` brings up.
+
+Every scenario takes the whole real path: a fault in the lab → the metric in Prometheus →
+the pack's alert rule → Alertmanager → the operator's intake → an Incident → the pack's
+policy → its steps against the lab → where the runbook ends it. The lab runs on its own
+control plane (its operator watches all namespaces, like `make run`'s). Faults come in the
+three waves of ``scenarios.WAVES``; each wave is played once, and the tests below read what
+it left: the Incident as it settled, and what the lab saw happen.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from runbook_operator.lab import scenarios
+from runbook_operator.lab.controlplane import ControlPlane
+from runbook_operator.lab.lab import NAMESPACE, Lab
+from tests.fixtures.cluster import ROOT
+from tests.fixtures.common import wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+@dataclass
+class Wave:
+    outcomes: dict[str, scenarios.Outcome]
+    calls: list[tuple[str, str, str, Any]]  # what the simulated ISH Chat was asked, in order
+    hooks: list[tuple[str, Any]]  # notifications the lab's on-call webhook received
+    workloads: dict[str, dict[str, Any]]  # name -> the Deployment/StatefulSet as the wave left it
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def incident(self, alert: str) -> dict[str, Any]:
+        outcome = self.outcomes[alert]
+        assert outcome.incident is not None, f"no Incident for {alert}; the operator log tells why"
+        return outcome.incident
+
+    def steps(self, alert: str) -> dict[str, dict[str, Any]]:
+        return {f"{s['stage']}.{s['name']}": s for s in self.incident(alert)["status"]["steps"]}
+
+    def called(self, service: str, method: str, path: str) -> list[Any]:
+        return [body for s, m, p, body in self.calls if (s, m, p) == (service, method, path)]
+
+
+class LabRun:
+    def __init__(self, lab: Lab, log: Path) -> None:
+        self.lab, self.log = lab, log
+        self.kubeconfig = lab.kubeconfig
+
+    def kubectl(self, *args: str) -> str:
+        return self.lab.kube(*args).stdout
+
+    def incidents(self) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = json.loads(self.kubectl("get", "incidents", "-n", NAMESPACE, "-o", "json"))[
+            "items"
+        ]
+        return items
+
+    def incident(self, name: str) -> dict[str, Any]:
+        found: dict[str, Any] = json.loads(self.kubectl("get", "incident", name, "-n", NAMESPACE, "-o", "json"))
+        return found
+
+    def workloads(self) -> dict[str, dict[str, Any]]:
+        items = json.loads(self.kubectl("get", "deployments,statefulsets", "-n", NAMESPACE, "-o", "json"))["items"]
+        return {item["metadata"]["name"]: item for item in items}
+
+    def play(self, wave: tuple[str, ...]) -> Wave:
+        assert self.lab.sim is not None
+        before = [item["metadata"]["name"] for item in self.incidents()]
+        calls_before, hooks_before = len(self.lab.sim.calls), len(self.lab.hooks)
+        outcomes = scenarios.play(wave, self.lab.inject, self.incidents, timeout=150, ignore=before)
+        return Wave(outcomes, self.lab.sim.calls[calls_before:], self.lab.hooks[hooks_before:], self.workloads())
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+
+@pytest.fixture(scope="module")
+def lab_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabRun]:
+    build = subprocess.run([str(ROOT / "tools/controlplane/build.sh")], capture_output=True, text=True, check=True)
+    plane = ControlPlane(tmp_path_factory.mktemp("lab-controlplane"), Path(build.stdout.strip()))
+    root = Path(tempfile.mkdtemp(prefix="rbo-lab-"))
+    root.chmod(0o755)  # PostgreSQL runs as its own user and must reach its data directory
+    log = tmp_path_factory.mktemp("lab-log") / "operator.log"
+    lab = Lab(root / "lab", plane.up(), plane.bin / "kubectl")
+    try:
+        lab.up(log)
+        yield LabRun(lab, log)
+    finally:
+        lab.down()
+        plane.down()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _settled(run: LabRun, wave: Wave) -> None:
+    missed = {o.alert: o.phases for o in wave.outcomes.values() if not o.ok}
+    assert not missed, f"not as the runbook expects: {missed}\n{scenarios.table(wave.outcomes.values())}\n{run.tail()}"
+
+
+@pytest.fixture(scope="module")
+def outages(lab_run: LabRun) -> Wave:
+    """Wave 1: the three services crash, PostgreSQL and Redis stop; then the faults clear."""
+    wave = lab_run.play(scenarios.WAVES[0])
+    lab = lab_run.lab
+    assert lab.sim is not None and lab.postgres is not None and lab.redis is not None
+    wave.extra["listening"] = {
+        name: httpx.get(f"http://{lab.ip(f'{name}.ishchat.svc')}:{port}/health", timeout=2).status_code
+        for name, port in (("instance-manager", 9090), ("intelligent-router", 9091), ("load-balancer", 9092))
+    }
+    wave.extra["servers"] = {"postgres": lab.postgres.running, "redis": lab.redis.running}
+    wave.extra["faults_left"] = lab.state()["faults"]
+    _settled(lab_run, wave)
+    # the alerts resolve (the operator fixed what fired them), Alertmanager says so, the intake marks it
+    for outcome in wave.outcomes.values():
+        name = outcome.incident["metadata"]["name"] if outcome.incident else ""
+        wait_for(
+            lambda name=name: lab_run.incident(name)["spec"].get("resolved") is True,
+            90,
+            f"Alertmanager's resolved notification for {name}",
+        )
+    assert lab.prometheus is not None
+    wave.extra["firing_after"] = lab.prometheus.firing()
+    wave.extra["final"] = {
+        o.alert: lab_run.incident(o.incident["metadata"]["name"]) for o in wave.outcomes.values() if o.incident
+    }
+    lab.clear()
+    return wave
+
+
+@pytest.fixture(scope="module")
+def degradations(lab_run: LabRun, outages: Wave) -> Wave:
+    """Wave 2, then one approval: the failover HighErrorRate waits for."""
+    wave = lab_run.play(scenarios.WAVES[1])
+    _settled(lab_run, wave)
+    lab = lab_run.lab
+    assert lab.sim is not None
+    name = wave.incident("HighErrorRate")["metadata"]["name"]
+    patch = {"spec": {"approvals": [{"step": "failover-openai", "by": "oncall@example.com"}]}}
+    lab_run.kubectl("patch", "incident", name, "-n", NAMESPACE, "--type=merge", "-p", json.dumps(patch))
+    wave.extra["approved"] = wait_for(
+        lambda: (i := lab_run.incident(name))["status"].get("phase") == "Resolved" and i,
+        90,
+        "the approved failover to resolve HighErrorRate",
+    )
+    wave.extra["failed_over"] = set(lab.sim.failed_over)
+    lab.clear()
+    return wave
+
+
+@pytest.fixture(scope="module")
+def capacity(lab_run: LabRun, degradations: Wave) -> Wave:
+    wave = lab_run.play(scenarios.WAVES[2])
+    _settled(lab_run, wave)
+    lab_run.lab.clear()
+    return wave
+
+
+def _from_alertmanager(incident: dict[str, Any], alert: str) -> None:
+    source = incident["spec"]["source"]
+    assert incident["spec"]["alert"] == alert and source["kind"] == "Alertmanager"
+    assert source["fingerprint"] and source["startsAt"]
+    assert incident["spec"]["labels"]["alertname"] == alert and incident["spec"]["labels"]["namespace"] == NAMESPACE
+
+
+def _ok(steps: dict[str, dict[str, Any]], *names: str) -> None:
+    for name in names:
+        assert steps[name]["state"] == "Succeeded", f"{name}: {steps[name]}"
+
+
+# -- wave 1: outages ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("alert", "service", "health_step"),
+    [
+        ("InstanceManagerDown", "instance-manager", "Diagnose.health"),
+        ("IntelligentRouterDown", "intelligent-router", "Diagnose.routing_config"),
+        ("LoadBalancerDown", "load-balancer", "Diagnose.config"),
+    ],
+)
+def test_a_crashed_service_is_restarted_and_resolves(outages: Wave, alert: str, service: str, health_step: str) -> None:
+    incident = outages.incident(alert)
+    _from_alertmanager(incident, alert)
+    assert incident["status"]["phase"] == "Resolved" and incident["spec"]["severity"] == "Critical"
+    steps = outages.steps(alert)
+    assert steps[health_step]["state"] == "Failed" and "connect" in steps[health_step]["message"].lower()
+    _ok(steps, "Remediate.restart", "Verify.rollout-ready")
+    restarted = outages.workloads[service]["spec"]["template"]["metadata"]["annotations"]
+    assert "kubectl.kubernetes.io/restartedAt" in restarted  # the rollout restart the lab's kubelet acted on
+    assert outages.extra["listening"][service] == 200  # it answers again
+    assert alert not in outages.extra["firing_after"]
+    final = outages.extra["final"][alert]
+    assert final["spec"]["resolved"] is True and final["status"]["phase"] == "Resolved"
+
+
+@pytest.mark.parametrize(
+    ("alert", "server", "probe"),
+    [("PostgreSQLDown", "postgres", "Diagnose.ping"), ("RedisDown", "redis", "Diagnose.ping")],
+)
+def test_a_stopped_database_is_restarted_by_its_statefulset_and_resolves(
+    outages: Wave, alert: str, server: str, probe: str
+) -> None:
+    incident = outages.incident(alert)
+    _from_alertmanager(incident, alert)
+    assert incident["status"]["phase"] == "Resolved"
+    steps = outages.steps(alert)
+    assert steps[probe]["state"] == "Failed" and "refused" in steps[probe]["message"].lower()
+    _ok(steps, "Remediate.restart")
+    verify = [name for name in steps if name.startswith("Verify.")]
+    _ok(steps, *verify)
+    assert outages.extra["servers"][server] is True  # really running again: started by the lab's kubelet
+    assert outages.extra["faults_left"] == []
+    assert outages.extra["final"][alert]["spec"]["resolved"] is True
+    assert alert not in outages.extra["firing_after"]
+
+
+# -- wave 2: degradations ------------------------------------------------------------------
+
+
+def test_high_response_time_switches_to_performance_routing_and_resolves(degradations: Wave) -> None:
+    incident = degradations.incident("HighResponseTime")
+    _from_alertmanager(incident, "HighResponseTime")
+    assert incident["spec"]["labels"]["provider_type"] == "openai"
+    steps = degradations.steps("HighResponseTime")
+    assert steps["Diagnose.p95"]["state"] == "Failed"  # p95 above 2s: the finding that drives the remediation
+    _ok(steps, "Remediate.performance-routing", "Remediate.scale-instances", "Verify.p95-below-threshold")
+    assert degradations.called("load-balancer", "POST", "/strategy/update") == [{"strategy": "performance_based"}]
+    assert degradations.called("intelligent-router", "POST", "/instances/scale") == [
+        {"provider_type": "openai", "desired_instances": 5}  # templated from the alert's provider_type label
+    ]
+    assert incident["status"]["phase"] == "Resolved"
+
+
+def test_high_error_rate_resets_circuits_and_waits_for_approval_to_fail_over(degradations: Wave) -> None:
+    incident = degradations.incident("HighErrorRate")
+    _from_alertmanager(incident, "HighErrorRate")
+    steps = degradations.steps("HighErrorRate")
+    assert incident["status"]["phase"] == "AwaitingApproval"
+    assert steps["Diagnose.provider_openai"]["state"] == "Failed"
+    _ok(steps, "Diagnose.provider_anthropic", "Diagnose.provider_zai", "Remediate.reset-circuits")
+    assert steps["Remediate.failover-openai"]["state"] == "AwaitingApproval"
+    # the destructive failover did not run before the approval (the wave's calls end at settle time)
+    assert degradations.called("load-balancer", "POST", "/failover/configure") == []
+    # once approved: failed over, errors stop, verified
+    approved = degradations.extra["approved"]
+    final = {s["name"]: s for s in approved["status"]["steps"]}
+    assert final["failover-openai"]["state"] == "Succeeded"
+    assert final["failover-openai"]["approvedBy"] == "oncall@example.com"
+    assert degradations.extra["failed_over"] == {"openai"}
+    assert any(c["type"] == "Resolved" and c["reason"] == "Verified" for c in approved["status"]["conditions"])
+
+
+def test_a_memory_leak_a_restart_cannot_fix_is_escalated_to_on_call(degradations: Wave) -> None:
+    incident = degradations.incident("HighMemoryUsage")
+    _from_alertmanager(incident, "HighMemoryUsage")
+    assert incident["spec"]["labels"]["service"] == "instance-manager"
+    status = incident["status"]
+    assert status["phase"] == "Escalated"
+    escalated = next(c for c in status["conditions"] if c["type"] == "Escalated")
+    assert escalated["reason"] == "RemediationExhausted"
+    steps = degradations.steps("HighMemoryUsage")
+    _ok(steps, "Remediate.restart", "Remediate.clear-cache")
+    verify = steps["Verify.memory-below-threshold"]
+    assert verify["state"] == "Failed" and "95" in verify["message"]
+    polled = datetime.fromisoformat(verify["finishedAt"]) - datetime.fromisoformat(verify["startedAt"])
+    assert polled.total_seconds() >= 5  # retried (10 x 1s at lab speed), not one look
+    assert degradations.called("intelligent-router", "POST", "/cache/clear") == [None]
+    notes = [body for hook, body in degradations.hooks if hook == "on-call"]
+    assert len(notes) == 1 and "HighMemoryUsage" in notes[0]["text"] and "escalated" in notes[0]["text"]
+
+
+def test_disk_space_running_low_waits_for_approval_to_prune(degradations: Wave) -> None:
+    incident = degradations.incident("DiskSpaceRunningLow")
+    _from_alertmanager(incident, "DiskSpaceRunningLow")
+    steps = degradations.steps("DiskSpaceRunningLow")
+    assert incident["status"]["phase"] == "AwaitingApproval"
+    assert steps["Diagnose.disk_usage"]["state"] == "Failed" and "92" in steps["Diagnose.disk_usage"]["message"]
+    assert steps["Remediate.prune-images"]["state"] == "AwaitingApproval"
+    assert "Remediate.prune-volumes" not in steps or steps["Remediate.prune-volumes"]["state"] != "Succeeded"
+
+
+def test_slow_queries_are_analyzed_and_reindex_waits_for_approval(degradations: Wave) -> None:
+    incident = degradations.incident("PostgreSQLSlowQueries")
+    _from_alertmanager(incident, "PostgreSQLSlowQueries")
+    steps = degradations.steps("PostgreSQLSlowQueries")
+    assert incident["status"]["phase"] == "AwaitingApproval"
+    assert steps["Diagnose.slow_queries"]["state"] == "Failed" and "pg_sleep" in json.dumps(
+        steps["Diagnose.slow_queries"]
+    )
+    _ok(steps, "Remediate.analyze")
+    assert steps["Remediate.reindex"]["state"] == "AwaitingApproval"
+
+
+# -- wave 3: capacity and cost ----------------------------------------------------------------
+
+
+def test_high_cpu_scales_the_deployment_out_and_resolves(capacity: Wave) -> None:
+    incident = capacity.incident("HighCPUUsage")
+    _from_alertmanager(incident, "HighCPUUsage")
+    assert incident["spec"]["labels"]["service"] == "instance-manager"
+    assert incident["status"]["phase"] == "Resolved"
+    steps = capacity.steps("HighCPUUsage")
+    assert steps["Diagnose.cpu_by_pod"]["state"] == "Failed"
+    _ok(steps, "Remediate.scale-out", "Verify.scaled-out-ready", "Verify.cpu-below-threshold")
+    assert capacity.workloads["instance-manager"]["spec"]["replicas"] == 3  # from 2, by 1, at least 3
+    assert capacity.called("intelligent-router", "POST", "/config/update") == [{"max_concurrent_requests": 50}]
+
+
+def test_a_cost_spike_is_rate_limited_and_scaling_down_waits_for_approval(capacity: Wave) -> None:
+    incident = capacity.incident("UnexpectedCostSpike")
+    _from_alertmanager(incident, "UnexpectedCostSpike")
+    assert incident["spec"]["severity"] == "Medium" and incident["spec"]["labels"]["provider_type"] == "openai"
+    steps = capacity.steps("UnexpectedCostSpike")
+    assert incident["status"]["phase"] == "AwaitingApproval"
+    _ok(steps, "Remediate.rate-limit", "Remediate.cost-optimized-routing")
+    assert steps["Remediate.scale-down-provider"]["state"] == "AwaitingApproval"
+    assert capacity.called("intelligent-router", "POST", "/rate-limit/configure") == [
+        {"provider_type": "openai", "requests_per_minute": 100}
+    ]
+    scaled = capacity.called("intelligent-router", "POST", "/instances/scale")
+    assert {"provider_type": "openai", "desired_instances": 2} not in scaled  # not before the approval
+    assert scaled == [{"provider_type": "openai", "desired_instances": 10}]  # HighCPUUsage's, same wave
+
+
+def test_every_alert_of_the_runbook_was_played(outages: Wave, degradations: Wave, capacity: Wave) -> None:
+    played = {**outages.outcomes, **degradations.outcomes, **capacity.outcomes}
+    assert set(played) == set(scenarios.EXPECTED)
+    assert all(o.settled_after is not None and o.settled_after < 150 for o in played.values())
