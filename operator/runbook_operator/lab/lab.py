@@ -42,8 +42,9 @@ import urllib3
 import yaml
 
 from runbook_operator.lab import ishchat, speed
-from runbook_operator.lab.controlplane import free_port
+from runbook_operator.lab.controlplane import NODE_NAME, free_port
 from runbook_operator.lab.demo import DemoService
+from runbook_operator.lab.kubelet import LogServer
 from runbook_operator.lab.services import Alertmanager, Postgres, Prometheus, Redis, Server
 
 ROOT = Path(__file__).resolve().parents[3]  # the checkout (manifests/, crds/)
@@ -136,6 +137,7 @@ class Lab:
         self.alertmanager: Alertmanager | None = None
         self.operator: subprocess.Popen[bytes] | None = None
         self.examples: DemoService | None = None
+        self.log_server: LogServer | None = None
         self._control: Any = None
         self._kubelet: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -196,6 +198,9 @@ class Lab:
         self._say("simulated ISH Chat, Prometheus and Alertmanager up")
         self._apply_cluster()
         self._say(f"namespace {NAMESPACE}: workloads, secrets and the {len(self.policies())} policies applied")
+        pki = self.kubeconfig.parent / "pki"  # a ControlPlane's; the API server does not verify kubelets here
+        if (pki / "apiserver.crt").exists():
+            self.log_server = LogServer(pki / "apiserver.crt", pki / "apiserver.key", self._pod_logs).start()
         self._kubelet = threading.Thread(target=self._kubelet_loop, name="lab-kubelet", daemon=True)
         self._kubelet.start()
         if _free("127.0.0.1", EXAMPLES_PORT):  # the endpoint manifests/examples/ remediates
@@ -223,6 +228,8 @@ class Lab:
             self.sim.stop()
         if self.examples is not None:
             self.examples.stop()
+        if self.log_server is not None:
+            self.log_server.stop()
         if self._kubelet is not None:
             self._kubelet.join(5)
         with contextlib.suppress(FileNotFoundError):
@@ -373,7 +380,11 @@ class Lab:
         """Poll the workloads: a new restartedAt brings the service back; pods feed cAdvisor metrics."""
         api = kubernetes.config.new_client_from_config(str(self.kubeconfig))  # type: ignore[no-untyped-call]
         seen: dict[str, str | None] = {}
+        ticks = 0
         while not self._stopping.wait(0.5):
+            ticks += 1
+            if self.log_server is not None and ticks % 10 == 1:
+                self._point_node_at_logs(api)
             try:
                 state = self._workload_state(api)
             except (kubernetes.client.ApiException, OSError, ValueError, KeyError, urllib3.exceptions.HTTPError):
@@ -403,6 +414,41 @@ class Lab:
             if app in state and running:
                 state[app][1].append(pod["metadata"]["name"])
         return state
+
+    def _point_node_at_logs(self, api: kubernetes.client.ApiClient) -> None:
+        """Name the log server in the kwok node's status (again, should kwok have rewritten it)."""
+        assert self.log_server is not None
+        wanted = self.log_server.node_status()
+        with contextlib.suppress(kubernetes.client.ApiException, OSError, urllib3.exceptions.HTTPError):
+            core = kubernetes.client.CoreV1Api(api)
+            raw: Any = core.read_node_status(NODE_NAME, _request_timeout=5, _preload_content=False)
+            node = json.loads(raw.data)
+            if node["status"].get("daemonEndpoints") != wanted["daemonEndpoints"]:
+                core.patch_node_status(NODE_NAME, {"status": wanted}, _request_timeout=5)
+
+    def _pod_logs(self, namespace: str, pod: str, container: str) -> str | None:
+        """What the workload's container would have logged, given the lab's state."""
+        if namespace != NAMESPACE or container not in WORKLOADS:
+            return None
+        lines = [f"INFO {container} started", f"INFO {container} ready"]
+        sim = self.sim
+        if container in ("postgres", "redis"):
+            server = self.postgres if container == "postgres" else self.redis
+            if server is not None and not server.running:
+                lines += (
+                    [
+                        "LOG:  received fast shutdown request",
+                        "FATAL:  terminating connection due to administrator command",
+                    ]
+                    if container == "postgres"
+                    else ["# User requested shutdown...", "# WARNING Redis is now ready to exit, bye bye..."]
+                )
+        elif sim is not None:
+            if container in sim.down:
+                lines += [f"ERROR {container}: unhandled exception in the request loop", "ERROR listener closed"]
+            if container == "instance-manager" and sim.memory_ratio(container) > 0.9:
+                lines += ["WARNING heap at 95% of the limit", "ERROR MemoryError while caching provider responses"]
+        return "\n".join(lines) + "\n"
 
     def _restart(self, name: str) -> None:
         server: Server | None = {"postgres": self.postgres, "redis": self.redis}.get(name)

@@ -65,7 +65,11 @@ def rules(groups: list[dict[str, Any]], factor: float = FACTOR) -> list[dict[str
 
 
 def alertmanager(config: dict[str, Any], url: str, credentials_file: str) -> dict[str, Any]:
-    """The pack's Alertmanager configuration pointed at a local intake, grouping in seconds."""
+    """The pack's Alertmanager configuration pointed at a local intake, grouping in seconds.
+
+    ``group_interval`` (10s) is also how long a resolved notification waits after the firing
+    one: long enough for the operator's own verification to finish first, as in production.
+    """
     out = copy.deepcopy(config)
     for receiver in out.get("receivers", ()):
         for hook in receiver.get("webhook_configs", ()):
@@ -73,7 +77,7 @@ def alertmanager(config: dict[str, Any], url: str, credentials_file: str) -> dic
             hook.setdefault("http_config", {}).setdefault("authorization", {})["credentials_file"] = credentials_file
     route = out.setdefault("route", {})
     for node in _routes(route):
-        for key, value in (("group_wait", "1s"), ("group_interval", "2s")):
+        for key, value in (("group_wait", "1s"), ("group_interval", "10s")):
             if key in node or node is route:
                 node[key] = value
     return out

@@ -10,14 +10,10 @@ and ``kubectl logs`` really goes through.
 from __future__ import annotations
 
 import asyncio
-import http.server
 import json
-import ssl
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlparse
 
 import kubernetes
 import pytest
@@ -26,6 +22,7 @@ from runbook_operator.actions import ActionContext, default_registry
 from runbook_operator.domain.lifecycle import StepResult
 from runbook_operator.engine.kube import Kube
 from runbook_operator.lab.controlplane import NODE_NAME, ControlPlane
+from runbook_operator.lab.kubelet import LogServer
 from tests.fixtures.cluster import ROOT, Kubectl, wait_for
 
 REGISTRY = default_registry()
@@ -84,56 +81,12 @@ def grant(kubectl: Kubectl, namespace: str) -> None:
 # -- the kwok node: logs ------------------------------------------------------
 
 
-class FakeKubelet:
-    """An HTTPS server the API server proxies ``kubectl logs`` to: ``logs[pod]`` is the log text,
-    a missing pod answers 404 (as a kubelet does for a container that has not started)."""
+class FakeKubelet(LogServer):
+    """``logs[pod]`` is the log text; a missing pod answers 404 (a container that has not started)."""
 
     def __init__(self, cert: Path, key: Path) -> None:
         self.logs: dict[str, str] = {}
-        self.requests: list[tuple[str, dict[str, list[str]]]] = []
-        kubelet = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                url = urlparse(self.path)
-                query = parse_qs(url.query)
-                kubelet.requests.append((url.path, query))
-                parts = url.path.split("/")  # /containerLogs/<ns>/<pod>/<container>
-                text = kubelet.logs.get(parts[3]) if len(parts) == 5 and parts[1] == "containerLogs" else None
-                if text is None:
-                    self._send(404, "no log for this container yet")
-                    return
-                lines = text.splitlines(keepends=True)
-                if "tailLines" in query:
-                    lines = lines[-int(query["tailLines"][0]) :]
-                self._send(200, "".join(lines))
-
-            def _send(self, status: int, text: str) -> None:
-                body = text.encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "text/plain")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(str(cert), str(key))
-        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, name="fake-kubelet", daemon=True)
-
-    def start(self) -> FakeKubelet:
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.thread.join()
-        self.server.server_close()
+        super().__init__(cert, key, lambda namespace, pod, container: self.logs.get(pod))
 
 
 def _patch_node_status(kubectl: Kubectl, status: dict[str, Any]) -> None:
@@ -146,13 +99,7 @@ def kubelet(controlplane: ControlPlane, kubectl: Kubectl) -> Iterator[FakeKubele
     pki = controlplane.root / "pki"  # the API server does not verify kubelet certificates here
     server = FakeKubelet(pki / "apiserver.crt", pki / "apiserver.key").start()
     before = json.loads(kubectl("get", "node", NODE_NAME, "-o", "json").stdout)["status"]
-    _patch_node_status(
-        kubectl,
-        {
-            "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
-            "daemonEndpoints": {"kubeletEndpoint": {"Port": server.port}},
-        },
-    )
+    _patch_node_status(kubectl, server.node_status())
     yield server
     _patch_node_status(
         kubectl, {"addresses": before.get("addresses"), "daemonEndpoints": before.get("daemonEndpoints")}
