@@ -26,7 +26,7 @@ import pytest
 
 from runbook_operator.lab.demo import DemoService
 from tests.fixtures.cluster import ROOT, Kubectl
-from tests.fixtures.common import wait_for
+from tests.fixtures.common import silent, wait_for
 from tests.fixtures.operator import OperatorProcess
 from tests.reliability.conftest import GateServer, conditions, incident, log_errors, policy, record, statuses, step
 
@@ -44,26 +44,8 @@ def silent_unix_socket() -> Iterator[str]:
     path = workdir / "docker.sock"
     sock = socket.socket(socket.AF_UNIX)
     sock.bind(str(path))
-    sock.listen(16)
-    accepted: list[socket.socket] = []
-    done = threading.Event()
-
-    def accept() -> None:
-        sock.settimeout(0.1)
-        while not done.is_set():
-            try:
-                accepted.append(sock.accept()[0])
-            except TimeoutError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield f"unix://{path}"
-    done.set()
-    thread.join()
-    for conn in accepted:
-        conn.close()
-    sock.close()
+    with silent(sock):
+        yield f"unix://{path}"
     path.unlink()
     workdir.rmdir()
 

@@ -127,7 +127,7 @@ class IshChat:
         self._serve(service, self.addresses[service], SERVICES[service], _service_handler(self, service))
 
     def _serve(self, key: str, host: str, port: int, handler: type[BaseHTTPRequestHandler]) -> None:
-        server = _Server((host, port), handler)
+        server = Server((host, port), handler)
         threading.Thread(target=server.serve_forever, args=(0.1,), name=f"ishchat-{key}", daemon=True).start()
         with self.lock:
             self._servers[key] = server
@@ -374,7 +374,7 @@ def samples(name: str, rows: Iterable[tuple[dict[str, str], float]], kind: str =
     return "\n".join([*_family(name, kind, name), *(_sample(name, value, **labels) for labels, value in rows)])
 
 
-class _Server(ThreadingHTTPServer):
+class Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 64
 
@@ -387,7 +387,7 @@ def _close(server: ThreadingHTTPServer) -> None:
     server.server_close()
 
 
-class _Handler(BaseHTTPRequestHandler):
+class JsonHandler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
@@ -409,7 +409,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def _service_handler(sim: IshChat, service: str) -> type[BaseHTTPRequestHandler]:
-    class Handler(_Handler):
+    class Handler(JsonHandler):
         def do_GET(self) -> None:
             if self.path == "/metrics":
                 self.reply(200, sim.metrics(service), "text/plain; version=0.0.4")
@@ -423,7 +423,7 @@ def _service_handler(sim: IshChat, service: str) -> type[BaseHTTPRequestHandler]
 
 
 def _exporter_handler(sim: IshChat, job: str) -> type[BaseHTTPRequestHandler]:
-    class Handler(_Handler):
+    class Handler(JsonHandler):
         def do_GET(self) -> None:
             if self.path == "/metrics":
                 self.reply(200, sim.metrics(job), "text/plain; version=0.0.4")

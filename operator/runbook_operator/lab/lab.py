@@ -32,7 +32,6 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -592,47 +591,34 @@ def _secret(name: str, data: dict[str, str]) -> dict[str, Any]:
 
 
 def _serve_control(lab: Lab) -> Any:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-        def _reply(self, code: int, payload: Any) -> None:
-            body = json.dumps(payload).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
+    class Handler(ishchat.JsonHandler):
         def do_GET(self) -> None:
             if self.path == "/lab":
-                self._reply(200, lab.state() | {"available": FAULTS})
+                self.reply(200, lab.state() | {"available": FAULTS})
             elif self.path == "/hooks":
-                self._reply(200, [{"hook": name, "body": body} for name, body in lab.hooks])
+                self.reply(200, [{"hook": name, "body": body} for name, body in lab.hooks])
             else:
-                self._reply(404, {"error": f"no route {self.path}"})
+                self.reply(404, {"error": f"no route {self.path}"})
 
         def do_POST(self) -> None:
-            length = min(int(self.headers.get("Content-Length") or 0), 1 << 20)
-            raw = self.rfile.read(length) if length else b""
+            body = self.body()
             if self.path.startswith("/hooks/"):
-                with contextlib.suppress(ValueError):
-                    lab.hooks.append((self.path.removeprefix("/hooks/"), json.loads(raw or b"null")))
-                self._reply(200, {"ok": True})
+                lab.hooks.append((self.path.removeprefix("/hooks/"), body))
+                self.reply(200, {"ok": True})
             elif self.path.startswith("/lab/faults/"):
                 fault = self.path.removeprefix("/lab/faults/")
                 if fault not in FAULTS:
-                    self._reply(404, {"error": f"unknown fault {fault!r}", "available": sorted(FAULTS)})
+                    self.reply(404, {"error": f"unknown fault {fault!r}", "available": sorted(FAULTS)})
                     return
                 lab.inject(fault)
-                self._reply(200, {"injected": fault, "what": FAULTS[fault]})
+                self.reply(200, {"injected": fault, "what": FAULTS[fault]})
             elif self.path == "/lab/clear":
                 lab.clear()
-                self._reply(200, {"cleared": True})
+                self.reply(200, {"cleared": True})
             else:
-                self._reply(404, {"error": f"no route {self.path}"})
+                self.reply(404, {"error": f"no route {self.path}"})
 
-    server = ishchat._Server((lab.ip("lab.ishchat.svc"), CONTROL_PORT), Handler)
+    server = ishchat.Server((lab.ip("lab.ishchat.svc"), CONTROL_PORT), Handler)
     threading.Thread(target=server.serve_forever, args=(0.1,), name="lab-control", daemon=True).start()
     return server
 
