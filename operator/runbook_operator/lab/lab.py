@@ -120,10 +120,17 @@ def _free(host: str, port: int) -> bool:
 
 class Lab:
     def __init__(
-        self, root: Path, kubeconfig: Path, kubectl: Path, factor: float = speed.FACTOR, quiet: bool = True
+        self,
+        root: Path,
+        kubeconfig: Path,
+        kubectl: Path,
+        factor: float = speed.FACTOR,
+        quiet: bool = True,
+        examples: bool = True,
     ) -> None:
+        """``examples``: also serve the endpoint manifests/examples/ remediates, on 127.0.0.1:18080."""
         self.root, self.kubeconfig, self.kubectl = root.resolve(), kubeconfig, kubectl
-        self.factor, self.quiet = factor, quiet
+        self.factor, self.quiet, self.with_examples = factor, quiet, examples
         self.subnet = ""
         self.token = secrets.token_hex(24)
         self.db_password = secrets.token_hex(12)
@@ -202,7 +209,7 @@ class Lab:
             self.log_server = LogServer(pki / "apiserver.crt", pki / "apiserver.key", self._pod_logs).start()
         self._kubelet = threading.Thread(target=self._kubelet_loop, name="lab-kubelet", daemon=True)
         self._kubelet.start()
-        if _free("127.0.0.1", EXAMPLES_PORT):  # the endpoint manifests/examples/ remediates
+        if self.with_examples and _free("127.0.0.1", EXAMPLES_PORT):
             self.examples = DemoService("127.0.0.1", EXAMPLES_PORT).start()
         self._start_operator(token_file, operator_output)
         self._write_state()
