@@ -218,6 +218,21 @@ class Cluster:
             time.sleep(0.25)
 
 
+def settled_counts(cluster: Cluster, timeout: float = 120.0) -> Counter[str]:
+    """apiserver_request_total once it stops moving: runbook-operator posts Events after the
+    status writes, in the background, so some may still be on their way when all are Resolved."""
+    deadline = time.monotonic() + timeout
+    time.sleep(1.0)
+    counts = cluster.apiserver_counts()
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        again = cluster.apiserver_counts()
+        if again == counts:
+            break
+        counts = again
+    return counts
+
+
 def incident(namespace: str, name: str) -> dict[str, Any]:
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
@@ -382,8 +397,7 @@ def measure(cluster: Cluster, kind: str, size: int, workdir: Path, demo_url: str
         run.peak_rss_mb = operator.peak_rss_mb()
         watcher.stopping = True
         watcher.join(10)
-        time.sleep(1.0)  # status writes and Events in flight land before the second scrape
-        after = cluster.apiserver_counts()
+        after = settled_counts(cluster)  # Events still in flight land before the second scrape
         with watcher.changed:
             run.first_status = [watcher.first_phase[n] - posted[n] for n in names if n in watcher.first_phase]
             run.resolved = [watcher.resolved[n] - posted[n] for n in names if n in watcher.resolved]

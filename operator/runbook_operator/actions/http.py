@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 import time
 from typing import Any, Literal
 
@@ -10,6 +12,12 @@ import pydantic
 
 from runbook_operator.actions.registry import Action, ActionContext, Duration, Params, SecretRef, tls_context
 from runbook_operator.domain.lifecycle import StepResult
+
+# httpcore asks sniffio which async library runs, several times per request. sniffio is not
+# installed (anyio 4 does not need it), and a failed import searches sys.path anew each time:
+# ~125 µs, 6% of the operator's CPU in the N=1000 benchmark. None in sys.modules fails it at once.
+if importlib.util.find_spec("sniffio") is None:
+    sys.modules.setdefault("sniffio", None)  # type: ignore[arg-type]
 
 MAX_BODY = 64 * 1024  # bytes of a response we read; the rest is ignored
 MAX_REDIRECTS = 3

@@ -6,6 +6,12 @@ until a time or until the Incident changes. Watch events only refresh the latest
 object and wake the task, so no finalizer or annotation is ever written.
 All progress is in ``.status``; a new operator process resumes from it.
 
+Events are posted after the status write that carries them, in order per incident,
+but off the incident's path: a background lane posts at most ``EVENT_POSTS`` at a
+time, so under an alert storm status writes (what ``kubectl get`` and the core
+read) never queue behind Events in the API client's thread pool, and incidents
+move on while their Events trail (Events are best effort; status has them too).
+
 A book of every incident's target and progress (rebuilt from the watch after a
 restart) gives the core its peers: the lock, the cooldown and duplicates per
 target. It is updated as soon as a decision is taken, before the write, so two
@@ -35,6 +41,8 @@ log = logging.getLogger(__name__)
 Body = Mapping[str, Any]
 Clock = Callable[[], datetime]
 RETRY_DELAY = 5.0  # after an API error, try the write again this much later
+EVENT_POSTS = 4  # Events in flight at once, of the Kube adapter's 16 threads; the rest is for status writes
+STOP_GRACE = 5.0  # on stop, seconds to let Events already decided reach the API server
 
 
 def utcnow() -> datetime:
@@ -73,6 +81,8 @@ class Reconciler:
         self._book: dict[str, tuple[str, Peer]] = {}  # uid -> (target, peer view)
         self._tasks: set[asyncio.Task[None]] = set()  # every incident task not yet done (a leak shows here)
         self._policy_sets: dict[str, PolicySet] = {}  # namespace -> its policies, indexed while they stay the same
+        self._event_slots = asyncio.Semaphore(EVENT_POSTS)
+        self._posting: dict[str, asyncio.Task[None]] = {}  # uid -> the task posting its latest Events
 
     # -- fed by the watch --------------------------------------------------
     def observe(self, body: Body) -> None:
@@ -144,6 +154,11 @@ class Reconciler:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        posting = list(self._posting.values())
+        if posting:
+            _, late = await asyncio.wait(posting, timeout=STOP_GRACE)
+            for task in late:
+                task.cancel()
         if self._archive is not None:
             await self._archive.close()
 
@@ -247,17 +262,32 @@ class Reconciler:
             return False
         for event in events:
             log.info("incident %s/%s: %s: %s", meta["namespace"], meta["name"], event.reason, event.message)
-            try:
-                await self._cluster.post_event(body, event.type, event.reason, event.message)
-            except Exception as err:  # Events are best effort; the timeline in status has them too
-                log.warning(
-                    "incident %s/%s: event %s not posted: %s",
-                    meta["namespace"],
-                    meta["name"],
-                    event.reason,
-                    _short(err),
-                )
+        if events:
+            self._post_later(meta["uid"], body, events)
         return True
+
+    def _post_later(self, uid: str, body: Body, events: list[Event]) -> None:
+        """Post the Events in the background, after the incident's earlier ones."""
+        task = asyncio.create_task(self._post(self._posting.get(uid), body, events), name=f"events/{uid}")
+        self._posting[uid] = task
+        task.add_done_callback(lambda done: self._posting.pop(uid) if self._posting.get(uid) is done else None)
+
+    async def _post(self, previous: asyncio.Task[None] | None, body: Body, events: list[Event]) -> None:
+        if previous is not None:
+            await asyncio.wait([previous])  # keeps their order; its outcome is its own
+        meta = body["metadata"]
+        async with self._event_slots:
+            for event in events:
+                try:
+                    await self._cluster.post_event(body, event.type, event.reason, event.message)
+                except Exception as err:  # Events are best effort; the timeline in status has them too
+                    log.warning(
+                        "incident %s/%s: event %s not posted: %s",
+                        meta["namespace"],
+                        meta["name"],
+                        event.reason,
+                        _short(err),
+                    )
 
     @staticmethod
     async def _sleep(worker: _Worker, seconds: float | None) -> None:

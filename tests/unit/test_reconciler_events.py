@@ -1,0 +1,96 @@
+"""Events leave the incident's path: posted in order per incident, a few at a time, flushed on stop."""
+
+import asyncio
+import logging
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import pytest
+
+from runbook_operator.actions import default_registry
+from runbook_operator.engine import reconciler as engine
+from runbook_operator.engine.executor import Executor
+from runbook_operator.engine.reconciler import Reconciler
+from runbook_operator.lab.demo import DemoService
+from tests.unit.builders import policy
+
+
+class SlowEvents:
+    """Status writes are instant; every Event takes a while, as under load."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.writes: list[tuple[str, str]] = []
+        self.events: list[tuple[str, str]] = []
+        self.in_flight = self.most_in_flight = 0
+
+    async def patch_status(self, plural: str, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        self.writes.append((name, str(status["phase"])))
+
+    async def post_event(self, body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(self.delay)
+            self.events.append((body["metadata"]["name"], reason))
+        finally:
+            self.in_flight -= 1
+
+    async def delete(self, plural: str, namespace: str, name: str) -> None:
+        pass
+
+
+@pytest.fixture
+def service() -> Iterator[DemoService]:
+    svc = DemoService(restart_seconds=0).start()
+    yield svc
+    svc.stop()
+
+
+def body(name: str) -> dict[str, Any]:
+    meta = {"name": name, "namespace": "ns", "uid": f"uid-{name}", "generation": 1}
+    return {
+        "apiVersion": "remediation.ishchat.io/v1alpha1",
+        "kind": "Incident",
+        "metadata": meta,
+        "spec": {"alert": "A"},
+    }
+
+
+def demo_policy(url: str) -> Any:
+    return policy(
+        "p",
+        diagnose=[{"name": "health", "action": "http.check", "with": {"url": f"{url}/health"}}],
+        remediate=[
+            {"name": "restart", "action": "http.request", "with": {"url": f"{url}/admin/restart", "expectStatus": 202}}
+        ],
+        verify=[{"name": "again", "action": "http.check", "with": {"url": f"{url}/health"}}],
+    )
+
+
+async def run(cluster: SlowEvents, url: str, names: list[str], per_incident: int = 0) -> None:
+    reconciler = Reconciler(cluster, Executor(default_registry()), lambda ns: [demo_policy(url)])
+    for name in names:
+        reconciler.observe(body(name))
+    for _ in range(1000):
+        if sum(phase == "Resolved" for _, phase in cluster.writes) == len(names):
+            break
+        await asyncio.sleep(0.01)
+    assert sum(phase == "Resolved" for _, phase in cluster.writes) == len(names), cluster.writes
+    assert len(cluster.events) < per_incident * len(names) or not per_incident  # resolved before all Events were posted
+    await reconciler.stop()
+
+
+async def test_events_trail_in_order_a_few_at_a_time_and_are_flushed_on_stop(
+    service: DemoService, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=engine.__name__)
+    cluster = SlowEvents(delay=0.05)
+    names = [f"i{n}" for n in range(12)]
+    await run(cluster, service.url, names, per_incident=4)
+    assert cluster.most_in_flight <= engine.EVENT_POSTS
+    decided = [r.getMessage().split(": ")[:2] for r in caplog.records if r.getMessage().startswith("incident ns/")]
+    for name in names:
+        expected = [reason for who, reason in decided if who == f"incident ns/{name}"]
+        assert "Verified" in expected and len(expected) >= 4, expected
+        assert [reason for who, reason in cluster.events if who == name] == expected, name
