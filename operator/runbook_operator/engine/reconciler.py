@@ -11,6 +11,9 @@ but off the incident's path: a background lane posts at most ``EVENT_POSTS`` at 
 time, so under an alert storm status writes (what ``kubectl get`` and the core
 read) never queue behind Events in the API client's thread pool, and incidents
 move on while their Events trail (Events are best effort; status has them too).
+Likewise, at most ``LATER_WRITES`` writes of incidents already under way are in
+flight at once: an incident's first status write (the operator has seen it and
+matched a policy) never queues behind the progress of hundreds of others.
 
 A book of every incident's target and progress (rebuilt from the watch after a
 restart) gives the core its peers: the lock, the cooldown and duplicates per
@@ -42,6 +45,7 @@ Body = Mapping[str, Any]
 Clock = Callable[[], datetime]
 RETRY_DELAY = 5.0  # after an API error, try the write again this much later
 EVENT_POSTS = 4  # Events in flight at once, of the Kube adapter's 16 threads; the rest is for status writes
+LATER_WRITES = 10  # status writes in flight at once for incidents that have a status; first writes are not held
 STOP_GRACE = 5.0  # on stop, seconds to let Events already decided reach the API server
 
 
@@ -82,6 +86,7 @@ class Reconciler:
         self._tasks: set[asyncio.Task[None]] = set()  # every incident task not yet done (a leak shows here)
         self._policy_sets: dict[str, PolicySet] = {}  # namespace -> its policies, indexed while they stay the same
         self._event_slots = asyncio.Semaphore(EVENT_POSTS)
+        self._write_slots = asyncio.Semaphore(LATER_WRITES)
         self._posting: dict[str, asyncio.Task[None]] = {}  # uid -> the task posting its latest Events
 
     # -- fed by the watch --------------------------------------------------
@@ -212,7 +217,7 @@ class Reconciler:
             self._note(uid, incident, status)
             pending.extend(decision.events)
             if status != written or pending:
-                if not await self._write(body, status, pending):
+                if not await self._write(body, status, pending, first=written.phase is None):
                     await self._sleep(worker, RETRY_DELAY)
                     continue
                 written, pending = status, []
@@ -253,10 +258,11 @@ class Reconciler:
             self._workers.pop(uid, None)
             self._finished.add(uid)
 
-    async def _write(self, body: Body, status: Status, events: list[Event]) -> bool:
+    async def _write(self, body: Body, status: Status, events: list[Event], first: bool = False) -> bool:
         meta = body["metadata"]
         try:
-            await self._cluster.patch_status("incidents", meta["namespace"], meta["name"], status.to_dict())
+            async with contextlib.nullcontext() if first else self._write_slots:
+                await self._cluster.patch_status("incidents", meta["namespace"], meta["name"], status.to_dict())
         except Exception as err:  # API down, object gone, RBAC: keep the state, try again later
             log.warning("incident %s/%s: status write failed: %s", meta["namespace"], meta["name"], _short(err))
             return False
