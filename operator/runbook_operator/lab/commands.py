@@ -83,6 +83,7 @@ def demo(directory: Path, faults: list[str] | None, timeout: float) -> int:
     wanted = set(faults or FAULTS)
     outcomes: list[scenarios.Outcome] = []
     control.post("/lab/clear").raise_for_status()
+    hooks_before = len(control.get("/hooks").json())
     for number, wave in enumerate(scenarios.WAVES, 1):
         chosen = [fault for fault in wave if fault in wanted]
         if not chosen:
@@ -98,9 +99,9 @@ def demo(directory: Path, faults: list[str] | None, timeout: float) -> int:
     missed = [o.alert for o in outcomes if not o.ok]
     print(f"\n{len(outcomes) - len(missed)}/{len(outcomes)} scenarios ended as the runbook expects", end="")
     print(f"; not: {', '.join(missed)}" if missed else "")
-    hooks = control.get("/hooks").json()
+    hooks = control.get("/hooks").json()[hooks_before:]
     if hooks:
-        print(f"{len(hooks)} notification(s) reached the on-call webhook, e.g.: {json.dumps(hooks[0]['body'])[:200]}")
+        print(f"{len(hooks)} notification(s) reached the on-call webhook, e.g.: {json.dumps(hooks[-1]['body'])[:200]}")
     return 1 if missed else 0
 
 
