@@ -379,6 +379,8 @@ class Lab:
         docs.append(_secret("ishchat-notify", {"webhook": f"{self.control_url}/hooks/on-call"}))
         docs += self.policies()
         self.kube("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": docs}))
+        # Incidents of an earlier lab (same control plane) belong to alerts this lab never saw
+        self.kube("delete", "incidents", "--all", "-n", NAMESPACE, "--wait=false")
         for name, (kind, _) in WORKLOADS.items():
             self.kube("rollout", "status", f"{kind.lower()}/{name}", "-n", NAMESPACE, "--timeout=120s")
 
