@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 CLUSTER_DIR := .cluster
 
-.PHONY: run demo test test-unit test-integration test-e2e lint fmt docs cluster cluster-down env controlplane clean bench bench-smoke
+.PHONY: run demo test test-unit test-integration test-e2e test-reliability lint fmt docs cluster cluster-down env controlplane clean bench bench-smoke
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ test-integration: $(BIN)/.installed controlplane
 
 test-e2e: $(BIN)/.installed controlplane
 	$(BIN)/pytest tests/e2e
+
+## Crashes, API server restarts, outages, bad input, churn, RBAC (also part of `make test`).
+test-reliability: $(BIN)/.installed controlplane
+	$(BIN)/pytest tests/reliability
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check operator tests
