@@ -392,12 +392,12 @@ def measure(cluster: Cluster, kind: str, size: int, workdir: Path, demo_url: str
             list(pool.map(create, names))
         done = watcher.wait_resolved(size, timeout=120 + size * 0.5)
         gave_up = time.monotonic()
-        run.cpu_seconds = operator.cpu_seconds() - cpu_before
-        run.plane_cpu_seconds = cluster.plane_cpu_seconds() - plane_before
-        run.peak_rss_mb = operator.peak_rss_mb()
         watcher.stopping = True
         watcher.join(10)
         after = settled_counts(cluster)  # Events still in flight land before the second scrape
+        run.cpu_seconds = operator.cpu_seconds() - cpu_before  # their CPU counts too
+        run.plane_cpu_seconds = cluster.plane_cpu_seconds() - plane_before
+        run.peak_rss_mb = operator.peak_rss_mb()  # the high-water mark, Events included
         with watcher.changed:
             run.first_status = [watcher.first_phase[n] - posted[n] for n in names if n in watcher.first_phase]
             run.resolved = [watcher.resolved[n] - posted[n] for n in names if n in watcher.resolved]
