@@ -45,16 +45,9 @@ def webhook(*alerts: dict[str, Any]) -> dict[str, Any]:
 
 
 def post(operator: OperatorProcess, body: bytes | dict[str, Any], token: str | None = "") -> tuple[int, Any]:
+    """Post to the intake with the operator's token (``token=""``), another one, or none (None)."""
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    headers = {"Content-Type": "application/json"}
-    if token is not None:
-        headers["Authorization"] = f"Bearer {token or operator.intake_token}"
-    request = urllib.request.Request(operator.intake_url, data=data, headers=headers, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=30) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read() or b"null")
+    return operator.post_alerts(data, operator.intake_token if token == "" else token)
 
 
 def incidents(kubectl: Kubectl, namespace: str) -> list[dict[str, Any]]:

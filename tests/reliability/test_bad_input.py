@@ -361,18 +361,6 @@ def test_hostile_incident_text_reaches_the_action_as_data(
     assert operator.alive()
 
 
-def _post(operator: OperatorProcess, data: bytes, token: str | None) -> int:
-    headers = {"Content-Type": "application/json"}
-    if token is not None:
-        headers["Authorization"] = f"Bearer {token}"
-    request = urllib.request.Request(operator.intake_url, data=data, headers=headers, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=30) as resp:
-            return int(resp.status)
-    except urllib.error.HTTPError as err:
-        return err.code
-
-
 def _valid_alert(namespace: str, i: int) -> dict[str, Any]:
     return {"status": "firing", "labels": {"alertname": "FuzzAlert", "namespace": namespace},
             "fingerprint": f"{i:016x}", "startsAt": "2026-11-27T09:00:00Z"}  # fmt: skip
@@ -448,7 +436,7 @@ def test_fuzzed_webhooks_get_4xx_never_5xx_and_create_nothing(
     @given(broken_webhooks(namespace), st.sampled_from(["right", "right", "right", "right", "wrong", "none"]))
     def posted(raw: bytes, auth: str) -> None:
         token = {"right": operator.intake_token, "wrong": "not-the-token", "none": None}[auth]
-        code = _post(operator, raw, token)
+        code, _ = operator.post_alerts(raw, token)
         seen[code] = seen.get(code, 0) + 1
         assert 400 <= code < 500, (code, raw[:300])
         if auth != "right":
@@ -459,6 +447,6 @@ def test_fuzzed_webhooks_get_4xx_never_5xx_and_create_nothing(
     assert operator.alive() and log_errors(operator.log.read_bytes()[log_start:].decode(errors="replace")) == []
     # a good webhook still works afterwards: the refusals above were about the payloads
     good = {"version": "4", "status": "firing", "alerts": [_valid_alert(namespace, 7)]}
-    assert _post(operator, json.dumps(good).encode(), operator.intake_token) == 200
+    assert operator.post_alerts(json.dumps(good).encode(), operator.intake_token)[0] == 200
     assert intake_incidents() == before + 1
     print(f"webhooks: {EXAMPLES} examples, answers {seen}")

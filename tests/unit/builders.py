@@ -38,3 +38,26 @@ def incident(alert: str = "RedisDown", namespace: str = "ns", generation: int = 
         "spec": {"alert": alert, **spec},
     }
     return Incident.from_body(body)
+
+
+def incident_body(name: str = "i", uid: str | None = None) -> dict[str, Any]:
+    """An Incident as the API serves it, for the reconciler's ``observe``."""
+    meta = {"name": name, "namespace": "ns", "uid": uid or f"uid-{name}", "generation": 1}
+    return {
+        "apiVersion": "remediation.ishchat.io/v1alpha1",
+        "kind": "Incident",
+        "metadata": meta,
+        "spec": {"alert": "A"},
+    }
+
+
+def demo_policy(url: str) -> Policy:
+    """check /health, POST /admin/restart, check /health again: the DemoService's round trip."""
+    return policy(
+        "p",
+        diagnose=[{"name": "health", "action": "http.check", "with": {"url": f"{url}/health"}}],
+        remediate=[
+            {"name": "restart", "action": "http.request", "with": {"url": f"{url}/admin/restart", "expectStatus": 202}}
+        ],
+        verify=[{"name": "again", "action": "http.check", "with": {"url": f"{url}/health"}}],
+    )

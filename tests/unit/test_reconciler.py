@@ -1,10 +1,8 @@
 """The engine loop with an in-memory cluster: write batching, Events, retries after API errors."""
 
 import asyncio
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
-
-import pytest
 
 from runbook_operator.actions import default_registry
 from runbook_operator.domain.lifecycle import holds_target
@@ -12,7 +10,7 @@ from runbook_operator.domain.status import Status
 from runbook_operator.engine.executor import Executor
 from runbook_operator.engine.reconciler import Reconciler
 from runbook_operator.lab.demo import DemoService
-from tests.unit.builders import policy
+from tests.unit.builders import demo_policy, incident_body, policy
 
 
 class MemoryCluster:
@@ -37,34 +35,6 @@ class MemoryCluster:
         self.deleted.append(f"{namespace}/{name}")
 
 
-@pytest.fixture
-def service() -> Iterator[DemoService]:
-    svc = DemoService(restart_seconds=0).start()
-    yield svc
-    svc.stop()
-
-
-def body(uid: str = "u1") -> dict[str, Any]:
-    meta = {"name": "i", "namespace": "ns", "uid": uid, "generation": 1}
-    return {
-        "apiVersion": "remediation.ishchat.io/v1alpha1",
-        "kind": "Incident",
-        "metadata": meta,
-        "spec": {"alert": "A"},
-    }
-
-
-def demo_policy(url: str) -> Any:
-    return policy(
-        "p",
-        diagnose=[{"name": "health", "action": "http.check", "with": {"url": f"{url}/health"}}],
-        remediate=[
-            {"name": "restart", "action": "http.request", "with": {"url": f"{url}/admin/restart", "expectStatus": 202}}
-        ],
-        verify=[{"name": "again", "action": "http.check", "with": {"url": f"{url}/health"}}],
-    )
-
-
 async def wait_until(predicate: Any, timeout: float = 5.0) -> None:
     async with asyncio.timeout(timeout):
         while not predicate():
@@ -74,7 +44,7 @@ async def wait_until(predicate: Any, timeout: float = 5.0) -> None:
 async def test_one_status_write_per_finished_step_with_phase_changes_batched(service: DemoService) -> None:
     cluster = MemoryCluster()
     reconciler = Reconciler(cluster, Executor(default_registry()), lambda ns: [demo_policy(service.url)])
-    reconciler.observe(body())
+    reconciler.observe(incident_body("i", "u1"))
     await wait_until(lambda: cluster.writes and cluster.writes[-1]["phase"] == "Resolved")
     # start (+ first step Running), then one write per finished step (each also carries the next Running mark)
     assert len(cluster.writes) == 1 + 3
@@ -91,7 +61,7 @@ async def test_a_failed_status_write_is_retried_without_rerunning_the_step(
     monkeypatch.setattr("runbook_operator.engine.reconciler.RETRY_DELAY", 0.05)
     cluster = MemoryCluster(fail_writes=2)
     reconciler = Reconciler(cluster, Executor(default_registry()), lambda ns: [demo_policy(service.url)])
-    reconciler.observe(body())
+    reconciler.observe(incident_body("i", "u1"))
     await wait_until(lambda: cluster.writes and cluster.writes[-1]["phase"] == "Resolved")
     assert service.restarts == 1
     await reconciler.stop()
@@ -103,7 +73,7 @@ async def test_forget_cancels_the_incident_task(service: DemoService) -> None:
         "p", verify=[{"name": "v", "action": "http.check", "with": {"url": f"{service.url}/health"}, "retries": 50}]
     )
     reconciler = Reconciler(cluster, Executor(default_registry()), lambda ns: [slow])
-    reconciler.observe(body())
+    reconciler.observe(incident_body("i", "u1"))
     await wait_until(lambda: bool(cluster.writes))
     reconciler.forget("u1")
     assert reconciler.active == 0
@@ -115,7 +85,7 @@ async def test_resolved_incidents_are_deleted_after_the_ttl(service: DemoService
     reconciler = Reconciler(
         cluster, Executor(default_registry()), lambda ns: [demo_policy(service.url)], resolved_ttl=1.5
     )
-    reconciler.observe(body())
+    reconciler.observe(incident_body("i", "u1"))
     await wait_until(lambda: cluster.writes and cluster.writes[-1]["phase"] == "Resolved")
     assert cluster.deleted == []
     await wait_until(lambda: cluster.deleted == ["ns/i"], timeout=5)
@@ -124,7 +94,9 @@ async def test_resolved_incidents_are_deleted_after_the_ttl(service: DemoService
 
 async def test_an_incident_resolved_before_a_restart_is_still_expired(service: DemoService) -> None:
     cluster = MemoryCluster()
-    old = body() | {"status": {"phase": "Resolved", "resolvedAt": "2020-01-01T00:00:00Z", "observedGeneration": 1}}
+    old = incident_body("i", "u1") | {
+        "status": {"phase": "Resolved", "resolvedAt": "2020-01-01T00:00:00Z", "observedGeneration": 1}
+    }
     reconciler = Reconciler(cluster, Executor(default_registry()), lambda ns: [], resolved_ttl=3600)
     reconciler.observe(old)
     await wait_until(lambda: cluster.deleted == ["ns/i"])
@@ -156,7 +128,7 @@ async def test_two_incidents_on_one_target_never_remediate_at_once(service: Demo
     reconciler = Reconciler(cluster, Executor(default_registry()), lambda ns: [slow])
     target = {"kind": "Deployment", "name": "web"}
     for uid, alert in (("a", "A"), ("b", "B")):
-        b = body(uid)
+        b = incident_body("i", uid)
         b["metadata"]["name"] = uid
         b["spec"] = {"alert": alert, "target": target}
         reconciler.observe(b)
@@ -178,11 +150,11 @@ async def test_a_lagging_watch_event_never_restarts_a_resolved_incident(service:
     such an older version (a step still Running) must not start the incident again."""
     cluster = MemoryCluster()
     reconciler = Reconciler(cluster, Executor(default_registry()), lambda ns: [demo_policy(service.url)])
-    reconciler.observe(body())
+    reconciler.observe(incident_body("i", "u1"))
     await wait_until(lambda: cluster.writes and cluster.writes[-1]["phase"] == "Resolved")
     await wait_until(lambda: reconciler.active == 0)
     running = next(w for w in cluster.writes if w["currentStep"] == "restart")
-    reconciler.observe(body() | {"status": running})
+    reconciler.observe(incident_body("i", "u1") | {"status": running})
     await asyncio.sleep(0.3)
     assert reconciler.active == 0 and service.restarts == 1
     reconciler.forget("u1")  # deleted: a new incident with the same uid could start (it cannot, but state is clean)

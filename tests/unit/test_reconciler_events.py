@@ -2,7 +2,7 @@
 
 import asyncio
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -12,7 +12,7 @@ from runbook_operator.engine import reconciler as engine
 from runbook_operator.engine.executor import Executor
 from runbook_operator.engine.reconciler import Reconciler
 from runbook_operator.lab.demo import DemoService
-from tests.unit.builders import policy
+from tests.unit.builders import demo_policy, incident_body
 
 
 class SlowEvents:
@@ -40,38 +40,10 @@ class SlowEvents:
         pass
 
 
-@pytest.fixture
-def service() -> Iterator[DemoService]:
-    svc = DemoService(restart_seconds=0).start()
-    yield svc
-    svc.stop()
-
-
-def body(name: str) -> dict[str, Any]:
-    meta = {"name": name, "namespace": "ns", "uid": f"uid-{name}", "generation": 1}
-    return {
-        "apiVersion": "remediation.ishchat.io/v1alpha1",
-        "kind": "Incident",
-        "metadata": meta,
-        "spec": {"alert": "A"},
-    }
-
-
-def demo_policy(url: str) -> Any:
-    return policy(
-        "p",
-        diagnose=[{"name": "health", "action": "http.check", "with": {"url": f"{url}/health"}}],
-        remediate=[
-            {"name": "restart", "action": "http.request", "with": {"url": f"{url}/admin/restart", "expectStatus": 202}}
-        ],
-        verify=[{"name": "again", "action": "http.check", "with": {"url": f"{url}/health"}}],
-    )
-
-
 async def run(cluster: SlowEvents, url: str, names: list[str], per_incident: int = 0) -> None:
     reconciler = Reconciler(cluster, Executor(default_registry()), lambda ns: [demo_policy(url)])
     for name in names:
-        reconciler.observe(body(name))
+        reconciler.observe(incident_body(name))
     for _ in range(1000):
         if sum(phase == "Resolved" for _, phase in cluster.writes) == len(names):
             break
