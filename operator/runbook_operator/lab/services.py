@@ -166,18 +166,22 @@ class Postgres(Server):
 class Redis(Server):
     name = "redis"
 
-    def __init__(self, root: Path, host: str, port: int = 6379) -> None:
+    def __init__(self, root: Path, host: str, port: int = 6379, password: str | None = None) -> None:
         super().__init__(root, host, port)
+        self.password = password
 
     def command(self) -> list[str]:
-        return [
+        args = [
             shutil.which("redis-server") or "/usr/bin/redis-server",
             *("--bind", self.host, "--port", str(self.port), "--save", "", "--appendonly", "no"),
             *("--dir", str(self.root), "--daemonize", "no"),
         ]
+        return args + (["--requirepass", self.password] if self.password else [])
 
     def client(self) -> redis.Redis:
-        return redis.Redis(host=self.host, port=self.port, socket_timeout=3, socket_connect_timeout=3)
+        return redis.Redis(
+            host=self.host, port=self.port, password=self.password, socket_timeout=3, socket_connect_timeout=3
+        )
 
     def ready(self) -> bool:
         with contextlib.closing(self.client()) as client:

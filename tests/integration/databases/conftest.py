@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pwd
 import shutil
-import signal
-import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +22,9 @@ import redis
 from runbook_operator.actions import ActionContext
 from runbook_operator.domain.lifecycle import StepResult
 from runbook_operator.lab.controlplane import free_port
-from tests.fixtures.common import wait_for
+from runbook_operator.lab.services import Postgres, Redis, ServerError
 from tests.unit.builders import REGISTRY
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
-REDIS_SERVER = "/usr/bin/redis-server"
 PG_PASSWORD = "pg-Pa55-7f3c1e9b"  # distinctive, so a leak in a result cannot hide
 REDIS_PASSWORD = "rd-Pa55-2b8d4a61"
 WRONG_PASSWORD = "wrong-Pa55-0c4d"
@@ -77,29 +72,17 @@ async def run(name: str, params: dict[str, Any], timeout: float = 10.0) -> StepR
     return await action.run(REGISTRY.parse(name, params), context(timeout))
 
 
-def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-    """Stop one child by its pid; kill it if it does not go in time."""
-    if proc.poll() is None:
-        os.kill(proc.pid, sig)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(5)
-
-
-# -- PostgreSQL ------------------------------------------------------------------------
-
-
 @dataclass
 class PostgresServer:
-    port: int
-    socket_dir: Path
+    server: Postgres  # the lab's PostgreSQL process (runbook_operator.lab.services)
     user: str = "runbook"
     database: str = "app"  # has pg_stat_statements
     plain: str = "plain"  # has not
     password: str = PG_PASSWORD
-    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def port(self) -> int:
+        return self.server.port
 
     def params(self, **extra: Any) -> dict[str, Any]:
         """The `with:` of a postgres step against this server, as a policy would write it."""
@@ -115,7 +98,12 @@ class PostgresServer:
     def conninfo(self, dbname: str | None = None, superuser: bool = False) -> dict[str, Any]:
         """How the tests themselves connect: as the role over TCP, or as postgres over the socket."""
         if superuser:
-            return {"host": str(self.socket_dir), "port": self.port, "user": "postgres", "dbname": dbname or "postgres"}
+            return {
+                "host": str(self.server.root),
+                "port": self.port,
+                "user": "postgres",
+                "dbname": dbname or "postgres",
+            }
         return {
             "host": "127.0.0.1",
             "port": self.port,
@@ -125,7 +113,7 @@ class PostgresServer:
         }
 
     def log(self) -> str:
-        return (self.socket_dir / "postgres.log").read_text(errors="replace")
+        return self.server.log_path.read_text(errors="replace")
 
     def connect(self, dbname: str | None = None, superuser: bool = False) -> psycopg.Connection[Any]:
         return psycopg.connect(**self.conninfo(dbname, superuser), autocommit=True)
@@ -136,76 +124,26 @@ class PostgresServer:
         return await psycopg.AsyncConnection.connect(**self.conninfo(dbname, superuser), autocommit=autocommit)
 
 
-def _as_postgres(args: list[str], cwd: Path) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        args, cwd=cwd, user="postgres", group="postgres", extra_groups=[], capture_output=True, timeout=60, check=False
-    )
-
-
-SETTINGS = (
-    "listen_addresses=127.0.0.1",
-    "shared_preload_libraries=pg_stat_statements",
-    "max_connections=40",
-    "fsync=off",  # a throwaway cluster: speed over durability
-    "synchronous_commit=off",
-    "full_page_writes=off",
-)
-
-
-def _start_postgres(root: Path, data: Path) -> PostgresServer:
-    for _ in range(3):  # a free port can be taken between finding it and binding it
-        port = free_port()
-        args = [str(PG_BIN / "postgres"), "-D", str(data), "-p", str(port), "-k", str(root)]
-        args += [arg for setting in SETTINGS for arg in ("-c", setting)]
-        with (root / "postgres.log").open("ab") as log:
-            proc = subprocess.Popen(
-                args, cwd=root, user="postgres", group="postgres", extra_groups=[], stdout=log, stderr=subprocess.STDOUT
-            )
-        server = PostgresServer(port, root, proc=proc)
-
-        def ready(server: PostgresServer = server, proc: subprocess.Popen[bytes] = proc) -> bool:
-            if proc.poll() is not None:
-                return True  # exited: give up on this port
-            try:
-                server.connect(superuser=True).close()
-                return True
-            except psycopg.OperationalError:
-                return False
-
-        try:
-            wait_for(ready, 30, "postgres to accept connections")
-        except AssertionError:
-            stop(proc, signal.SIGINT)
-            raise
-        if proc.poll() is None:
-            return server
-    raise AssertionError(f"postgres did not start: {(root / 'postgres.log').read_text()[-2000:]}")
-
-
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
-    entry = pwd.getpwnam("postgres")
     root = Path(tempfile.mkdtemp(prefix="rbo-pg-"))
-    server: PostgresServer | None = None
+    server: Postgres | None = None
     try:
-        os.chown(root, entry.pw_uid, entry.pw_gid)
-        os.chmod(root, 0o700)
-        data = root / "data"
-        initdb = [str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "-E", "UTF8", "--locale=C"]
-        initdb += ["--auth-host=scram-sha-256", "--auth-local=trust", "--no-sync", "--no-instructions"]
-        init = _as_postgres(initdb, root)
-        assert init.returncode == 0, init.stderr.decode()
-        server = _start_postgres(root, data)
-        with server.connect(superuser=True) as admin:
-            admin.execute(f"CREATE ROLE {server.user} LOGIN PASSWORD '{server.password}'")
-            admin.execute(f"CREATE DATABASE {server.database} OWNER {server.user}")
-            admin.execute(f"CREATE DATABASE {server.plain} OWNER {server.user}")
-        with server.connect(server.database, superuser=True) as admin:
-            admin.execute("CREATE EXTENSION pg_stat_statements")
-        yield server
+        for _ in range(3):  # a free port can be taken between finding it and binding it
+            server = Postgres(root, "127.0.0.1", free_port())  # init() hands root to the postgres user
+            try:
+                server.init(PostgresServer.database, PostgresServer.user, PG_PASSWORD)
+                break
+            except ServerError:
+                server.stop()
+        else:
+            raise AssertionError(f"postgres did not start: {server.tail() if server else ''}")
+        with server.superuser() as admin:
+            admin.execute(f"CREATE DATABASE {PostgresServer.plain} OWNER {PostgresServer.user}")
+        yield PostgresServer(server)
     finally:
-        if server is not None and server.proc is not None:
-            stop(server.proc, signal.SIGINT)  # fast shutdown: ends the sessions, then exits
+        if server is not None:
+            server.stop()
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -249,34 +187,21 @@ class RedisServer:
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     root = Path(tempfile.mkdtemp(prefix="rbo-redis-"))
-    proc: subprocess.Popen[bytes] | None = None
+    server: Redis | None = None
     try:
         for _ in range(3):
-            port = free_port()
-            args = [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-            args += ["--requirepass", REDIS_PASSWORD, "--dir", str(root), "--daemonize", "no"]
-            with (root / "redis.log").open("ab") as log:
-                proc = subprocess.Popen(args, cwd=root, stdout=log, stderr=subprocess.STDOUT)
-            server = RedisServer(port)
-
-            def ready(server: RedisServer = server, proc: subprocess.Popen[bytes] = proc) -> bool:
-                if proc.poll() is not None:
-                    return True
-                with contextlib.closing(server.client()) as client:
-                    try:
-                        return bool(client.ping())
-                    except redis.ConnectionError:
-                        return False
-
-            wait_for(ready, 15, "redis to answer PING")
-            if proc.poll() is None:
+            server = Redis(root, "127.0.0.1", free_port(), password=REDIS_PASSWORD)
+            try:
+                server.start(15)
                 break
+            except ServerError:
+                server.stop()
         else:
-            raise AssertionError(f"redis did not start: {(root / 'redis.log').read_text()[-2000:]}")
-        yield server
+            raise AssertionError(f"redis did not start: {server.tail() if server else ''}")
+        yield RedisServer(server.port)
     finally:
-        if proc is not None:
-            stop(proc)
+        if server is not None:
+            server.stop()
         shutil.rmtree(root, ignore_errors=True)
 
 

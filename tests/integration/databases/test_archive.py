@@ -8,8 +8,6 @@ import argparse
 import asyncio
 import logging
 import os
-import signal
-import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -27,7 +25,7 @@ from runbook_operator.engine.executor import Executor
 from runbook_operator.engine.metrics import Metrics
 from runbook_operator.engine.reconciler import Reconciler
 from runbook_operator.lab.demo import DemoService
-from tests.integration.databases.conftest import PG_BIN, PG_PASSWORD, SETTINGS, PostgresServer, stop, wait_for
+from tests.integration.databases.conftest import PG_PASSWORD, PostgresServer
 from tests.unit.test_reconciler import MemoryCluster, demo_policy
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -73,24 +71,6 @@ def record(
     )
     incident = Incident(namespace="ns", name=f"inc-{uid}", generation=1, alert=alert)
     return ArchiveRecord.of(uid, incident, status, NOW)
-
-
-def restart_postgres(server: PostgresServer) -> None:
-    """Start the session's server again, on its port and data directory, after a test stopped it."""
-    args = [str(PG_BIN / "postgres"), "-D", str(server.socket_dir / "data"), "-p", str(server.port)]
-    args += ["-k", str(server.socket_dir)] + [arg for setting in SETTINGS for arg in ("-c", setting)]
-    with (server.socket_dir / "postgres.log").open("ab") as log:
-        server.proc = subprocess.Popen(
-            args, cwd=server.socket_dir, user="postgres", group="postgres", extra_groups=[],
-            stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-
-    def ready() -> bool:
-        assert server.proc is not None and server.proc.poll() is None, server.log()[-2000:]
-        server.connect(superuser=True).close()
-        return True
-
-    wait_for(ready, 30, "postgres to accept connections again", ignoring=(psycopg.OperationalError,))
 
 
 # -- Archive ----------------------------------------------------------------------------
@@ -192,8 +172,7 @@ async def test_the_writer_keeps_records_through_a_real_outage(
     assert await writer.flush(10)
     assert writer.up is True and metrics.up._value.get() == 1
 
-    assert postgres.proc is not None
-    stop(postgres.proc, signal.SIGINT)  # a real outage: the server goes away
+    postgres.server.stop()  # a real outage: the server goes away (fast shutdown)
     try:
         caplog.set_level(logging.WARNING, "runbook_operator.engine.archive")
         for i in range(5):
@@ -208,7 +187,7 @@ async def test_the_writer_keeps_records_through_a_real_outage(
         assert "unreachable" in message and f"127.0.0.1:{postgres.port}/archive_" in message
         assert PG_PASSWORD not in caplog.text and "password=" not in caplog.text
     finally:
-        await asyncio.to_thread(restart_postgres, postgres)
+        await asyncio.to_thread(postgres.server.start)  # same port, same data
 
     await _until(lambda: writer.pending == 0, 15)
     assert writer.up is True and metrics.up._value.get() == 1 and metrics.pending._value.get() == 0

@@ -13,7 +13,8 @@ import pytest
 from runbook_operator.domain.lifecycle import StepCall
 from runbook_operator.domain.model import Stage, Step
 from runbook_operator.engine.executor import Executor
-from tests.integration.databases.conftest import PG_PASSWORD, WRONG_PASSWORD, PostgresServer, run, services, wait_for
+from tests.fixtures.common import wait_for
+from tests.integration.databases.conftest import PG_PASSWORD, WRONG_PASSWORD, PostgresServer, run, services
 from tests.unit.builders import REGISTRY, incident
 
 ACTIONS = {

@@ -31,17 +31,16 @@ from typing import Any
 
 import docker
 import docker.errors
-import httpx
 import pytest
 
 from runbook_operator.actions import ActionContext
 from runbook_operator.domain.lifecycle import StepResult
 from runbook_operator.lab.controlplane import free_port
-from tests.fixtures.common import stop, wait_for
+from runbook_operator.lab.services import Prometheus
+from tests.fixtures.common import wait_for
 from tests.fixtures.dockerd import docker_host
 from tests.unit.builders import REGISTRY
 
-PROMETHEUS = Path("/usr/bin/prometheus")
 BUSYBOX = Path("/bin/busybox")
 IMAGE = "local/busybox:1"
 
@@ -135,15 +134,16 @@ class Exporter:
 
 @dataclass
 class PrometheusServer:
-    url: str
+    server: Prometheus  # the lab's Prometheus process (runbook_operator.lab.services)
     exporter: Exporter
-    proc: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        return self.server.url
 
     def query(self, promql: str) -> list[dict[str, Any]]:
         """What Prometheus answers now (for waiting on a scrape; the tests check the actions)."""
-        answer = httpx.get(f"{self.url}/api/v1/query", params={"query": promql}, timeout=5).json()
-        assert answer["status"] == "success", answer
-        return list(answer["data"]["result"])
+        return self.server.query(promql)
 
     def value(self, promql: str) -> float | None:
         result = self.query(promql)
@@ -154,42 +154,23 @@ class PrometheusServer:
 def prometheus() -> Iterator[PrometheusServer]:
     exporter = Exporter().start()
     workdir = Path(tempfile.mkdtemp(prefix="obs-prometheus-"))
-    port = free_port()
-    config = workdir / "prometheus.yml"
-    config.write_text(
+    server = Prometheus(workdir, "127.0.0.1", free_port())
+    server.config.write_text(
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
         "scrape_configs:\n"
         "  - job_name: ish-chat\n"
         f"    static_configs:\n      - targets: ['127.0.0.1:{exporter.port}']\n"
     )
-    log = (workdir / "prometheus.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            str(PROMETHEUS),
-            f"--config.file={config}",
-            f"--storage.tsdb.path={workdir / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--log.level=warn",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=workdir,
-    )
-    server = PrometheusServer(f"http://127.0.0.1:{port}", exporter, proc)
+    prometheus = PrometheusServer(server, exporter)
     try:
-
-        def ready() -> bool:
-            if proc.poll() is not None:
-                raise AssertionError(f"prometheus exited: {(workdir / 'prometheus.log').read_text()[-2000:]}")
-            return httpx.get(f"{server.url}/-/ready", timeout=1).status_code == 200
-
-        wait_for(ready, 30, "Prometheus to be ready", ignoring=(Exception,))
+        server.start(30)
         # three scrapes, so rate() over a short window has points to work with
-        wait_for(lambda: (server.value("ish_chat_scrapes") or 0) >= 3, 30, "the first scrapes", ignoring=(Exception,))
-        yield server
+        wait_for(
+            lambda: (prometheus.value("ish_chat_scrapes") or 0) >= 3, 30, "the first scrapes", ignoring=(Exception,)
+        )
+        yield prometheus
     finally:
-        stop(proc)
-        log.close()
+        server.stop()
         exporter.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
