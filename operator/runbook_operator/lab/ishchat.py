@@ -23,7 +23,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -33,6 +33,9 @@ BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 2.5, 5.0, 10.0)
 MEMORY_LIMIT = 512 * 2**20
 DISK_SIZE = 100 * 2**30
 EXPORTER_PORTS = {"kubelet": 10255, "node": 9100, "postgres": 9187, "redis": 9121}
+CPU_CORES = {"instance-manager": 0.6, "intelligent-router": 0.5, "load-balancer": 0.2}  # healthy, per workload
+DISK_USED = 0.55  # healthy share of the node's root filesystem
+STRATEGY = "round_robin"  # the load balancer's strategy until someone changes it
 
 # what every fault does to the simulation; the lab adds the ones on real servers
 FAULTS = {
@@ -68,6 +71,13 @@ class Provider:
     cost: float = 0.0
     tokens: float = 0.0
 
+    def reset(self) -> None:
+        """Back to the defaults, keeping the counters (Prometheus must only ever see them grow)."""
+        fresh = Provider(self.model)
+        for each in fields(self):
+            if each.name not in _COUNTERS:
+                setattr(self, each.name, getattr(fresh, each.name))
+
     def advance(self, dt: float, failed_over: bool) -> None:
         rps = 0.0 if failed_over else self.rps
         if self.rate_limit_rpm is not None:
@@ -82,6 +92,9 @@ class Provider:
         self.duration_sum += n * self.latency
         self.cost += n * self.cost_per_request
         self.tokens += n * self.tokens_per_request
+
+
+_COUNTERS = frozenset({"ok", "errors", "buckets", "duration_sum", "cost", "tokens"})
 
 
 class IshChat:
@@ -100,10 +113,10 @@ class IshChat:
         self.down: set[str] = set()
         self.faults: set[str] = set()
         self.pods: dict[str, list[str]] = {}  # workload -> pod names (from the cluster)
-        self.cpu_cores = {"instance-manager": 0.6, "intelligent-router": 0.5, "load-balancer": 0.2}
+        self.cpu_cores = dict(CPU_CORES)
         self.cpu_seconds: dict[str, float] = {}
-        self.disk_used = 0.55
-        self.strategy = "round_robin"
+        self.disk_used = DISK_USED
+        self.strategy = STRATEGY
         self.calls: list[tuple[str, str, str, Any]] = []  # (service, method, path, body)
         self._last = time.monotonic()
         self._servers: dict[str, ThreadingHTTPServer] = {}
@@ -163,17 +176,12 @@ class IshChat:
         with self.lock:
             self._advance()
             for service in list(self.down):
-                self.down.discard(service)
-                self._listen(service)
-            for name, provider in self.providers.items():
-                fresh = Provider(PROVIDERS[name])
-                provider.rps, provider.latency, provider.error_ratio = fresh.rps, fresh.latency, fresh.error_ratio
-                provider.healthy, provider.circuit, provider.cost_per_request = True, 0, fresh.cost_per_request
-                provider.rate_limit_rpm, provider.instances = None, fresh.instances
+                self.restarted(service)
+            for provider in self.providers.values():
+                provider.reset()
             self.failed_over.clear()
             self.faults.clear()
-            self.cpu_cores["instance-manager"] = 0.6
-            self.disk_used, self.strategy = 0.55, "round_robin"
+            self.cpu_cores, self.disk_used, self.strategy = dict(CPU_CORES), DISK_USED, STRATEGY
 
     def restarted(self, workload: str) -> None:
         """The lab's kubelet saw a rollout restart of ``workload``: a crashed service comes back."""

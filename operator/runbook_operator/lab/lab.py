@@ -63,6 +63,15 @@ HOSTS = {
     "lab.ishchat.svc": 8,  # exporters, notifications, the lab's control API
 }
 CONTROL_PORT = 8080
+# in-cluster name -> the ports its lab address serves (the first is its service's; all must be free)
+PORTS = {
+    **{f"{service}.ishchat.svc": (port,) for service, port in ishchat.SERVICES.items()},
+    "postgres.ishchat.svc": (5432,),
+    "redis.ishchat.svc": (6379,),
+    "prometheus.monitoring.svc": (9090,),
+    "alertmanager.monitoring.svc": (9093,),
+    "lab.ishchat.svc": (CONTROL_PORT, *ishchat.EXPORTER_PORTS.values()),
+}
 EXAMPLES_PORT = 18080
 WORKLOADS = {  # name -> (kind, replicas)
     "instance-manager": ("Deployment", 2),
@@ -93,6 +102,7 @@ ALERTS = {
     "unexpected-cost-spike": "UnexpectedCostSpike",
 }
 RESTART_ANNOTATION = "kubectl.kubernetes.io/restartedAt"
+ALERTMANAGER = "alertmanager.monitoring.svc"
 
 
 class LabError(RuntimeError):
@@ -101,9 +111,8 @@ class LabError(RuntimeError):
 
 def pick_subnet() -> str:
     """The first ``127.0.X`` whose lab ports are all free (so two labs can run side by side)."""
-    ports = {1: 9090, 2: 9091, 3: 9092, 4: 5432, 5: 6379, 6: 9090, 7: 9093, 8: CONTROL_PORT}
     for x in range(10, 250):
-        if all(_free(f"127.0.{x}.{host}", port) for host, port in ports.items()):
+        if all(_free(f"127.0.{x}.{HOSTS[name]}", port) for name, ports in PORTS.items() for port in ports):
             return f"127.0.{x}"
     raise LabError("no free 127.0.X.0/24 for the lab")
 
@@ -155,6 +164,10 @@ class Lab:
     def ip(self, host: str) -> str:
         return f"{self.subnet}.{HOSTS[host]}"
 
+    def address(self, host: str) -> tuple[str, int]:
+        """(IP, port) of the lab's stand-in for an in-cluster service."""
+        return self.ip(host), PORTS[host][0]
+
     @property
     def control_url(self) -> str:
         return f"http://{self.ip('lab.ishchat.svc')}:{CONTROL_PORT}"
@@ -185,10 +198,10 @@ class Lab:
         self.root.mkdir(parents=True)
         self.subnet = pick_subnet()
         self._say(f"lab addresses {self.subnet}.1-8")
-        self.postgres = Postgres(self.root / "postgres", self.ip("postgres.ishchat.svc"))
+        self.postgres = Postgres(self.root / "postgres", *self.address("postgres.ishchat.svc"))
         self.postgres.init(DATABASE, DB_USER, self.db_password)
         self._seed_database()
-        self.redis = Redis(self.root / "redis", self.ip("redis.ishchat.svc"))
+        self.redis = Redis(self.root / "redis", *self.address("redis.ishchat.svc"))
         self.redis.start()
         self._say("PostgreSQL and Redis up")
         probes = {"postgres": self._postgres_metrics, "redis": self._redis_metrics}
@@ -202,8 +215,8 @@ class Lab:
         token_file.chmod(0o600)
         self._start_monitoring(token_file)
         self._say("simulated ISH Chat, Prometheus and Alertmanager up")
-        self._apply_cluster()
-        self._say(f"namespace {NAMESPACE}: workloads, secrets and the {len(self.policies())} policies applied")
+        applied = self._apply_cluster()
+        self._say(f"namespace {NAMESPACE}: workloads, secrets and the {applied} policies applied")
         pki = self.kubeconfig.parent / "pki"  # a ControlPlane's; the API server does not verify kubelets here
         if (pki / "apiserver.crt").exists():
             self.log_server = LogServer(pki / "apiserver.crt", pki / "apiserver.key", self._pod_logs).start()
@@ -272,21 +285,18 @@ class Lab:
                 "ON CONFLICT DO NOTHING"
             )
 
+    def _app_connection(self) -> psycopg.Connection[Any]:
+        """A connection as ISH Chat makes it: its role, its database, over TCP."""
+        assert self.postgres
+        return psycopg.connect(
+            host=self.postgres.host, port=self.postgres.port, user=DB_USER, password=self.db_password,
+            dbname=DATABASE, connect_timeout=2, autocommit=True,
+        )  # fmt: skip
+
     def _postgres_metrics(self) -> str:
         assert self.postgres
         up, rows = 0, []
-        with (
-            contextlib.suppress(psycopg.Error),
-            psycopg.connect(
-                host=self.postgres.host,
-                port=self.postgres.port,
-                user=DB_USER,
-                password=self.db_password,
-                dbname=DATABASE,
-                connect_timeout=2,
-                autocommit=True,
-            ) as conn,
-        ):
+        with contextlib.suppress(psycopg.Error), self._app_connection() as conn:
             up = 1
             rows = conn.execute(
                 "SELECT s.queryid::text, d.datname, sum(s.total_exec_time) / 1000.0, sum(s.calls) "
@@ -319,7 +329,7 @@ class Lab:
         prom_root = self.root / "prometheus"
         prom_root.mkdir(parents=True, exist_ok=True)
         (prom_root / "rules.yml").write_text(yaml.safe_dump({"groups": groups}, sort_keys=False))
-        lab = self.ip("lab.ishchat.svc")
+        lab, (am_host, am_port) = self.ip("lab.ishchat.svc"), self.address(ALERTMANAGER)
         jobs = {
             f"ish-chat-{name}": f"{self.ip(f'{name}.ishchat.svc')}:{port}" for name, port in ishchat.SERVICES.items()
         }
@@ -327,18 +337,16 @@ class Lab:
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"},
             "rule_files": [str(prom_root / "rules.yml")],
-            "alerting": {
-                "alertmanagers": [{"static_configs": [{"targets": [f"{self.ip('alertmanager.monitoring.svc')}:9093"]}]}]
-            },
+            "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"{am_host}:{am_port}"]}]}]},
             "scrape_configs": [
                 {"job_name": job, "static_configs": [{"targets": [target]}]} for job, target in jobs.items()
             ],
         }
-        self.prometheus = Prometheus(prom_root, self.ip("prometheus.monitoring.svc"))
+        self.prometheus = Prometheus(prom_root, *self.address("prometheus.monitoring.svc"))
         self.prometheus.config.write_text(yaml.safe_dump(config, sort_keys=False))
         self.prometheus.start()
         am_config = yaml.safe_load((PACK / "alerting" / "alertmanager.yaml").read_text())
-        self.alertmanager = Alertmanager(self.root / "alertmanager", self.ip("alertmanager.monitoring.svc"))
+        self.alertmanager = Alertmanager(self.root / "alertmanager", *self.address(ALERTMANAGER))
         self.alertmanager.config.write_text(
             yaml.safe_dump(speed.alertmanager(am_config, self.intake_url, str(token_file)), sort_keys=False)
         )
@@ -364,7 +372,8 @@ class Lab:
                 docs.append(speed.policy(doc, self.factor))
         return docs
 
-    def _apply_cluster(self) -> None:
+    def _apply_cluster(self) -> int:
+        """Apply the CRDs, namespace, workloads, Secrets and the pack; the number of policies applied."""
         self.kube("apply", "-k", str(ROOT / "crds"))
         self.kube(
             "wait", "--for=condition=Established", "--timeout=60s",
@@ -377,12 +386,14 @@ class Lab:
                 docs.append(_headless_service(name))
         docs.append(_secret("ishchat-postgres", {"password": self.db_password}))
         docs.append(_secret("ishchat-notify", {"webhook": f"{self.control_url}/hooks/on-call"}))
-        docs += self.policies()
+        policies = self.policies()
+        docs += policies
         self.kube("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": docs}))
         # Incidents of an earlier lab (same control plane) belong to alerts this lab never saw
         self.kube("delete", "incidents", "--all", "-n", NAMESPACE, "--wait=false")
         for name, (kind, _) in WORKLOADS.items():
             self.kube("rollout", "status", f"{kind.lower()}/{name}", "-n", NAMESPACE, "--timeout=120s")
+        return len(policies)
 
     def _kubelet_loop(self) -> None:
         """Poll the workloads: a new restartedAt brings the service back; pods feed cAdvisor metrics."""
@@ -519,10 +530,7 @@ class Lab:
         assert self.postgres
         while not self._slow_stop.is_set():
             try:
-                with psycopg.connect(
-                    host=self.postgres.host, port=self.postgres.port, user=DB_USER, password=self.db_password,
-                    dbname=DATABASE, autocommit=True, connect_timeout=2,
-                ) as conn:  # fmt: skip
+                with self._app_connection() as conn:
                     while not self._slow_stop.is_set():
                         conn.execute("SELECT count(*), pg_sleep(0.6) FROM conversations WHERE user_id = 7")
             except psycopg.Error:
