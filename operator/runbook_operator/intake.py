@@ -21,12 +21,13 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 from aiohttp import web
 
+from runbook_operator.domain.status import timestamp
 from runbook_operator.engine.kube import GROUP, VERSION
 
 PATH = "/api/v1/alerts/alertmanager"
@@ -104,7 +105,7 @@ def _time(value: Any, where: str) -> str | None:
         parsed = datetime.fromisoformat(match.group(1) + zone)
     except ValueError:
         raise PayloadError(f"{where}: not an RFC 3339 time") from None
-    return parsed.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return timestamp(parsed)
 
 
 def _object(value: Any, where: str, required: bool = True) -> Mapping[str, Any]:

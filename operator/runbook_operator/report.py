@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from runbook_operator.domain.status import timestamp
+
 # Event and timeline timestamps differ by the time it takes to write status and post the Event.
 _SAME_ENTRY_SECONDS = 60.0
 _MESSAGE_CELL = 240
@@ -153,7 +155,7 @@ def merge_timeline(timeline: Iterable[Any], events: Iterable[Mapping[str, Any]])
         when = _parse(text)
         entry = _Entry(
             when,
-            _show(when) if when else text,
+            timestamp(when) if when else text,
             str(event.get("reason") or ""),
             str(event.get("message") or event.get("note") or ""),
             "event",
@@ -359,10 +361,6 @@ def _parse(text: Any) -> datetime | None:
     except ValueError:
         return None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-def _show(when: datetime) -> str:
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _duration(seconds: float) -> str:

@@ -27,6 +27,7 @@ from kubernetes.client import ApiException, AppsV1Api, CoreV1Api  # now: lazily,
 
 from runbook_operator.actions.registry import Action, ActionContext, ErrorScan, Params
 from runbook_operator.domain.lifecycle import StepResult
+from runbook_operator.domain.status import timestamp
 
 P = TypeVar("P", bound=pydantic.BaseModel)
 RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"  # the annotation `kubectl rollout restart` sets
@@ -371,7 +372,7 @@ async def workload_status(params: StatusParams, ctx: ActionContext) -> StepResul
 
 def restart_timestamp(now: datetime | None = None) -> str:
     """RFC 3339 to the second, as ``kubectl rollout restart`` writes it (``time.Now().Format(time.RFC3339)``)."""
-    return (now or datetime.now(UTC)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return timestamp(now or datetime.now(UTC))
 
 
 @_guarded
