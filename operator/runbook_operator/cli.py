@@ -152,15 +152,15 @@ def _report(args: argparse.Namespace) -> int:
     from runbook_operator import report
 
     if args.name is None and args.filename is None:
-        print("runbook-operator report: give an incident NAME or -f FILE", file=sys.stderr)
+        print(f"{args.prog} report: give an incident NAME or -f FILE", file=sys.stderr)
         return 2
     try:
         if args.filename is not None:
             pairs = _report_from_file(args.filename, args.name)
         else:
-            pairs = [_report_from_cluster(args.name, args.namespace)]
+            pairs = [_report_from_cluster(args)]
     except LookupError as err:
-        print(f"runbook-operator report: {err}", file=sys.stderr)
+        print(f"{args.prog} report: {err}", file=sys.stderr)
         return 1
     text = "\n---\n\n".join(report.render(body, events) for body, events in pairs)
     if args.output:
@@ -171,33 +171,49 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report_from_cluster(name: str, namespace: str | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The Incident and its Events, read with the current kubeconfig (or in-cluster config)."""
-    import os
+def _connection(args: argparse.Namespace) -> Any:
+    from runbook_operator import oncall
 
+    return oncall.Connection(args.namespace, args.kubeconfig, args.context, args.as_user, args.as_group)
+
+
+def _report_from_cluster(args: argparse.Namespace) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The Incident and its Events, read with the current kubeconfig (or in-cluster config)."""
     import kubernetes
 
+    from runbook_operator import oncall
+
     try:
-        config_file = os.environ.get("KUBECONFIG") or None
-        client = kubernetes.config.new_client_from_config(config_file=config_file)  # type: ignore[no-untyped-call]
-        _, active = kubernetes.config.list_kube_config_contexts(config_file=config_file)  # type: ignore[no-untyped-call]
-        namespace = namespace or (active or {}).get("context", {}).get("namespace") or "default"
-    except (kubernetes.config.ConfigException, OSError):
-        kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
-        client = kubernetes.client.ApiClient()
-        namespace = namespace or "default"
-    try:
-        body: Any = kubernetes.client.CustomObjectsApi(client).get_namespaced_custom_object(
-            "remediation.ishchat.io", "v1alpha1", namespace, "incidents", name
-        )
-        selector = f"involvedObject.name={name},involvedObject.kind=Incident"
+        client, namespace = oncall.api_client(_connection(args))
+        body = oncall.Incidents(client, namespace).get(args.name)
+        selector = f"involvedObject.name={args.name},involvedObject.kind=Incident"
         listed = kubernetes.client.CoreV1Api(client).list_namespaced_event(namespace, field_selector=selector)
     except kubernetes.client.ApiException as err:
-        if err.status == 404:
-            raise LookupError(f"incident {namespace}/{name} not found") from None
-        raise LookupError(f"reading incident {namespace}/{name}: {err.reason} ({err.status})") from None
-    events = [client.sanitize_for_serialization(e) for e in listed.items]
+        raise LookupError(f"reading the events of incident {args.name}: {oncall.api_message(err)}") from None
+    except oncall.Refused as err:
+        raise LookupError(str(err)) from None
+    events = [client.sanitize_for_serialization(e) for e in listed.items]  # type: ignore[no-untyped-call]
     return body, events
+
+
+def _oncall(args: argparse.Namespace) -> int:
+    """approve, ack, resolve: as the authenticated caller; a refusal is one line on stderr, exit 1."""
+    from runbook_operator import oncall
+
+    try:
+        client, namespace = oncall.api_client(_connection(args))
+        incidents = oncall.Incidents(client, namespace)
+        if args.command == "approve":
+            confirm = None if args.yes else oncall.ask
+            oncall.approve(incidents, oncall.whoami(client), args.name, args.step, confirm)
+        elif args.command == "ack":
+            oncall.acknowledge(incidents, oncall.whoami(client), args.name)
+        else:
+            oncall.resolve(incidents, args.name)
+    except oncall.Refused as err:
+        print(f"{args.prog} {args.command}: {err}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _report_from_file(path: str, name: str | None) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
@@ -413,9 +429,40 @@ def build_parser() -> argparse.ArgumentParser:
         "-n", "--namespace", default="default", help="namespace for objects that name none (default: default)"
     )
     plan.set_defaults(func=_plan)
-    report = sub.add_parser("report", help="render a post-incident report (Markdown) of an Incident")
+    _add_oncall_commands(sub)
+    parser.set_defaults(prog="runbook-operator")
+    return parser
+
+
+def _add_oncall_commands(sub: Any) -> None:
+    """The commands people run against the cluster as themselves (also the kubectl plugin's)."""
+    cluster = argparse.ArgumentParser(add_help=False)
+    cluster.add_argument("-n", "--namespace", help="the incident's namespace (default: the kubeconfig context's)")
+    cluster.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, else ~/.kube/config)")
+    cluster.add_argument("--context", help="kubeconfig context (default: the current one)")
+    cluster.add_argument("--as", dest="as_user", metavar="USER", help="impersonate USER, as kubectl --as")
+    cluster.add_argument(
+        "--as-group", dest="as_group", metavar="GROUP", help="impersonate GROUP, as kubectl --as-group"
+    )
+
+    approve = sub.add_parser(
+        "approve",
+        parents=[cluster],
+        help="approve the step an incident waits for, as yourself (shows the action and parameters, then asks)",
+    )
+    approve.add_argument("name", metavar="INCIDENT")
+    approve.add_argument("step", metavar="STEP", help="the step waiting in AwaitingApproval")
+    approve.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    approve.set_defaults(func=_oncall)
+    ack = sub.add_parser("ack", parents=[cluster], help="acknowledge an incident as yourself (spec.acknowledgedBy)")
+    ack.add_argument("name", metavar="INCIDENT")
+    ack.set_defaults(func=_oncall)
+    resolve = sub.add_parser("resolve", parents=[cluster], help="mark an incident over (spec.resolved: true)")
+    resolve.add_argument("name", metavar="INCIDENT")
+    resolve.set_defaults(func=_oncall)
+
+    report = sub.add_parser("report", parents=[cluster], help="render a post-incident report (Markdown) of an Incident")
     report.add_argument("name", nargs="?", metavar="NAME", help="the Incident to read from the cluster")
-    report.add_argument("-n", "--namespace", help="its namespace (default: the kubeconfig context's, else default)")
     report.add_argument(
         "-f",
         "--filename",
@@ -424,7 +471,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("-o", "--output", metavar="FILE", help="write the report to FILE instead of stdout")
     report.set_defaults(func=_report)
+
+
+def build_plugin_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kubectl runbook", description="runbook-operator's on-call commands, as a kubectl plugin."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _add_oncall_commands(parser.add_subparsers(dest="command", required=True))
+    parser.set_defaults(prog="kubectl runbook")
     return parser
+
+
+def kubectl_plugin(argv: list[str] | None = None) -> int:
+    """``kubectl-runbook``: kubectl runs it for ``kubectl runbook ...`` (its plugin convention)."""
+    args = build_plugin_parser().parse_args(argv)
+    return int(args.func(args))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -325,11 +325,25 @@ def resource_problems(resource: Resource, crds: Mapping[str, Crd], check: ParamV
     if resource.kind == "RemediationPolicy":
         parsed = parse_policy(body, check)
         if isinstance(parsed, InvalidPolicy):
-            # the schema said it first (both report e.g. a bad duration or a duplicate name)
-            mine = _field(parsed.error)
-            if not any(_covers(f, mine) or _covers(mine, f) for f in map(_field, problems)):
-                problems.append(parsed.error)
+            _add_unless_said(problems, parsed.error)
+    if resource.kind == "Incident" and (body.get("spec") or {}).get("approvals"):
+        _add_unless_said(problems, APPROVALS_ON_CREATE)
     return problems
+
+
+# what manifests/consent's admission policy answers to an Incident created with approvals
+APPROVALS_ON_CREATE = (
+    "spec.approvals: Forbidden: must be empty when an Incident is created (the admission policy "
+    "runbook-operator-consent refuses it): an approval answers the request the operator opens once a step "
+    "waits (kubectl runbook approve INCIDENT STEP)"
+)
+
+
+def _add_unless_said(problems: list[str], problem: str) -> None:
+    """Add the operator's finding unless the schema said it first (both report e.g. a bad duration)."""
+    mine = _field(problem)
+    if not any(_covers(f, mine) or _covers(mine, f) for f in map(_field, problems)):
+        problems.append(problem)
 
 
 @dataclass
@@ -461,15 +475,14 @@ def _when(step: Step, variables: Mapping[str, Any]) -> str:
     return f"when: {source}  → {'true' if result else 'false: the step would be skipped'}"
 
 
-def _step_lines(number: int, step: Step, incident: Incident, dry_run: bool, variables: Mapping[str, Any]) -> list[str]:
+def _step_lines(number: int, step: Step, dry_run: bool, variables: Mapping[str, Any]) -> list[str]:
     flags = []
     if step.read_only:
         flags.append("read-only")
     if step.destructive:
         flags.append("destructive")
     if step.requires_approval and step.stage is not Stage.ESCALATE:
-        approver = incident.approvals.get(step.name)
-        flags.append(f"approved by {approver}" if approver else "needs approval")
+        flags.append("needs approval")
     if step.continue_on_failure:
         flags.append("continues on failure")
     if dry_run and not step.read_only:
@@ -512,7 +525,7 @@ def _policy_lines(incident: Incident, policy: Policy) -> list[str]:
         lines.append("")
         lines.append(f"{stage.value} ({notes[stage]})" if steps else f"{stage.value}: no steps")
         for i, step in enumerate(steps, 1):
-            lines.extend(_step_lines(i, step, incident, dry_run, variables))
+            lines.extend(_step_lines(i, step, dry_run, variables))
     escalation = policy.escalation or default_escalation(severity)
     lines.append("")
     default = "" if policy.escalation else ", the runbook's defaults"
@@ -526,7 +539,7 @@ def _policy_lines(incident: Incident, policy: Policy) -> list[str]:
         )
         lines.append(f"  {level.name} ({when})" + ("" if level.notify else ": no notification steps"))
         for i, step in enumerate(level.notify, 1):
-            lines.extend(_step_lines(i, step, incident, dry_run, variables))
+            lines.extend(_step_lines(i, step, dry_run, variables))
     if escalation.update_every:
         lines.append(f"  updates every {format_duration(escalation.update_every)} while unresolved (the last level)")
     return lines

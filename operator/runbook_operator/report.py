@@ -294,7 +294,9 @@ def _follow_ups(spec: Mapping[str, Any], status: Mapping[str, Any], handled: boo
         elif state == "Failed" and s.get("stage") != "Diagnose":
             derived.append(f"Investigate why {label} failed: {_inline(message)}")
         elif state == "AwaitingApproval" and phase not in ("Resolved", "Escalated"):
-            derived.append(f"{label} still awaits approval: approve it (`spec.approvals`) or resolve the incident")
+            derived.append(
+                f"{label} still awaits approval: approve it (`kubectl runbook approve`) or resolve the incident"
+            )
     if phase == "Escalated":
         why = _condition(status, "Escalated")
         reason = f" ({why.get('reason')}: {_inline(why.get('message') or '')})" if why else ""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,18 @@ def settled(kubectl: Kubectl, name: str, namespace: str, phase: str, timeout: fl
         timeline = [(t["type"], t["message"]) for t in status.get("timeline", [])]
         raise AssertionError(f"{err}\nphase: {status.get('phase')}; timeline: {timeline}") from None
     return kubectl.get("incident", name, namespace)["status"]  # type: ignore[no-any-return]
+
+
+def awaiting(status: dict[str, Any], step: str) -> dict[str, Any]:
+    """The record of ``step`` waiting for approval; its approvalRequest has the round (attempt) and nonce."""
+    record = next(s for s in status["steps"] if s["name"] == step and s["state"] == "AwaitingApproval")
+    assert record["approvalRequest"]["nonce"], record
+    return record  # type: ignore[no-any-return]
+
+
+def approval_commands(event: dict[str, Any]) -> list[list[str]]:
+    """The commands an AwaitingApproval (or ApprovalRequestChanged) Event hands out, as argv."""
+    return [shlex.split(command) for command in re.findall(r"`([^`]*)`", event["message"])]
 
 
 def conditions(status: dict[str, Any]) -> dict[str, tuple[str, str]]:

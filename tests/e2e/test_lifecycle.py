@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import shlex
+import json
 import time
 from typing import Any
 
@@ -10,7 +10,8 @@ import pytest
 
 from runbook_operator.lab.demo import DemoService
 from tests.e2e.conftest import Kubectl, OperatorProcess, wait_for
-from tests.e2e.test_foundation import conditions, demo_policy, incident, settled
+from runbook_operator.domain import consent
+from tests.e2e.test_foundation import approval_commands, awaiting, conditions, demo_policy, incident, settled
 
 pytestmark = pytest.mark.e2e
 TARGET = {"kind": "Deployment", "name": "instance-manager"}
@@ -71,22 +72,24 @@ def test_never_fixed_escalates_and_notifies_once_per_level(
     assert reasons(kubectl, "stuck", namespace).count("EscalationLevelReached") == 2
 
 
-def test_approval_flow_with_the_documented_command(
-    kubectl: Kubectl, operator: OperatorProcess, namespace: str, demo: DemoService
+def test_approval_flow_with_the_documented_raw_patch(
+    kubectl: Kubectl, operator: OperatorProcess, namespace: str, demo: DemoService, approver: Kubectl
 ) -> None:
     kubectl.apply(demo_policy("im-down", namespace, demo.url, remediate=[
         {"name": "failover", "action": "http.request", "with": {"url": f"{demo.url}/admin/failover", "destructive": True}}]))  # fmt: skip
     kubectl.apply(incident("consent", namespace))
     status = settled(kubectl, "consent", namespace, "AwaitingApproval")
     assert ("Remediate", "failover", 1, "AwaitingApproval") in step_states(status)
-    assert demo.failovers == 0
+    assert status["currentStep"] == "failover" and demo.failovers == 0
     event = next(e for e in kubectl.events("consent", namespace) if e["reason"] == "AwaitingApproval")
-    command = shlex.split(event["message"].split("approve with: ", 1)[1].replace("YOUR-NAME", "alice"))
-    assert command[:3] == ["kubectl", "patch", "incident"]
-    kubectl(*command[1:])
+    approve, patch = approval_commands(event)
+    assert approve == ["kubectl", "runbook", "approve", "consent", "failover", "-n", namespace]
+    assert patch[:3] == ["kubectl", "patch", "incident"]
+    approver(*[arg.replace("YOUR-NAME", "alice") for arg in patch[1:]])
     status = settled(kubectl, "consent", namespace, "Resolved")
     record = next(s for s in status["steps"] if s["name"] == "failover")
     assert record["state"] == "Succeeded" and record["approvedBy"] == "alice" and record["approvedAt"]
+    assert record["approvedDigest"] == record["approvalRequest"]["digest"]
     assert demo.failovers == 1
     assert "Approved" in reasons(kubectl, "consent", namespace)
 
@@ -129,7 +132,7 @@ def test_a_duplicate_incident_does_not_act(
 
 
 def test_spec_resolved_stops_pending_work(
-    kubectl: Kubectl, operator: OperatorProcess, namespace: str, demo: DemoService
+    kubectl: Kubectl, operator: OperatorProcess, namespace: str, demo: DemoService, approver: Kubectl
 ) -> None:
     kubectl.apply(demo_policy("im-down", namespace, demo.url, remediate=[
         {"name": "failover", "action": "http.request", "with": {"url": f"{demo.url}/admin/failover", "destructive": True}}]))  # fmt: skip
@@ -138,16 +141,9 @@ def test_spec_resolved_stops_pending_work(
     kubectl("patch", "incident", "over", "-n", namespace, "--type=merge", "-p", '{"spec":{"resolved":true}}')
     status = settled(kubectl, "over", namespace, "Resolved")
     assert conditions(status)["Resolved"] == ("True", "ResolvedExternally")
-    kubectl(
-        "patch",
-        "incident",
-        "over",
-        "-n",
-        namespace,
-        "--type=merge",
-        "-p",
-        '{"spec":{"approvals":[{"step":"failover","by":"late"}]}}',
-    )
+    record = awaiting(status, "failover")  # the request was open when it resolved: a late approval is accepted
+    approval = consent.append_patch("failover", record["attempt"], record["approvalRequest"]["nonce"], "alice")
+    approver("patch", "incident", "over", "-n", namespace, "--type=json", "-p", json.dumps(approval))
     time.sleep(2)
     assert demo.failovers == 0 and phase(kubectl, "over", namespace) == "Resolved"
 

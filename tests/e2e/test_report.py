@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shlex
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,7 @@ import pytest
 from runbook_operator import cli
 from runbook_operator.lab.demo import DemoService
 from tests.e2e.conftest import Kubectl, OperatorProcess
+from tests.fixtures.cluster import ONCALL
 from tests.e2e.test_foundation import demo_policy, incident, settled
 
 pytestmark = pytest.mark.e2e
@@ -29,17 +29,17 @@ def test_report_of_an_approved_and_resolved_incident(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
     tmp_path: Path,
+    approver: Kubectl,
 ) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(kubectl.kubeconfig))
     kubectl.apply(demo_policy("im-down", namespace, demo.url, remediate=[
         {"name": "failover", "action": "http.request", "with": {"url": f"{demo.url}/admin/failover", "destructive": True}}]))  # fmt: skip
     kubectl.apply(incident("reported", namespace, summary="instance manager health check failing"))
     settled(kubectl, "reported", namespace, "AwaitingApproval")
-    event = next(e for e in kubectl.events("reported", namespace) if e["reason"] == "AwaitingApproval")
-    command = shlex.split(event["message"].split("approve with: ", 1)[1].replace("YOUR-NAME", "alice"))
-    kubectl(*command[1:])
+    assert cli.main(["approve", "reported", "failover", "-n", namespace, "--yes", "--as", "alice", "--as-group", ONCALL]) == 0
     settled(kubectl, "reported", namespace, "Resolved")
+    capsys.readouterr()  # what approve printed
 
-    monkeypatch.setenv("KUBECONFIG", str(kubectl.kubeconfig))
     assert cli.main(["report", "reported", "-n", namespace]) == 0
     live = capsys.readouterr().out
     (tmp_path / "live.md").write_text(live)  # kept with the test's files for a look

@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from tests.fixtures.cluster import Kubectl
+from runbook_operator import cli
+from tests.fixtures.cluster import ONCALL, Kubectl
 from tests.fixtures.common import wait_for
 from tests.fixtures.operator import OperatorProcess
 from tests.reliability.conftest import GateServer, conditions, incident, policy, record, statuses, step
@@ -25,7 +26,7 @@ def check(url: str, **extra: object) -> dict[str, object]:
 
 
 def test_kill_9_in_every_phase_then_every_incident_finishes_once(
-    kubectl: Kubectl, operator: OperatorProcess, namespace: str, gates: GateServer
+    kubectl: Kubectl, operator: OperatorProcess, namespace: str, gates: GateServer, approver: Kubectl
 ) -> None:
     g = gates.url
     for name in ("diag", "rem", "ver", "page1"):
@@ -77,8 +78,8 @@ def test_kill_9_in_every_phase_then_every_incident_finishes_once(
 
     operator.kill9()
     gates.open_all()  # the held calls now finish on the servers' side: their effects happened, nobody hears back
-    kubectl("patch", "incident", "appr", "-n", namespace, "--type=merge",
-            "-p", '{"spec":{"approvals":[{"step":"failover","by":"alice"}]}}')  # fmt: skip
+    approve = ["approve", "appr", "failover", "-n", namespace, "--yes", f"--kubeconfig={kubectl.kubeconfig}"]
+    assert cli.main([*approve, "--as=alice", f"--as-group={ONCALL}"]) == 0  # the request the dead operator made
     restarted = time.monotonic()
     operator.start()
 

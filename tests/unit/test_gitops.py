@@ -101,6 +101,11 @@ CASES = [
         'RemediationPolicy/dup2: spec.remediate[1]: Duplicate value: {"name": "same"}',
         id="duplicate-in-stage",
     ),
+    pytest.param(
+        incident("pre-approved", alert="A", approvals=[{"step": "failover", "by": "alice"}]),
+        "Incident/pre-approved: spec.approvals: Forbidden: must be empty when an Incident is created",
+        id="approved-on-create",
+    ),
     pytest.param(policy("typo", sette="5s"), "RemediationPolicy/typo: spec.sette: unknown field", id="unknown-field"),
     pytest.param(
         policy("esc", escalate={"levels": [{"name": "x", "notify": [check("x")]}]}, diagnose=[check("x")]),
@@ -227,7 +232,7 @@ def test_plan_shows_the_match_and_the_rendered_steps(tmp_path: Path, capsys: pyt
     assert "password" not in text.replace("passwordSecretRef: secret redis-auth/password", "")
 
 
-def test_plan_shows_approvals_and_when_conditions_it_can_decide(
+def test_plan_shows_what_needs_approval_and_when_conditions_it_can_decide(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     pol = policy(
@@ -244,7 +249,8 @@ def test_plan_shows_approvals_and_when_conditions_it_can_decide(
     code, out = run(capsys, "plan", str(inc), "--policies", str(tmp_path / "p.yaml"))
     assert code == 0
     assert "       when: incident.severity == 'Low'  → false: the step would be skipped" in out
-    assert "    2. reset  http.request  [destructive, approved by ana]" in out
+    # an approval in the file answers no request: each round asks when it gets there
+    assert "    2. reset  http.request  [destructive, needs approval]" in out
 
 
 def test_plan_without_a_match_exits_1_with_the_reasons(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

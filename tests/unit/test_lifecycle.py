@@ -1,9 +1,11 @@
 """The state machine, driven the way the engine drives it, with scripted step results."""
 
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+from runbook_operator.domain.consent import Approval
 from runbook_operator.domain.lifecycle import Decision, Event, Peer, StepResult, complete, decide
 from runbook_operator.domain.matching import Candidate
 from runbook_operator.domain.model import Incident
@@ -36,12 +38,13 @@ class Run:
         self.events: list[Event] = []
         self.ran: list[tuple[str, int]] = []
         self.peers: list[Peer] = []
+        self.nonces = (f"nonce-{n}" for n in itertools.count(1))
 
     def drive(self, horizon: timedelta = timedelta(minutes=10), limit: int = 200) -> Decision:
         """Run steps and follow the core's wake-ups until it rests or the next one is past the horizon."""
         until = self.now + horizon
         for _ in range(limit):
-            decision = decide(self.inc, self.status, self.candidates, self.now, self.peers)
+            decision = decide(self.inc, self.status, self.candidates, self.now, self.peers, nonce=next(self.nonces))
             self.status = decision.status
             self.events.extend(decision.events)
             if decision.run is None:
@@ -55,6 +58,20 @@ class Run:
             self.status, events = complete(self.status, call, StepResult(ok, "ok" if ok else "boom"), self.now)
             self.events.extend(events)
         raise AssertionError("the state machine did not come to rest")
+
+    def waiting(self) -> StepRecord:
+        """The record of the step that waits for approval (it has the open request)."""
+        record = next(s for s in self.status.steps if s.state == "AwaitingApproval")
+        assert record.approvalRequest is not None
+        return record
+
+    def approve(self, by: str = "alice") -> Approval:
+        """Approve the open request, as `kubectl runbook approve` does."""
+        record = self.waiting()
+        assert record.approvalRequest is not None
+        approval = Approval(record.name, by, record.attempt, record.approvalRequest.nonce)
+        self.inc = replace(self.inc, approvals=(*self.inc.approvals, approval))
+        return approval
 
     @property
     def reasons(self) -> list[str]:
@@ -107,7 +124,7 @@ def test_never_fixed_escalates_after_max_attempts_and_stops() -> None:
     assert run.status.attempts == 2
     assert len([r for r in run.ran if r[0] == "restart"]) == 2
     assert run.status.escalation.fired == ("on-call",)
-    quiet = decide(run.inc, run.status, run.candidates, run.now)
+    quiet = decide(run.inc, run.status, run.candidates, run.now, nonce="n0")
     assert quiet.run is None and quiet.events == () and quiet.status == run.status
 
 
@@ -171,33 +188,33 @@ def test_settle_waits_before_verifying() -> None:
     status = Status()
     now = T0
     while True:
-        decision = decide(inc, status, candidates, now)
+        decision = decide(inc, status, candidates, now, nonce="n0")
         status = decision.status
         if decision.run is None:
             break
         status, _ = complete(status, decision.run, StepResult(True, "ok"), now)
     assert status.phase == Phase.VERIFYING.value
     assert decision.wake_at == T0 + timedelta(seconds=30)
-    early = decide(inc, status, candidates, T0 + timedelta(seconds=29))
+    early = decide(inc, status, candidates, T0 + timedelta(seconds=29), nonce="n0")
     assert early.run is None and early.wake_at == decision.wake_at
-    assert decide(inc, status, candidates, T0 + timedelta(seconds=30)).run is not None
+    assert decide(inc, status, candidates, T0 + timedelta(seconds=30), nonce="n0").run is not None
 
 
 def test_spec_resolved_stops_pending_work() -> None:
     run = Run(incident(), standard(), healthy_after_restart)
-    first = decide(run.inc, Status(), run.candidates, T0)
+    first = decide(run.inc, Status(), run.candidates, T0, nonce="n0")
     assert first.run is not None
-    done = decide(incident(resolved=True), first.status, run.candidates, T0)
+    done = decide(incident(resolved=True), first.status, run.candidates, T0, nonce="n0")
     assert done.run is None and done.status.phase == Phase.RESOLVED.value
     assert done.status.condition("Resolved").reason == "ResolvedExternally"  # type: ignore[union-attr]
 
 
 def test_a_step_left_running_by_a_dead_operator_is_resumed_and_said_so() -> None:
-    first = decide(incident(), Status(), standard(), T0)
+    first = decide(incident(), Status(), standard(), T0, nonce="n0")
     assert first.run is not None and first.run.step.name == "ping"
     record = first.status.record("Diagnose", "ping", 1)
     assert record is not None and record.state == "Running"
-    again = decide(incident(), first.status, standard(), T0 + timedelta(minutes=1))
+    again = decide(incident(), first.status, standard(), T0 + timedelta(minutes=1), nonce="n0")
     assert again.run is not None and again.run.resumed and again.run.step.name == "ping"
     assert [e.reason for e in again.events] == ["StepResumed"]
     kept = again.status.record("Diagnose", "ping", 1)
@@ -205,20 +222,20 @@ def test_a_step_left_running_by_a_dead_operator_is_resumed_and_said_so() -> None
 
 
 def test_a_policy_deleted_mid_incident_escalates() -> None:
-    first = decide(incident(), Status(), standard(), T0)
-    gone = decide(incident(), first.status, [], T0)
+    first = decide(incident(), Status(), standard(), T0, nonce="n0")
+    gone = decide(incident(), first.status, [], T0, nonce="n0")
     assert gone.status.phase == Phase.ESCALATED.value
     assert "was deleted" in gone.status.condition("Escalated").message  # type: ignore[union-attr]
 
 
 def test_observed_generation_follows_the_spec() -> None:
-    decision = decide(incident(generation=7), Status(), standard(), T0)
+    decision = decide(incident(generation=7), Status(), standard(), T0, nonce="n0")
     assert decision.status.observedGeneration == 7
     assert all(c.observedGeneration == 7 for c in decision.status.conditions)
 
 
 def test_step_output_is_bounded() -> None:
-    first = decide(incident(), Status(), standard(), T0)
+    first = decide(incident(), Status(), standard(), T0, nonce="n0")
     assert first.run is not None
     status, _ = complete(first.status, first.run, StepResult(True, "ok", {f"k{i}": "x" * 100 for i in range(100)}), T0)
     record = status.record("Diagnose", "ping", 1)
@@ -227,15 +244,18 @@ def test_step_output_is_bounded() -> None:
 
 
 def test_severity_defaults_from_the_policy_then_medium() -> None:
-    assert decide(incident(), Status(), standard(severity="Critical"), T0).status.severity == "Critical"
-    assert decide(incident(severity="Low"), Status(), standard(severity="Critical"), T0).status.severity == "Low"
-    assert decide(incident(), Status(), standard(), T0).status.severity == "Medium"
+    assert decide(incident(), Status(), standard(severity="Critical"), T0, nonce="n0").status.severity == "Critical"
+    assert (
+        decide(incident(severity="Low"), Status(), standard(severity="Critical"), T0, nonce="n0").status.severity
+        == "Low"
+    )
+    assert decide(incident(), Status(), standard(), T0, nonce="n0").status.severity == "Medium"
 
 
 def test_a_resolved_incident_is_terminal() -> None:
     run = Run(incident(), standard(), healthy_after_restart)
     run.drive()
-    later = decide(replace(run.inc, resolved=True), run.status, [], T0 + timedelta(days=1))
+    later = decide(replace(run.inc, resolved=True), run.status, [], T0 + timedelta(days=1), nonce="n0")
     assert later.status == run.status and later.events == ()
 
 
@@ -243,5 +263,5 @@ def test_a_stale_pending_record_runs() -> None:
     status = Status(
         phase="Diagnosing", policy="redis", steps=(StepRecord("ping", "Diagnose", "http.check", 1, "Pending"),)
     )
-    decision = decide(incident(), status, standard(), T0)
+    decision = decide(incident(), status, standard(), T0, nonce="n0")
     assert decision.run is not None and not decision.run.resumed

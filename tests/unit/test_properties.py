@@ -1,5 +1,6 @@
 """Properties of the state machine under random policies, outcomes, approvals, crashes and time."""
 
+import itertools
 from collections import Counter
 from dataclasses import replace
 from datetime import timedelta
@@ -9,6 +10,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from runbook_operator.domain.consent import Approval
 from runbook_operator.domain.lifecycle import StepResult, complete, decide
 from runbook_operator.domain.status import Phase, Status
 from tests.unit.builders import incident, policy
@@ -67,10 +69,11 @@ def test_the_machine_is_safe_under_any_outcomes_crashes_and_approvals(candidate:
     inc = incident(severity=data.draw(st.sampled_from(["Critical", "High", "Medium", "Low"])))
     status, now = Status(), T0
     executed: Counter[tuple[str, str, int]] = Counter()
+    nonces = itertools.count()
     destructive = {s.name for s in candidate.remediate if s.destructive}
     resolved_at: Status | None = None
     for _ in range(400):
-        decision = decide(inc, status, [candidate], now)
+        decision = decide(inc, status, [candidate], now, nonce=f"n{next(nonces)}")
         status = decision.status
         assert status.attempts <= candidate.max_attempts
         if resolved_at is not None:
@@ -85,9 +88,11 @@ def test_the_machine_is_safe_under_any_outcomes_crashes_and_approvals(candidate:
                 status, _ = complete(status, call, StepResult(what == "ok", what), now)
             continue
         if data.draw(st.integers(0, 3)) == 0:  # someone approves whatever waits
-            waiting = [s.name for s in status.steps if s.state == "AwaitingApproval"]
+            waiting = [s for s in status.steps if s.state == "AwaitingApproval" and s.approvalRequest]
             if waiting:
-                inc = replace(inc, approvals={**inc.approvals, waiting[0]: "sre"})
+                step, request = waiting[0], waiting[0].approvalRequest
+                assert request is not None
+                inc = replace(inc, approvals=(*inc.approvals, Approval(step.name, "sre", step.attempt, request.nonce)))
                 continue
         if decision.wake_at is None:
             break
@@ -105,14 +110,19 @@ def test_the_machine_is_safe_under_any_outcomes_crashes_and_approvals(candidate:
 @given(candidate=policies(), outcomes=st.lists(st.booleans(), min_size=1, max_size=60))
 def test_it_always_comes_to_rest(candidate: Any, outcomes: list[bool]) -> None:
     """Without a wake-up time or a change to the incident, a decision is idempotent: no endless loop."""
-    inc = replace(incident(), approvals={s.name: "sre" for s in candidate.remediate})
-    status = Status()
+    inc, status, nonces = incident(), Status(), itertools.count()
     for ok in islice(cycle(outcomes), 500):
-        decision = decide(inc, status, [candidate], T0 + timedelta(hours=1))
+        decision = decide(inc, status, [candidate], T0 + timedelta(hours=1), nonce=f"n{next(nonces)}")
         status = decision.status
         if decision.run is None:
-            again = decide(inc, status, [candidate], T0 + timedelta(hours=1))
+            again = decide(inc, status, [candidate], T0 + timedelta(hours=1), nonce="another")
             assert again.run is None and again.status == status and again.events == ()
-            return
+            waiting = [s for s in status.steps if s.state == "AwaitingApproval" and s.approvalRequest]
+            if not waiting:
+                return
+            step, request = waiting[0], waiting[0].approvalRequest
+            assert request is not None  # approve what waits, then it must move on
+            inc = replace(inc, approvals=(*inc.approvals, Approval(step.name, "sre", step.attempt, request.nonce)))
+            continue
         status, _ = complete(status, decision.run, StepResult(ok, "x"), T0 + timedelta(hours=1))
     raise AssertionError("still running steps after every outcome was used")

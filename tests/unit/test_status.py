@@ -1,6 +1,8 @@
 from datetime import UTC, datetime, timedelta
 
-from runbook_operator.domain.status import TIMELINE_LIMIT, Status, StepRecord
+from runbook_operator.domain.consent import Approval
+from runbook_operator.domain.model import Incident
+from runbook_operator.domain.status import TIMELINE_LIMIT, ApprovalRequest, Status, StepRecord
 
 T0 = datetime(2026, 11, 27, 8, 0, tzinfo=UTC)
 
@@ -13,6 +15,37 @@ def test_round_trips_through_the_api_dict() -> None:
         .noted(T0, "Verified", "done")
     )
     assert Status.from_dict(status.to_dict()) == status
+
+
+def test_an_approval_request_round_trips_and_a_record_without_one_still_loads() -> None:
+    request = ApprovalRequest("0a1b", "sha256:ff", "2026-11-27T08:00:00Z", {"pattern": "session:bob"})
+    record = StepRecord("clear", "Remediate", "redis.deleteByPattern", 1, "AwaitingApproval", approvalRequest=request)
+    status = Status(phase="AwaitingApproval").with_record(record)
+    raw = status.to_dict()
+    assert raw["steps"][0]["approvalRequest"] == {
+        "nonce": "0a1b", "digest": "sha256:ff", "requestedAt": "2026-11-27T08:00:00Z",
+        "parameters": {"pattern": "session:bob"},
+    }  # fmt: skip
+    assert Status.from_dict(raw) == status
+    legacy = {"steps": [{"name": "clear", "stage": "Remediate", "action": "x", "attempt": 1, "state": "Succeeded",
+                         "approvedBy": "alice"}]}  # fmt: skip
+    loaded = Status.from_dict(legacy).steps[0]
+    assert loaded.approvalRequest is None and loaded.approvedBy == "alice" and loaded.approvedDigest is None
+
+
+def test_approvals_load_from_the_spec_including_ones_written_before_rounds_and_nonces() -> None:
+    body = {
+        "metadata": {"name": "i", "namespace": "ns"},
+        "spec": {"alert": "A", "approvals": [
+            {"step": "failover", "by": "alice"},  # an older version's entry: it never answers a request
+            {"step": "failover", "by": "bob", "round": 2, "nonce": "00ff"},
+            {"step": "", "by": "carol"}, {"by": "dave"}, "junk",
+        ]},
+    }  # fmt: skip
+    approvals = Incident.from_body(body).approvals
+    assert approvals == (Approval("failover", "alice", 0, ""), Approval("failover", "bob", 2, "00ff"))
+    assert not approvals[0].answers("failover", 0, "")
+    assert approvals[1].answers("failover", 2, "00ff") and not approvals[1].answers("failover", 1, "00ff")
 
 
 def test_loads_a_status_written_by_a_newer_operator() -> None:

@@ -10,8 +10,10 @@ Rules users rely on, all decided here:
 - a step left Running by a dead operator runs again only if ``rerun_safe``;
   a destructive step or a notification is marked Skipped (outcome unknown) and the
   verification that follows decides whether the incident is fixed;
-- steps that need approval wait in AwaitingApproval until ``spec.approvals`` names
-  them, or escalate with ApprovalTimeout;
+- a step that needs approval opens a request (round, rendered parameters, digest,
+  nonce) and waits in AwaitingApproval until an approval names that step, round and
+  nonce (``domain.consent``), or escalates with ApprovalTimeout; new parameters or a
+  new round ask again, and a resumed approved step whose parameters changed asks again;
 - in a dry run only read-only actions run; the rest are recorded as what would run;
 - one remediation at a time per target, and a cooldown per target across incidents;
 - each escalation level fires once, its notify steps run once.
@@ -25,7 +27,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from runbook_operator.domain import expressions
+from runbook_operator.domain import consent, expressions
+from runbook_operator.domain.consent import Approval
 from runbook_operator.domain.matching import Candidate, select_policy
 from runbook_operator.domain.model import (
     DEFAULT_SEVERITY,
@@ -40,6 +43,7 @@ from runbook_operator.domain.model import (
     default_escalation,
 )
 from runbook_operator.domain.status import (
+    ApprovalRequest,
     ConditionType,
     Finding,
     Phase,
@@ -126,8 +130,8 @@ class Decision:
 class _Progress:
     """Accumulates one decision's status changes and Events."""
 
-    def __init__(self, status: Status, now: datetime) -> None:
-        self.status, self.now, self.events = status, now, list[Event]()
+    def __init__(self, status: Status, now: datetime, nonce: str = "") -> None:
+        self.status, self.now, self.nonce, self.events = status, now, nonce, list[Event]()
         self.wake: list[datetime] = []
 
     def emit(self, type_: str, reason: str, message: str) -> None:
@@ -171,8 +175,11 @@ def decide(
     candidates: Sequence[Candidate],
     now: datetime,
     peers: Sequence[Peer] = (),
+    *,
+    nonce: str,
 ) -> Decision:
-    p = _Progress(replace(status, observedGeneration=incident.generation), now)
+    """``nonce``: a fresh random value, used only if this decision opens an approval request."""
+    p = _Progress(replace(status, observedGeneration=incident.generation), now, nonce)
     if status.phase == Phase.RESOLVED.value:
         return p.decision()
     if incident.resolved:
@@ -357,7 +364,10 @@ def _scan(
             )
             continue
         if record is not None and record.state == StepState.RUNNING.value:
-            return StepCall(step, attempt, _render(ctx, p.status, step), resumed=True)
+            params = _render(ctx, p.status, step)
+            if record.approvedDigest and consent.digest(step.action, params) != record.approvedDigest:
+                return _consent(p, ctx, step, attempt, params)  # changed since approved: ask again
+            return StepCall(step, attempt, params, resumed=True)
         if record is None or record.state in (StepState.PENDING.value, StepState.AWAITING_APPROVAL.value):
             outcome = _prepare(p, ctx, step, attempt)
             if outcome is None:
@@ -392,10 +402,7 @@ def _prepare(p: _Progress, ctx: _Context, step: Step, attempt: int) -> StepCall 
         _skip(p, step, attempt, f"dry run: would run {step.action} with {_compact(params)}")
         return None
     if step.requires_approval and step.stage is not Stage.ESCALATE:
-        approver = ctx.incident.approvals.get(step.name)
-        if approver is None:
-            return _await_approval(p, ctx, step, attempt)
-        return _run(p, StepCall(step, attempt, params), approved_by=approver)
+        return _consent(p, ctx, step, attempt, params)
     return _run(p, StepCall(step, attempt, params))
 
 
@@ -422,27 +429,94 @@ def _skip(p: _Progress, step: Step, attempt: int, why: str) -> None:
     _settle_unrun(p, step, attempt, StepState.SKIPPED, why)
 
 
-def _approval_command(ctx: _Context, step: Step) -> str:
-    approvals = [{"step": name, "by": by} for name, by in ctx.incident.approvals.items()]
-    approvals.append({"step": step.name, "by": "YOUR-NAME"})
-    patch = json.dumps({"spec": {"approvals": approvals}}, separators=(",", ":"))
-    return f"kubectl patch incident {ctx.incident.name} -n {ctx.incident.namespace} --type=merge -p '{patch}'"
-
-
-def _await_approval(p: _Progress, ctx: _Context, step: Step, attempt: int) -> StepRecord | None:
+def _consent(p: _Progress, ctx: _Context, step: Step, attempt: int, params: dict[str, Any]) -> StepCall | StepRecord:
+    """Run the step if an approval answers its open request; else open (or renew) the request and wait."""
+    wanted = consent.digest(step.action, params)
     record = p.status.record(step.stage.value, step.name, attempt)
-    if record is None or record.state != StepState.AWAITING_APPROVAL.value:
-        record = StepRecord(
-            step.name, step.stage.value, step.action, attempt, StepState.AWAITING_APPROVAL.value, timestamp(p.now)
+    waiting = record is not None and record.state == StepState.AWAITING_APPROVAL.value
+    request = record.approvalRequest if record is not None and waiting else None
+    if record is None or request is None or request.digest != wanted:
+        record = _request(p, ctx, step, attempt, params, wanted, record if waiting else None)
+    else:
+        approval = consent.answer(ctx.incident.approvals, step.name, attempt, request.nonce)
+        if approval is not None:
+            return _run(p, StepCall(step, attempt, params), approval, wanted)
+    _ignored(p, ctx, step, record)
+    return _await_approval(p, ctx, step, record)
+
+
+def _request(
+    p: _Progress,
+    ctx: _Context,
+    step: Step,
+    attempt: int,
+    params: dict[str, Any],
+    digest: str,
+    previous: StepRecord | None,
+) -> StepRecord:
+    """Ask for approval of exactly these parameters in this round, under a fresh nonce.
+
+    A renewed request keeps the first one's start, so the approval timeout is not pushed back."""
+    request = ApprovalRequest(p.nonce, digest, timestamp(p.now), _bounded(params) or {})
+    started = previous.startedAt if previous is not None and previous.startedAt else timestamp(p.now)
+    record = StepRecord(
+        step.name, step.stage.value, step.action, attempt, StepState.AWAITING_APPROVAL.value, started,
+        approvalRequest=request,
+    )  # fmt: skip
+    p.status = p.status.with_record(record)
+    how = _approval_commands(ctx, step, attempt, p.nonce)
+    if p.status.phase == Phase.AWAITING_APPROVAL.value:
+        why = "its parameters changed" if previous is not None and previous.approvalRequest else "a new request"
+        p.emit(
+            WARNING,
+            Reason.APPROVAL_REQUEST_CHANGED,
+            f"step {step.name!r} asks again ({why}, parameters {digest[:19]}); approvals of the earlier request "
+            f"do not count; approve with: {how}",
         )
-        p.status = replace(p.status.with_record(record), currentStep=step.name)
+    else:
         why = "destructive action" if step.destructive else "requiresApproval"
         p.condition(ConditionType.RESOLVED, False, Reason.AWAITING_APPROVAL, f"step {step.name!r} awaits approval")
         p.enter(
             Phase.AWAITING_APPROVAL,
             Reason.AWAITING_APPROVAL,
-            f"step {step.name!r} ({step.action}, {why}) needs approval; approve with: {_approval_command(ctx, step)}",
+            f"step {step.name!r} ({step.action}, {why}) needs approval for round {attempt} "
+            f"(parameters {digest[:19]}); approve with: {how}",
         )
+    p.status = replace(p.status, currentStep=step.name)
+    return record
+
+
+def _approval_commands(ctx: _Context, step: Step, attempt: int, nonce: str) -> str:
+    name, namespace = ctx.incident.name, ctx.incident.namespace
+    return (
+        f"`{consent.approve_command(namespace, name, step.name)}`, or as a raw patch "
+        f"(with {consent.PLACEHOLDER} replaced by your username): "
+        f"`{consent.patch_command(namespace, name, step.name, attempt, nonce)}`"
+    )
+
+
+def _ignored(p: _Progress, ctx: _Context, step: Step, record: StepRecord) -> None:
+    """Say once which approvals of this step do not count: another round, another nonce, or none."""
+    request = record.approvalRequest
+    assert request is not None
+    stale = [
+        a
+        for a in ctx.incident.approvals
+        if a.step == step.name and not a.answers(step.name, record.attempt, request.nonce)
+    ]
+    if not stale:
+        return
+    who = ", ".join(f"{a.by!r} (round {a.round}, nonce {a.nonce or 'none'})" for a in stale[:3])
+    more = f" and {len(stale) - 3} more" if len(stale) > 3 else ""
+    p.wait(
+        Reason.APPROVAL_IGNORED,
+        f"approval(s) of step {step.name!r} by {who}{more} do not count: they do not name the open request "
+        f"(round {record.attempt}, nonce {request.nonce})",
+    )
+
+
+def _await_approval(p: _Progress, ctx: _Context, step: Step, record: StepRecord) -> StepRecord:
+    """Wait for an approval until the approval timeout, then escalate."""
     assert record.startedAt is not None
     severity = p.status.severity or DEFAULT_SEVERITY
     limit = ctx.policy.approval_timeout if ctx.policy and ctx.policy.approval_timeout else RESPONSE_TIME[severity]
@@ -458,27 +532,25 @@ def _await_approval(p: _Progress, ctx: _Context, step: Step, attempt: int) -> St
     return record
 
 
-def _run(p: _Progress, call: StepCall, approved_by: str | None = None) -> StepCall:
+def _run(p: _Progress, call: StepCall, approval: Approval | None = None, digest: str | None = None) -> StepCall:
     step = call.step
     previous = p.status.record(step.stage.value, step.name, call.attempt)
-    approved_at = previous.approvedAt if previous and previous.approvedAt else None
-    if approved_by and not approved_at:
-        approved_at = timestamp(p.now)
-        p.emit(NORMAL, Reason.APPROVED, f"step {step.name!r} approved by {approved_by}")
     record = StepRecord(
-        step.name,
-        step.stage.value,
-        step.action,
-        call.attempt,
-        StepState.RUNNING.value,
-        timestamp(p.now),
-        approvedBy=approved_by,
-        approvedAt=approved_at,
-    )
+        step.name, step.stage.value, step.action, call.attempt, StepState.RUNNING.value, timestamp(p.now),
+        approvalRequest=previous.approvalRequest if previous is not None else None,
+    )  # fmt: skip
+    if approval is not None:
+        record = replace(record, approvedBy=approval.by, approvedAt=timestamp(p.now), approvedDigest=digest)
+        p.emit(
+            NORMAL,
+            Reason.APPROVED,
+            f"step {step.name!r} approved by {approval.by} (round {call.attempt}, parameters {(digest or '')[:19]})",
+        )
     p.status = replace(p.status.with_record(record), currentStep=step.name)
     if step.stage is not Stage.ESCALATE and p.status.phase == Phase.AWAITING_APPROVAL.value:
+        by = approval.by if approval is not None else "nobody"
         p.condition(ConditionType.RESOLVED, False, Reason.IN_PROGRESS, f"step {step.name!r} approved")
-        p.enter(_STAGE_PHASE[step.stage.value], Reason.APPROVED, f"step {step.name!r} approved by {approved_by}")
+        p.enter(_STAGE_PHASE[step.stage.value], Reason.APPROVED, f"step {step.name!r} approved by {by}")
         p.status = replace(p.status, currentStep=step.name)
     return call
 
@@ -707,18 +779,9 @@ def complete(status: Status, call: StepCall, result: StepResult, now: datetime) 
     step = call.step
     previous = status.record(step.stage.value, step.name, call.attempt)
     state = StepState.SUCCEEDED if result.ok else StepState.FAILED
-    record = StepRecord(
-        name=step.name,
-        stage=step.stage.value,
-        action=step.action,
-        attempt=call.attempt,
-        state=state.value,
-        startedAt=previous.startedAt if previous else timestamp(now),
-        finishedAt=timestamp(now),
-        message=result.message,
-        output=_bounded(result.output),
-        approvedBy=previous.approvedBy if previous else None,
-        approvedAt=previous.approvedAt if previous else None,
+    began = previous or StepRecord(step.name, step.stage.value, step.action, call.attempt, state.value, timestamp(now))
+    record = replace(
+        began, state=state.value, finishedAt=timestamp(now), message=result.message, output=_bounded(result.output)
     )
     p.status = replace(p.status.with_record(record), currentStep=None)
     if step.stage is Stage.DIAGNOSE:

@@ -7,10 +7,11 @@ field, so a bad RemediationPolicy is reported, never crashes the operator.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from runbook_operator.domain.consent import Approval
 from runbook_operator.domain.durations import parse_duration
 from runbook_operator.domain.expressions import When, check_templates
 
@@ -176,7 +177,7 @@ class Incident:
     dry_run: bool = False
     suspend: bool = False
     acknowledged_by: str | None = None
-    approvals: Mapping[str, str] = field(default_factory=dict)  # step name -> who approved
+    approvals: tuple[Approval, ...] = ()
     created: str = ""  # creationTimestamp, to tell which of two duplicates came first
 
     @classmethod
@@ -199,7 +200,7 @@ class Incident:
             dry_run=bool(spec.get("dryRun", False)),
             suspend=bool(spec.get("suspend", False)),
             acknowledged_by=spec.get("acknowledgedBy") or None,
-            approvals={a["step"]: a["by"] for a in spec.get("approvals") or [] if a.get("step") and a.get("by")},
+            approvals=tuple(_approvals(spec.get("approvals"))),
             created=str(meta.get("creationTimestamp") or ""),
         )
 
@@ -216,6 +217,18 @@ class Incident:
             "labels": dict(self.labels),
             "target": {"kind": target.kind, "name": target.name, "namespace": target.namespace} if target else None,
         }
+
+
+def _approvals(raw: Any) -> Iterator[Approval]:
+    for item in raw if isinstance(raw, list) else ():
+        if isinstance(item, Mapping) and item.get("step") and item.get("by"):
+            round_ = item.get("round")
+            yield Approval(
+                str(item["step"]),
+                str(item["by"]),
+                round_ if isinstance(round_, int) else 0,
+                str(item.get("nonce") or ""),
+            )
 
 
 # Checks one action's parameters and says what kind of action it is; raises ValueError

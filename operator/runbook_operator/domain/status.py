@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Collection, Mapping
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -57,6 +57,8 @@ class Reason:
     AWAITING_APPROVAL = "AwaitingApproval"
     APPROVED = "Approved"
     APPROVAL_TIMEOUT = "ApprovalTimeout"
+    APPROVAL_REQUEST_CHANGED = "ApprovalRequestChanged"
+    APPROVAL_IGNORED = "ApprovalIgnored"
     DRY_RUN = "DryRun"
     DUPLICATE = "Duplicate"
     SUSPENDED = "Suspended"
@@ -98,6 +100,20 @@ class Condition:
 
 
 @dataclass(frozen=True)
+class ApprovalRequest:
+    """What a step waiting for approval asks for; an approval must name its nonce (and the record's round)."""
+
+    nonce: str
+    digest: str  # of the action and the rendered parameters (domain.consent.digest)
+    requestedAt: str
+    parameters: Mapping[str, Any] = field(default_factory=dict)  # as rendered: Secrets named, never read; bounded
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> ApprovalRequest:
+        return cls(**_known(cls, raw))
+
+
+@dataclass(frozen=True)
 class StepRecord:
     name: str
     stage: str
@@ -110,6 +126,15 @@ class StepRecord:
     output: Mapping[str, Any] | None = None
     approvedBy: str | None = None
     approvedAt: str | None = None
+    approvedDigest: str | None = None
+    approvalRequest: ApprovalRequest | None = None
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> StepRecord:
+        values = _known(cls, raw)
+        request = values.get("approvalRequest")
+        values["approvalRequest"] = ApprovalRequest.from_dict(request) if isinstance(request, Mapping) else None
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -163,7 +188,7 @@ class Status:
         raw = raw or {}
         nested = {"conditions": Condition, "steps": StepRecord, "findings": Finding, "timeline": TimelineEntry}
         scalars = _known(cls, raw, exclude={*nested, "escalation"})
-        lists = {key: tuple(kind(**_known(kind, item)) for item in raw.get(key) or ()) for key, kind in nested.items()}
+        lists = {key: tuple(_item(kind, item) for item in raw.get(key) or ()) for key, kind in nested.items()}
         escalation = _known(EscalationState, raw.get("escalation") or {})
         escalation["fired"] = tuple(escalation.get("fired") or ())
         return cls(**scalars | lists, escalation=EscalationState(**escalation))
@@ -204,6 +229,11 @@ class Status:
             oldest = next((i for i, s in enumerate(kept) if s.finishedAt), 0)
             del kept[oldest]
         return replace(self, steps=tuple(kept))
+
+
+def _item(kind: type, raw: Mapping[str, Any]) -> Any:
+    parse = getattr(kind, "from_dict", None)
+    return parse(raw) if parse is not None else kind(**_known(kind, raw))
 
 
 def _known(kind: type, raw: Mapping[str, Any], exclude: Collection[str] = ()) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ Clock = Callable[[], datetime]
 RETRY_DELAY = 5.0  # after an API error, try the write again this much later
 EVENT_POSTS = 4  # Events in flight at once, of the Kube adapter's 16 threads; the rest is for status writes
 LATER_WRITES = 10  # status writes in flight at once for incidents that have a status; first writes are not held
+NONCE_BYTES = 8  # an approval request's nonce: 16 hex digits, unguessable before the request exists
 STOP_GRACE = 5.0  # on stop, seconds to let Events already decided reach the API server
 
 
@@ -211,7 +213,8 @@ class Reconciler:
             body = worker.body
             incident = Incident.from_body(body)
             now = self._clock()
-            decision = decide(incident, status, self._policies(incident.namespace), now, self._peers(uid, incident))
+            candidates, peers = self._policies(incident.namespace), self._peers(uid, incident)
+            decision = decide(incident, status, candidates, now, peers, nonce=secrets.token_hex(NONCE_BYTES))
             self._progressed(uid, incident, status, decision.status)
             status = decision.status
             self._note(uid, incident, status)
