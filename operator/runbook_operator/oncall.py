@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ import kubernetes
 from runbook_operator.domain import consent
 
 GROUP, VERSION, PLURAL = "remediation.ishchat.io", "v1alpha1", "incidents"
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 class Refused(Exception):
@@ -140,13 +142,17 @@ def describe(incident: Mapping[str, Any], record: Mapping[str, Any]) -> list[str
         f"Step {record.get('name')} ({record.get('stage')}, round {record.get('attempt')}): {record.get('action')}",
         "Parameters, as the operator rendered them (Secrets are named, never read):",
     ]
-    lines += [f"  {_shown(key)}: {_shown(value)}" for key, value in params.items()] or ["  (none)"]
+    lines += [f"  {_key(key)}: {_shown(value)}" for key, value in params.items()] or ["  (none)"]
     if consent.digest(str(record.get("action")), params) != request.get("digest"):
         lines.append("  (some values are too large to show; the digest below covers all of them)")
     lines.append(
         f"Digest {request.get('digest')}, nonce {request.get('nonce')}, requested at {request.get('requestedAt')}"
     )
     return lines
+
+
+def _key(key: str) -> str:
+    return key if _PLAIN_KEY.fullmatch(key) else _shown(key)
 
 
 def _shown(value: Any) -> str:
@@ -160,33 +166,33 @@ def approve(
     name: str,
     step: str,
     confirm: Callable[[str], bool] | None,
-    out: TextIO = sys.stdout,
+    out: TextIO | None = None,
 ) -> None:
     """Append an approval of the open request of ``step``, as ``who``; ``confirm`` None: do not ask."""
     incident = incidents.get(name)
     record = waiting_step(incident, step)
     request = record["approvalRequest"]
-    out.write("\n".join(describe(incident, record)) + "\n")
+    print("\n".join(describe(incident, record)), file=out)
     if confirm is not None and not confirm(f"Approve this as {who}? [y/N] "):
         raise Refused("not approved")
     round_, nonce = int(record.get("attempt") or 0), str(request["nonce"])
     listed = isinstance((incident.get("spec") or {}).get("approvals"), list)
     patch = consent.append_patch(step, round_, nonce, who, list_exists=listed)
     incidents.patch(name, patch, "the approval was")
-    out.write(f"approved: step {step} (round {round_}, nonce {nonce}) of {incidents.namespace}/{name} by {who}\n")
+    print(f"approved: step {step} (round {round_}, nonce {nonce}) of {incidents.namespace}/{name} by {who}", file=out)
 
 
-def acknowledge(incidents: Incidents, who: str, name: str, out: TextIO = sys.stdout) -> None:
+def acknowledge(incidents: Incidents, who: str, name: str, out: TextIO | None = None) -> None:
     before = (incidents.get(name).get("spec") or {}).get("acknowledgedBy")
     incidents.patch(name, {"spec": {"acknowledgedBy": who}}, "the acknowledgement was")
     was = f" (was: {_shown(before)})" if before and before != who else ""
-    out.write(f"acknowledged: {incidents.namespace}/{name} by {who}{was}\n")
+    print(f"acknowledged: {incidents.namespace}/{name} by {who}{was}", file=out)
 
 
-def resolve(incidents: Incidents, name: str, out: TextIO = sys.stdout) -> None:
+def resolve(incidents: Incidents, name: str, out: TextIO | None = None) -> None:
     incidents.get(name)
     incidents.patch(name, {"spec": {"resolved": True}}, "resolving was")
-    out.write(f"resolved: {incidents.namespace}/{name} (spec.resolved: true; pending work stops)\n")
+    print(f"resolved: {incidents.namespace}/{name} (spec.resolved: true; pending work stops)", file=out)
 
 
 def ask(question: str) -> bool:

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
+from runbook_operator.domain import consent
 from runbook_operator.lab.demo import DemoService
 from tests.e2e.conftest import Kubectl, OperatorProcess, wait_for
-from runbook_operator.domain import consent
 from tests.e2e.test_foundation import approval_commands, awaiting, conditions, demo_policy, incident, settled
 
 pytestmark = pytest.mark.e2e

@@ -10,8 +10,8 @@ import pytest
 from runbook_operator import cli
 from runbook_operator.lab.demo import DemoService
 from tests.e2e.conftest import Kubectl, OperatorProcess
-from tests.fixtures.cluster import ONCALL
 from tests.e2e.test_foundation import demo_policy, incident, settled
+from tests.fixtures.cluster import ONCALL
 
 pytestmark = pytest.mark.e2e
 
@@ -36,7 +36,10 @@ def test_report_of_an_approved_and_resolved_incident(
         {"name": "failover", "action": "http.request", "with": {"url": f"{demo.url}/admin/failover", "destructive": True}}]))  # fmt: skip
     kubectl.apply(incident("reported", namespace, summary="instance manager health check failing"))
     settled(kubectl, "reported", namespace, "AwaitingApproval")
-    assert cli.main(["approve", "reported", "failover", "-n", namespace, "--yes", "--as", "alice", "--as-group", ONCALL]) == 0
+    assert (
+        cli.main(["approve", "reported", "failover", "-n", namespace, "--yes", "--as", "alice", "--as-group", ONCALL])
+        == 0
+    )
     settled(kubectl, "reported", namespace, "Resolved")
     capsys.readouterr()  # what approve printed
 

@@ -23,9 +23,10 @@ from typing import Any
 import httpx
 import pytest
 
+from runbook_operator import cli
 from runbook_operator.lab import scenarios
 from runbook_operator.lab.controlplane import ControlPlane
-from runbook_operator.lab.lab import NAMESPACE, Lab
+from runbook_operator.lab.lab import NAMESPACE, ONCALL_GROUP, ONCALL_USER, Lab
 from tests.fixtures.cluster import ROOT
 from tests.fixtures.common import wait_for
 
@@ -78,8 +79,18 @@ class LabRun:
         assert self.lab.sim is not None
         before = [item["metadata"]["name"] for item in self.incidents()]
         calls_before, hooks_before = len(self.lab.sim.calls), len(self.lab.hooks)
-        outcomes = scenarios.play(wave, self.lab.inject, self.incidents, timeout=150, ignore=before)
-        return Wave(outcomes, self.lab.sim.calls[calls_before:], self.lab.hooks[hooks_before:], self.workloads())
+        approved_at: dict[str, int] = {}  # incident name -> the number of the wave's calls when on-call approved
+
+        def approve(name: str, step: str) -> bool:
+            assert self.lab.sim is not None
+            approved_at[name] = len(self.lab.sim.calls) - calls_before
+            argv = ["approve", name, step, "-n", NAMESPACE, "--yes", f"--kubeconfig={self.kubeconfig}",
+                    f"--as={ONCALL_USER}", f"--as-group={ONCALL_GROUP}"]  # fmt: skip
+            return cli.main(argv) == 0
+
+        outcomes = scenarios.play(wave, self.lab.inject, self.incidents, timeout=150, ignore=before, approve=approve)
+        calls, hooks = self.lab.sim.calls[calls_before:], self.lab.hooks[hooks_before:]
+        return Wave(outcomes, calls, hooks, self.workloads(), {"approved_at": approved_at})
 
     def tail(self) -> str:
         return self.log.read_text(errors="replace")[-4000:]
@@ -139,21 +150,12 @@ def outages(lab_run: LabRun) -> Wave:
 
 @pytest.fixture(scope="module")
 def degradations(lab_run: LabRun, outages: Wave) -> Wave:
-    """Wave 2, then one approval: the failover HighErrorRate waits for."""
+    """Wave 2, where on-call approves the failover HighErrorRate waits for (`runbook-operator approve`)."""
     wave = lab_run.play(scenarios.WAVES[1])
     _settled(lab_run, wave)
-    lab = lab_run.lab
-    assert lab.sim is not None
-    name = wave.incident("HighErrorRate")["metadata"]["name"]
-    patch = {"spec": {"approvals": [{"step": "failover-openai", "by": "oncall@example.com"}]}}
-    lab_run.kubectl("patch", "incident", name, "-n", NAMESPACE, "--type=merge", "-p", json.dumps(patch))
-    wave.extra["approved"] = wait_for(
-        lambda: (i := lab_run.incident(name))["status"].get("phase") == "Resolved" and i,
-        90,
-        "the approved failover to resolve HighErrorRate",
-    )
-    wave.extra["failed_over"] = set(lab.sim.failed_over)
-    lab.clear()
+    assert lab_run.lab.sim is not None
+    wave.extra["failed_over"] = set(lab_run.lab.sim.failed_over)
+    lab_run.lab.clear()
     return wave
 
 
@@ -258,23 +260,24 @@ def test_high_response_time_switches_to_performance_routing_and_resolves(degrada
     assert incident["status"]["phase"] == "Resolved"
 
 
-def test_high_error_rate_resets_circuits_and_waits_for_approval_to_fail_over(degradations: Wave) -> None:
+def test_high_error_rate_resets_circuits_and_fails_over_once_on_call_approves(degradations: Wave) -> None:
     incident = degradations.incident("HighErrorRate")
     _from_alertmanager(incident, "HighErrorRate")
+    outcome = degradations.outcomes["HighErrorRate"]
+    assert outcome.approved and outcome.phases.index("AwaitingApproval") < outcome.phases.index("Resolved")
     steps = degradations.steps("HighErrorRate")
-    assert incident["status"]["phase"] == "AwaitingApproval"
     assert steps["Diagnose.provider_openai"]["state"] == "Failed"
     _ok(steps, "Diagnose.provider_anthropic", "Diagnose.provider_zai", "Remediate.reset-circuits")
-    assert steps["Remediate.failover-openai"]["state"] == "AwaitingApproval"
-    # the destructive failover did not run before the approval (the wave's calls end at settle time)
-    assert degradations.called("load-balancer", "POST", "/failover/configure") == []
-    # once approved: failed over, errors stop, verified
-    approved = degradations.extra["approved"]
-    final = {s["name"]: s for s in approved["status"]["steps"]}
-    assert final["failover-openai"]["state"] == "Succeeded"
-    assert final["failover-openai"]["approvedBy"] == "oncall@example.com"
+    # the destructive failover ran once, and only after on-call approved it
+    failovers = [
+        i for i, call in enumerate(degradations.calls) if call[:3] == ("load-balancer", "POST", "/failover/configure")
+    ]
+    assert len(failovers) == 1 and failovers[0] >= degradations.extra["approved_at"][incident["metadata"]["name"]]
+    failover = steps["Remediate.failover-openai"]
+    assert failover["state"] == "Succeeded" and failover["approvedBy"] == ONCALL_USER
+    assert failover["approvedDigest"] == failover["approvalRequest"]["digest"]
     assert degradations.extra["failed_over"] == {"openai"}
-    assert approved["status"]["phase"] == "Resolved"  # verified, or the alert cleared first
+    assert incident["status"]["phase"] == "Resolved"  # verified, or the alert cleared first
 
 
 def test_a_memory_leak_a_restart_cannot_fix_is_escalated_to_on_call(degradations: Wave) -> None:

@@ -12,8 +12,9 @@ from typing import Any
 
 import httpx
 
+from runbook_operator import cli
 from runbook_operator.lab import scenarios
-from runbook_operator.lab.lab import FAULTS, NAMESPACE, Lab, running_lab
+from runbook_operator.lab.lab import FAULTS, NAMESPACE, ONCALL_GROUP, ONCALL_USER, Lab, running_lab
 
 
 def lab(directory: Path, kubeconfig: Path, kubectl: Path) -> int:
@@ -75,6 +76,13 @@ def demo(directory: Path, faults: list[str] | None, timeout: float) -> int:
         control.post(f"/lab/faults/{fault}").raise_for_status()
         print(f"{_now()}  inject  {fault}: {FAULTS[fault]}", flush=True)
 
+    def approve(name: str, step: str) -> bool:
+        """As the lab's on-call engineer would: the approve command, as themselves (impersonated here)."""
+        argv = ["approve", name, step, "-n", NAMESPACE, "--yes", f"--kubeconfig={state['kubeconfig']}",
+                f"--as={ONCALL_USER}", f"--as-group={ONCALL_GROUP}"]  # fmt: skip
+        print(f"{_now()}  $ runbook-operator {' '.join(argv[:5])} --as={ONCALL_USER}", flush=True)
+        return cli.main(argv) == 0
+
     def changed(outcome: scenarios.Outcome, phase: str) -> None:
         name = (outcome.incident or {}).get("metadata", {}).get("name", "")
         step = ((outcome.incident or {}).get("status") or {}).get("currentStep") or ""
@@ -90,7 +98,9 @@ def demo(directory: Path, faults: list[str] | None, timeout: float) -> int:
             continue
         print(f"{_now()}  wave {number}: {', '.join(chosen)}", flush=True)
         before = [item["metadata"]["name"] for item in incidents()]
-        played = scenarios.play(chosen, inject, incidents, timeout=timeout, ignore=before, on_change=changed)
+        played = scenarios.play(
+            chosen, inject, incidents, timeout=timeout, ignore=before, on_change=changed, approve=approve
+        )
         outcomes += played.values()
         control.post("/lab/clear").raise_for_status()
         print(f"{_now()}  wave {number} done; faults cleared", flush=True)

@@ -50,6 +50,8 @@ ROOT = Path(__file__).resolve().parents[3]  # the checkout (manifests/, crds/)
 PACK = ROOT / "manifests" / "runbooks" / "ish-chat"
 NAMESPACE = "ishchat"
 DATABASE, DB_USER = "ish_chat", "ishchat_user"
+# the lab's on-call engineer: `make demo` approves as them (impersonated), their group holds the approver role
+ONCALL_USER, ONCALL_GROUP = "oncall@ishchat.example", "ishchat:oncall"
 
 # in-cluster name -> the last octet of its loopback address
 HOSTS = {
@@ -373,8 +375,10 @@ class Lab:
         return docs
 
     def _apply_cluster(self) -> int:
-        """Apply the CRDs, namespace, workloads, Secrets and the pack; the number of policies applied."""
+        """Apply the CRDs, the consent policy, namespace, workloads, Secrets, on-call's approver role and
+        the pack; the number of policies applied."""
         self.kube("apply", "-k", str(ROOT / "crds"))
+        self.kube("apply", "-k", str(ROOT / "manifests" / "consent"))
         self.kube(
             "wait", "--for=condition=Established", "--timeout=60s",
             "crd/incidents.remediation.ishchat.io", "crd/remediationpolicies.remediation.ishchat.io",
@@ -384,6 +388,7 @@ class Lab:
             docs.append(_workload(name, kind, replicas))
             if kind == "StatefulSet":
                 docs.append(_headless_service(name))
+        docs.append(_approvers(ONCALL_GROUP))
         docs.append(_secret("ishchat-postgres", {"password": self.db_password}))
         docs.append(_secret("ishchat-notify", {"webhook": f"{self.control_url}/hooks/on-call"}))
         policies = self.policies()
@@ -592,6 +597,21 @@ def _headless_service(name: str) -> dict[str, Any]:
         "kind": "Service",
         "metadata": {"name": name, "namespace": NAMESPACE},
         "spec": {"clusterIP": "None", "selector": {"app": name}, "ports": [{"port": 1, "name": "lab"}]},
+    }
+
+
+def _approvers(group: str) -> dict[str, Any]:
+    """The binding every team makes: its on-call group may approve steps in its namespace."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": "runbook-approvers", "namespace": NAMESPACE},
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": "runbook-operator-approver",
+        },
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": group}],
     }
 
 

@@ -29,7 +29,7 @@ EXPECTED = {
     "PostgreSQLDown": "Resolved",
     "RedisDown": "Resolved",
     "HighResponseTime": "Resolved",
-    "HighErrorRate": "AwaitingApproval",  # failing over a provider is destructive
+    "HighErrorRate": "Resolved",  # failing over a provider is destructive: on-call approves it (APPROVALS)
     "HighMemoryUsage": "Escalated",  # a restart does not fix a leak: people raise limits, find the leak
     "DiskSpaceRunningLow": "AwaitingApproval",  # docker prune
     "PostgreSQLSlowQueries": "AwaitingApproval",  # REINDEX (after ANALYZE ran)
@@ -37,6 +37,9 @@ EXPECTED = {
     "UnexpectedCostSpike": "AwaitingApproval",  # scaling a provider down is a budget decision
 }
 SETTLED = frozenset({"Resolved", "AwaitingApproval", "Escalated"})
+# the step on-call approves (through `runbook-operator approve`) once its incident waits for it
+APPROVALS = {"HighErrorRate": "failover-openai"}
+Approve = Callable[[str, str], bool]  # (incident name, step) -> approved
 
 
 @dataclass
@@ -49,6 +52,7 @@ class Outcome:
     incident: dict[str, Any] | None = None
     settled_after: float | None = None  # seconds from injection
     phases: list[str] = field(default_factory=list)
+    approved: bool | None = None  # on-call approved its step of APPROVALS (False: the approval failed)
 
     @property
     def phase(self) -> str:
@@ -67,11 +71,13 @@ def play(
     ignore: Iterable[str] = (),
     on_change: Callable[[Outcome, str], None] | None = None,
     poll: float = 1.0,
+    approve: Approve | None = None,
 ) -> dict[str, Outcome]:
     """Inject ``faults`` and follow their alerts' new Incidents until each settles (or ``timeout``).
 
     ``ignore``: names of Incidents that existed before; ``on_change(outcome, phase)`` sees
     every phase an Incident is seen in. The first new Incident of an alert is its scenario's.
+    ``approve``: how on-call approves the steps of :data:`APPROVALS` (None: nobody does).
     """
     seen = set(ignore)
     outcomes: dict[str, Outcome] = {}
@@ -80,7 +86,7 @@ def play(
         outcomes[ALERTS[fault]] = Outcome(fault, ALERTS[fault], time.monotonic())
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        _observe(outcomes, incidents(), seen, on_change)
+        _observe(outcomes, incidents(), seen, on_change, approve)
         if all(o.settled_after is not None for o in outcomes.values()):
             break
         time.sleep(poll)
@@ -92,6 +98,7 @@ def _observe(
     items: list[dict[str, Any]],
     seen: set[str],
     on_change: Callable[[Outcome, str], None] | None,
+    approve: Approve | None,
 ) -> None:
     for item in sorted(items, key=lambda i: i["metadata"].get("creationTimestamp", "")):
         name = item["metadata"]["name"]
@@ -106,6 +113,12 @@ def _observe(
             outcome.phases.append(phase)
             if on_change is not None:
                 on_change(outcome, phase)
+        step = APPROVALS.get(outcome.alert)
+        if phase == "AwaitingApproval" and approve is not None and step is not None:
+            if outcome.approved is None:
+                outcome.approved = approve(name, step)
+            if outcome.approved:
+                continue  # it settles where the approved step leads
         if phase in SETTLED and outcome.settled_after is None:
             outcome.settled_after = time.monotonic() - outcome.injected
 
@@ -119,6 +132,7 @@ def table(outcomes: Iterable[Outcome]) -> str:
         ran = sum(1 for s in steps if s.get("state") in ("Succeeded", "Failed"))
         waiting = [s["name"] for s in steps if s.get("state") == "AwaitingApproval"]
         summary = f"{ran} ran" + (f", {waiting[0]} awaits approval" if waiting else "")
+        summary += f", {APPROVALS[o.alert]} approved by on-call" if o.approved and not waiting else ""
         settled = f"{o.settled_after:.0f}s" if o.settled_after is not None else "not settled"
         name = (o.incident or {}).get("metadata", {}).get("name", "(no incident)")
         reason = _condition_reason(status) or "-"
