@@ -72,7 +72,7 @@ cluster-down: $(BIN)/.installed
 
 ## Print the exports for a shell: eval "$$(make -s env)"
 env: controlplane
-	@echo "export KUBECONFIG=$(CURDIR)/$(CLUSTER_DIR)/kubeconfig PATH=$$(tools/controlplane/build.sh):$$PATH"
+	@echo "export KUBECONFIG=$(CURDIR)/$(CLUSTER_DIR)/kubeconfig PATH=$$(tools/controlplane/build.sh):$(CURDIR)/$(BIN):$$PATH"
 
 clean: cluster-down
 	rm -rf $(VENV) $(CLUSTER_DIR) .lab .pytest_cache .mypy_cache .ruff_cache

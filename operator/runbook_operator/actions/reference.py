@@ -12,7 +12,8 @@ HEADER = """# Action reference
 
 Generated from the registry by `make docs` (`runbook-operator actions --markdown`);
 a test fails when this page is stale. Parameters go under a step's `with:`.
-Destructive actions wait for an approval unless the step sets `requiresApproval: false`;
+Destructive actions wait for an approval unless the step sets `requiresApproval: false`
+(`kubectl runbook approve INCIDENT STEP` gives one, for exactly the parameters shown);
 read-only actions also run in a dry run.
 """
 

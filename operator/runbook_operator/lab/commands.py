@@ -35,8 +35,9 @@ def lab(directory: Path, kubeconfig: Path, kubectl: Path) -> int:
             f"Alertmanager {the_lab.alertmanager.url}, control {the_lab.control_url}\n"
             "==> in another shell:\n"
             "      make demo                      # inject the twelve faults, follow the incidents, print a summary\n"
-            f"      export KUBECONFIG={kubeconfig} PATH={kubectl.parent}:$PATH\n"
+            f"      export KUBECONFIG={kubeconfig} PATH={kubectl.parent}:{Path(sys.executable).parent}:$PATH\n"
             f"      kubectl get incidents -n {NAMESPACE} -w\n"
+            f"      kubectl runbook approve INCIDENT STEP -n {NAMESPACE}   # what AwaitingApproval waits for\n"
             "==> the operator's log follows (Ctrl-C stops the operator and the whole lab)",
             flush=True,
         )
