@@ -116,12 +116,12 @@ def waiting_step(incident: Mapping[str, Any], step: str) -> Mapping[str, Any]:
     found = next((s for s in records if s.get("name") == step and s.get("state") == "AwaitingApproval"), None)
     meta = incident.get("metadata") or {}
     where = f"{meta.get('namespace')}/{meta.get('name')}"
+    if status.get("phase") != "AwaitingApproval":  # a request left by an incident that resolved answers nothing
+        raise Refused(f"incident {where} waits for no approval: its phase is {status.get('phase') or 'not set yet'}")
     if found is None:
         others = sorted({str(s.get("name")) for s in records if s.get("state") == "AwaitingApproval"})
         hint = f"; waiting: {', '.join(others)}" if others else ""
-        raise Refused(
-            f"step {step!r} of incident {where} does not wait for approval (phase {status.get('phase')}){hint}"
-        )
+        raise Refused(f"step {step!r} of incident {where} does not wait for approval{hint}")
     request = found.get("approvalRequest")
     if not isinstance(request, Mapping) or not request.get("nonce"):
         raise Refused(

@@ -137,6 +137,13 @@ def test_approving_a_step_that_does_not_wait_says_what_does(
     assert "waiting: failover" in err
     assert cli.main(["approve", "nothing", "failover", "-n", namespace, "--yes", *as_alice(kubectl)]) == 1
     assert f"incident {namespace}/nothing not found" in capsys.readouterr().err
+    assert cli.main(["resolve", "consent", "-n", namespace, *as_alice(kubectl)]) == 0
+    settled(kubectl, "consent", namespace, "Resolved")
+    capsys.readouterr()
+    assert cli.main(["approve", "consent", "failover", "-n", namespace, "--yes", *as_alice(kubectl)]) == 1
+    err = capsys.readouterr().err  # its request is still in status, but a resolved incident waits for nothing
+    assert f"incident {namespace}/consent waits for no approval: its phase is Resolved" in err
+    assert approvals(kubectl, namespace) == []
 
 
 def test_ack_and_resolve_as_yourself(
