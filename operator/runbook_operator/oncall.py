@@ -144,7 +144,10 @@ def describe(incident: Mapping[str, Any], record: Mapping[str, Any]) -> list[str
     ]
     lines += [f"  {_key(key)}: {_shown(value)}" for key, value in params.items()] or ["  (none)"]
     if consent.digest(str(record.get("action")), params) != request.get("digest"):
-        lines.append("  (some values are too large to show; the digest below covers all of them)")
+        lines.append(
+            "  (these are not all the parameters the digest below covers: some were too large to keep in status; "
+            "`runbook-operator plan` renders them all)"
+        )
     lines.append(
         f"Digest {request.get('digest')}, nonce {request.get('nonce')}, requested at {request.get('requestedAt')}"
     )

@@ -204,6 +204,20 @@ def test_a_resumed_approved_step_whose_parameters_changed_asks_again() -> None:
     assert same.run is not None and same.run.resumed  # unchanged parameters: it runs again as approved
 
 
+def test_a_policy_edited_to_need_no_approval_runs_the_waiting_step_saying_so() -> None:
+    run = Run(incident(), destructive_policy(), always)
+    run.drive()
+    step = {"url": "http://lb:9092/failover", "destructive": True}
+    run.candidates = [
+        replace(policy("p", diagnose=[check("ping")], remediate=[request("failover", requiresApproval=False, **{"with": step})],
+                       verify=[check("healthy")]), generation=2)
+    ]  # fmt: skip
+    run.drive()
+    assert run.ran.count(("failover", 1)) == 1 and run.status.phase == Phase.RESOLVED.value
+    assert "step 'failover' no longer needs approval (policy edited)" in run.event("Approved").message
+    assert run.status.record("Remediate", "failover", 1).approvedBy is None  # type: ignore[union-attr]
+
+
 def test_no_approval_in_time_escalates() -> None:
     run = Run(incident(), destructive_policy(limits={"approvalTimeout": "10m"}), always)
     run.drive(horizon=timedelta(minutes=30))

@@ -435,7 +435,7 @@ def _consent(p: _Progress, ctx: _Context, step: Step, attempt: int, params: dict
     record = p.status.record(step.stage.value, step.name, attempt)
     waiting = record is not None and record.state == StepState.AWAITING_APPROVAL.value
     request = record.approvalRequest if record is not None and waiting else None
-    if record is None or request is None or request.digest != wanted:
+    if record is None or request is None or request.digest != wanted:  # none yet, or not for these parameters
         record = _request(p, ctx, step, attempt, params, wanted, record if waiting else None)
     else:
         approval = consent.answer(ctx.incident.approvals, step.name, attempt, request.nonce)
@@ -548,9 +548,9 @@ def _run(p: _Progress, call: StepCall, approval: Approval | None = None, digest:
         )
     p.status = replace(p.status.with_record(record), currentStep=step.name)
     if step.stage is not Stage.ESCALATE and p.status.phase == Phase.AWAITING_APPROVAL.value:
-        by = approval.by if approval is not None else "nobody"
-        p.condition(ConditionType.RESOLVED, False, Reason.IN_PROGRESS, f"step {step.name!r} approved")
-        p.enter(_STAGE_PHASE[step.stage.value], Reason.APPROVED, f"step {step.name!r} approved by {by}")
+        why = f"approved by {approval.by}" if approval is not None else "no longer needs approval (policy edited)"
+        p.condition(ConditionType.RESOLVED, False, Reason.IN_PROGRESS, f"step {step.name!r} {why}")
+        p.enter(_STAGE_PHASE[step.stage.value], Reason.APPROVED, f"step {step.name!r} {why}")
         p.status = replace(p.status, currentStep=step.name)
     return call
 
