@@ -230,6 +230,8 @@ def test_the_install_manifests_pass_server_side_dry_run(kubectl: Kubectl) -> Non
         "ClusterRoleBinding",
         "Deployment",
         "Service",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
     }
 
 
