@@ -29,6 +29,7 @@ from typing import Any
 
 ADMIN_USER = "admin"
 NODE_NAME = "kwok-node-0"
+BIND_ATTEMPTS = 3
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 
 
@@ -66,6 +67,19 @@ class ControlPlane:
         """Start everything, or reuse what already runs; return the kubeconfig path."""
         if self.state and self.running():
             return self.kubeconfig
+        tries = BIND_ATTEMPTS
+        while True:
+            try:
+                self._start_fresh(timeout)
+                return self.kubeconfig
+            except ControlPlaneError as err:
+                # a port free_port() picked was taken before the component bound it (by an outgoing
+                # connection on a busy machine, say): start again, on other ports
+                tries -= 1
+                if tries == 0 or "address already in use" not in str(err):
+                    raise
+
+    def _start_fresh(self, timeout: float) -> None:
         self.down()
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "logs").mkdir(exist_ok=True)
@@ -75,7 +89,6 @@ class ControlPlane:
         except BaseException:
             self.down()
             raise
-        return self.kubeconfig
 
     def down(self) -> None:
         """Stop the processes this directory started (by pid, checked by binary path)."""
