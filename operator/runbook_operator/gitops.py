@@ -52,8 +52,8 @@ from runbook_operator.domain.model import (
     default_escalation,
     parse_policy,
 )
+from runbook_operator.domain.resources import GROUP
 
-GROUP = "remediation.ishchat.io"
 KINDS = ("RemediationPolicy", "Incident")
 KUSTOMIZATION_FILES = frozenset({"kustomization.yaml", "kustomization.yml", "Kustomization"})
 CRDS_ENV = "RUNBOOK_OPERATOR_CRDS"

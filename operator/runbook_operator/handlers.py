@@ -17,10 +17,11 @@ from runbook_operator import intake
 from runbook_operator.actions import default_registry
 from runbook_operator.domain.matching import Candidate
 from runbook_operator.domain.model import InvalidPolicy, parse_policy
+from runbook_operator.domain.resources import GROUP, INCIDENTS, POLICIES, VERSION
 from runbook_operator.domain.status import Condition, Status
 from runbook_operator.engine.archive import Archive, ArchiveWriter
 from runbook_operator.engine.executor import Executor
-from runbook_operator.engine.kube import GROUP, VERSION, Kube
+from runbook_operator.engine.kube import Kube
 from runbook_operator.engine.metrics import Metrics
 from runbook_operator.engine.reconciler import Reconciler, utcnow
 
@@ -100,12 +101,12 @@ async def cleanup(**_: Any) -> None:
         runtime.kube.close()
 
 
-@kopf.index(GROUP, VERSION, "remediationpolicies")
+@kopf.index(GROUP, VERSION, POLICIES)
 def policies(namespace: str | None, body: kopf.Body, **_: Any) -> dict[str | None, Candidate]:
     return {namespace: parse_policy(body, REGISTRY.check)}
 
 
-@kopf.on.event(GROUP, VERSION, "incidents")
+@kopf.on.event(GROUP, VERSION, INCIDENTS)
 async def incident_event(event: kopf.RawEvent, body: kopf.Body, policies: PolicyIndex = None, **_: Any) -> None:
     runtime.policies = policies
     assert runtime.reconciler is not None
@@ -115,7 +116,7 @@ async def incident_event(event: kopf.RawEvent, body: kopf.Body, policies: Policy
         runtime.reconciler.observe(body)
 
 
-@kopf.on.event(GROUP, VERSION, "remediationpolicies")
+@kopf.on.event(GROUP, VERSION, POLICIES)
 async def policy_event(
     event: kopf.RawEvent, body: kopf.Body, namespace: str | None, policies: PolicyIndex = None, **_: Any
 ) -> None:

@@ -27,8 +27,8 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from runbook_operator.domain.resources import API_VERSION
 from runbook_operator.domain.status import timestamp
-from runbook_operator.engine.kube import GROUP, VERSION
 
 PATH = "/api/v1/alerts/alertmanager"
 MAX_BYTES = 1024 * 1024
@@ -173,7 +173,7 @@ def _alert(raw: Any, where: str, options: Options) -> AlertAction:
         source["generatorURL"] = generator[:GENERATOR_URL_MAX]
     spec["source"] = source
     manifest = {
-        "apiVersion": f"{GROUP}/{VERSION}",
+        "apiVersion": API_VERSION,
         "kind": "Incident",
         "metadata": {
             "name": name,

@@ -20,8 +20,8 @@ from typing import Any, TextIO
 import kubernetes
 
 from runbook_operator.domain import consent
+from runbook_operator.domain.resources import GROUP, INCIDENTS, VERSION
 
-GROUP, VERSION, PLURAL = "remediation.ishchat.io", "v1alpha1", "incidents"
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_.-]+")
 
 
@@ -89,7 +89,7 @@ class Incidents:
 
     def get(self, name: str) -> dict[str, Any]:
         try:
-            found: Any = self._api.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
+            found: Any = self._api.get_namespaced_custom_object(GROUP, VERSION, self.namespace, INCIDENTS, name)
         except kubernetes.client.ApiException as err:
             if err.status == 404:
                 raise Refused(f"incident {self.namespace}/{name} not found") from None
@@ -103,7 +103,7 @@ class Incidents:
         kind = "application/json-patch+json" if isinstance(patch, list) else "application/merge-patch+json"
         try:
             self._api.patch_namespaced_custom_object(
-                GROUP, VERSION, self.namespace, PLURAL, name, patch, _content_type=kind
+                GROUP, VERSION, self.namespace, INCIDENTS, name, patch, _content_type=kind
             )
         except kubernetes.client.ApiException as err:
             raise Refused(f"{what} refused by the API server: {api_message(err)}") from None

@@ -16,7 +16,8 @@ from typing import Any, TypeVar
 
 import kubernetes
 
-GROUP, VERSION = "remediation.ishchat.io", "v1alpha1"
+from runbook_operator.domain.resources import GROUP, VERSION
+
 COMPONENT = "runbook-operator"
 T = TypeVar("T")
 log = logging.getLogger(__name__)

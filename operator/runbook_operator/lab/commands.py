@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 
 from runbook_operator import cli
+from runbook_operator.domain.resources import GROUP, INCIDENTS, VERSION
 from runbook_operator.lab import scenarios
 from runbook_operator.lab.lab import FAULTS, NAMESPACE, ONCALL_GROUP, ONCALL_USER, Lab, running_lab
 
@@ -67,7 +68,7 @@ def demo(directory: Path, faults: list[str] | None, timeout: float) -> int:
     api = kubernetes.client.CustomObjectsApi(kubernetes.config.new_client_from_config(state["kubeconfig"]))  # type: ignore[no-untyped-call]
 
     def incidents() -> list[dict[str, Any]]:
-        answer: Any = api.list_namespaced_custom_object("remediation.ishchat.io", "v1alpha1", NAMESPACE, "incidents")
+        answer: Any = api.list_namespaced_custom_object(GROUP, VERSION, NAMESPACE, INCIDENTS)
         items: list[dict[str, Any]] = answer["items"]
         return items
 
