@@ -70,6 +70,14 @@ def test_condition_transition_time_moves_only_when_the_status_flips() -> None:
     assert len(s.conditions) == 1
 
 
+def test_a_changed_condition_keeps_its_place() -> None:
+    s = Status().with_condition("Diagnosed", True, "DiagnosisComplete", "a", T0)
+    s = s.with_condition("Resolved", False, "InProgress", "b", T0)
+    s = s.with_condition("Diagnosed", False, "Other", "c", T0 + timedelta(minutes=1))
+    assert [c.type for c in s.conditions] == ["Diagnosed", "Resolved"]
+    assert s.condition("Diagnosed").reason == "Other"  # type: ignore[union-attr]
+
+
 def test_timeline_is_bounded() -> None:
     s = Status()
     for i in range(TIMELINE_LIMIT + 25):

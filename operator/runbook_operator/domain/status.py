@@ -210,8 +210,10 @@ class Status:
         old = self.condition(type_)
         since = old.lastTransitionTime if old is not None and old.status == value else timestamp(now)
         new = Condition(type_, value, reason, message, since, self.observedGeneration)
-        kept = tuple(c for c in self.conditions if c.type != type_)
-        return replace(self, conditions=(*kept, new))
+        if old is None:
+            return replace(self, conditions=(*self.conditions, new))
+        # in place: `kubectl get -o yaml` keeps the order conditions first appeared in
+        return replace(self, conditions=tuple(new if c.type == type_ else c for c in self.conditions))
 
     def noted(self, now: datetime, type_: str, message: str) -> Status:
         entries = (*self.timeline, TimelineEntry(timestamp(now), type_, message))
