@@ -56,14 +56,15 @@ async def test_status_fails_while_replicas_are_not_ready(kubectl: Kubectl, names
     body = deployment("web", 2)
     body["spec"]["template"]["spec"]["nodeSelector"] = {"disk": "none-such"}
     create(kubectl, namespace, body, ready=False)
-    wait_for(
-        lambda: any(
-            c["type"] == "Available" and c["status"] == "False"
-            for c in kubectl.get("deployment", "web", namespace).get("status", {}).get("conditions", [])
-        ),
-        30,
-        "the deployment's Available=False condition",
-    )
+
+    def settled() -> bool:
+        # the controller writes Available=False and updatedReplicas in separate status
+        # updates; both must be there before the message can be compared
+        status = kubectl.get("deployment", "web", namespace).get("status", {})
+        unavailable = any(c["type"] == "Available" and c["status"] == "False" for c in status.get("conditions", []))
+        return unavailable and status.get("updatedReplicas") == 2
+
+    wait_for(settled, 30, "the deployment's Available=False condition and 2 updated replicas")
     result = await run("kubernetes.workloadStatus", {"name": "web"}, namespace, admin)
     assert not result.ok
     assert result.message == (
