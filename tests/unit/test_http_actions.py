@@ -7,7 +7,7 @@ import pytest
 
 from runbook_operator.actions import ActionContext
 from runbook_operator.actions.registry import Registry
-from runbook_operator.domain.lifecycle import StepResult
+from runbook_operator.domain.results import StepResult
 from runbook_operator.lab.demo import DemoService
 from tests.unit.builders import REGISTRY
 

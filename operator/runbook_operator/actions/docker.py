@@ -21,7 +21,7 @@ import pydantic
 import requests
 
 from runbook_operator.actions.registry import Action, ActionContext, Duration, ErrorScan, Params
-from runbook_operator.domain.lifecycle import StepResult
+from runbook_operator.domain.results import StepResult
 
 T = TypeVar("T")
 TAIL_CHARS = 1800  # characters of log tail kept in the output (the Incident status keeps ~2 KiB a step)

@@ -11,7 +11,7 @@ import httpx
 import pydantic
 
 from runbook_operator.actions.registry import Action, ActionContext, Duration, Params, SecretRef, tls_context
-from runbook_operator.domain.lifecycle import StepResult
+from runbook_operator.domain.results import StepResult
 
 # httpcore asks sniffio which async library runs, several times per request. sniffio is not
 # installed (anyio 4 does not need it), and a failed import searches sys.path anew each time:

@@ -26,7 +26,7 @@ import urllib3
 from kubernetes.client import ApiException, AppsV1Api, CoreV1Api  # now: lazily, ~1 s on the event loop
 
 from runbook_operator.actions.registry import Action, ActionContext, ErrorScan, Params
-from runbook_operator.domain.lifecycle import StepResult
+from runbook_operator.domain.results import StepResult
 from runbook_operator.domain.status import timestamp
 
 P = TypeVar("P", bound=pydantic.BaseModel)

@@ -10,7 +10,7 @@ import httpx
 import pydantic
 
 from runbook_operator.actions.registry import Action, ActionContext, Duration, Params, SecretRef, tls_context
-from runbook_operator.domain.lifecycle import StepResult
+from runbook_operator.domain.results import StepResult
 
 
 class WebhookParams(Params):

@@ -19,7 +19,7 @@ import pydantic
 from psycopg import sql
 
 from runbook_operator.actions.registry import Action, ActionContext, Params, SecretRef
-from runbook_operator.domain.lifecycle import StepResult
+from runbook_operator.domain.results import StepResult
 
 Connection = psycopg.AsyncConnection[Any]
 Work = Callable[[Connection], Awaitable[StepResult]]

@@ -20,7 +20,7 @@ import httpx
 import pydantic
 
 from runbook_operator.actions.registry import Action, ActionContext, Duration, Params, tls_context
-from runbook_operator.domain.lifecycle import StepResult
+from runbook_operator.domain.results import StepResult
 
 MAX_BODY = 1024 * 1024  # bytes of a Prometheus answer we read; a bigger one is refused
 MAX_POINTS = 11_000  # Prometheus' own limit of points per series in a range query

@@ -21,7 +21,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from runbook_operator.actions.registry import Action, ActionContext, Params, SecretRef
-from runbook_operator.domain.lifecycle import StepResult
+from runbook_operator.domain.results import StepResult
 
 Client = redis.asyncio.Redis
 Work = Callable[[Client], Awaitable[StepResult]]

@@ -19,8 +19,8 @@ import pydantic
 
 from runbook_operator.domain.durations import parse_duration
 from runbook_operator.domain.expressions import is_template
-from runbook_operator.domain.lifecycle import StepResult
 from runbook_operator.domain.model import Traits
+from runbook_operator.domain.results import StepResult
 
 P = TypeVar("P", bound=pydantic.BaseModel)
 T = TypeVar("T")

@@ -42,6 +42,7 @@ from runbook_operator.domain.model import (
     Step,
     default_escalation,
 )
+from runbook_operator.domain.results import StepResult
 from runbook_operator.domain.status import (
     ApprovalRequest,
     ConditionType,
@@ -78,13 +79,6 @@ class StepCall:
     attempt: int
     params: Mapping[str, Any] = field(default_factory=dict)  # rendered from the templates
     resumed: bool = False
-
-
-@dataclass(frozen=True)
-class StepResult:
-    ok: bool
-    message: str
-    output: Mapping[str, Any] = field(default_factory=dict)
 
 
 def holds_target(status: Status) -> bool:

@@ -14,8 +14,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from runbook_operator.actions.registry import ActionContext, Registry, Services
-from runbook_operator.domain.lifecycle import StepCall, StepResult
+from runbook_operator.domain.lifecycle import StepCall
 from runbook_operator.domain.model import Incident
+from runbook_operator.domain.results import StepResult
 from runbook_operator.engine.metrics import Metrics
 
 log = logging.getLogger(__name__)

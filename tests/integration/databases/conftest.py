@@ -20,7 +20,7 @@ import pytest
 import redis
 
 from runbook_operator.actions import ActionContext
-from runbook_operator.domain.lifecycle import StepResult
+from runbook_operator.domain.results import StepResult
 from runbook_operator.lab.controlplane import free_port
 from runbook_operator.lab.services import Postgres, Redis, ServerError
 from tests.unit.builders import REGISTRY

@@ -19,7 +19,7 @@ import kubernetes
 import pytest
 
 from runbook_operator.actions import ActionContext, default_registry
-from runbook_operator.domain.lifecycle import StepResult
+from runbook_operator.domain.results import StepResult
 from runbook_operator.engine.kube import Kube
 from runbook_operator.lab.controlplane import NODE_NAME, ControlPlane
 from runbook_operator.lab.kubelet import LogServer

@@ -34,7 +34,7 @@ import docker.errors
 import pytest
 
 from runbook_operator.actions import ActionContext
-from runbook_operator.domain.lifecycle import StepResult
+from runbook_operator.domain.results import StepResult
 from runbook_operator.lab.controlplane import free_port
 from runbook_operator.lab.services import Prometheus
 from tests.fixtures.common import wait_for

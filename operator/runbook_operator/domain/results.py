@@ -1,0 +1,14 @@
+"""What running a step produced: the one value every action returns and the state machine records."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class StepResult:
+    ok: bool
+    message: str
+    output: Mapping[str, Any] = field(default_factory=dict)
