@@ -171,46 +171,40 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _connection(args: argparse.Namespace) -> Any:
-    from runbook_operator import oncall
+def _client(args: argparse.Namespace) -> Any:
+    """A client as the caller (kubeconfig, context, impersonation) and the namespace to act in."""
+    from runbook_operator.engine import kube
 
-    return oncall.Connection(args.namespace, args.kubeconfig, args.context, args.as_user, args.as_group)
+    return kube.api_client(kube.Connection(args.namespace, args.kubeconfig, args.context, args.as_user, args.as_group))
 
 
 def _report_from_cluster(args: argparse.Namespace) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The Incident and its Events, read with the current kubeconfig (or in-cluster config)."""
-    import kubernetes
-
-    from runbook_operator import oncall
+    from runbook_operator.engine.kube import Incidents, Refused
 
     try:
-        client, namespace = oncall.api_client(_connection(args))
-        body = oncall.Incidents(client, namespace).get(args.name)
-        selector = f"involvedObject.name={args.name},involvedObject.kind=Incident"
-        listed = kubernetes.client.CoreV1Api(client).list_namespaced_event(namespace, field_selector=selector)
-    except kubernetes.client.ApiException as err:
-        raise LookupError(f"reading the events of incident {args.name}: {oncall.api_message(err)}") from None
-    except oncall.Refused as err:
+        incidents = Incidents(*_client(args))
+        return incidents.get(args.name), incidents.events(args.name)
+    except Refused as err:
         raise LookupError(str(err)) from None
-    events = [client.sanitize_for_serialization(e) for e in listed.items]  # type: ignore[no-untyped-call]
-    return body, events
 
 
 def _oncall(args: argparse.Namespace) -> int:
     """approve, ack, resolve: as the authenticated caller; a refusal is one line on stderr, exit 1."""
     from runbook_operator import oncall
+    from runbook_operator.engine.kube import Incidents, Refused, whoami
 
     try:
-        client, namespace = oncall.api_client(_connection(args))
-        incidents = oncall.Incidents(client, namespace)
+        client, namespace = _client(args)
+        incidents = Incidents(client, namespace)
         if args.command == "approve":
             confirm = None if args.yes else oncall.ask
-            oncall.approve(incidents, oncall.whoami(client), args.name, args.step, confirm)
+            oncall.approve(incidents, whoami(client), args.name, args.step, confirm)
         elif args.command == "ack":
-            oncall.acknowledge(incidents, oncall.whoami(client), args.name)
+            oncall.acknowledge(incidents, whoami(client), args.name)
         else:
             oncall.resolve(incidents, args.name)
-    except oncall.Refused as err:
+    except Refused as err:
         print(f"{args.prog} {args.command}: {err}", file=sys.stderr)
         return 1
     return 0

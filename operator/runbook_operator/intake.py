@@ -317,38 +317,6 @@ def build_app(settings: Settings, incidents: Incidents, counters: Counters | Non
     return app
 
 
-class KubeIncidents:
-    """Incidents in the API through :class:`~runbook_operator.engine.kube.Kube`."""
-
-    def __init__(self, kube: Any) -> None:
-        self._kube = kube
-
-    async def create_incident(self, namespace: str, manifest: Mapping[str, Any]) -> bool:
-        return await self._translate(self._kube.create("incidents", namespace, manifest), conflict=False)
-
-    async def resolve_incident(self, namespace: str, name: str) -> bool:
-        patch = {"spec": {"resolved": True}}
-        return await self._translate(self._kube.patch("incidents", namespace, name, patch), not_found=False)
-
-    @staticmethod
-    async def _translate(call: Any, conflict: bool | None = None, not_found: bool | None = None) -> bool:
-        import kubernetes
-        import urllib3
-
-        try:
-            await call
-        except kubernetes.client.ApiException as err:
-            if err.status == 409 and conflict is not None:
-                return conflict
-            if err.status == 404 and not_found is not None:
-                return not_found
-            # a missing namespace or an invalid object stays so; forbidden, throttled, 5xx may pass
-            raise ApiError(f"{err.reason} ({err.status})", permanent=err.status in (400, 404, 422)) from None
-        except (OSError, urllib3.exceptions.HTTPError) as err:  # the API server is unreachable
-            raise ApiError(f"cannot reach the API server: {err}", permanent=False) from None
-        return True
-
-
 async def start(settings: Settings, incidents: Incidents, counters: Counters | None = None) -> web.AppRunner:
     """Serve the intake on the running loop; ``await runner.cleanup()`` stops it."""
     runner = web.AppRunner(build_app(settings, incidents, counters), access_log=None)

@@ -10,103 +10,15 @@ agrees, and appends one approval naming that request's round and nonce with a JS
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any, TextIO
 
-import kubernetes
-
 from runbook_operator.domain import consent
-from runbook_operator.domain.resources import GROUP, INCIDENTS, VERSION
+from runbook_operator.engine.kube import Incidents, Refused
 
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_.-]+")
-
-
-class Refused(Exception):
-    """Said to the user as one line; the command exits 1."""
-
-
-@dataclass(frozen=True)
-class Connection:
-    """Which cluster and namespace a command acts in, and as whom the client authenticates."""
-
-    namespace: str | None = None
-    kubeconfig: str | None = None
-    context: str | None = None
-    as_user: str | None = None
-    as_group: str | None = None
-
-
-def api_client(target: Connection) -> tuple[kubernetes.client.ApiClient, str]:
-    """A client for the kubeconfig (or in-cluster config) and the namespace to use."""
-    config_file = target.kubeconfig or os.environ.get("KUBECONFIG") or None
-    try:
-        client = kubernetes.config.new_client_from_config(config_file=config_file, context=target.context)  # type: ignore[no-untyped-call]
-        contexts, active = kubernetes.config.list_kube_config_contexts(config_file=config_file)  # type: ignore[no-untyped-call]
-        chosen = next((c for c in contexts if c.get("name") == target.context), active) if target.context else active
-        default = (chosen or {}).get("context", {}).get("namespace") or "default"
-    except (kubernetes.config.ConfigException, OSError):
-        kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
-        client, default = kubernetes.client.ApiClient(), "default"
-    if target.as_user:  # impersonation, as kubectl --as/--as-group (the API server checks the right to it)
-        client.set_default_header("Impersonate-User", target.as_user)
-    if target.as_group:
-        client.set_default_header("Impersonate-Group", target.as_group)
-    return client, target.namespace or default
-
-
-def whoami(client: kubernetes.client.ApiClient) -> str:
-    """The authenticated username, as the API server sees this client."""
-    try:
-        review = kubernetes.client.AuthenticationV1Api(client).create_self_subject_review(
-            kubernetes.client.V1SelfSubjectReview()
-        )
-    except kubernetes.client.ApiException as err:
-        raise Refused(f"cannot tell who you are (SelfSubjectReview): {api_message(err)}") from None
-    username = review.status.user_info.username if review.status and review.status.user_info else None
-    if not username:
-        raise Refused("the API server did not say who you are (SelfSubjectReview has no username)")
-    return str(username)
-
-
-def api_message(err: kubernetes.client.ApiException) -> str:
-    """The API server's own message (an admission policy's refusal says which rule and what to do)."""
-    try:
-        body = json.loads(err.body or "{}")
-    except (TypeError, ValueError):
-        body = {}
-    message = body.get("message") if isinstance(body, Mapping) else None
-    text = str(message or err.reason or err)
-    return " ".join(text.split())
-
-
-class Incidents:
-    def __init__(self, client: kubernetes.client.ApiClient, namespace: str) -> None:
-        self._api, self.namespace = kubernetes.client.CustomObjectsApi(client), namespace
-
-    def get(self, name: str) -> dict[str, Any]:
-        try:
-            found: Any = self._api.get_namespaced_custom_object(GROUP, VERSION, self.namespace, INCIDENTS, name)
-        except kubernetes.client.ApiException as err:
-            if err.status == 404:
-                raise Refused(f"incident {self.namespace}/{name} not found") from None
-            raise Refused(f"reading incident {self.namespace}/{name}: {api_message(err)}") from None
-        if not isinstance(found, dict):
-            raise Refused(f"reading incident {self.namespace}/{name}: the API server answered no object")
-        return found
-
-    def patch(self, name: str, patch: Any, what: str) -> None:
-        """A JSON patch (a list) or a merge patch (a dict); a refusal becomes one line."""
-        kind = "application/json-patch+json" if isinstance(patch, list) else "application/merge-patch+json"
-        try:
-            self._api.patch_namespaced_custom_object(
-                GROUP, VERSION, self.namespace, INCIDENTS, name, patch, _content_type=kind
-            )
-        except kubernetes.client.ApiException as err:
-            raise Refused(f"{what} refused by the API server: {api_message(err)}") from None
 
 
 def waiting_step(incident: Mapping[str, Any], step: str) -> Mapping[str, Any]:

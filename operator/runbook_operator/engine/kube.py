@@ -1,22 +1,30 @@
-"""The one place that talks to the Kubernetes API for the engine (status and Events).
+"""The one place that talks to the Kubernetes API (only ``actions/kubernetes`` also does).
 
-The ``kubernetes`` client is synchronous; every call runs in a bounded thread
-pool so the event loop never blocks.
+:class:`Kube` serves the operator: status, Events, Secrets for actions and the intake's
+Incidents (:class:`KubeIncidents`). The ``kubernetes`` client is synchronous; every call
+runs in a bounded thread pool so the event loop never blocks. The synchronous section at
+the end serves the command line (``approve``, ``ack``, ``resolve``, ``report``): a client
+as the caller, who the API server says they are, and one-line refusals.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
+import os
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import kubernetes
+import urllib3
 
-from runbook_operator.domain.resources import GROUP, VERSION
+from runbook_operator.domain.resources import GROUP, INCIDENTS, VERSION
+from runbook_operator.intake import ApiError
 
 COMPONENT = "runbook-operator"
 T = TypeVar("T")
@@ -110,3 +118,129 @@ class Kube:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class KubeIncidents:
+    """The intake's Incidents (:class:`runbook_operator.intake.Incidents`) through :class:`Kube`."""
+
+    def __init__(self, kube: Kube) -> None:
+        self._kube = kube
+
+    async def create_incident(self, namespace: str, manifest: Mapping[str, Any]) -> bool:
+        return await self._translate(self._kube.create(INCIDENTS, namespace, manifest), conflict=False)
+
+    async def resolve_incident(self, namespace: str, name: str) -> bool:
+        patch = {"spec": {"resolved": True}}
+        return await self._translate(self._kube.patch(INCIDENTS, namespace, name, patch), not_found=False)
+
+    @staticmethod
+    async def _translate(call: Any, conflict: bool | None = None, not_found: bool | None = None) -> bool:
+        try:
+            await call
+        except kubernetes.client.ApiException as err:
+            if err.status == 409 and conflict is not None:
+                return conflict
+            if err.status == 404 and not_found is not None:
+                return not_found
+            # a missing namespace or an invalid object stays so; forbidden, throttled, 5xx may pass
+            raise ApiError(f"{err.reason} ({err.status})", permanent=err.status in (400, 404, 422)) from None
+        except (OSError, urllib3.exceptions.HTTPError) as err:  # the API server is unreachable
+            raise ApiError(f"cannot reach the API server: {err}", permanent=False) from None
+        return True
+
+
+# -- for the command line: synchronous, as the caller ---------------------------------
+
+
+class Refused(Exception):
+    """Said to the user as one line; the command exits 1."""
+
+
+@dataclass(frozen=True)
+class Connection:
+    """Which cluster and namespace a command acts in, and as whom the client authenticates."""
+
+    namespace: str | None = None
+    kubeconfig: str | None = None
+    context: str | None = None
+    as_user: str | None = None
+    as_group: str | None = None
+
+
+def api_client(target: Connection) -> tuple[kubernetes.client.ApiClient, str]:
+    """A client for the kubeconfig (or in-cluster config) and the namespace to use."""
+    config_file = target.kubeconfig or os.environ.get("KUBECONFIG") or None
+    try:
+        client = kubernetes.config.new_client_from_config(config_file=config_file, context=target.context)  # type: ignore[no-untyped-call]
+        contexts, active = kubernetes.config.list_kube_config_contexts(config_file=config_file)  # type: ignore[no-untyped-call]
+        chosen = next((c for c in contexts if c.get("name") == target.context), active) if target.context else active
+        default = (chosen or {}).get("context", {}).get("namespace") or "default"
+    except (kubernetes.config.ConfigException, OSError):
+        kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
+        client, default = kubernetes.client.ApiClient(), "default"
+    if target.as_user:  # impersonation, as kubectl --as/--as-group (the API server checks the right to it)
+        client.set_default_header("Impersonate-User", target.as_user)
+    if target.as_group:
+        client.set_default_header("Impersonate-Group", target.as_group)
+    return client, target.namespace or default
+
+
+def whoami(client: kubernetes.client.ApiClient) -> str:
+    """The authenticated username, as the API server sees this client."""
+    try:
+        review = kubernetes.client.AuthenticationV1Api(client).create_self_subject_review(
+            kubernetes.client.V1SelfSubjectReview()
+        )
+    except kubernetes.client.ApiException as err:
+        raise Refused(f"cannot tell who you are (SelfSubjectReview): {api_message(err)}") from None
+    username = review.status.user_info.username if review.status and review.status.user_info else None
+    if not username:
+        raise Refused("the API server did not say who you are (SelfSubjectReview has no username)")
+    return str(username)
+
+
+def api_message(err: kubernetes.client.ApiException) -> str:
+    """The API server's own message (an admission policy's refusal says which rule and what to do)."""
+    try:
+        body = json.loads(err.body or "{}")
+    except (TypeError, ValueError):
+        body = {}
+    message = body.get("message") if isinstance(body, Mapping) else None
+    text = str(message or err.reason or err)
+    return " ".join(text.split())
+
+
+class Incidents:
+    def __init__(self, client: kubernetes.client.ApiClient, namespace: str) -> None:
+        self._client, self.namespace = client, namespace
+        self._api, self._core = kubernetes.client.CustomObjectsApi(client), kubernetes.client.CoreV1Api(client)
+
+    def get(self, name: str) -> dict[str, Any]:
+        try:
+            found: Any = self._api.get_namespaced_custom_object(GROUP, VERSION, self.namespace, INCIDENTS, name)
+        except kubernetes.client.ApiException as err:
+            if err.status == 404:
+                raise Refused(f"incident {self.namespace}/{name} not found") from None
+            raise Refused(f"reading incident {self.namespace}/{name}: {api_message(err)}") from None
+        if not isinstance(found, dict):
+            raise Refused(f"reading incident {self.namespace}/{name}: the API server answered no object")
+        return found
+
+    def patch(self, name: str, patch: Any, what: str) -> None:
+        """A JSON patch (a list) or a merge patch (a dict); a refusal becomes one line."""
+        kind = "application/json-patch+json" if isinstance(patch, list) else "application/merge-patch+json"
+        try:
+            self._api.patch_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, INCIDENTS, name, patch, _content_type=kind
+            )
+        except kubernetes.client.ApiException as err:
+            raise Refused(f"{what} refused by the API server: {api_message(err)}") from None
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        """The Events about incident ``name``, as plain dicts."""
+        selector = f"involvedObject.name={name},involvedObject.kind=Incident"
+        try:
+            listed = self._core.list_namespaced_event(self.namespace, field_selector=selector)
+        except kubernetes.client.ApiException as err:
+            raise Refused(f"reading the events of incident {name}: {api_message(err)}") from None
+        return [self._client.sanitize_for_serialization(e) for e in listed.items]  # type: ignore[no-untyped-call]
