@@ -9,21 +9,23 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import kopf
 
 from runbook_operator import intake
 from runbook_operator.actions import default_registry
+from runbook_operator.domain import conditions
 from runbook_operator.domain.matching import Candidate
 from runbook_operator.domain.model import InvalidPolicy, parse_policy
 from runbook_operator.domain.resources import GROUP, INCIDENTS, POLICIES, VERSION
-from runbook_operator.domain.status import Condition, Status
+from runbook_operator.domain.status import ConditionType, Reason
 from runbook_operator.engine.archive import Archive, ArchiveWriter
 from runbook_operator.engine.executor import Executor
-from runbook_operator.engine.kube import Kube, KubeIncidents
+from runbook_operator.engine.kube import Kube
 from runbook_operator.engine.metrics import Metrics
-from runbook_operator.engine.reconciler import Reconciler, utcnow
+from runbook_operator.engine.reconciler import Clock, Reconciler, utcnow
 
 log = logging.getLogger(__name__)
 REGISTRY = default_registry()
@@ -31,6 +33,7 @@ REGISTRY = default_registry()
 PolicyIndex = kopf.Index[str, Candidate] | None
 
 
+@dataclass
 class _Runtime:
     """What the handlers share; built on startup, torn down on cleanup.
 
@@ -38,6 +41,7 @@ class _Runtime:
     index Kopf passes to handlers is kept here for them to read.
     """
 
+    clock: Clock = utcnow  # the reconciler's and the policy handler's time
     kube: Kube | None = None
     reconciler: Reconciler | None = None
     resolved_ttl: float | None = 24 * 3600.0  # set by the CLI before Kopf starts
@@ -75,6 +79,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         runtime.kube,
         executor,
         _candidates,
+        clock=runtime.clock,
         resolved_ttl=runtime.resolved_ttl,
         metrics=runtime.metrics,
         archive=archive,
@@ -85,7 +90,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     if runtime.intake is not None:
         counters = runtime.metrics.intake() if runtime.metrics is not None else None
         try:
-            runtime.intake_runner = await intake.start(runtime.intake, KubeIncidents(runtime.kube), counters)
+            runtime.intake_runner = await intake.start(runtime.intake, intake.KubeIncidents(runtime.kube), counters)
         except OSError as err:  # the port is taken, the address is not ours: retrying will not help
             raise kopf.PermanentError(f"cannot serve the Alertmanager intake: {err}") from err
 
@@ -127,25 +132,17 @@ async def policy_event(
         return
     parsed = parse_policy(body, REGISTRY.check)
     if isinstance(parsed, InvalidPolicy):
-        ok, reason, message = False, "InvalidPolicy", parsed.error
+        ok, reason, message = False, Reason.INVALID_POLICY, parsed.error
     else:
-        ok, reason, message = True, "Valid", "the policy is valid"
+        ok, reason, message = True, Reason.VALID, "the policy is valid"
     generation = int(body["metadata"].get("generation") or 0)
-    raw = body.get("status") or {}
-    status = Status.from_dict({"conditions": raw.get("conditions"), "observedGeneration": generation})
-    if _same(status.condition("Ready"), ok, reason, message, generation):
+    current = conditions.load((body.get("status") or {}).get("conditions"))
+    updated = conditions.set_condition(current, ConditionType.READY, ok, reason, message, runtime.clock(), generation)
+    if updated == current:
         return
-    updated = status.with_condition("Ready", ok, reason, message, utcnow()).to_dict()
     await runtime.kube.patch_status(
-        "remediationpolicies", namespace, body["metadata"]["name"],
-        {"observedGeneration": generation, "conditions": updated["conditions"]},
+        POLICIES, namespace, body["metadata"]["name"],
+        {"observedGeneration": generation, "conditions": conditions.dump(updated)},
     )  # fmt: skip
     await runtime.kube.post_event(body, "Normal" if ok else "Warning", reason, message)
     runtime.reconciler.wake_namespace(namespace)
-
-
-def _same(current: Condition | None, ok: bool, reason: str, message: str, generation: int) -> bool:
-    if current is None:
-        return False
-    want = ("True" if ok else "False", reason, message, generation)
-    return (current.status, current.reason, current.message, current.observedGeneration) == want

@@ -6,10 +6,16 @@ All progress lives here, so a restarted operator resumes from the object alone.
 from __future__ import annotations
 
 import enum
-from collections.abc import Collection, Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
-from datetime import UTC, datetime
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime
 from typing import Any
+
+from runbook_operator.domain import conditions
+from runbook_operator.domain.conditions import Condition as Condition
+from runbook_operator.domain.wire import known
+from runbook_operator.domain.wire import parse_timestamp as parse_timestamp
+from runbook_operator.domain.wire import timestamp as timestamp
 
 TIMELINE_LIMIT = 50
 STEPS_LIMIT = 100
@@ -70,6 +76,7 @@ class Reason:
     RESPONSE_OVERDUE = "ResponseOverdue"
     TARGET_LOCKED = "TargetLocked"
     COOLDOWN = "CooldownActive"
+    VALID = "Valid"  # a RemediationPolicy's Ready condition; otherwise INVALID_POLICY
 
 
 class ConditionType:
@@ -79,24 +86,7 @@ class ConditionType:
     RESOLVED = "Resolved"
     ACKNOWLEDGED = "Acknowledged"
     SUSPENDED = "Suspended"
-
-
-def timestamp(now: datetime) -> str:
-    return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_timestamp(text: str) -> datetime:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-
-
-@dataclass(frozen=True)
-class Condition:
-    type: str
-    status: str
-    reason: str
-    message: str
-    lastTransitionTime: str
-    observedGeneration: int = 0
+    READY = "Ready"  # a RemediationPolicy's one condition
 
 
 @dataclass(frozen=True)
@@ -110,7 +100,7 @@ class ApprovalRequest:
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> ApprovalRequest:
-        return cls(**_known(cls, raw))
+        return cls(**known(cls, raw))
 
 
 @dataclass(frozen=True)
@@ -131,7 +121,7 @@ class StepRecord:
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> StepRecord:
-        values = _known(cls, raw)
+        values = known(cls, raw)
         request = values.get("approvalRequest")
         values["approvalRequest"] = ApprovalRequest.from_dict(request) if isinstance(request, Mapping) else None
         return cls(**values)
@@ -187,9 +177,9 @@ class Status:
     def from_dict(cls, raw: Mapping[str, Any] | None) -> Status:
         raw = raw or {}
         nested = {"conditions": Condition, "steps": StepRecord, "findings": Finding, "timeline": TimelineEntry}
-        scalars = _known(cls, raw, exclude={*nested, "escalation"})
+        scalars = known(cls, raw, exclude={*nested, "escalation"})
         lists = {key: tuple(_item(kind, item) for item in raw.get(key) or ()) for key, kind in nested.items()}
-        escalation = _known(EscalationState, raw.get("escalation") or {})
+        escalation = known(EscalationState, raw.get("escalation") or {})
         escalation["fired"] = tuple(escalation.get("fired") or ())
         return cls(**scalars | lists, escalation=EscalationState(**escalation))
 
@@ -203,17 +193,13 @@ class Status:
         return raw
 
     def condition(self, type_: str) -> Condition | None:
-        return next((c for c in self.conditions if c.type == type_), None)
+        return conditions.find(self.conditions, type_)
 
     def with_condition(self, type_: str, status: bool, reason: str, message: str, now: datetime) -> Status:
-        value = "True" if status else "False"
-        old = self.condition(type_)
-        since = old.lastTransitionTime if old is not None and old.status == value else timestamp(now)
-        new = Condition(type_, value, reason, message, since, self.observedGeneration)
-        if old is None:
-            return replace(self, conditions=(*self.conditions, new))
-        # in place: `kubectl get -o yaml` keeps the order conditions first appeared in
-        return replace(self, conditions=tuple(new if c.type == type_ else c for c in self.conditions))
+        updated = conditions.set_condition(
+            self.conditions, type_, status, reason, message, now, self.observedGeneration
+        )
+        return replace(self, conditions=updated)
 
     def noted(self, now: datetime, type_: str, message: str) -> Status:
         entries = (*self.timeline, TimelineEntry(timestamp(now), type_, message))
@@ -235,10 +221,4 @@ class Status:
 
 def _item(kind: type, raw: Mapping[str, Any]) -> Any:
     parse = getattr(kind, "from_dict", None)
-    return parse(raw) if parse is not None else kind(**_known(kind, raw))
-
-
-def _known(kind: type, raw: Mapping[str, Any], exclude: Collection[str] = ()) -> dict[str, Any]:
-    """Only the fields this version knows: a status written by a newer operator still loads."""
-    names = {f.name for f in fields(kind)} - set(exclude)
-    return {k: v for k, v in raw.items() if k in names}
+    return parse(raw) if parse is not None else kind(**known(kind, raw))
