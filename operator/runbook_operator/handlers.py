@@ -23,7 +23,7 @@ from runbook_operator.domain.resources import GROUP, INCIDENTS, POLICIES, VERSIO
 from runbook_operator.domain.status import ConditionType, Reason
 from runbook_operator.engine.archive import Archive, ArchiveWriter
 from runbook_operator.engine.executor import Executor
-from runbook_operator.engine.kube import Kube
+from runbook_operator.engine.kube import Kube, KubeIncidents
 from runbook_operator.engine.metrics import Metrics
 from runbook_operator.engine.reconciler import Clock, Reconciler, utcnow
 
@@ -90,7 +90,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     if runtime.intake is not None:
         counters = runtime.metrics.intake() if runtime.metrics is not None else None
         try:
-            runtime.intake_runner = await intake.start(runtime.intake, intake.KubeIncidents(runtime.kube), counters)
+            runtime.intake_runner = await intake.start(runtime.intake, KubeIncidents(runtime.kube), counters)
         except OSError as err:  # the port is taken, the address is not ours: retrying will not help
             raise kopf.PermanentError(f"cannot serve the Alertmanager intake: {err}") from err
 
