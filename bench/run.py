@@ -417,7 +417,7 @@ def measure(cluster: Cluster, kind: str, size: int, workdir: Path, demo_url: str
 # -- the pure-core micro-benchmark --------------------------------------------
 def _matching_inputs(incidents: int, policies: int, seed: int) -> tuple[list[Any], list[Any]]:
     """``policies`` valid candidates in one namespace and ``incidents`` random incidents for them."""
-    from runbook_operator.actions import default_registry
+    from runbook_operator.actions.catalog import default_registry
     from runbook_operator.domain.model import Incident, Policy, parse_policy
 
     registry = default_registry()

@@ -77,7 +77,8 @@ def _intake_settings(args: argparse.Namespace) -> Any:
 
 
 def _actions(args: argparse.Namespace) -> int:
-    from runbook_operator.actions import default_registry, reference
+    from runbook_operator.actions import reference
+    from runbook_operator.actions.catalog import default_registry
 
     registry = default_registry()
     sys.stdout.write(reference.markdown(registry) if args.markdown else reference.text(registry))
@@ -111,7 +112,7 @@ def _validate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from runbook_operator import gitops
-    from runbook_operator.actions import default_registry
+    from runbook_operator.actions.catalog import default_registry
 
     try:
         crds = gitops.load_crds(Path(args.crds) if args.crds else None)
@@ -127,7 +128,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _plan(args: argparse.Namespace) -> int:
     from runbook_operator import gitops
-    from runbook_operator.actions import default_registry
+    from runbook_operator.actions.catalog import default_registry
 
     try:
         incidents = list(gitops.iter_kind(gitops.load_resources([args.incident]), "Incident"))

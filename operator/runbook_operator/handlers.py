@@ -15,7 +15,7 @@ from typing import Any
 import kopf
 
 from runbook_operator import intake
-from runbook_operator.actions import default_registry
+from runbook_operator.actions.catalog import default_registry
 from runbook_operator.domain import conditions
 from runbook_operator.domain.matching import Candidate
 from runbook_operator.domain.model import InvalidPolicy, parse_policy

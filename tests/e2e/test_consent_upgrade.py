@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from runbook_operator import cli
-from runbook_operator.actions import default_registry
+from runbook_operator.actions.catalog import default_registry
 from runbook_operator.domain.lifecycle import decide
 from runbook_operator.domain.model import Incident, parse_policy
 from runbook_operator.domain.status import Status

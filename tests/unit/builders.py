@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from runbook_operator.actions import default_registry
+from runbook_operator.actions.catalog import default_registry
 from runbook_operator.domain.model import Incident, InvalidPolicy, Policy, parse_policy
 
 REGISTRY = default_registry()

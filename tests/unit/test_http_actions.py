@@ -8,6 +8,7 @@ import pytest
 from runbook_operator.actions import ActionContext
 from runbook_operator.actions.registry import Registry
 from runbook_operator.domain.results import StepResult
+from runbook_operator.engine.executor import run_action
 from runbook_operator.lab.demo import DemoService
 from tests.unit.builders import REGISTRY
 
@@ -24,8 +25,7 @@ def service() -> Iterator[DemoService]:
 async def run(
     name: str, params: dict[str, object], registry: Registry = REGISTRY, ctx: ActionContext = CTX
 ) -> StepResult:
-    action = registry.get(name)
-    return await action.run(registry.parse(name, params), ctx)
+    return await run_action(registry.get(name), registry.parse(name, params), ctx)
 
 
 async def test_check_passes_on_the_expected_status(service: DemoService) -> None:

@@ -5,10 +5,11 @@ from typing import Any
 
 import pytest
 
-from runbook_operator.actions import ActionContext, default_registry
+from runbook_operator.actions import ActionContext
+from runbook_operator.actions.catalog import default_registry
 from runbook_operator.domain.lifecycle import StepCall
 from runbook_operator.domain.model import Stage, Step
-from runbook_operator.engine.executor import Executor
+from runbook_operator.engine.executor import Executor, run_action
 from runbook_operator.lab.demo import DemoService
 from tests.unit.builders import REGISTRY, incident
 
@@ -46,8 +47,7 @@ def context(services: Any = None) -> ActionContext:
 
 
 async def webhook(params: dict[str, Any], ctx: ActionContext) -> Any:
-    action = REGISTRY.get("notify.webhook")
-    return await action.run(REGISTRY.parse("notify.webhook", params), ctx)
+    return await run_action(REGISTRY.get("notify.webhook"), REGISTRY.parse("notify.webhook", params), ctx)
 
 
 async def test_slack_payload_names_the_incident_findings_and_how_to_inspect(service: DemoService) -> None:

@@ -4,7 +4,7 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
-from runbook_operator.actions import default_registry
+from runbook_operator.actions.catalog import default_registry
 from runbook_operator.domain.lifecycle import holds_target
 from runbook_operator.domain.status import Status
 from runbook_operator.engine.executor import Executor

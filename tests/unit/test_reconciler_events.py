@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from runbook_operator.actions import default_registry
+from runbook_operator.actions.catalog import default_registry
 from runbook_operator.engine import reconciler as engine
 from runbook_operator.engine.executor import Executor
 from runbook_operator.engine.reconciler import Reconciler

@@ -1,13 +1,14 @@
-"""The catalog: its reference page, plug-ins through entry points, secrets and redaction."""
+"""The catalog: its reference page, plug-ins through entry points, secrets, redaction and how actions fail."""
 
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from runbook_operator.actions import ActionContext, Registry, default_registry, reference
-from runbook_operator.actions.registry import Action, Params, SecretRef, plugin_actions
-from runbook_operator.domain.lifecycle import StepCall, StepResult
+from runbook_operator.actions import Action, ActionContext, ActionFailure, Params, SecretRef, StepResult, reference
+from runbook_operator.actions.catalog import default_registry, plugin_actions
+from runbook_operator.actions.registry import Registry
+from runbook_operator.domain.lifecycle import StepCall
 from runbook_operator.domain.model import Stage, Step
 from runbook_operator.engine.executor import Executor
 from tests.unit.builders import incident
@@ -48,7 +49,7 @@ def test_a_plugin_adds_actions_through_the_entry_point_group(monkeypatch: Any) -
         def load(self) -> list[Action[Any]]:
             raise ImportError("no module named acme_broken")
 
-    monkeypatch.setattr("runbook_operator.actions.registry.entry_points", lambda group: [Point(), Broken()])
+    monkeypatch.setattr("runbook_operator.actions.catalog.entry_points", lambda group: [Point(), Broken()])
     assert [a.name for a in plugin_actions()] == ["acme.echo"]
     assert "acme.echo" in [a.name for a in default_registry()]
 
@@ -64,7 +65,7 @@ class SecretParams(Params):
 
 
 async def leaky(params: SecretParams, ctx: ActionContext) -> StepResult:
-    value = await ctx.secret(params.token)
+    value = await ctx.secret(params.token, "t.leak")
     return StepResult(False, f"server said: bad token {value}", {"echo": f"Bearer {value}", "n": 1})
 
 
@@ -87,3 +88,59 @@ async def test_secret_values_are_scrubbed_from_what_a_step_returns() -> None:
     result = await Executor(registry, services=FakeServices()).run(incident(), StepCall(step, 1, params))
     assert "s3cr3t-value" not in result.message and "s3cr3t-value" not in str(result.output)
     assert result.message == "server said: bad token ***" and result.output == {"echo": "Bearer ***", "n": 1}
+
+
+async def run(action: Action[Any], params: dict[str, Any], services: Any = None) -> StepResult:
+    step = Step("s", Stage.REMEDIATE, action.name, params)
+    return await Executor(Registry([action]), services=services).run(incident(), StepCall(step, 1, params))
+
+
+class FailParams(Params):
+    why: str = "refused"
+
+
+async def refuses(params: FailParams, ctx: ActionContext) -> StepResult:
+    raise ActionFailure(f"acme said {params.why}", {"seen": 3})
+
+
+async def crashes(params: FailParams, ctx: ActionContext) -> StepResult:
+    raise KeyError(params.why)
+
+
+async def test_an_action_failure_is_the_steps_result_with_what_the_action_saw() -> None:
+    result = await run(Action("t.refuse", FailParams, refuses, "refuses"), {"why": "no"})
+    assert result == StepResult(False, "acme said no", {"seen": 3})
+
+
+async def test_any_other_exception_is_a_failed_result_naming_its_type() -> None:
+    result = await run(Action("t.crash", FailParams, crashes, "crashes"), {"why": "gone"})
+    assert result == StepResult(False, "t.crash failed: KeyError: 'gone'")
+
+
+async def test_a_failure_message_is_scrubbed_of_the_secrets_the_step_read() -> None:
+    async def tells(params: SecretParams, ctx: ActionContext) -> StepResult:
+        value = await ctx.secret(params.token, "t.tell")
+        raise ActionFailure(f"rejected {value}", {"sent": value})
+
+    result = await run(
+        Action("t.tell", SecretParams, tells, "tells"), {"token": {"name": "admin-api", "key": "token"}}, FakeServices()
+    )
+    assert result == StepResult(False, "rejected ***", {"sent": "***"})
+
+
+@pytest.mark.parametrize(
+    ("what", "message"),
+    [
+        (None, "t.read: no cluster to read secrets from"),
+        (
+            "the token",
+            "t.read: cannot read the token from Secret 'admin-api' key 'token': no cluster to read secrets from",
+        ),
+    ],
+)
+async def test_a_secret_that_cannot_be_read_fails_the_step_saying_which(what: str | None, message: str) -> None:
+    async def reads(params: SecretParams, ctx: ActionContext) -> StepResult:
+        return StepResult(True, await ctx.secret(params.token, "t.read", what))
+
+    result = await run(Action("t.read", SecretParams, reads, "reads"), {"token": {"name": "admin-api", "key": "token"}})
+    assert result == StepResult(False, message)

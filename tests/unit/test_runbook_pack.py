@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from runbook_operator.actions import default_registry
+from runbook_operator.actions.catalog import default_registry
 from runbook_operator.cli import main
 from runbook_operator.domain.matching import select_policy
 from runbook_operator.domain.model import Incident, Policy, Stage, parse_policy

@@ -1,10 +1,34 @@
-"""The action catalog: each runbook step made executable.
+"""The action plug-in API, one import for an action's author::
 
-An action is a dotted name, a pydantic parameter model (checked when a policy is
-applied), a coroutine returning :class:`StepResult`, a default timeout and a
-``destructive`` flag.
+    from runbook_operator.actions import Action, ActionContext, ActionFailure, Params, StepResult
+
+The names come from ``actions.api``; the built-in families live in the modules beside it,
+``actions.registry`` looks actions up and checks their parameters, and
+``actions.catalog.default_registry()`` gathers the families and the installed plug-ins.
 """
 
-from runbook_operator.actions.registry import Action, ActionContext, Registry, default_registry
+from runbook_operator.actions.api import (
+    Action,
+    ActionContext,
+    ActionFailure,
+    Duration,
+    ErrorScan,
+    Params,
+    SecretRef,
+    Services,
+    StepResult,
+    tls_context,
+)
 
-__all__ = ["Action", "ActionContext", "Registry", "default_registry"]
+__all__ = [
+    "Action",
+    "ActionContext",
+    "ActionFailure",
+    "Duration",
+    "ErrorScan",
+    "Params",
+    "SecretRef",
+    "Services",
+    "StepResult",
+    "tls_context",
+]

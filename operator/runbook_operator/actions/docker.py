@@ -20,8 +20,7 @@ import docker.errors
 import pydantic
 import requests
 
-from runbook_operator.actions.registry import Action, ActionContext, Duration, ErrorScan, Params
-from runbook_operator.domain.results import StepResult
+from runbook_operator.actions.api import Action, ActionContext, ActionFailure, Duration, ErrorScan, Params, StepResult
 
 T = TypeVar("T")
 TAIL_CHARS = 1800  # characters of log tail kept in the output (the Incident status keeps ~2 KiB a step)
@@ -126,20 +125,20 @@ def _chain(err: BaseException) -> Iterator[BaseException]:
         current = current.__cause__ or current.__context__
 
 
-def _failure(err: BaseException, what: str, params: _Engine, budget: float) -> StepResult:
+def _explain(err: BaseException, what: str, params: _Engine, budget: float) -> ActionFailure:
     causes = list(_chain(err))
     if isinstance(err, TimeoutError) or any(isinstance(e, requests.exceptions.Timeout) for e in causes):
-        return StepResult(False, f"{what}: docker engine at {params.where()} gave no answer within {budget:g}s")
+        return ActionFailure(f"{what}: docker engine at {params.where()} gave no answer within {budget:g}s")
     if isinstance(err, docker.errors.NotFound):
         name = getattr(params, "container", "")
-        return StepResult(False, f"{what}: no such container {name!r} on {params.where()}")
+        return ActionFailure(f"{what}: no such container {name!r} on {params.where()}")
     if isinstance(err, docker.errors.APIError):
-        return StepResult(False, f"{what}: docker engine error {err.status_code}: {err.explanation or err}")
+        return ActionFailure(f"{what}: docker engine error {err.status_code}: {err.explanation or err}")
     if any(isinstance(e, (requests.exceptions.ConnectionError, OSError)) for e in causes):
         root = causes[-1]
         reason = root.strerror if isinstance(root, OSError) and root.strerror else str(root)
-        return StepResult(False, f"{what}: cannot reach the docker engine at {params.where()}: {reason}")
-    return StepResult(False, f"{what}: {type(err).__name__}: {err}")
+        return ActionFailure(f"{what}: cannot reach the docker engine at {params.where()}: {reason}")
+    return ActionFailure(f"{what}: {type(err).__name__}: {err}")
 
 
 async def _blocking(ctx: ActionContext, fn: Callable[[], T]) -> T:
@@ -148,10 +147,8 @@ async def _blocking(ctx: ActionContext, fn: Callable[[], T]) -> T:
     return await asyncio.to_thread(fn)
 
 
-async def _engine(
-    params: _Engine, ctx: ActionContext, what: str, budget: float, fn: Callable[[Any], T]
-) -> T | StepResult:
-    """Run ``fn(client)`` in a thread with a client made for this call; failures become a StepResult."""
+async def _engine(params: _Engine, ctx: ActionContext, what: str, budget: float, fn: Callable[[Any], T]) -> T:
+    """Run ``fn(client)`` in a thread with a client made for this call; failures are an ActionFailure."""
 
     def work() -> T:
         if params.host is None:
@@ -166,7 +163,7 @@ async def _engine(
     try:
         return await asyncio.wait_for(_blocking(ctx, work), budget)
     except (TimeoutError, docker.errors.DockerException, requests.exceptions.RequestException, OSError) as err:
-        return _failure(err, what, params, budget)
+        raise _explain(err, what, params, budget) from None
 
 
 def _state(attrs: dict[str, Any]) -> dict[str, Any]:
@@ -202,8 +199,6 @@ def _last_check(attrs: dict[str, Any]) -> str:
 async def status(params: StatusParams, ctx: ActionContext) -> StepResult:
     what = f"docker.status {params.container}"
     attrs = await _engine(params, ctx, what, ctx.timeout, lambda c: c.containers.get(params.container).attrs)
-    if isinstance(attrs, StepResult):
-        return attrs
     out = _state(attrs)
     if out["state"] != "running":
         return StepResult(False, _not_running(params.container, out), out)
@@ -237,16 +232,11 @@ async def restart(params: RestartParams, ctx: ActionContext) -> StepResult:
         return before, container.attrs
 
     done = await _engine(params, ctx, what, ctx.timeout, do)
-    if isinstance(done, StepResult):
-        return done
     before, attrs = done
     if params.settle is not None:
         await asyncio.sleep(min(params.settle, max(deadline - time.monotonic() - 0.5, 0)))
         budget = max(deadline - time.monotonic(), 0.5)
-        later = await _engine(params, ctx, what, budget, lambda c: c.containers.get(params.container).attrs)
-        if isinstance(later, StepResult):
-            return later
-        attrs = later
+        attrs = await _engine(params, ctx, what, budget, lambda c: c.containers.get(params.container).attrs)
     out = {**_state(attrs), "previousStartedAt": before}
     if out["startedAt"] == before:
         return StepResult(False, f"container {params.container} was not restarted (still started at {before})", out)
@@ -282,8 +272,6 @@ async def logs(params: LogsParams, ctx: ActionContext) -> StepResult:
         return data
 
     data = await _engine(params, ctx, what, ctx.timeout, read)
-    if isinstance(data, StepResult):
-        return data
     lines = data.decode("utf-8", errors="replace").splitlines()
     pattern = re.compile(params.error_pattern)
     matching = [line for line in lines if pattern.search(line)]
@@ -339,8 +327,6 @@ async def stats(params: StatsParams, ctx: ActionContext) -> StepResult:
         return container.attrs, container.stats(stream=False)  # two samples a second apart, like --no-stream
 
     got = await _engine(params, ctx, what, ctx.timeout, sample)
-    if isinstance(got, StepResult):
-        return got
     attrs, numbers = got
     if numbers is None:
         out = _state(attrs)
@@ -384,8 +370,6 @@ async def prune(params: PruneParams, ctx: ActionContext) -> StepResult:
         return done
 
     done = await _engine(params, ctx, what, ctx.timeout, sweep)
-    if isinstance(done, StepResult):
-        return done
     containers = [str(c)[:12] for c in done["containers"].get("ContainersDeleted") or []]
     networks = [str(n) for n in done["networks"].get("NetworksDeleted") or []]
     volumes = [str(v) for v in done.get("volumes", {}).get("VolumesDeleted") or []]

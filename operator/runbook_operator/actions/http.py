@@ -10,8 +10,16 @@ from typing import Any, Literal
 import httpx
 import pydantic
 
-from runbook_operator.actions.registry import Action, ActionContext, Duration, Params, SecretRef, tls_context
-from runbook_operator.domain.results import StepResult
+from runbook_operator.actions.api import (
+    Action,
+    ActionContext,
+    ActionFailure,
+    Duration,
+    Params,
+    SecretRef,
+    StepResult,
+    tls_context,
+)
 
 # httpcore asks sniffio which async library runs, several times per request. sniffio is not
 # installed (anyio 4 does not need it), and a failed import searches sys.path anew each time:
@@ -55,19 +63,27 @@ class RequestParams(_Target):
 
 
 async def _send(method: str, params: _Target, ctx: ActionContext, **kwargs: Any) -> tuple[httpx.Response, bytes, float]:
+    """The response, its body (up to MAX_BODY) and how long it took; no answer is an ActionFailure."""
     timeout = params.budget(ctx)
-    async with httpx.AsyncClient(
-        timeout=timeout, follow_redirects=True, max_redirects=MAX_REDIRECTS, verify=tls_context()
-    ) as client:
-        started = time.perf_counter()
-        async with client.stream(method, str(params.url), **kwargs) as response:
-            body = b""
-            async for chunk in response.aiter_bytes():
-                body += chunk
-                if len(body) >= MAX_BODY:
-                    body = body[:MAX_BODY]
-                    break
-        return response, body, time.perf_counter() - started
+    try:
+        async with httpx.AsyncClient(
+            timeout=timeout, follow_redirects=True, max_redirects=MAX_REDIRECTS, verify=tls_context()
+        ) as client:
+            started = time.perf_counter()
+            async with client.stream(method, str(params.url), **kwargs) as response:
+                body = b""
+                async for chunk in response.aiter_bytes():
+                    body += chunk
+                    if len(body) >= MAX_BODY:
+                        body = body[:MAX_BODY]
+                        break
+            return response, body, time.perf_counter() - started
+    except httpx.TimeoutException:
+        raise ActionFailure(f"{method} {params.url}: no answer within {timeout:g}s") from None
+    except httpx.TooManyRedirects:
+        raise ActionFailure(f"{method} {params.url}: more than {MAX_REDIRECTS} redirects") from None
+    except httpx.HTTPError as err:
+        raise ActionFailure(f"{method} {params.url}: {type(err).__name__}: {err or 'connection failed'}") from None
 
 
 def _excerpt(body: bytes, ctx: ActionContext) -> str:
@@ -75,24 +91,8 @@ def _excerpt(body: bytes, ctx: ActionContext) -> str:
     return ctx.redact(body.decode("utf-8", errors="replace"))[:_EXCERPT]
 
 
-async def _guarded(
-    method: str, params: _Target, ctx: ActionContext, **kwargs: Any
-) -> StepResult | tuple[httpx.Response, bytes, float]:
-    try:
-        return await _send(method, params, ctx, **kwargs)
-    except httpx.TimeoutException:
-        return StepResult(False, f"{method} {params.url}: no answer within {params.budget(ctx):g}s")
-    except httpx.TooManyRedirects:
-        return StepResult(False, f"{method} {params.url}: more than {MAX_REDIRECTS} redirects")
-    except httpx.HTTPError as err:
-        return StepResult(False, f"{method} {params.url}: {type(err).__name__}: {err or 'connection failed'}")
-
-
 async def check(params: CheckParams, ctx: ActionContext) -> StepResult:
-    sent = await _guarded("GET", params, ctx)
-    if isinstance(sent, StepResult):
-        return sent
-    response, body, elapsed = sent
+    response, body, elapsed = await _send("GET", params, ctx)
     output = {"status": response.status_code, "latencySeconds": round(elapsed, 3)}
     where = f"GET {params.url}"
     if response.status_code != params.expect_status:
@@ -107,17 +107,11 @@ async def check(params: CheckParams, ctx: ActionContext) -> StepResult:
 async def request(params: RequestParams, ctx: ActionContext) -> StepResult:
     headers = dict(params.headers)
     for header, ref in params.headers_from_secrets.items():
-        try:
-            headers[header] = await ctx.secret(ref)
-        except (LookupError, RuntimeError) as err:
-            return StepResult(False, f"header {header}: {err}")
+        headers[header] = await ctx.secret(ref, f"header {header}")
     kwargs: dict[str, Any] = {"headers": headers}
     if params.json_body is not None:
         kwargs["json"] = params.json_body
-    sent = await _guarded(params.method, params, ctx, **kwargs)
-    if isinstance(sent, StepResult):
-        return sent
-    response, body, _ = sent
+    response, body, _ = await _send(params.method, params, ctx, **kwargs)
     output = {"status": response.status_code, "body": _excerpt(body, ctx)}
     where = f"{params.method} {params.url}"
     if response.status_code != params.expect_status:

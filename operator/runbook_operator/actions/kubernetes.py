@@ -16,20 +16,18 @@ import functools
 import json
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal, Self, TypeVar
+from typing import Any, Literal, Self
 
 import pydantic
 import urllib3
 from kubernetes.client import ApiException, AppsV1Api, CoreV1Api  # now: lazily, ~1 s on the event loop
 
-from runbook_operator.actions.registry import Action, ActionContext, ErrorScan, Params
-from runbook_operator.domain.results import StepResult
+from runbook_operator.actions.api import Action, ActionContext, ActionFailure, ErrorScan, Params, StepResult
 from runbook_operator.domain.status import timestamp
 
-P = TypeVar("P", bound=pydantic.BaseModel)
 RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"  # the annotation `kubectl rollout restart` sets
 GRANT = "kubectl apply -n {ns} -k manifests/namespace-access"
 EXCERPT_CHARS = 1200  # characters of log lines kept in a podLogs output (the status keeps ~2 KiB a step)
@@ -160,8 +158,8 @@ class DeletePodParams(Params):
 # -- talking to the API server -------------------------------------------------------
 
 
-class _Failure(Exception):
-    """An expected failure: the action returns ``StepResult(False, message)``.
+class _ApiFailure(ActionFailure):
+    """A call to the API server that failed; it fails the step unless the action catches it.
 
     ``reason`` sorts it: missing, forbidden, unauthorized, timeout, unreachable or error;
     ``detail`` is what the API server said, if anything.
@@ -203,7 +201,7 @@ class _Cluster:
 
     def __init__(self, ctx: ActionContext) -> None:
         if ctx.services is None:
-            raise _Failure("no cluster connection: kubernetes.* actions run inside the operator")
+            raise ActionFailure("no cluster connection: kubernetes.* actions run inside the operator")
         self.ns = ctx.namespace
         self._services = ctx.services
         self._timeout = ctx.timeout
@@ -218,9 +216,9 @@ class _Cluster:
     async def call(
         self, verb: str, resource: str, subject: str | None, fn: Callable[..., Any], *args: Any, **kwargs: Any
     ) -> Any:
-        """``fn(*args, **kwargs)`` in the thread pool; failures become :class:`_Failure` naming verb and resource."""
+        """``fn(*args, **kwargs)`` in the thread pool; failures become :class:`_ApiFailure` naming verb and resource."""
         what = f"{verb} {resource} in namespace {self.ns}"
-        silent = _Failure(f"{what}: no answer from the API server within the step's {self._timeout:g}s", "timeout")
+        silent = _ApiFailure(f"{what}: no answer from the API server within the step's {self._timeout:g}s", "timeout")
         left = self._deadline - time.monotonic()
         if left <= 0:
             raise silent
@@ -235,27 +233,27 @@ class _Cluster:
             if isinstance(err.reason, urllib3.exceptions.TimeoutError):
                 raise silent from None
             unreachable = f"{what}: cannot reach the API server: {type(err.reason).__name__}"
-            raise _Failure(unreachable, "unreachable") from None
+            raise _ApiFailure(unreachable, "unreachable") from None
         except (urllib3.exceptions.HTTPError, OSError) as err:
-            raise _Failure(f"{what}: cannot reach the API server: {type(err).__name__}", "unreachable") from None
+            raise _ApiFailure(f"{what}: cannot reach the API server: {type(err).__name__}", "unreachable") from None
 
-    def _explain(self, err: ApiException, verb: str, resource: str, subject: str | None) -> _Failure:
+    def _explain(self, err: ApiException, verb: str, resource: str, subject: str | None) -> _ApiFailure:
         target = subject or f"{resource} in namespace {self.ns}"
         said = f"HTTP {err.status}: {_server_message(err)}"
         if err.status == 404 and subject:
-            return _Failure(f"{subject} not found", "missing", said)
+            return _ApiFailure(f"{subject} not found", "missing", said)
         if err.status == 403:
             message = (
                 f"forbidden: the operator may not {verb} {resource} in namespace {self.ns}; "
                 f"bind the Role runbook-operator-actions there ({GRANT.format(ns=self.ns)})"
             )
-            return _Failure(message, "forbidden", said)
+            return _ApiFailure(message, "forbidden", said)
         if err.status == 401:
             message = f"unauthorized: the API server rejected the operator's credentials ({verb} {resource})"
-            return _Failure(message, "unauthorized", said)
+            return _ApiFailure(message, "unauthorized", said)
         if err.status == 409:
-            return _Failure(f"{verb} {target}: it changed meanwhile, run the step again ({said})", "conflict", said)
-        return _Failure(f"{verb} {target}: {said}", "error", said)
+            return _ApiFailure(f"{verb} {target}: it changed meanwhile, run the step again ({said})", "conflict", said)
+        return _ApiFailure(f"{verb} {target}: {said}", "error", said)
 
     # -- workloads -------------------------------------------------------------------
     async def workload(self, kind: str, name: str) -> Any:
@@ -267,7 +265,7 @@ class _Cluster:
         """The pods this workload controls: its selector, narrowed to pods it (or its ReplicaSets) own."""
         selector = _selector(workload.spec.selector)
         if not selector:
-            raise _Failure(f"{self.where(_KINDS[kind].noun, name)} has an empty selector")
+            raise ActionFailure(f"{self.where(_KINDS[kind].noun, name)} has an empty selector")
         pods = await self.pods(selector)
         return selector, [p for p in pods if _owned_by(p, kind, name, workload.metadata.uid)]
 
@@ -310,19 +308,6 @@ def _ready(pod: Any) -> bool:
     return any(c.type == "Ready" and c.status == "True" for c in (pod.status.conditions or []))
 
 
-def _guarded(
-    run: Callable[[P, ActionContext], Awaitable[StepResult]],
-) -> Callable[[P, ActionContext], Awaitable[StepResult]]:
-    @functools.wraps(run)
-    async def guarded(params: P, ctx: ActionContext) -> StepResult:
-        try:
-            return await run(params, ctx)
-        except _Failure as failure:
-            return StepResult(False, str(failure))
-
-    return guarded
-
-
 def _clip(text: str, limit: int = _LINE) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -330,7 +315,6 @@ def _clip(text: str, limit: int = _LINE) -> str:
 # -- kubernetes.workloadStatus -----------------------------------------------------
 
 
-@_guarded
 async def workload_status(params: StatusParams, ctx: ActionContext) -> StepResult:
     cluster = _Cluster(ctx)
     obj = await cluster.workload(params.kind, params.name)
@@ -375,7 +359,6 @@ def restart_timestamp(now: datetime | None = None) -> str:
     return timestamp(now or datetime.now(UTC))
 
 
-@_guarded
 async def rollout_restart(params: RestartParams, ctx: ActionContext) -> StepResult:
     cluster = _Cluster(ctx)
     info = _KINDS[params.kind]
@@ -415,7 +398,6 @@ async def rollout_restart(params: RestartParams, ctx: ActionContext) -> StepResu
 # -- kubernetes.scale --------------------------------------------------------------
 
 
-@_guarded
 async def scale(params: ScaleParams, ctx: ActionContext) -> StepResult:
     cluster = _Cluster(ctx)
     info = _KINDS[params.kind]
@@ -478,7 +460,7 @@ async def _read_log(cluster: _Cluster, pod: Any, params: LogsParams, pattern: re
             cluster.ns,
             **kwargs,
         )
-    except _Failure as failure:
+    except _ApiFailure as failure:
         if failure.for_every_call:
             raise  # the same for every pod: the step fails
         return _PodLog(name, error=_clip(failure.detail))  # e.g. a container still waiting to start
@@ -501,7 +483,6 @@ def _excerpts(logs: list[_PodLog]) -> dict[str, list[str]]:
     return kept
 
 
-@_guarded
 async def pod_logs(params: LogsParams, ctx: ActionContext) -> StepResult:
     cluster = _Cluster(ctx)
     pattern = re.compile(params.error_pattern)
@@ -557,14 +538,13 @@ async def _delete_if_there(cluster: _Cluster, name: str, grace: int | None) -> b
     """Delete one pod; False when it was already gone."""
     try:
         await _delete(cluster, name, grace)
-    except _Failure as failure:
+    except _ApiFailure as failure:
         if failure.reason == "missing":
             return False
         raise
     return True
 
 
-@_guarded
 async def delete_pod(params: DeletePodParams, ctx: ActionContext) -> StepResult:
     cluster = _Cluster(ctx)
     if params.kind is None:

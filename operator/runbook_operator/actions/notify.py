@@ -9,8 +9,16 @@ from typing import Any, Literal
 import httpx
 import pydantic
 
-from runbook_operator.actions.registry import Action, ActionContext, Duration, Params, SecretRef, tls_context
-from runbook_operator.domain.results import StepResult
+from runbook_operator.actions.api import (
+    Action,
+    ActionContext,
+    ActionFailure,
+    Duration,
+    Params,
+    SecretRef,
+    StepResult,
+    tls_context,
+)
 
 
 class WebhookParams(Params):
@@ -57,10 +65,12 @@ def _slack(doc: dict[str, Any]) -> dict[str, Any]:
 
 async def webhook(params: WebhookParams, ctx: ActionContext) -> StepResult:
     if params.url_secret_ref is not None:
+        source = f"webhook URL from secret {params.url_secret_ref.name}"
+        value = await ctx.secret(params.url_secret_ref, source)
         try:
-            url = httpx.URL(await ctx.secret(params.url_secret_ref))
-        except (LookupError, RuntimeError, httpx.InvalidURL) as err:
-            return StepResult(False, f"webhook URL from secret {params.url_secret_ref.name}: {err}")
+            url = httpx.URL(value)
+        except httpx.InvalidURL as err:
+            raise ActionFailure(f"{source}: {err}") from None
     else:
         url = httpx.URL(str(params.url))
     where = f"webhook at {url.host}"  # never the whole URL: its path is often the credential

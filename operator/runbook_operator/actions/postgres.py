@@ -18,8 +18,7 @@ import psycopg
 import pydantic
 from psycopg import sql
 
-from runbook_operator.actions.registry import Action, ActionContext, Params, SecretRef
-from runbook_operator.domain.results import StepResult
+from runbook_operator.actions.api import Action, ActionContext, ActionFailure, Params, SecretRef, StepResult
 
 Connection = psycopg.AsyncConnection[Any]
 Work = Callable[[Connection], Awaitable[StepResult]]
@@ -111,13 +110,9 @@ def _excerpt(query: str | None) -> str:
 
 
 async def _session(params: ServerParams, ctx: ActionContext, work: Work) -> StepResult:
-    """Connect, run ``work`` and close; every expected failure becomes a failed result."""
+    """Connect, run ``work`` and close; every expected failure is an ActionFailure saying where."""
     where = params.where()
-    ref = params.password_secret_ref
-    try:
-        password = await ctx.secret(ref)
-    except Exception as err:  # a missing Secret or key is the policy's problem, not a crash
-        return StepResult(False, f"{where}: cannot read the password from Secret {ref.name!r} key {ref.key!r}: {err}")
+    password = await ctx.secret(params.password_secret_ref, where, "the password")
     budget = ctx.timeout
     connected = False
     try:
@@ -143,14 +138,14 @@ async def _session(params: ServerParams, ctx: ActionContext, work: Work) -> Step
                 return await work(conn)
     except (TimeoutError, psycopg.errors.ConnectionTimeout):
         if connected:  # psycopg cancels the statement on the server when its task is cancelled
-            return StepResult(False, f"{where}: not finished within {budget:g}s; the statement was cancelled")
-        return StepResult(False, f"{where}: no answer within {budget:g}s")
+            raise ActionFailure(f"{where}: not finished within {budget:g}s; the statement was cancelled") from None
+        raise ActionFailure(f"{where}: no answer within {budget:g}s") from None
     except psycopg.errors.QueryCanceled as err:
-        return StepResult(False, ctx.redact(f"{where}: cancelled: {_one_line(err)}"))
+        raise ActionFailure(ctx.redact(f"{where}: cancelled: {_one_line(err)}")) from None
     except psycopg.OperationalError as err:
-        return StepResult(False, ctx.redact(f"{where}: {_one_line(err)}"))
+        raise ActionFailure(ctx.redact(f"{where}: {_one_line(err)}")) from None
     except psycopg.Error as err:
-        return StepResult(False, ctx.redact(f"{where}: {type(err).__name__}: {_one_line(err)}"))
+        raise ActionFailure(ctx.redact(f"{where}: {type(err).__name__}: {_one_line(err)}")) from None
 
 
 async def _rows(

@@ -19,8 +19,7 @@ from typing import Any, Literal
 import httpx
 import pydantic
 
-from runbook_operator.actions.registry import Action, ActionContext, Duration, Params, tls_context
-from runbook_operator.domain.results import StepResult
+from runbook_operator.actions.api import Action, ActionContext, ActionFailure, Duration, Params, StepResult, tls_context
 
 MAX_BODY = 1024 * 1024  # bytes of a Prometheus answer we read; a bigger one is refused
 MAX_POINTS = 11_000  # Prometheus' own limit of points per series in a range query
@@ -95,15 +94,11 @@ class QueryRangeParams(_Check):
         return self
 
 
-class _Failure(Exception):
-    """An expected failure, already phrased for the user."""
-
-
 def _number(text: Any) -> float:
     try:
         return float(text)  # Prometheus writes "NaN", "+Inf", "-Inf" as strings too
     except (TypeError, ValueError):
-        raise _Failure(f"unexpected sample value {text!r}") from None
+        raise ActionFailure(f"unexpected sample value {text!r}") from None
 
 
 def _shown(value: float) -> float | str:
@@ -147,7 +142,7 @@ def _reported(series: Sequence[tuple[dict[str, str], float]]) -> list[dict[str, 
 
 
 async def _ask(params: _Check, ctx: ActionContext, path: str, form: dict[str, str]) -> Any:
-    """POST a form to the HTTP API and return its ``data``; every failure is a _Failure."""
+    """POST a form to the HTTP API and return its ``data``; every failure is an ActionFailure."""
     budget = params.budget(ctx)
     where = f"Prometheus at {params.url}"
     form = {**form, "timeout": f"{budget:g}"}  # seconds: Prometheus then gives up on the query too
@@ -160,22 +155,22 @@ async def _ask(params: _Check, ctx: ActionContext, path: str, form: dict[str, st
             async for chunk in response.aiter_bytes():
                 body += chunk
                 if len(body) > MAX_BODY:
-                    raise _Failure(
+                    raise ActionFailure(
                         f"{where}: answer larger than {MAX_BODY} bytes; narrow the query (topk, sum by, ...)"
                     )
     except httpx.TimeoutException:
-        raise _Failure(f"{where}: no answer within {budget:g}s") from None
+        raise ActionFailure(f"{where}: no answer within {budget:g}s") from None
     except httpx.HTTPError as err:
-        raise _Failure(f"{where}: {type(err).__name__}: {err or 'connection failed'}") from None
+        raise ActionFailure(f"{where}: {type(err).__name__}: {err or 'connection failed'}") from None
     try:
         doc = json.loads(body)
     except ValueError:
         doc = None
     if not isinstance(doc, dict) or doc.get("status") not in ("success", "error"):
         excerpt = body[:200].decode("utf-8", errors="replace")
-        raise _Failure(f"{where}: not a Prometheus API answer (HTTP {response.status_code}): {excerpt!r}")
+        raise ActionFailure(f"{where}: not a Prometheus API answer (HTTP {response.status_code}): {excerpt!r}")
     if doc["status"] == "error":
-        raise _Failure(
+        raise ActionFailure(
             f"{where} refused the query (HTTP {response.status_code}, {doc.get('errorType', 'error')}): "
             f"{doc.get('error', 'no detail')}"
         )
@@ -223,7 +218,7 @@ def _instant_series(data: Any) -> list[tuple[dict[str, str], float]]:
     try:
         return _instant(data)
     except (KeyError, IndexError, TypeError, AttributeError):
-        raise _Failure("malformed answer: the result is not an instant vector or a scalar") from None
+        raise ActionFailure("malformed answer: the result is not an instant vector or a scalar") from None
 
 
 def _instant(data: Any) -> list[tuple[dict[str, str], float]]:
@@ -234,11 +229,11 @@ def _instant(data: Any) -> list[tuple[dict[str, str], float]]:
     if kind == "scalar" and isinstance(result, list):
         return [({}, _number(result[1]))]
     if kind == "matrix":
-        raise _Failure(
+        raise ActionFailure(
             "the query returns a range vector (matrix): use prometheus.queryRange or wrap it in a function "
             "such as rate() or max_over_time()"
         )
-    raise _Failure(f"unsupported result type {kind!r}: expected an instant vector or a scalar")
+    raise ActionFailure(f"unsupported result type {kind!r}: expected an instant vector or a scalar")
 
 
 def _reduce(values: list[float], how: str) -> float:
@@ -258,14 +253,14 @@ def _range_series(data: Any, how: str) -> tuple[list[tuple[dict[str, str], float
     try:
         return _matrix(data, how)
     except (KeyError, IndexError, TypeError, AttributeError):
-        raise _Failure("malformed answer: the result is not a matrix") from None
+        raise ActionFailure("malformed answer: the result is not a matrix") from None
 
 
 def _matrix(data: Any, how: str) -> tuple[list[tuple[dict[str, str], float]], int]:
     kind = data.get("resultType") if isinstance(data, dict) else None
     result = data.get("result") if isinstance(data, dict) else None
     if kind != "matrix" or not isinstance(result, list):
-        raise _Failure(f"unsupported result type {kind!r} for a range query: expected a matrix")
+        raise ActionFailure(f"unsupported result type {kind!r} for a range query: expected a matrix")
     series, points = [], 0
     for item in result:
         values = [_number(v[1]) for v in item.get("values") or []]
@@ -276,12 +271,8 @@ def _matrix(data: Any, how: str) -> tuple[list[tuple[dict[str, str], float]], in
 
 
 async def query(params: QueryParams, ctx: ActionContext) -> StepResult:
-    try:
-        data = await _ask(params, ctx, "/api/v1/query", {"query": params.query})
-        series = _instant_series(data)
-    except _Failure as failure:
-        return StepResult(False, str(failure))
-    return _evaluate(params, series, f"query {params.query!r}", {})
+    data = await _ask(params, ctx, "/api/v1/query", {"query": params.query})
+    return _evaluate(params, _instant_series(data), f"query {params.query!r}", {})
 
 
 async def query_range(params: QueryRangeParams, ctx: ActionContext) -> StepResult:
@@ -292,11 +283,8 @@ async def query_range(params: QueryRangeParams, ctx: ActionContext) -> StepResul
         "end": f"{end:.3f}",
         "step": f"{params.step:g}",
     }
-    try:
-        data = await _ask(params, ctx, "/api/v1/query_range", form)
-        series, points = _range_series(data, params.reduce)
-    except _Failure as failure:
-        return StepResult(False, str(failure))
+    data = await _ask(params, ctx, "/api/v1/query_range", form)
+    series, points = _range_series(data, params.reduce)
     what = f"query {params.query!r} over {params.range:g}s ({params.reduce})"
     return _evaluate(params, series, what, {"points": points})
 

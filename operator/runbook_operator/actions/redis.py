@@ -20,8 +20,7 @@ import redis.exceptions
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from runbook_operator.actions.registry import Action, ActionContext, Params, SecretRef
-from runbook_operator.domain.results import StepResult
+from runbook_operator.actions.api import Action, ActionContext, ActionFailure, Params, SecretRef, StepResult
 
 Client = redis.asyncio.Redis
 Work = Callable[[Client], Awaitable[StepResult]]
@@ -81,17 +80,11 @@ def _reason(err: BaseException) -> str:
 async def _session(
     params: ServerParams, ctx: ActionContext, work: Work, progress: Callable[[], str] = lambda: ""
 ) -> StepResult:
-    """Open a client, run ``work`` and close it; expected failures become failed results."""
+    """Open a client, run ``work`` and close it; every expected failure is an ActionFailure saying where."""
     where = params.where()
     password = None
     if params.password_secret_ref is not None:
-        ref = params.password_secret_ref
-        try:
-            password = await ctx.secret(ref)
-        except Exception as err:  # a missing Secret or key is the policy's problem, not a crash
-            return StepResult(
-                False, f"{where}: cannot read the password from Secret {ref.name!r} key {ref.key!r}: {err}"
-            )
+        password = await ctx.secret(params.password_secret_ref, where, "the password")
     budget = ctx.timeout
     client = redis.asyncio.Redis(
         host=params.host,
@@ -108,15 +101,17 @@ async def _session(
             async with client:
                 return await work(client)
     except (TimeoutError, redis.exceptions.TimeoutError):
-        return StepResult(False, f"{where}: no answer within {budget:g}s{progress()}")
+        raise ActionFailure(f"{where}: no answer within {budget:g}s{progress()}") from None
     except redis.exceptions.AuthenticationError as err:
         if password is None:
-            return StepResult(False, f"{where}: authentication failed: the server wants a password (passwordSecretRef)")
-        return StepResult(False, ctx.redact(f"{where}: authentication failed: {err}"))
+            raise ActionFailure(
+                f"{where}: authentication failed: the server wants a password (passwordSecretRef)"
+            ) from None
+        raise ActionFailure(ctx.redact(f"{where}: authentication failed: {err}")) from None
     except redis.exceptions.ConnectionError as err:
-        return StepResult(False, ctx.redact(f"{where}: cannot connect: {_reason(err)}{progress()}"))
+        raise ActionFailure(ctx.redact(f"{where}: cannot connect: {_reason(err)}{progress()}")) from None
     except redis.exceptions.RedisError as err:
-        return StepResult(False, ctx.redact(f"{where}: {type(err).__name__}: {err}{progress()}"))
+        raise ActionFailure(ctx.redact(f"{where}: {type(err).__name__}: {err}{progress()}")) from None
     finally:
         await client.aclose()  # idempotent; also when the timeout struck inside the block
 

@@ -6,7 +6,8 @@ import types
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from runbook_operator.actions.registry import Action, Registry
+from runbook_operator.actions.api import Action
+from runbook_operator.actions.registry import Registry
 
 HEADER = """# Action reference
 

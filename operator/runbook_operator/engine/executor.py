@@ -1,7 +1,9 @@
 """Run one step through the action registry: parameters, timeout, retries, backoff.
 
-Whatever an action does, the result is a StepResult; an exception or a timeout
-becomes a failed result with a clear message, never a crash of the operator.
+Whatever an action does, the result is a StepResult. This module alone turns what an
+action raises into words: an :class:`ActionFailure` gives its message and output, a
+timeout and any other exception become a failed result with a clear message, never a
+crash of the operator.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from runbook_operator.actions.registry import ActionContext, Registry, Services
+import pydantic
+
+from runbook_operator.actions.api import Action, ActionContext, ActionFailure, Services, StepResult
+from runbook_operator.actions.registry import Registry
 from runbook_operator.domain.lifecycle import StepCall
 from runbook_operator.domain.model import Incident
-from runbook_operator.domain.results import StepResult
 from runbook_operator.engine.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -47,7 +51,10 @@ class Executor:
         for attempt in range(step.retries + 1):
             if attempt:
                 await self._sleep(step.backoff)
-            result = await self._once(action.run(params, ctx), timeout, step.action)
+            try:
+                result = await asyncio.wait_for(run_action(action, params, ctx), timeout)
+            except TimeoutError:
+                result = _timed_out(action, ctx)
             if result.ok:
                 break
         if step.retries and not result.ok:
@@ -56,15 +63,23 @@ class Executor:
             self._metrics.action(step.action, result.ok, time.monotonic() - started)
         return _redacted(result, ctx)
 
-    @staticmethod
-    async def _once(coro: Awaitable[StepResult], limit: float, name: str) -> StepResult:
-        try:
-            return await asyncio.wait_for(coro, limit)
-        except TimeoutError:
-            return StepResult(False, f"{name} timed out after {limit:g}s")
-        except Exception as err:  # an action bug must not take the operator down
-            log.exception("action %s raised", name)
-            return StepResult(False, f"{name} failed: {type(err).__name__}: {err}")
+
+async def run_action(action: Action[Any], params: pydantic.BaseModel, ctx: ActionContext) -> StepResult:
+    """One call of ``action.run``, whatever it raises told in words (the executor adds the
+    step's timeout, retries and redaction; tests call this to see an action's own bounds)."""
+    try:
+        return await action.run(params, ctx)
+    except ActionFailure as failure:
+        return StepResult(False, failure.message, failure.output)
+    except TimeoutError:
+        return _timed_out(action, ctx)
+    except Exception as err:  # an action bug must not take the operator down
+        log.exception("action %s raised", action.name)
+        return StepResult(False, f"{action.name} failed: {type(err).__name__}: {err}")
+
+
+def _timed_out(action: Action[Any], ctx: ActionContext) -> StepResult:
+    return StepResult(False, f"{action.name} timed out after {ctx.timeout:g}s")
 
 
 def _redacted(result: StepResult, ctx: ActionContext) -> StepResult:

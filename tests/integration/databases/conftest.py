@@ -21,6 +21,7 @@ import redis
 
 from runbook_operator.actions import ActionContext
 from runbook_operator.domain.results import StepResult
+from runbook_operator.engine.executor import run_action
 from runbook_operator.lab.controlplane import free_port
 from runbook_operator.lab.services import Postgres, Redis, ServerError
 from tests.unit.builders import REGISTRY
@@ -67,9 +68,8 @@ def context(timeout: float = 10.0) -> ActionContext:
 
 
 async def run(name: str, params: dict[str, Any], timeout: float = 10.0) -> StepResult:
-    """Parse like a policy apply does, then run the action itself (no executor, no redaction)."""
-    action = REGISTRY.get(name)
-    return await action.run(REGISTRY.parse(name, params), context(timeout))
+    """Parse like a policy apply does, then run the action itself (no step timeout, no redaction)."""
+    return await run_action(REGISTRY.get(name), REGISTRY.parse(name, params), context(timeout))
 
 
 @dataclass

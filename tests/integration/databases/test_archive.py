@@ -17,7 +17,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from runbook_operator import cli
-from runbook_operator.actions import default_registry
+from runbook_operator.actions.catalog import default_registry
 from runbook_operator.domain.model import Incident
 from runbook_operator.domain.status import Condition, Finding, Status, timestamp
 from runbook_operator.engine.archive import SCHEMA_VERSION, Archive, ArchiveRecord, ArchiveWriter, where

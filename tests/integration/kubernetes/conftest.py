@@ -18,8 +18,10 @@ from typing import Any
 import kubernetes
 import pytest
 
-from runbook_operator.actions import ActionContext, default_registry
+from runbook_operator.actions import ActionContext
+from runbook_operator.actions.catalog import default_registry
 from runbook_operator.domain.results import StepResult
+from runbook_operator.engine.executor import run_action
 from runbook_operator.engine.kube import Kube
 from runbook_operator.lab.controlplane import NODE_NAME, ControlPlane
 from runbook_operator.lab.kubelet import LogServer
@@ -168,9 +170,8 @@ def pod_names(kubectl: Kubectl, namespace: str, selector: str) -> set[str]:
 
 async def run(action: str, params: dict[str, Any], namespace: str, services: Any, timeout: float = 10.0) -> StepResult:
     """One action, as the executor calls it, but without its timeout (the action's own bounds show)."""
-    registered = REGISTRY.get(action)
     ctx = ActionContext(namespace, "incident", timeout, services=services)
-    return await registered.run(REGISTRY.parse(action, params), ctx)
+    return await run_action(REGISTRY.get(action), REGISTRY.parse(action, params), ctx)
 
 
 class Hung:

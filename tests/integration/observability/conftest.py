@@ -35,6 +35,7 @@ import pytest
 
 from runbook_operator.actions import ActionContext
 from runbook_operator.domain.results import StepResult
+from runbook_operator.engine.executor import run_action
 from runbook_operator.lab.controlplane import free_port
 from runbook_operator.lab.services import Prometheus
 from tests.fixtures.common import wait_for
@@ -47,8 +48,9 @@ IMAGE = "local/busybox:1"
 
 async def run(name: str, params: dict[str, Any], timeout: float = 10.0) -> StepResult:
     """Run an action as the executor does: parameters parsed by the registry, a bounded context."""
-    action = REGISTRY.get(name)
-    return await action.run(REGISTRY.parse(name, params), ActionContext("ns", "inc", timeout=timeout))
+    return await run_action(
+        REGISTRY.get(name), REGISTRY.parse(name, params), ActionContext("ns", "inc", timeout=timeout)
+    )
 
 
 # -- ports -------------------------------------------------------------------------------------------------

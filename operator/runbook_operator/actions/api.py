@@ -1,0 +1,163 @@
+"""The action plug-in API: everything an action — built-in or from another package — is made of.
+
+An action is a dotted name, a :class:`Params` model (checked when a policy is applied),
+a coroutine ``run(params, ctx)`` returning a :class:`StepResult`, a default timeout and
+its traits. ``run`` reports an expected failure by raising :class:`ActionFailure` (or by
+returning ``StepResult(False, ...)``); the executor turns it, and any other exception or
+a timeout, into the step's failed result. ``runbook_operator.actions`` re-exports this
+module; the catalog that gathers the families lives in ``actions.catalog``.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import ssl
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Generic, Protocol, TypeVar
+
+import pydantic
+
+from runbook_operator.domain.durations import parse_duration
+from runbook_operator.domain.model import Traits
+from runbook_operator.domain.results import StepResult
+
+__all__ = [
+    "Action",
+    "ActionContext",
+    "ActionFailure",
+    "Duration",
+    "ErrorScan",
+    "Params",
+    "SecretRef",
+    "Services",
+    "StepResult",
+    "tls_context",
+]
+
+P = TypeVar("P", bound=pydantic.BaseModel)
+T = TypeVar("T")
+
+# A duration parameter written as in Flux ("5s", "1m"), held as seconds.
+Duration = Annotated[
+    float, pydantic.BeforeValidator(lambda v: parse_duration(v) if isinstance(v, str) else v), pydantic.Field(gt=0)
+]
+
+
+class Params(pydantic.BaseModel):
+    """Base for parameter models: unknown keys are errors, so typos fail on apply."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class ErrorScan(Params):
+    """Parameters of the actions that count error lines in logs (docker.logs, kubernetes.podLogs)."""
+
+    error_pattern: str = pydantic.Field(
+        r"(?i)error|exception|fatal",
+        alias="errorPattern",
+        min_length=1,
+        max_length=500,
+        description="regular expression (Python syntax) a line matches to count as an error",
+    )
+    max_errors: int | None = pydantic.Field(
+        None, alias="maxErrors", ge=0, description="fail when more lines than this match errorPattern"
+    )
+
+    @pydantic.field_validator("error_pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as err:
+            raise ValueError(f"invalid regular expression {value!r}: {err}") from None
+        return value
+
+
+class SecretRef(Params):
+    """A key of a Secret in the policy's namespace; the value is read when the step runs."""
+
+    name: str = pydantic.Field(min_length=1, max_length=253, description="Secret name")
+    key: str = pydantic.Field(min_length=1, max_length=253, description="key in the Secret's data")
+
+
+class ActionFailure(Exception):
+    """An expected failure, phrased for the user: the step fails with this message.
+
+    ``output`` is what the action saw before it failed (counts, names); it is recorded
+    with the message, as a returned ``StepResult(False, message, output)`` would be.
+    """
+
+    def __init__(self, message: str, output: Mapping[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.output: Mapping[str, Any] = dict(output or {})
+
+
+class Services(Protocol):
+    """What the engine lends actions: the cluster and a thread pool for blocking clients."""
+
+    async def read_secret(self, namespace: str, name: str, key: str) -> str: ...
+    def api_client(self) -> Any: ...
+    async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T: ...
+
+
+@dataclass(frozen=True)
+class ActionContext:
+    """What an action may know about the incident it serves.
+
+    Credentials come only through :meth:`secret`, which remembers every value it
+    hands out so the executor can scrub them from the result (status, Events, logs).
+    """
+
+    namespace: str
+    incident: str
+    timeout: float
+    details: Mapping[str, Any] | None = None  # the incident view, phase and findings, for notifications
+    services: Services | None = None
+    revealed: set[str] = field(default_factory=set)
+
+    async def secret(self, ref: SecretRef, where: str, what: str | None = None) -> str:
+        """The value of a Secret's key. When it cannot be read (no such Secret or key, no
+        cluster) the step fails with :class:`ActionFailure`:
+        ``<where>: cannot read <what> from Secret '<name>' key '<key>': <why>``, or
+        ``<where>: <why>`` when ``what`` is not given."""
+        try:
+            if self.services is None:
+                raise RuntimeError("no cluster to read secrets from")
+            value = await self.services.read_secret(self.namespace, ref.name, ref.key)
+        except Exception as err:  # a missing Secret or key is the policy's problem, not a crash
+            cannot = "" if what is None else f"cannot read {what} from Secret {ref.name!r} key {ref.key!r}: "
+            raise ActionFailure(f"{where}: {cannot}{err}") from None
+        if value:
+            self.revealed.add(value)
+        return value
+
+    def redact(self, text: str) -> str:
+        """Scrub secret values; actions that shorten text must call it before cutting."""
+        for value in sorted(self.revealed, key=len, reverse=True):
+            text = text.replace(value, "***")
+        return text
+
+
+@dataclass(frozen=True)
+class Action(Generic[P]):
+    name: str
+    params: type[P]
+    run: Callable[[P, ActionContext], Awaitable[StepResult]]
+    description: str
+    default_timeout: float = 10.0
+    destructive: bool = False  # needs approval unless the step opts out
+    read_only: bool = False  # changes nothing: runs even in a dry run
+
+    def traits(self, params: pydantic.BaseModel | None) -> Traits:
+        """A parameter model with a ``destructive`` field lets the policy mark one call destructive."""
+        flagged = bool(getattr(params, "destructive", False))
+        return Traits(destructive=self.destructive or flagged, read_only=self.read_only)
+
+
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """One TLS context for every HTTP action: making one loads the CA bundle, ~30 ms of CPU each time."""
+    return ssl.create_default_context()
