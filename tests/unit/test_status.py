@@ -1,8 +1,10 @@
 from datetime import UTC, datetime, timedelta
 
 from runbook_operator.domain.consent import Approval
+from runbook_operator.domain.lifecycle import decide
 from runbook_operator.domain.model import Incident
-from runbook_operator.domain.status import TIMELINE_LIMIT, ApprovalRequest, Status, StepRecord
+from runbook_operator.domain.status import TIMELINE_LIMIT, ApprovalRequest, Phase, Status, StepRecord
+from tests.unit.builders import policy, request
 
 T0 = datetime(2026, 11, 27, 8, 0, tzinfo=UTC)
 
@@ -84,3 +86,18 @@ def test_timeline_is_bounded() -> None:
         s = s.noted(T0, "Tick", str(i))
     assert len(s.timeline) == TIMELINE_LIMIT
     assert s.timeline[-1].message == str(TIMELINE_LIMIT + 24)
+
+
+def test_the_phase_loads_as_a_phase_and_goes_back_as_plain_text() -> None:
+    status = Status.from_dict({"phase": "Verifying"})
+    assert status.phase is Phase.VERIFYING
+    assert type(status.to_dict()["phase"]) is str and Status.from_dict({}).phase is None
+
+
+def test_an_unknown_phase_loads_as_itself_and_the_state_machine_leaves_it_alone() -> None:
+    status = Status.from_dict({"phase": "Paused", "policy": "p", "startedAt": "2026-11-27T08:00:00Z"})
+    assert status.phase == "Paused" and isinstance(status.phase, Phase)
+    assert status.to_dict()["phase"] == "Paused"
+    body = {"metadata": {"name": "i", "namespace": "ns", "generation": 1}, "spec": {"alert": "A"}}
+    decision = decide(Incident.from_body(body), status, [policy("p", remediate=[request("r")])], T0, nonce="00")
+    assert decision.run is None and decision.status.phase == "Paused"

@@ -83,10 +83,10 @@ class StepCall:
 
 def holds_target(status: Status) -> bool:
     """Has this incident's current round begun remediating (so it holds its target until it ends)?"""
-    if status.phase in (Phase.VERIFYING.value, Phase.AWAITING_APPROVAL.value):
+    if status.phase in (Phase.VERIFYING, Phase.AWAITING_APPROVAL):
         return True
     started = any(s.stage == Stage.REMEDIATE.value and s.attempt == status.attempts for s in status.steps)
-    return status.phase == Phase.REMEDIATING.value and started
+    return status.phase == Phase.REMEDIATING and started
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ class Peer:
     name: str
     alert: str
     created: str
-    phase: str | None
+    phase: Phase | None
     remediating: bool
     last_remediated: datetime | None
 
@@ -133,10 +133,10 @@ class _Progress:
         self.status = self.status.noted(self.now, reason, message)
 
     def enter(self, phase: Phase, reason: str, message: str) -> None:
-        previous = self.status.phase or Phase.PENDING.value
-        self.status = replace(self.status, phase=phase.value, currentStep=None, waiting=None)
+        previous = self.status.phase or Phase.PENDING
+        self.status = replace(self.status, phase=phase, currentStep=None, waiting=None)
         kind = WARNING if phase in (Phase.ESCALATED, Phase.AWAITING_APPROVAL) else NORMAL
-        self.emit(kind, reason, f"{previous} -> {phase.value}: {message}")
+        self.emit(kind, reason, f"{previous} -> {phase}: {message}")
 
     def condition(self, type_: str, ok: bool, reason: str, message: str) -> None:
         self.status = self.status.with_condition(type_, ok, reason, message, self.now)
@@ -174,7 +174,7 @@ def decide(
 ) -> Decision:
     """``nonce``: a fresh random value, used only if this decision opens an approval request."""
     p = _Progress(replace(status, observedGeneration=incident.generation), now, nonce)
-    if status.phase == Phase.RESOLVED.value:
+    if status.phase == Phase.RESOLVED:
         return p.decision()
     if incident.resolved:
         p.resolve(Reason.RESOLVED_EXTERNALLY, "spec.resolved is true; pending work stopped")
@@ -182,7 +182,7 @@ def decide(
     _acknowledge(p, incident)
     if not _suspension(p, incident):
         return p.decision()
-    if status.phase in (None, Phase.PENDING.value) or _policy_arrived(status, incident, candidates):
+    if status.phase in (None, Phase.PENDING) or _policy_arrived(status, incident, candidates):
         duplicate = _duplicate_of(incident, peers)
         if duplicate is not None:
             p.status = replace(p.status, duplicateOf=duplicate, startedAt=p.status.startedAt or timestamp(now))
@@ -193,15 +193,15 @@ def decide(
             return p.decision()
         if not _start(p, incident, candidates):
             return p.decision()
-    policy = _current_policy(p, candidates) if p.status.phase != Phase.ESCALATED.value else _policy_named(p, candidates)
+    policy = _current_policy(p, candidates) if p.status.phase != Phase.ESCALATED else _policy_named(p, candidates)
     ctx = _Context(incident, policy)
     notify = _escalation(p, ctx)
     if notify is not None:
         return p.decision(run=notify)
-    if policy is None or p.status.phase == Phase.ESCALATED.value:
+    if policy is None or p.status.phase == Phase.ESCALATED:
         return p.decision()
     decision = _advance(p, ctx, policy, peers)
-    if p.status.phase != Phase.ESCALATED.value:
+    if decision.status.phase != Phase.ESCALATED:
         return decision
     return p.decision(run=_escalation(p, ctx))  # it just escalated: the first level fires now
 
@@ -269,7 +269,7 @@ def _duplicate_of(incident: Incident, peers: Sequence[Peer]) -> str | None:
         peer
         for peer in peers
         if peer.alert == incident.alert
-        and peer.phase != Phase.RESOLVED.value
+        and peer.phase != Phase.RESOLVED
         and (peer.phase is not None or (peer.created, peer.name) < me)
     ]
     return min(first, key=lambda peer: (peer.phase is None, peer.created, peer.name)).name if first else None
@@ -279,7 +279,7 @@ def _policy_arrived(status: Status, incident: Incident, candidates: Sequence[Can
     """An incident escalated for want of a usable policy starts over once one exists
     (GitOps applies policies and incidents in any order); only if nothing ran yet."""
     escalated = status.condition(ConditionType.ESCALATED)
-    if status.phase != Phase.ESCALATED.value or status.steps or escalated is None:
+    if status.phase != Phase.ESCALATED or status.steps or escalated is None:
         return False
     if escalated.reason not in (Reason.NO_MATCHING_POLICY, Reason.INVALID_POLICY):
         return False
@@ -303,7 +303,7 @@ def _start(p: _Progress, incident: Incident, candidates: Sequence[Candidate]) ->
         p.escalate(Reason.INVALID_POLICY, f"policy {chosen.name!r} is invalid: {chosen.error}")
         return True
     if chosen.suspend:
-        p.status = replace(p.status, phase=Phase.PENDING.value)
+        p.status = replace(p.status, phase=Phase.PENDING)
         p.wait(Reason.POLICY_SUSPENDED, f"policy {chosen.name!r} is suspended; waiting")
         return False
     if p.status.condition(ConditionType.ESCALATED):
@@ -459,7 +459,7 @@ def _request(
     )  # fmt: skip
     p.status = p.status.with_record(record)
     how = _approval_commands(ctx, step, attempt, p.nonce)
-    if p.status.phase == Phase.AWAITING_APPROVAL.value:
+    if p.status.phase == Phase.AWAITING_APPROVAL:
         why = "its parameters changed" if previous is not None and previous.approvalRequest else "a new request"
         p.emit(
             WARNING,
@@ -541,7 +541,7 @@ def _run(p: _Progress, call: StepCall, approval: Approval | None = None, digest:
             f"step {step.name!r} approved by {approval.by} (round {call.attempt}, parameters {(digest or '')[:19]})",
         )
     p.status = replace(p.status.with_record(record), currentStep=step.name)
-    if step.stage is not Stage.ESCALATE and p.status.phase == Phase.AWAITING_APPROVAL.value:
+    if step.stage is not Stage.ESCALATE and p.status.phase == Phase.AWAITING_APPROVAL:
         why = f"approved by {approval.by}" if approval is not None else "no longer needs approval (policy edited)"
         p.condition(ConditionType.RESOLVED, False, Reason.IN_PROGRESS, f"step {step.name!r} {why}")
         p.enter(_STAGE_PHASE[step.stage.value], Reason.APPROVED, f"step {step.name!r} {why}")
@@ -557,7 +557,7 @@ def _resumed(p: _Progress, call: StepCall) -> StepCall:
 
 
 def _outcome(p: _Progress, found: StepCall | StepRecord | None) -> Decision | StepRecord | None:
-    if p.status.phase == Phase.ESCALATED.value:  # e.g. an approval timed out
+    if p.status.phase == Phase.ESCALATED:  # e.g. an approval timed out
         return p.decision()
     if isinstance(found, StepCall):
         return p.decision(run=_resumed(p, found) if found.resumed else found)
@@ -569,16 +569,16 @@ def _outcome(p: _Progress, found: StepCall | StepRecord | None) -> Decision | St
 # -- the stages ----------------------------------------------------------------------
 
 
-def _stage_phase(status: Status) -> str | None:
+def _stage_phase(status: Status) -> Phase | None:
     """The stage an AwaitingApproval incident is in, from the step that waits."""
-    if status.phase != Phase.AWAITING_APPROVAL.value:
+    if status.phase != Phase.AWAITING_APPROVAL:
         return status.phase
     waiting = next((s for s in status.steps if s.state == StepState.AWAITING_APPROVAL.value), None)
-    return _STAGE_PHASE[waiting.stage].value if waiting else Phase.REMEDIATING.value
+    return _STAGE_PHASE[waiting.stage] if waiting else Phase.REMEDIATING
 
 
 def _advance(p: _Progress, ctx: _Context, policy: Policy, peers: Sequence[Peer]) -> Decision:
-    if _stage_phase(p.status) == Phase.DIAGNOSING.value:
+    if _stage_phase(p.status) == Phase.DIAGNOSING:
         out = _outcome(p, _scan(p, ctx, policy.diagnose, Stage.DIAGNOSE, 1))
         if isinstance(out, Decision):
             return out
@@ -588,7 +588,7 @@ def _advance(p: _Progress, ctx: _Context, policy: Policy, peers: Sequence[Peer])
         p.enter(Phase.REMEDIATING, Reason.DIAGNOSIS_COMPLETE, f"attempt 1 of {policy.max_attempts}")
     while True:
         attempt = p.status.attempts
-        if _stage_phase(p.status) == Phase.REMEDIATING.value:
+        if _stage_phase(p.status) == Phase.REMEDIATING:
             held = _target_busy(p, ctx, policy, peers, attempt)
             if held is not None:
                 return held
@@ -604,7 +604,7 @@ def _advance(p: _Progress, ctx: _Context, policy: Policy, peers: Sequence[Peer])
             p.enter(
                 Phase.VERIFYING, Reason.REMEDIATION_APPLIED, f"attempt {attempt}; verifying after {policy.settle:g}s"
             )
-        if _stage_phase(p.status) != Phase.VERIFYING.value:
+        if _stage_phase(p.status) != Phase.VERIFYING:
             return p.decision()
         if p.status.verifyAfter and p.now < parse_timestamp(p.status.verifyAfter):
             return p.decision(wake_at=parse_timestamp(p.status.verifyAfter))
@@ -672,7 +672,7 @@ def _round_failed(p: _Progress, ctx: _Context, policy: Policy, reason: str, mess
 
 def _escalation(p: _Progress, ctx: _Context) -> StepCall | None:
     """Fire due levels (once each), run their notify steps (once each), send periodic updates."""
-    if p.status.phase == Phase.RESOLVED.value or not p.status.startedAt:
+    if p.status.phase == Phase.RESOLVED or not p.status.startedAt:
         return None
     known = len(p.wake)
     call = _escalate(p, ctx)
@@ -720,7 +720,7 @@ def _overdue(p: _Progress) -> None:
 def _level_due(p: _Progress, level: Level, started: datetime) -> datetime | None:
     """When the level fires: at escalation, or after its time unresolved; None: not (yet) applicable."""
     if level.after is None:
-        return p.now if p.status.phase == Phase.ESCALATED.value else None
+        return p.now if p.status.phase == Phase.ESCALATED else None
     return started + timedelta(seconds=level.after)
 
 
@@ -743,7 +743,7 @@ def _notify(p: _Progress, ctx: _Context, steps: Sequence[Step], attempt: int) ->
 
 def _update(p: _Progress, ctx: _Context, plan: Escalation) -> StepCall | None:
     state = p.status.escalation
-    if plan.update_every is None or not state.fired or p.status.phase != Phase.ESCALATED.value:
+    if plan.update_every is None or not state.fired or p.status.phase != Phase.ESCALATED:
         return None
     last = parse_timestamp(state.lastUpdateAt or state.notifiedAt or timestamp(p.now))
     due = last + timedelta(seconds=plan.update_every)

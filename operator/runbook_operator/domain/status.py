@@ -30,6 +30,17 @@ class Phase(enum.StrEnum):
     ESCALATED = "Escalated"
     RESOLVED = "Resolved"
 
+    @classmethod
+    def _missing_(cls, value: object) -> Phase | None:
+        """A phase this version does not know (a newer operator's; the CRD's enum refuses others)
+        loads as itself: no rule matches it, so the incident stays as it is and the phase is
+        written back unchanged, as when phases were plain strings."""
+        if not isinstance(value, str):
+            return None
+        unknown = str.__new__(cls, value)
+        unknown._name_, unknown._value_ = value, value
+        return unknown
+
 
 class StepState(enum.StrEnum):
     PENDING = "Pending"
@@ -153,7 +164,7 @@ class EscalationState:
 
 @dataclass(frozen=True)
 class Status:
-    phase: str | None = None
+    phase: Phase | None = None
     observedGeneration: int = 0
     policy: str | None = None
     policyGeneration: int | None = None
@@ -181,12 +192,18 @@ class Status:
         lists = {key: tuple(_item(kind, item) for item in raw.get(key) or ()) for key, kind in nested.items()}
         escalation = known(EscalationState, raw.get("escalation") or {})
         escalation["fired"] = tuple(escalation.get("fired") or ())
-        return cls(**scalars | lists, escalation=EscalationState(**escalation))
+        phase = scalars.pop("phase", None)
+        return cls(
+            **scalars | lists,
+            phase=Phase(phase) if phase is not None else None,
+            escalation=EscalationState(**escalation),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The full status for a merge patch: top-level None clears a stale field;
         inside list items (which a merge patch copies verbatim) None is left out."""
         raw = asdict(self)
+        raw["phase"] = None if self.phase is None else str(self.phase)  # plain text, e.g. for yaml.safe_dump
         for key in ("conditions", "steps", "findings", "timeline"):
             raw[key] = [{k: v for k, v in item.items() if v is not None} for item in raw[key]]
         raw["escalation"]["fired"] = list(self.escalation.fired)

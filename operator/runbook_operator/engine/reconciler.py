@@ -105,7 +105,7 @@ class Reconciler:
             self._note(uid, incident, status)
             if status.phase in TERMINAL:  # finished before we saw it (a restart): archive it again, harmlessly
                 self._archived(uid, incident, status)
-            if status.phase == Phase.RESOLVED.value and self._ttl is None:
+            if status.phase == Phase.RESOLVED and self._ttl is None:
                 self._finished.add(uid)
                 return  # finished before we saw it; nothing to do
             worker = self._workers[uid] = _Worker(body)
@@ -233,7 +233,7 @@ class Reconciler:
                 self._progressed(uid, incident, before, status)
                 pending.extend(events)
                 continue
-            if status.phase == Phase.RESOLVED.value:
+            if status.phase == Phase.RESOLVED:
                 await self._expire(uid, worker, status)
                 return
             delay = None if decision.wake_at is None else (decision.wake_at - self._clock()).total_seconds()
