@@ -3,7 +3,7 @@
 from dataclasses import replace
 from datetime import timedelta
 
-from runbook_operator.domain.status import Phase
+from runbook_operator.domain.status import Phase, Status
 from tests.unit.builders import check, incident, policy, request
 from tests.unit.test_lifecycle import T0, Run
 
@@ -110,3 +110,38 @@ def test_a_failed_notification_is_recorded_and_not_retried_forever() -> None:
     assert record is not None and record.state == "Failed"
     run.drive()
     assert run.ran.count(("page-oncall", 1)) == 1
+
+
+def test_update_records_say_which_update_and_keep_the_attempt_the_previous_version_reads() -> None:
+    run = Run(
+        incident(),
+        escalating(updateEvery="30m", levels=[{"name": "on-call", "notify": [webhook("page-oncall")]}]),
+        never_fixed,
+    )  # type: ignore[arg-type]
+    run.drive(horizon=timedelta(hours=1, minutes=1))
+    written = run.status.to_dict()["steps"]
+    pages = [(s["attempt"], s.get("update")) for s in written if s["name"] == "page-oncall"]
+    assert pages == [(1, None), (101, 1), (102, 2)]
+    # the previous version loads only the fields it knows, and finds its records by the attempt
+    previous = [{k: v for k, v in s.items() if k != "update"} for s in written]
+    assert [(s["stage"], s["name"], s["attempt"]) for s in previous] == [
+        (s["stage"], s["name"], s["attempt"]) for s in written
+    ]
+
+
+def test_update_records_the_previous_version_wrote_are_read_as_updates() -> None:
+    run = Run(
+        incident(),
+        escalating(updateEvery="30m", levels=[{"name": "on-call", "notify": [webhook("page-oncall")]}]),
+        never_fixed,
+    )  # type: ignore[arg-type]
+    run.drive(horizon=timedelta(hours=1, minutes=1))
+    raw = run.status.to_dict()
+    raw["steps"] = [{k: v for k, v in s.items() if k != "update"} for s in raw["steps"]]  # as it wrote them
+    run.status = Status.from_dict(raw)
+    assert [s.update for s in run.status.steps if s.name == "page-oncall"] == [None, 1, 2]
+    run.drive(horizon=timedelta(minutes=1))
+    assert [a for n, a in run.ran if n == "page-oncall"] == [1, 101, 102]  # nothing sent again
+    run.drive(horizon=timedelta(minutes=30))
+    assert run.status.escalation.updates == 3
+    assert [a for n, a in run.ran if n == "page-oncall"] == [1, 101, 102, 103]

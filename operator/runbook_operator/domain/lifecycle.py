@@ -54,11 +54,11 @@ from runbook_operator.domain.status import (
     StepState,
     parse_timestamp,
     timestamp,
+    update_attempt,
 )
 
 NORMAL, WARNING = "Normal", "Warning"
 OUTPUT_LIMIT = 2048
-UPDATE_ATTEMPT_BASE = 100  # Escalate records: attempt n is level n; 100+k is the k-th periodic update
 _STAGE_PHASE = {
     Stage.DIAGNOSE.value: Phase.DIAGNOSING,
     Stage.REMEDIATE.value: Phase.REMEDIATING,
@@ -749,7 +749,7 @@ def _update(p: _Progress, ctx: _Context, plan: Escalation) -> StepCall | None:
     due = last + timedelta(seconds=plan.update_every)
     level = next(lv for lv in plan.levels if lv.name == state.level) if state.level else None
     if state.updates and level is not None:  # finish the notify steps of the update in progress
-        call = _notify(p, ctx, level.notify, UPDATE_ATTEMPT_BASE + state.updates)
+        call = _notify(p, ctx, level.notify, update_attempt(state.updates))
         if call is not None:
             return call
     if p.now < due:
@@ -761,7 +761,7 @@ def _update(p: _Progress, ctx: _Context, plan: Escalation) -> StepCall | None:
     why = escalated.message if escalated else ""
     p.emit(NORMAL, Reason.ESCALATION_UPDATE, f"update {number}: still unresolved ({why})")
     p.wake.append(p.now + timedelta(seconds=plan.update_every))
-    return _notify(p, ctx, level.notify, UPDATE_ATTEMPT_BASE + number) if level else None
+    return _notify(p, ctx, level.notify, update_attempt(number)) if level else None
 
 
 # -- results -------------------------------------------------------------------------

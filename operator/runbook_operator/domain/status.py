@@ -13,12 +13,16 @@ from typing import Any
 
 from runbook_operator.domain import conditions
 from runbook_operator.domain.conditions import Condition as Condition
+from runbook_operator.domain.model import Stage
 from runbook_operator.domain.wire import known
 from runbook_operator.domain.wire import parse_timestamp as parse_timestamp
 from runbook_operator.domain.wire import timestamp as timestamp
 
 TIMELINE_LIMIT = 50
 STEPS_LIMIT = 100
+# A periodic escalation update's records say ``update: k``; they also keep attempt 100+k,
+# the only way the previous version (which keys records on the attempt) knows them.
+UPDATE_ATTEMPT_BASE = 100
 
 
 class Phase(enum.StrEnum):
@@ -129,13 +133,25 @@ class StepRecord:
     approvedAt: str | None = None
     approvedDigest: str | None = None
     approvalRequest: ApprovalRequest | None = None
+    update: int | None = None  # Escalate: the k-th periodic update's notification; None: a level's own
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> StepRecord:
         values = known(cls, raw)
         request = values.get("approvalRequest")
         values["approvalRequest"] = ApprovalRequest.from_dict(request) if isinstance(request, Mapping) else None
-        return cls(**values)
+        return cls(**values).labelled()
+
+    def labelled(self) -> StepRecord:
+        """With ``update`` said, also for a record the previous version wrote (attempt 100+k only)."""
+        if self.update is not None or self.stage != Stage.ESCALATE or self.attempt <= UPDATE_ATTEMPT_BASE:
+            return self
+        return replace(self, update=self.attempt - UPDATE_ATTEMPT_BASE)
+
+
+def update_attempt(update: int) -> int:
+    """The attempt an update's records are keyed on (see UPDATE_ATTEMPT_BASE)."""
+    return UPDATE_ATTEMPT_BASE + update
 
 
 @dataclass(frozen=True)
@@ -227,6 +243,7 @@ class Status:
 
     def with_record(self, record: StepRecord) -> Status:
         """Add or replace a step record; past STEPS_LIMIT the oldest finished records go."""
+        record = record.labelled()
         key = (record.stage, record.name, record.attempt)
         kept = [s for s in self.steps if (s.stage, s.name, s.attempt) != key]
         kept.append(record)
