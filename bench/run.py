@@ -55,12 +55,12 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "operator"))
+sys.path[:0] = [str(ROOT / "operator"), str(ROOT / "lab")]  # the operator and the lab (its control plane, DemoService)
 
 import kubernetes  # noqa: E402
 
-from runbook_operator.lab.controlplane import ControlPlane, free_port  # noqa: E402
-from runbook_operator.lab.demo import DemoService  # noqa: E402
+from runbook_lab.controlplane import ControlPlane, free_port  # noqa: E402
+from runbook_lab.demo import DemoService  # noqa: E402
 
 GROUP, VERSION = "remediation.ishchat.io", "v1alpha1"
 OPERATORS = ("baseline", "runbook-operator")

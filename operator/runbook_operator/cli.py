@@ -1,4 +1,4 @@
-"""``runbook-operator``: run the operator, list actions, serve the local demo endpoint."""
+"""``runbook-operator``: run the operator, list actions, check policies offline, the on-call commands."""
 
 from __future__ import annotations
 
@@ -83,29 +83,6 @@ def _actions(args: argparse.Namespace) -> int:
     registry = default_registry()
     sys.stdout.write(reference.markdown(registry) if args.markdown else reference.text(registry))
     return 0
-
-
-def _demo_server(args: argparse.Namespace) -> int:
-    from runbook_operator.lab.demo import serve_forever
-
-    serve_forever(args.host, args.port, healthy=args.healthy)
-    return 0
-
-
-def _lab(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from runbook_operator.lab import commands
-
-    return commands.lab(Path(args.dir), Path(args.kubeconfig), Path(args.kubectl))
-
-
-def _demo(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from runbook_operator.lab import commands
-
-    return commands.demo(Path(args.dir), args.fault, args.timeout)
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -377,34 +354,6 @@ def build_parser() -> argparse.ArgumentParser:
     actions = sub.add_parser("actions", help="list the action catalog with parameters")
     actions.add_argument("--markdown", action="store_true", help="as the reference page docs/actions.md")
     actions.set_defaults(func=_actions)
-
-    demo = sub.add_parser("demo-server", help="serve a simulated ISH Chat instance manager for the examples")
-    demo.add_argument("--host", default="127.0.0.1")
-    demo.add_argument("--port", type=int, default=18080)
-    demo.add_argument("--healthy", action="store_true", help="start healthy (default: down, so remediation has work)")
-    demo.set_defaults(func=_demo_server)
-
-    lab = sub.add_parser(
-        "lab",
-        help="the local ISH Chat lab: PostgreSQL, Redis, Prometheus, Alertmanager, simulated ISH Chat, the pack, "
-        "and the operator in the foreground (what `make run` runs)",
-    )
-    lab.add_argument("--dir", default=".lab", help="where the lab keeps its data and state (default .lab)")
-    lab.add_argument("--kubeconfig", required=True, help="the (local) cluster the lab's workloads run in")
-    lab.add_argument("--kubectl", required=True, help="the kubectl binary to apply with")
-    lab.set_defaults(func=_lab)
-
-    demo_cmd = sub.add_parser(
-        "demo", help="inject faults into the running lab, follow the incidents, print a summary (`make demo`)"
-    )
-    demo_cmd.add_argument("--dir", default=".lab", help="the lab's directory (default .lab)")
-    demo_cmd.add_argument(
-        "--fault", action="append", metavar="NAME", help="only this fault, e.g. redis-down (repeatable; default: all)"
-    )
-    demo_cmd.add_argument(
-        "--timeout", type=float, default=240, metavar="SECONDS", help="how long to follow each wave (default 240)"
-    )
-    demo_cmd.set_defaults(func=_demo)
 
     validate = sub.add_parser(
         "validate", help="check RemediationPolicy and Incident files offline (CRD schema and policy rules)"

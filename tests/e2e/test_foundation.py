@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from runbook_operator.lab.demo import DemoService
+from runbook_lab.demo import DemoService
 from tests.e2e.conftest import ROOT, SA, Kubectl, OperatorProcess, wait_for
 
 API = "remediation.ishchat.io/v1alpha1"

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from runbook_operator.lab.controlplane import free_port
+from runbook_lab.controlplane import free_port
 from tests.e2e.conftest import Kubectl, OperatorProcess, wait_for
 
 pytestmark = pytest.mark.e2e

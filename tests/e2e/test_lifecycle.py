@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from runbook_lab.demo import DemoService
 from runbook_operator.domain import consent
-from runbook_operator.lab.demo import DemoService
 from tests.e2e.conftest import Kubectl, OperatorProcess, wait_for
 from tests.e2e.test_foundation import approval_commands, awaiting, conditions, demo_policy, incident, settled
 

@@ -23,10 +23,10 @@ from typing import Any
 import httpx
 import pytest
 
+from runbook_lab import scenarios
+from runbook_lab.controlplane import ControlPlane
+from runbook_lab.lab import NAMESPACE, ONCALL_GROUP, ONCALL_USER, Lab
 from runbook_operator import cli
-from runbook_operator.lab import scenarios
-from runbook_operator.lab.controlplane import ControlPlane
-from runbook_operator.lab.lab import NAMESPACE, ONCALL_GROUP, ONCALL_USER, Lab
 from tests.fixtures.cluster import ROOT
 from tests.fixtures.common import wait_for
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from runbook_operator.lab.demo import DemoService
+from runbook_lab.demo import DemoService
 from tests.e2e.conftest import ROOT, Kubectl, OperatorProcess
 from tests.e2e.test_foundation import demo_policy, incident, settled
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from runbook_operator.lab.controlplane import ControlPlane
+from runbook_lab.controlplane import ControlPlane
 from tests.fixtures.cluster import ROOT, Kubectl
 from tests.fixtures.common import wait_for
 from tests.fixtures.operator import OperatorProcess, service_account_kubeconfig

@@ -31,9 +31,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from runbook_lab.controlplane import ADMIN_USER
 from runbook_operator import cli
 from runbook_operator.domain import expressions
-from runbook_operator.lab.controlplane import ADMIN_USER
 from tests.fixtures.cluster import Kubectl
 from tests.fixtures.common import wait_for
 from tests.fixtures.operator import OperatorProcess

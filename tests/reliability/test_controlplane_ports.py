@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from runbook_operator.lab import controlplane
+from runbook_lab import controlplane
 from tests.fixtures.cluster import ROOT
 
 pytestmark = pytest.mark.e2e

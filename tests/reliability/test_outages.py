@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from runbook_operator.lab.demo import DemoService
+from runbook_lab.demo import DemoService
 from tests.fixtures.cluster import ROOT, Kubectl
 from tests.fixtures.common import silent, wait_for
 from tests.fixtures.operator import OperatorProcess

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from runbook_operator.lab.demo import DemoService
+from runbook_lab.demo import DemoService
 
 
 @pytest.fixture

@@ -5,11 +5,11 @@ from collections.abc import Iterator
 
 import pytest
 
+from runbook_lab.demo import DemoService
 from runbook_operator.actions import ActionContext
 from runbook_operator.actions.registry import Registry
 from runbook_operator.domain.results import StepResult
 from runbook_operator.engine.executor import run_action
-from runbook_operator.lab.demo import DemoService
 from tests.unit.builders import REGISTRY
 
 CTX = ActionContext("ns", "inc", timeout=5.0)

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import yaml
 
-from runbook_operator.lab import scenarios, speed
-from runbook_operator.lab.lab import ALERTS, FAULTS, PACK
+from runbook_lab import scenarios, speed
+from runbook_lab.lab import ALERTS, FAULTS, PACK
 
 POLICY = {
     "spec": {

@@ -5,12 +5,12 @@ from typing import Any
 
 import pytest
 
+from runbook_lab.demo import DemoService
 from runbook_operator.actions import ActionContext
 from runbook_operator.actions.catalog import default_registry
 from runbook_operator.domain.lifecycle import StepCall
 from runbook_operator.domain.model import Stage, Step
 from runbook_operator.engine.executor import Executor, run_action
-from runbook_operator.lab.demo import DemoService
 from tests.unit.builders import REGISTRY, incident
 
 SECRETS = {("ns", "admin-api", "token"): "Bearer s3cr3t-token", ("ns", "slack", "url"): ""}

@@ -4,12 +4,12 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
+from runbook_lab.demo import DemoService
 from runbook_operator.actions.catalog import default_registry
 from runbook_operator.domain.lifecycle import holds_target
 from runbook_operator.domain.status import Status
 from runbook_operator.engine.executor import Executor
 from runbook_operator.engine.reconciler import Reconciler
-from runbook_operator.lab.demo import DemoService
 from tests.unit.builders import demo_policy, incident_body, policy
 
 

@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
+from runbook_lab.demo import DemoService
 from runbook_operator.actions.catalog import default_registry
 from runbook_operator.engine import reconciler as engine
 from runbook_operator.engine.executor import Executor
 from runbook_operator.engine.reconciler import Reconciler
-from runbook_operator.lab.demo import DemoService
 from tests.unit.builders import demo_policy, incident_body
 
 

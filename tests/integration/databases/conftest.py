@@ -19,11 +19,11 @@ import psycopg
 import pytest
 import redis
 
+from runbook_lab.controlplane import free_port
+from runbook_lab.services import Postgres, Redis, ServerError
 from runbook_operator.actions import ActionContext
 from runbook_operator.domain.results import StepResult
 from runbook_operator.engine.executor import run_action
-from runbook_operator.lab.controlplane import free_port
-from runbook_operator.lab.services import Postgres, Redis, ServerError
 from tests.unit.builders import REGISTRY
 
 PG_PASSWORD = "pg-Pa55-7f3c1e9b"  # distinctive, so a leak in a result cannot hide
@@ -74,7 +74,7 @@ async def run(name: str, params: dict[str, Any], timeout: float = 10.0) -> StepR
 
 @dataclass
 class PostgresServer:
-    server: Postgres  # the lab's PostgreSQL process (runbook_operator.lab.services)
+    server: Postgres  # the lab's PostgreSQL process (runbook_lab.services)
     user: str = "runbook"
     database: str = "app"  # has pg_stat_statements
     plain: str = "plain"  # has not

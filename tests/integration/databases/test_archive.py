@@ -16,6 +16,7 @@ import psycopg
 import pytest
 from prometheus_client import CollectorRegistry
 
+from runbook_lab.demo import DemoService
 from runbook_operator import cli
 from runbook_operator.actions.catalog import default_registry
 from runbook_operator.domain.model import Incident
@@ -24,7 +25,6 @@ from runbook_operator.engine.archive import SCHEMA_VERSION, Archive, ArchiveReco
 from runbook_operator.engine.executor import Executor
 from runbook_operator.engine.metrics import Metrics
 from runbook_operator.engine.reconciler import Reconciler
-from runbook_operator.lab.demo import DemoService
 from tests.integration.databases.conftest import PG_PASSWORD, PostgresServer
 from tests.unit.test_reconciler import MemoryCluster, demo_policy
 

@@ -33,11 +33,11 @@ import docker
 import docker.errors
 import pytest
 
+from runbook_lab.controlplane import free_port
+from runbook_lab.services import Prometheus
 from runbook_operator.actions import ActionContext
 from runbook_operator.domain.results import StepResult
 from runbook_operator.engine.executor import run_action
-from runbook_operator.lab.controlplane import free_port
-from runbook_operator.lab.services import Prometheus
 from tests.fixtures.common import wait_for
 from tests.fixtures.dockerd import docker_host
 from tests.unit.builders import REGISTRY
@@ -136,7 +136,7 @@ class Exporter:
 
 @dataclass
 class PrometheusServer:
-    server: Prometheus  # the lab's Prometheus process (runbook_operator.lab.services)
+    server: Prometheus  # the lab's Prometheus process (runbook_lab.services)
     exporter: Exporter
 
     @property

@@ -1,7 +1,13 @@
-"""``runbook-operator lab`` (what ``make run`` runs) and ``runbook-operator demo`` (``make demo``)."""
+"""The lab's command line, ``python -m runbook_lab`` (or ``runbook-lab``).
+
+``lab`` is what ``make run`` runs, ``demo`` what ``make demo`` runs, ``demo-server`` serves the
+simulated ISH Chat instance manager the examples remediate. None of it is in the operator's
+own ``runbook-operator`` command.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 import signal
 import sys
@@ -12,10 +18,11 @@ from typing import Any
 
 import httpx
 
+from runbook_lab import scenarios
+from runbook_lab.demo import serve_forever
+from runbook_lab.lab import FAULTS, NAMESPACE, ONCALL_GROUP, ONCALL_USER, Lab, running_lab
 from runbook_operator import cli
 from runbook_operator.domain.resources import GROUP, INCIDENTS, VERSION
-from runbook_operator.lab import scenarios
-from runbook_operator.lab.lab import FAULTS, NAMESPACE, ONCALL_GROUP, ONCALL_USER, Lab, running_lab
 
 
 def lab(directory: Path, kubeconfig: Path, kubectl: Path) -> int:
@@ -119,3 +126,59 @@ def demo(directory: Path, faults: list[str] | None, timeout: float) -> int:
 
 def _now() -> str:
     return time.strftime("%H:%M:%S")
+
+
+def _lab(args: argparse.Namespace) -> int:
+    return lab(Path(args.dir), Path(args.kubeconfig), Path(args.kubectl))
+
+
+def _demo(args: argparse.Namespace) -> int:
+    return demo(Path(args.dir), args.fault, args.timeout)
+
+
+def _demo_server(args: argparse.Namespace) -> int:
+    serve_forever(args.host, args.port, healthy=args.healthy)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    called = Path(sys.argv[0]).name
+    parser = argparse.ArgumentParser(
+        prog="python -m runbook_lab" if called == "__main__.py" else called,
+        description="The local ISH Chat lab for runbook-operator: development and demos, not part of the product.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    lab_cmd = sub.add_parser(
+        "lab",
+        help="the local ISH Chat lab: PostgreSQL, Redis, Prometheus, Alertmanager, simulated ISH Chat, the pack, "
+        "and the operator in the foreground (what `make run` runs)",
+    )
+    lab_cmd.add_argument("--dir", default=".lab", help="where the lab keeps its data and state (default .lab)")
+    lab_cmd.add_argument("--kubeconfig", required=True, help="the (local) cluster the lab's workloads run in")
+    lab_cmd.add_argument("--kubectl", required=True, help="the kubectl binary to apply with")
+    lab_cmd.set_defaults(func=_lab)
+
+    demo_cmd = sub.add_parser(
+        "demo", help="inject faults into the running lab, follow the incidents, print a summary (`make demo`)"
+    )
+    demo_cmd.add_argument("--dir", default=".lab", help="the lab's directory (default .lab)")
+    demo_cmd.add_argument(
+        "--fault", action="append", metavar="NAME", help="only this fault, e.g. redis-down (repeatable; default: all)"
+    )
+    demo_cmd.add_argument(
+        "--timeout", type=float, default=240, metavar="SECONDS", help="how long to follow each wave (default 240)"
+    )
+    demo_cmd.set_defaults(func=_demo)
+
+    server = sub.add_parser("demo-server", help="serve a simulated ISH Chat instance manager for the examples")
+    server.add_argument("--host", default="127.0.0.1")
+    server.add_argument("--port", type=int, default=18080)
+    server.add_argument("--healthy", action="store_true", help="start healthy (default: down, so remediation has work)")
+    server.set_defaults(func=_demo_server)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))

@@ -40,13 +40,13 @@ import psycopg
 import urllib3
 import yaml
 
-from runbook_operator.lab import ishchat, speed
-from runbook_operator.lab.controlplane import NODE_NAME, free_port
-from runbook_operator.lab.demo import DemoService
-from runbook_operator.lab.kubelet import LogServer
-from runbook_operator.lab.services import Alertmanager, Postgres, Prometheus, Redis, Server
+from runbook_lab import ishchat, speed
+from runbook_lab.controlplane import NODE_NAME, free_port
+from runbook_lab.demo import DemoService
+from runbook_lab.kubelet import LogServer
+from runbook_lab.services import Alertmanager, Postgres, Prometheus, Redis, Server
 
-ROOT = Path(__file__).resolve().parents[3]  # the checkout (manifests/, crds/)
+ROOT = Path(__file__).resolve().parents[2]  # the checkout (manifests/, crds/)
 PACK = ROOT / "manifests" / "runbooks" / "ish-chat"
 NAMESPACE = "ishchat"
 DATABASE, DB_USER = "ish_chat", "ishchat_user"

@@ -5,7 +5,7 @@ node, so Deployments get Running pods) are started from binaries built by
 ``tools/controlplane/build.sh``. State (pids, ports, kubeconfig, logs, data)
 lives in one directory; ``down`` stops exactly the processes ``up`` started.
 
-    python -m runbook_operator.lab.controlplane up|down|status DIR --bin BIN_DIR
+    python -m runbook_lab.controlplane up|down|status DIR --bin BIN_DIR
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from runbook_operator.lab.lab import ALERTS
+from runbook_lab.lab import ALERTS
 
 WAVES: tuple[tuple[str, ...], ...] = (
     ("instance-manager-down", "intelligent-router-down", "load-balancer-down", "postgresql-down", "redis-down"),

@@ -1,0 +1,3 @@
+from runbook_lab.commands import main
+
+raise SystemExit(main())
