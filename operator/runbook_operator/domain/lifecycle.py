@@ -23,25 +23,26 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from runbook_operator.domain import consent, expressions
+from runbook_operator.domain import consent, escalation, expressions
 from runbook_operator.domain.consent import Approval
 from runbook_operator.domain.matching import Candidate, select_policy
 from runbook_operator.domain.model import (
     DEFAULT_SEVERITY,
     RESPONSE_TIME,
-    Escalation,
     Incident,
     InvalidPolicy,
-    Level,
     Policy,
     Stage,
     Step,
-    default_escalation,
 )
+from runbook_operator.domain.progress import NORMAL, WARNING, Context, Progress
+from runbook_operator.domain.progress import Decision as Decision
+from runbook_operator.domain.progress import Event as Event
+from runbook_operator.domain.progress import StepCall as StepCall
 from runbook_operator.domain.results import StepResult
 from runbook_operator.domain.status import (
     ApprovalRequest,
@@ -54,31 +55,14 @@ from runbook_operator.domain.status import (
     StepState,
     parse_timestamp,
     timestamp,
-    update_attempt,
 )
 
-NORMAL, WARNING = "Normal", "Warning"
 OUTPUT_LIMIT = 2048
 _STAGE_PHASE = {
     Stage.DIAGNOSE.value: Phase.DIAGNOSING,
     Stage.REMEDIATE.value: Phase.REMEDIATING,
     Stage.VERIFY.value: Phase.VERIFYING,
 }
-
-
-@dataclass(frozen=True)
-class Event:
-    type: str
-    reason: str
-    message: str
-
-
-@dataclass(frozen=True)
-class StepCall:
-    step: Step
-    attempt: int
-    params: Mapping[str, Any] = field(default_factory=dict)  # rendered from the templates
-    resumed: bool = False
 
 
 def holds_target(status: Status) -> bool:
@@ -113,56 +97,6 @@ class Peer:
         )
 
 
-@dataclass(frozen=True)
-class Decision:
-    status: Status
-    events: tuple[Event, ...] = ()
-    run: StepCall | None = None
-    wake_at: datetime | None = None  # nothing to do before then (or before something changes)
-
-
-class _Progress:
-    """Accumulates one decision's status changes and Events."""
-
-    def __init__(self, status: Status, now: datetime, nonce: str = "") -> None:
-        self.status, self.now, self.nonce, self.events = status, now, nonce, list[Event]()
-        self.wake: list[datetime] = []
-
-    def emit(self, type_: str, reason: str, message: str) -> None:
-        self.events.append(Event(type_, reason, message))
-        self.status = self.status.noted(self.now, reason, message)
-
-    def enter(self, phase: Phase, reason: str, message: str) -> None:
-        previous = self.status.phase or Phase.PENDING
-        self.status = replace(self.status, phase=phase, currentStep=None, waiting=None)
-        kind = WARNING if phase in (Phase.ESCALATED, Phase.AWAITING_APPROVAL) else NORMAL
-        self.emit(kind, reason, f"{previous} -> {phase}: {message}")
-
-    def condition(self, type_: str, ok: bool, reason: str, message: str) -> None:
-        self.status = self.status.with_condition(type_, ok, reason, message, self.now)
-
-    def escalate(self, reason: str, message: str) -> None:
-        self.condition(ConditionType.ESCALATED, True, reason, message)
-        self.condition(ConditionType.RESOLVED, False, reason, message)
-        self.enter(Phase.ESCALATED, reason, message)
-
-    def resolve(self, reason: str, message: str) -> None:
-        self.condition(ConditionType.RESOLVED, True, reason, message)
-        escalation = replace(self.status.escalation, nextAt=None)
-        self.status = replace(self.status, resolvedAt=timestamp(self.now), verifyAfter=None, escalation=escalation)
-        self.enter(Phase.RESOLVED, reason, message)
-
-    def wait(self, reason: str, message: str) -> None:
-        """Say once why the incident is waiting (not again on every look)."""
-        if self.status.waiting != message:
-            self.status = replace(self.status, waiting=message)
-            self.emit(NORMAL, reason, message)
-
-    def decision(self, run: StepCall | None = None, wake_at: datetime | None = None) -> Decision:
-        times = [t for t in (wake_at, *self.wake) if t is not None]
-        return Decision(self.status, tuple(self.events), run, min(times) if times else None)
-
-
 def decide(
     incident: Incident,
     status: Status,
@@ -173,7 +107,7 @@ def decide(
     nonce: str,
 ) -> Decision:
     """``nonce``: a fresh random value, used only if this decision opens an approval request."""
-    p = _Progress(replace(status, observedGeneration=incident.generation), now, nonce)
+    p = Progress(replace(status, observedGeneration=incident.generation), now, nonce)
     if status.phase == Phase.RESOLVED:
         return p.decision()
     if incident.resolved:
@@ -194,7 +128,7 @@ def decide(
         if not _start(p, incident, candidates):
             return p.decision()
     policy = _current_policy(p, candidates) if p.status.phase != Phase.ESCALATED else _policy_named(p, candidates)
-    ctx = _Context(incident, policy)
+    ctx = Context(incident, policy)
     notify = _escalation(p, ctx)
     if notify is not None:
         return p.decision(run=notify)
@@ -206,37 +140,10 @@ def decide(
     return p.decision(run=_escalation(p, ctx))  # it just escalated: the first level fires now
 
 
-@dataclass(frozen=True)
-class _Context:
-    incident: Incident
-    policy: Policy | None
-
-    @property
-    def dry_run(self) -> bool:
-        return self.incident.dry_run or (self.policy is not None and self.policy.dry_run)
-
-    def escalation(self, severity: str) -> Escalation:
-        if self.policy is not None and self.policy.escalation is not None:
-            return self.policy.escalation
-        return default_escalation(severity)
-
-    def variables(self, status: Status) -> dict[str, Any]:
-        steps: dict[str, Any] = {}
-        for record in status.steps:  # later records (later attempts) win
-            steps[record.name] = {
-                "state": record.state,
-                "ok": record.state == StepState.SUCCEEDED.value,
-                "message": record.message,
-                "output": dict(record.output or {}),
-            }
-        findings = [{"step": f.step, "message": f.message} for f in status.findings]
-        return {"incident": self.incident.view(status.severity), "steps": steps, "findings": findings}
-
-
 # -- prelude -----------------------------------------------------------------------
 
 
-def _acknowledge(p: _Progress, incident: Incident) -> None:
+def _acknowledge(p: Progress, incident: Incident) -> None:
     if incident.acknowledged_by and not p.status.acknowledgedAt:
         p.status = replace(p.status, acknowledgedAt=timestamp(p.now))
         p.condition(
@@ -245,7 +152,7 @@ def _acknowledge(p: _Progress, incident: Incident) -> None:
         p.emit(NORMAL, Reason.ACKNOWLEDGED, f"acknowledged by {incident.acknowledged_by}")
 
 
-def _suspension(p: _Progress, incident: Incident) -> bool:
+def _suspension(p: Progress, incident: Incident) -> bool:
     """False while spec.suspend holds: nothing runs, nothing escalates."""
     current = p.status.condition(ConditionType.SUSPENDED)
     if incident.suspend:
@@ -286,7 +193,7 @@ def _policy_arrived(status: Status, incident: Incident, candidates: Sequence[Can
     return isinstance(select_policy(incident, candidates).chosen, Policy)
 
 
-def _start(p: _Progress, incident: Incident, candidates: Sequence[Candidate]) -> bool:
+def _start(p: Progress, incident: Incident, candidates: Sequence[Candidate]) -> bool:
     """Match a policy and begin; False when the incident must wait (its policy is suspended)."""
     selection = select_policy(incident, candidates)
     chosen = selection.chosen
@@ -313,12 +220,12 @@ def _start(p: _Progress, incident: Incident, candidates: Sequence[Candidate]) ->
     return True
 
 
-def _policy_named(p: _Progress, candidates: Sequence[Candidate]) -> Policy | None:
+def _policy_named(p: Progress, candidates: Sequence[Candidate]) -> Policy | None:
     found = next((c for c in candidates if c.name == p.status.policy), None)
     return found if isinstance(found, Policy) else None
 
 
-def _current_policy(p: _Progress, candidates: Sequence[Candidate]) -> Policy | None:
+def _current_policy(p: Progress, candidates: Sequence[Candidate]) -> Policy | None:
     """The incident keeps the policy it started with; its latest generation applies from the next step on."""
     found = next((c for c in candidates if c.name == p.status.policy), None)
     if isinstance(found, Policy):
@@ -334,9 +241,7 @@ def _current_policy(p: _Progress, candidates: Sequence[Candidate]) -> Policy | N
 # -- running steps -----------------------------------------------------------------
 
 
-def _scan(
-    p: _Progress, ctx: _Context, steps: Sequence[Step], stage: Stage, attempt: int
-) -> StepCall | StepRecord | None:
+def _scan(p: Progress, ctx: Context, steps: Sequence[Step], stage: Stage, attempt: int) -> StepCall | StepRecord | None:
     """The next step to run, the failed step that ends this stage, or None when it is done.
 
     Steps that are skipped (``when`` false, dry run, interrupted) are recorded here, so
@@ -376,7 +281,7 @@ def _scan(
     return None
 
 
-def _prepare(p: _Progress, ctx: _Context, step: Step, attempt: int) -> StepCall | StepRecord | None:
+def _prepare(p: Progress, ctx: Context, step: Step, attempt: int) -> StepCall | StepRecord | None:
     """Decide about a step that has not run: skip it (None), hold it, fail it, or run it."""
     variables = ctx.variables(p.status)
     if step.when is not None:
@@ -400,14 +305,14 @@ def _prepare(p: _Progress, ctx: _Context, step: Step, attempt: int) -> StepCall 
     return _run(p, StepCall(step, attempt, params))
 
 
-def _render(ctx: _Context, status: Status, step: Step) -> dict[str, Any]:
+def _render(ctx: Context, status: Status, step: Step) -> dict[str, Any]:
     try:
         return expressions.render(step.params, ctx.variables(status))
     except ValueError:
         return dict(step.params)  # the executor will report the bad parameters
 
 
-def _settle_unrun(p: _Progress, step: Step, attempt: int, state: StepState, why: str) -> StepRecord:
+def _settle_unrun(p: Progress, step: Step, attempt: int, state: StepState, why: str) -> StepRecord:
     """Record a step that ends without running: Skipped (when, dry run, interrupted) or Failed."""
     now = timestamp(p.now)
     record = StepRecord(step.name, step.stage.value, step.action, attempt, state.value, now, now, why)
@@ -419,11 +324,11 @@ def _settle_unrun(p: _Progress, step: Step, attempt: int, state: StepState, why:
     return record
 
 
-def _skip(p: _Progress, step: Step, attempt: int, why: str) -> None:
+def _skip(p: Progress, step: Step, attempt: int, why: str) -> None:
     _settle_unrun(p, step, attempt, StepState.SKIPPED, why)
 
 
-def _consent(p: _Progress, ctx: _Context, step: Step, attempt: int, params: dict[str, Any]) -> StepCall | StepRecord:
+def _consent(p: Progress, ctx: Context, step: Step, attempt: int, params: dict[str, Any]) -> StepCall | StepRecord:
     """Run the step if an approval answers its open request; else open (or renew) the request and wait."""
     wanted = consent.digest(step.action, params)
     record = p.status.record(step.stage.value, step.name, attempt)
@@ -440,8 +345,8 @@ def _consent(p: _Progress, ctx: _Context, step: Step, attempt: int, params: dict
 
 
 def _request(
-    p: _Progress,
-    ctx: _Context,
+    p: Progress,
+    ctx: Context,
     step: Step,
     attempt: int,
     params: dict[str, Any],
@@ -480,7 +385,7 @@ def _request(
     return record
 
 
-def _approval_commands(ctx: _Context, step: Step, attempt: int, nonce: str) -> str:
+def _approval_commands(ctx: Context, step: Step, attempt: int, nonce: str) -> str:
     name, namespace = ctx.incident.name, ctx.incident.namespace
     return (
         f"`{consent.approve_command(namespace, name, step.name)}`, or as a raw patch "
@@ -489,7 +394,7 @@ def _approval_commands(ctx: _Context, step: Step, attempt: int, nonce: str) -> s
     )
 
 
-def _ignored(p: _Progress, ctx: _Context, step: Step, record: StepRecord) -> None:
+def _ignored(p: Progress, ctx: Context, step: Step, record: StepRecord) -> None:
     """Say once which approvals of this step do not count: another round, another nonce, or none."""
     request = record.approvalRequest
     assert request is not None
@@ -509,7 +414,7 @@ def _ignored(p: _Progress, ctx: _Context, step: Step, record: StepRecord) -> Non
     )
 
 
-def _await_approval(p: _Progress, ctx: _Context, step: Step, record: StepRecord) -> StepRecord:
+def _await_approval(p: Progress, ctx: Context, step: Step, record: StepRecord) -> StepRecord:
     """Wait for an approval until the approval timeout, then escalate."""
     assert record.startedAt is not None
     severity = p.status.severity or DEFAULT_SEVERITY
@@ -526,7 +431,7 @@ def _await_approval(p: _Progress, ctx: _Context, step: Step, record: StepRecord)
     return record
 
 
-def _run(p: _Progress, call: StepCall, approval: Approval | None = None, digest: str | None = None) -> StepCall:
+def _run(p: Progress, call: StepCall, approval: Approval | None = None, digest: str | None = None) -> StepCall:
     step = call.step
     previous = p.status.record(step.stage.value, step.name, call.attempt)
     record = StepRecord(
@@ -549,14 +454,14 @@ def _run(p: _Progress, call: StepCall, approval: Approval | None = None, digest:
     return call
 
 
-def _resumed(p: _Progress, call: StepCall) -> StepCall:
+def _resumed(p: Progress, call: StepCall) -> StepCall:
     p.emit(
         WARNING, Reason.STEP_RESUMED, f"step {call.step.name!r} was running when the operator stopped; running it again"
     )
     return call
 
 
-def _outcome(p: _Progress, found: StepCall | StepRecord | None) -> Decision | StepRecord | None:
+def _outcome(p: Progress, found: StepCall | StepRecord | None) -> Decision | StepRecord | None:
     if p.status.phase == Phase.ESCALATED:  # e.g. an approval timed out
         return p.decision()
     if isinstance(found, StepCall):
@@ -577,7 +482,7 @@ def _stage_phase(status: Status) -> Phase | None:
     return _STAGE_PHASE[waiting.stage] if waiting else Phase.REMEDIATING
 
 
-def _advance(p: _Progress, ctx: _Context, policy: Policy, peers: Sequence[Peer]) -> Decision:
+def _advance(p: Progress, ctx: Context, policy: Policy, peers: Sequence[Peer]) -> Decision:
     if _stage_phase(p.status) == Phase.DIAGNOSING:
         out = _outcome(p, _scan(p, ctx, policy.diagnose, Stage.DIAGNOSE, 1))
         if isinstance(out, Decision):
@@ -625,7 +530,7 @@ def _advance(p: _Progress, ctx: _Context, policy: Policy, peers: Sequence[Peer])
         return p.decision()
 
 
-def _target_busy(p: _Progress, ctx: _Context, policy: Policy, peers: Sequence[Peer], attempt: int) -> Decision | None:
+def _target_busy(p: Progress, ctx: Context, policy: Policy, peers: Sequence[Peer], attempt: int) -> Decision | None:
     """Hold a round that has not started while another incident remediates the target or it cools down."""
     target = ctx.incident.target
     if target is None or any(s.stage == Stage.REMEDIATE.value and s.attempt == attempt for s in p.status.steps):
@@ -646,7 +551,7 @@ def _target_busy(p: _Progress, ctx: _Context, policy: Policy, peers: Sequence[Pe
     return None
 
 
-def _round_failed(p: _Progress, ctx: _Context, policy: Policy, reason: str, message: str) -> None:
+def _round_failed(p: Progress, ctx: Context, policy: Policy, reason: str, message: str) -> None:
     attempt = p.status.attempts
     p.condition(ConditionType.REMEDIATED, False, reason, f"attempt {attempt}: {message}")
     if ctx.dry_run:
@@ -667,101 +572,16 @@ def _round_failed(p: _Progress, ctx: _Context, policy: Policy, reason: str, mess
     )
 
 
-# -- escalation ----------------------------------------------------------------------
+# -- escalation: decided by domain.escalation; its notify steps run through the scan ---
 
 
-def _escalation(p: _Progress, ctx: _Context) -> StepCall | None:
-    """Fire due levels (once each), run their notify steps (once each), send periodic updates."""
-    if p.status.phase == Phase.RESOLVED or not p.status.startedAt:
-        return None
-    known = len(p.wake)
-    call = _escalate(p, ctx)
-    upcoming = p.wake[known:]
-    next_at = timestamp(min(upcoming)) if upcoming else None
-    if p.status.escalation.nextAt != next_at:
-        p.status = replace(p.status, escalation=replace(p.status.escalation, nextAt=next_at))
-    return call
+def _escalation(p: Progress, ctx: Context) -> StepCall | None:
+    def notify(steps: Sequence[Step], attempt: int) -> StepCall | None:
+        found = _scan(p, ctx, steps, Stage.ESCALATE, attempt)
+        # a resumed notification was marked interrupted by _scan, so a call is a new one
+        return found if isinstance(found, StepCall) else None
 
-
-def _escalate(p: _Progress, ctx: _Context) -> StepCall | None:
-    assert p.status.startedAt is not None
-    severity = p.status.severity or DEFAULT_SEVERITY
-    plan = ctx.escalation(severity)
-    started = parse_timestamp(p.status.startedAt)
-    _overdue(p)
-    for number, level in enumerate(plan.levels, start=1):
-        due = _level_due(p, level, started)
-        if due is None:
-            continue
-        if level.name not in p.status.escalation.fired:
-            if due > p.now:
-                p.wake.append(due)
-                break
-            _fire(p, level, number)
-        call = _notify(p, ctx, level.notify, number)
-        if call is not None:
-            return call
-    return _update(p, ctx, plan)
-
-
-def _overdue(p: _Progress) -> None:
-    deadline = p.status.responseDeadline
-    if not deadline or p.status.acknowledgedAt or p.status.escalation.overdueNoted:
-        return
-    if p.now < parse_timestamp(deadline):
-        p.wake.append(parse_timestamp(deadline))
-        return
-    p.status = replace(p.status, escalation=replace(p.status.escalation, overdueNoted=True))
-    p.emit(
-        WARNING, Reason.RESPONSE_OVERDUE, f"no acknowledgement by the {p.status.severity} response deadline {deadline}"
-    )
-
-
-def _level_due(p: _Progress, level: Level, started: datetime) -> datetime | None:
-    """When the level fires: at escalation, or after its time unresolved; None: not (yet) applicable."""
-    if level.after is None:
-        return p.now if p.status.phase == Phase.ESCALATED else None
-    return started + timedelta(seconds=level.after)
-
-
-def _fire(p: _Progress, level: Level, number: int) -> None:
-    state = p.status.escalation
-    p.status = replace(
-        p.status,
-        escalation=replace(state, level=level.name, notifiedAt=timestamp(p.now), fired=(*state.fired, level.name)),
-    )
-    targets = ", ".join(s.name for s in level.notify) or "no notify steps"
-    p.emit(WARNING, Reason.ESCALATION, f"escalation level {number} {level.name!r} reached ({targets})")
-
-
-def _notify(p: _Progress, ctx: _Context, steps: Sequence[Step], attempt: int) -> StepCall | None:
-    found = _scan(p, ctx, steps, Stage.ESCALATE, attempt)
-    if isinstance(found, StepCall):
-        return found  # a resumed notification was marked interrupted by _scan, so this is new
-    return None
-
-
-def _update(p: _Progress, ctx: _Context, plan: Escalation) -> StepCall | None:
-    state = p.status.escalation
-    if plan.update_every is None or not state.fired or p.status.phase != Phase.ESCALATED:
-        return None
-    last = parse_timestamp(state.lastUpdateAt or state.notifiedAt or timestamp(p.now))
-    due = last + timedelta(seconds=plan.update_every)
-    level = next(lv for lv in plan.levels if lv.name == state.level) if state.level else None
-    if state.updates and level is not None:  # finish the notify steps of the update in progress
-        call = _notify(p, ctx, level.notify, update_attempt(state.updates))
-        if call is not None:
-            return call
-    if p.now < due:
-        p.wake.append(due)
-        return None
-    number = state.updates + 1
-    p.status = replace(p.status, escalation=replace(state, updates=number, lastUpdateAt=timestamp(p.now)))
-    escalated = p.status.condition(ConditionType.ESCALATED)
-    why = escalated.message if escalated else ""
-    p.emit(NORMAL, Reason.ESCALATION_UPDATE, f"update {number}: still unresolved ({why})")
-    p.wake.append(p.now + timedelta(seconds=plan.update_every))
-    return _notify(p, ctx, level.notify, update_attempt(number)) if level else None
+    return escalation.escalation(p, ctx, notify)
 
 
 # -- results -------------------------------------------------------------------------
@@ -769,7 +589,7 @@ def _update(p: _Progress, ctx: _Context, plan: Escalation) -> StepCall | None:
 
 def complete(status: Status, call: StepCall, result: StepResult, now: datetime) -> tuple[Status, tuple[Event, ...]]:
     """Record a finished step: its state, message, output and, for diagnosis, a finding."""
-    p = _Progress(status, now)
+    p = Progress(status, now)
     step = call.step
     previous = status.record(step.stage.value, step.name, call.attempt)
     state = StepState.SUCCEEDED if result.ok else StepState.FAILED

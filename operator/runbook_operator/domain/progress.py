@@ -1,0 +1,106 @@
+"""What one decision works on, shared by the state machine (``lifecycle``) and ``escalation``:
+the incident and its policy (``Context``), and the status and Events it accumulates (``Progress``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+from runbook_operator.domain.model import Escalation, Incident, Policy, Step, default_escalation
+from runbook_operator.domain.status import ConditionType, Phase, Status, StepState, timestamp
+
+NORMAL, WARNING = "Normal", "Warning"
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class StepCall:
+    step: Step
+    attempt: int
+    params: Mapping[str, Any] = field(default_factory=dict)  # rendered from the templates
+    resumed: bool = False
+
+
+@dataclass(frozen=True)
+class Decision:
+    status: Status
+    events: tuple[Event, ...] = ()
+    run: StepCall | None = None
+    wake_at: datetime | None = None  # nothing to do before then (or before something changes)
+
+
+@dataclass(frozen=True)
+class Context:
+    incident: Incident
+    policy: Policy | None
+
+    @property
+    def dry_run(self) -> bool:
+        return self.incident.dry_run or (self.policy is not None and self.policy.dry_run)
+
+    def escalation(self, severity: str) -> Escalation:
+        if self.policy is not None and self.policy.escalation is not None:
+            return self.policy.escalation
+        return default_escalation(severity)
+
+    def variables(self, status: Status) -> dict[str, Any]:
+        steps: dict[str, Any] = {}
+        for record in status.steps:  # later records (later attempts) win
+            steps[record.name] = {
+                "state": record.state,
+                "ok": record.state == StepState.SUCCEEDED.value,
+                "message": record.message,
+                "output": dict(record.output or {}),
+            }
+        findings = [{"step": f.step, "message": f.message} for f in status.findings]
+        return {"incident": self.incident.view(status.severity), "steps": steps, "findings": findings}
+
+
+class Progress:
+    """Accumulates one decision's status changes and Events."""
+
+    def __init__(self, status: Status, now: datetime, nonce: str = "") -> None:
+        self.status, self.now, self.nonce, self.events = status, now, nonce, list[Event]()
+        self.wake: list[datetime] = []
+
+    def emit(self, type_: str, reason: str, message: str) -> None:
+        self.events.append(Event(type_, reason, message))
+        self.status = self.status.noted(self.now, reason, message)
+
+    def enter(self, phase: Phase, reason: str, message: str) -> None:
+        previous = self.status.phase or Phase.PENDING
+        self.status = replace(self.status, phase=phase, currentStep=None, waiting=None)
+        kind = WARNING if phase in (Phase.ESCALATED, Phase.AWAITING_APPROVAL) else NORMAL
+        self.emit(kind, reason, f"{previous} -> {phase}: {message}")
+
+    def condition(self, type_: str, ok: bool, reason: str, message: str) -> None:
+        self.status = self.status.with_condition(type_, ok, reason, message, self.now)
+
+    def escalate(self, reason: str, message: str) -> None:
+        self.condition(ConditionType.ESCALATED, True, reason, message)
+        self.condition(ConditionType.RESOLVED, False, reason, message)
+        self.enter(Phase.ESCALATED, reason, message)
+
+    def resolve(self, reason: str, message: str) -> None:
+        self.condition(ConditionType.RESOLVED, True, reason, message)
+        escalation = replace(self.status.escalation, nextAt=None)
+        self.status = replace(self.status, resolvedAt=timestamp(self.now), verifyAfter=None, escalation=escalation)
+        self.enter(Phase.RESOLVED, reason, message)
+
+    def wait(self, reason: str, message: str) -> None:
+        """Say once why the incident is waiting (not again on every look)."""
+        if self.status.waiting != message:
+            self.status = replace(self.status, waiting=message)
+            self.emit(NORMAL, reason, message)
+
+    def decision(self, run: StepCall | None = None, wake_at: datetime | None = None) -> Decision:
+        times = [t for t in (wake_at, *self.wake) if t is not None]
+        return Decision(self.status, tuple(self.events), run, min(times) if times else None)
