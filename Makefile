@@ -4,26 +4,31 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 CLUSTER_DIR := .cluster
 
-.PHONY: run demo test test-unit test-integration test-e2e test-reliability lint fmt docs cluster cluster-down env controlplane clean bench bench-smoke
+.PHONY: system run demo test test-unit test-integration test-e2e test-reliability lint fmt docs cluster cluster-down env controlplane clean bench bench-smoke
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml lab/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev]' -e ./lab  # the lab (lab/) is a distribution of its own
 	touch $@
 
+## The system packages the lab and the tests need (PostgreSQL, Redis, Prometheus, Alertmanager,
+## Docker, busybox, Go): installs what is missing with apt-get (as root or through sudo).
+system:
+	@tools/system-packages.sh
+
 ## Build the pinned control-plane binaries once (cached outside the checkout).
-controlplane:
+controlplane: system
 	@tools/controlplane/build.sh >/dev/null
 
 ## The local ISH Chat lab (control plane, PostgreSQL, Redis, Prometheus, Alertmanager, simulated ISH Chat,
 ## the runbook pack) with the operator in the foreground. Ctrl-C stops it.
-run: $(BIN)/.installed
+run: system $(BIN)/.installed
 	@tools/run-local.sh
 
 ## In a second shell while `make run` runs: inject the twelve faults, follow the incidents, print a summary.
 demo: $(BIN)/.installed
-	@$(BIN)/runbook-operator demo --dir .lab
+	@$(BIN)/python -m runbook_lab demo --dir .lab
 
 ## Unit, integration (real PostgreSQL, Redis, Prometheus, Docker, control plane) and end-to-end tests.
 test: $(BIN)/.installed controlplane
@@ -43,9 +48,10 @@ test-reliability: $(BIN)/.installed controlplane
 	$(BIN)/pytest tests/reliability
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check operator tests
-	$(BIN)/ruff format --check operator tests
+	$(BIN)/ruff check operator lab tests
+	$(BIN)/ruff format --check operator lab tests
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache  # the layers in .importlinter
 
 ## Benchmarks against a minimal Kopf operator on an own control plane; updates docs/benchmarks.md.
 bench: $(BIN)/.installed controlplane
@@ -59,16 +65,16 @@ docs: $(BIN)/.installed
 	$(BIN)/runbook-operator actions --markdown > docs/actions.md
 
 fmt: $(BIN)/.installed
-	$(BIN)/ruff check --fix operator tests
-	$(BIN)/ruff format operator tests
+	$(BIN)/ruff check --fix operator lab tests
+	$(BIN)/ruff format operator lab tests
 
 ## Start (or reuse) the local control plane; kubeconfig in .cluster/kubeconfig.
 cluster: $(BIN)/.installed controlplane
-	@$(BIN)/python -m runbook_operator.lab.controlplane up $(CLUSTER_DIR) --bin "$$(tools/controlplane/build.sh)"
+	@$(BIN)/python -m runbook_lab.controlplane up $(CLUSTER_DIR) --bin "$$(tools/controlplane/build.sh)"
 
 ## Stop exactly the processes `make cluster` started.
 cluster-down: $(BIN)/.installed
-	@$(BIN)/python -m runbook_operator.lab.controlplane down $(CLUSTER_DIR) --bin "$$(tools/controlplane/build.sh)"
+	@$(BIN)/python -m runbook_lab.controlplane down $(CLUSTER_DIR) --bin "$$(tools/controlplane/build.sh)"
 
 ## Print the exports for a shell: eval "$$(make -s env)"
 env: controlplane

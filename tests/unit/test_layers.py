@@ -43,7 +43,9 @@ def test_the_product_keeps_every_contract(tmp_path: Path) -> None:
 )
 def test_a_broken_layer_fails_the_lint(tmp_path: Path, module: str, line: str, contract: str) -> None:
     copy = tmp_path / "src"
-    shutil.copytree(ROOT / "operator" / "runbook_operator", copy / "runbook_operator", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        ROOT / "operator" / "runbook_operator", copy / "runbook_operator", ignore=shutil.ignore_patterns("__pycache__")
+    )
     target = copy / "runbook_operator" / module
     if target.is_dir():
         target = target / "__init__.py"
