@@ -71,8 +71,12 @@ def _intake_settings(args: argparse.Namespace) -> Any:
             "(or --intake-insecure, for a local lab only)"
         )
         return None
+    if args.intake_max_alerts < 1:
+        fail(f"--intake-max-alerts: must be at least 1, got {args.intake_max_alerts}")
+        return None
+    opted_in = frozenset(ns for value in args.intake_namespaces or () for ns in value.split(",") if ns)
     watched = frozenset(args.namespace) if args.namespace else None
-    options = intake.Options(namespace=args.intake_namespace, allowed_namespaces=watched)
+    options = intake.Options(args.intake_namespace, opted_in, watched, args.intake_max_alerts)
     return intake.Settings(host, port, token, options, args.intake_max_bytes)
 
 
@@ -328,11 +332,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--intake-namespace",
         default="default",
         metavar="NS",
-        help="where Incidents go when the alert has no `namespace` label, or one the operator does not watch "
-        "(default: default)",
+        help="where Incidents go when the alert has no `namespace` label, or names one that has not opted in "
+        "or that the operator does not watch (default: default)",
+    )
+    run.add_argument(
+        "--intake-namespaces",
+        action="append",
+        metavar="NS[,NS...]",
+        help="namespaces that take their alerts' Incidents without the Namespace label "
+        "remediation.ishchat.io/intake=enabled (repeatable)",
     )
     run.add_argument(
         "--intake-max-bytes", type=int, default=1024 * 1024, metavar="N", help="largest webhook body (default 1 MiB)"
+    )
+    run.add_argument(
+        "--intake-max-alerts",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="most alerts in one webhook request; a larger one is refused whole with 413 (default 1000)",
     )
     run.add_argument(
         "--host-alias",

@@ -5,20 +5,27 @@ A firing alert creates an Incident named from its alert name, fingerprint and st
 (re-sending it creates nothing new; firing again after it resolved is a new Incident); a
 resolved alert sets ``spec.resolved: true`` on that Incident.
 
-The pure part (:func:`parse_payload`, :func:`incident_name`) validates the whole payload
-before anything is written; :func:`build_app` and :func:`start` are the I/O around it.
-Alert labels and annotations are untrusted: they only ever become spec data. The Incident's
-name comes from the sanitized alert name and the hex fingerprint, nothing else.
+The pure part (:func:`parse_payload`, :func:`place`, :func:`incident_name`) validates the
+whole payload before anything is written; :func:`build_app` and :func:`start` are the I/O
+around it. Alert labels and annotations are untrusted: they only ever become spec data. The
+Incident's name comes from the sanitized alert name and the hex fingerprint, nothing else.
+
+Namespaces are walls: an alert's ``namespace`` label is only a wish. The Incident goes there
+only if that namespace opted in (its label ``remediation.ishchat.io/intake: enabled``, or
+``--intake-namespaces``) and the operator watches it; otherwise to ``--intake-namespace``,
+annotated with why, logged and counted (``runbook_intake_redirected_total``).
 """
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import hmac
 import json
 import logging
 import os
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -32,7 +39,14 @@ from runbook_operator.domain.status import timestamp
 
 PATH = "/api/v1/alerts/alertmanager"
 MAX_BYTES = 1024 * 1024
+MAX_ALERTS = 1000  # per request (--intake-max-alerts); Alertmanager's webhook_config max_alerts keeps below it
+MAX_DEPTH = 32  # of nested JSON; Alertmanager's payload is 4 deep
+MAX_NUMBER = 32  # characters of one JSON number; Alertmanager's payload has small counts only
 TOKEN_ENV = "RUNBOOK_INTAKE_TOKEN"
+OPT_IN_LABEL = "remediation.ishchat.io/intake"  # a Namespace with this label "enabled" takes alerts' Incidents
+REDIRECTED = "remediation.ishchat.io/intake-redirected"  # annotation: why the Incident is not where the alert said
+OPT_IN_TTL = 30.0  # seconds a Namespace's opt-in label is believed before it is read again
+OPT_IN_CACHE = 4096  # namespaces remembered at most (their names come from alerts)
 log = logging.getLogger(__name__)
 
 # the CRD's limits (crds/remediation.ishchat.io_incidents.yaml)
@@ -56,13 +70,32 @@ _TIME = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.\d+)?(Z|z|[+-]\d\d:\d\
 class PayloadError(ValueError):
     """The payload is not one the intake takes; the message names the field."""
 
+    status = 400
+
+
+class TooManyAlerts(PayloadError):
+    """More alerts in one request than ``--intake-max-alerts``: refused whole."""
+
+    status = 413
+
 
 @dataclass(frozen=True)
 class Options:
-    """How alerts map to namespaces."""
+    """How alerts map to namespaces, and how many one request may carry."""
 
-    namespace: str = "default"  # where an Incident goes when the alert names no (allowed) namespace
-    allowed_namespaces: frozenset[str] | None = None  # None: any namespace an alert's `namespace` label names
+    namespace: str = "default"  # --intake-namespace: where an Incident goes when its alert's namespace may not have it
+    opted_in: frozenset[str] = frozenset()  # --intake-namespaces: opted in without the Namespace label
+    watched: frozenset[str] | None = None  # -n: the namespaces the operator watches; None: all
+    max_alerts: int = MAX_ALERTS
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where an alert's Incident goes; ``reason`` (a metric label) and ``why`` when not where the alert said."""
+
+    namespace: str
+    reason: str | None = None
+    why: str = ""
 
 
 @dataclass(frozen=True)
@@ -70,9 +103,20 @@ class AlertAction:
     """What one alert asks for: create (firing) or resolve an Incident."""
 
     firing: bool
-    namespace: str
+    wanted: str | None  # the alert's `namespace` label (untrusted; see :func:`place`)
     name: str
-    manifest: Mapping[str, Any] = field(default_factory=dict)  # the Incident, for firing alerts
+    spec: Mapping[str, Any] = field(default_factory=dict)  # the Incident's, for firing alerts
+
+    def manifest(self, placement: Placement) -> dict[str, Any]:
+        """The Incident to create, in the namespace it was placed in."""
+        metadata: dict[str, Any] = {
+            "name": self.name,
+            "namespace": placement.namespace,
+            "labels": {"app.kubernetes.io/created-by": "runbook-operator-intake"},
+        }
+        if placement.reason:
+            metadata["annotations"] = {REDIRECTED: placement.why}
+        return {"apiVersion": API_VERSION, "kind": "Incident", "metadata": metadata, "spec": dict(self.spec)}
 
 
 def incident_name(alertname: str, fingerprint: str, starts_at: str | None = None) -> str:
@@ -118,16 +162,34 @@ def _object(value: Any, where: str, required: bool = True) -> Mapping[str, Any]:
     return value
 
 
-def _namespace(labels: Mapping[str, Any], options: Options) -> str:
-    wanted = labels.get("namespace")
-    if not isinstance(wanted, str) or not _DNS_LABEL.fullmatch(wanted):
-        return options.namespace
-    if options.allowed_namespaces is not None and wanted not in options.allowed_namespaces:
-        return options.namespace
-    return wanted
+NOT_A_NAMESPACE, NOT_WATCHED, NOT_OPTED_IN = "not_a_namespace", "not_watched", "not_opted_in"
 
 
-def _alert(raw: Any, where: str, options: Options) -> AlertAction:
+def place(wanted: str | None, options: Options, labelled: bool = False) -> Placement:
+    """Where the Incident of an alert whose ``namespace`` label is ``wanted`` goes.
+
+    ``labelled``: the Namespace carries ``OPT_IN_LABEL: enabled`` (the caller read it). A
+    placement with reason NOT_OPTED_IN is the only one that reading the label can change.
+    """
+    fallback = options.namespace
+    if wanted is None or wanted == fallback:
+        return Placement(fallback)
+    if not _DNS_LABEL.fullmatch(wanted):
+        return Placement(fallback, NOT_A_NAMESPACE, f"the alert's namespace label {wanted[:70]!r} is no namespace name")
+    if options.watched is not None and wanted not in options.watched:
+        return Placement(
+            fallback, NOT_WATCHED, f"the alert names namespace {wanted}, which the operator does not watch"
+        )
+    if wanted in options.opted_in or labelled:
+        return Placement(wanted)
+    why = (
+        f"the alert names namespace {wanted}, which has not opted in to the intake: "
+        f"label it {OPT_IN_LABEL}=enabled (or add --intake-namespaces={wanted})"
+    )
+    return Placement(fallback, NOT_OPTED_IN, why)
+
+
+def _alert(raw: Any, where: str) -> AlertAction:
     alert = _object(raw, where)
     status = alert.get("status")
     if status is None:
@@ -153,9 +215,11 @@ def _alert(raw: Any, where: str, options: Options) -> AlertAction:
     generator = alert.get("generatorURL")
     if generator is not None and not isinstance(generator, str):
         raise PayloadError(f"{where}.generatorURL: must be a string")
-    namespace, name = _namespace(labels, options), incident_name(alertname, fingerprint, starts_at)
+    wanted = labels.get("namespace")
+    wanted = _stringify(wanted) if wanted is not None else None
+    name = incident_name(alertname, fingerprint, starts_at)
     if status == "resolved":
-        return AlertAction(False, namespace, name)
+        return AlertAction(False, wanted, name)
 
     spec: dict[str, Any] = {"alert": alertname}
     severity = SEVERITIES.get(str(labels.get("severity", "")).strip().lower())
@@ -172,20 +236,10 @@ def _alert(raw: Any, where: str, options: Options) -> AlertAction:
     if generator:
         source["generatorURL"] = generator[:GENERATOR_URL_MAX]
     spec["source"] = source
-    manifest = {
-        "apiVersion": API_VERSION,
-        "kind": "Incident",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "labels": {"app.kubernetes.io/created-by": "runbook-operator-intake"},
-        },
-        "spec": spec,
-    }
-    return AlertAction(True, namespace, name, manifest)
+    return AlertAction(True, wanted, name, spec)
 
 
-def parse_payload(payload: Any, options: Options = Options()) -> list[AlertAction]:
+def parse_payload(payload: Any, max_alerts: int = MAX_ALERTS) -> list[AlertAction]:
     """Every alert of a webhook payload as an action; PayloadError (naming the field) if any is bad."""
     body = _object(payload, "body")
     version = body.get("version")
@@ -198,17 +252,56 @@ def parse_payload(payload: Any, options: Options = Options()) -> list[AlertActio
         raise PayloadError("alerts: required")
     if not isinstance(alerts, list):
         raise PayloadError("alerts: must be a list")
-    return [_alert(raw, f"alerts[{i}]", options) for i, raw in enumerate(alerts)]
+    if len(alerts) > max_alerts:
+        raise TooManyAlerts(
+            f"alerts: {len(alerts)} in one request, more than the {max_alerts} the intake takes "
+            "(--intake-max-alerts); nothing was created. Set max_alerts in Alertmanager's webhook_config"
+        )
+    return [_alert(raw, f"alerts[{i}]") for i, raw in enumerate(alerts)]
 
 
-def parse_body(raw: bytes, options: Options = Options()) -> list[AlertAction]:
+def _number(text: str) -> str:
+    if len(text) > MAX_NUMBER:
+        raise PayloadError(f"body: a number of {len(text)} characters, more than {MAX_NUMBER}")
+    return text
+
+
+def _constant(name: str) -> Any:
+    raise PayloadError(f"body: not valid JSON: {name} is not a JSON value")
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Is ``value`` nested more than ``limit`` levels deep? Iterative: any depth is safe to ask about."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def parse_body(raw: bytes, max_alerts: int = MAX_ALERTS) -> list[AlertAction]:
+    """The webhook body's actions. Refused before parsing it further: nesting deeper than MAX_DEPTH,
+    numbers longer than MAX_NUMBER (a 5,000-digit integer is a ValueError of ``int``), NaN and Infinity."""
+    deep = PayloadError(f"body: nested deeper than {MAX_DEPTH} levels")
     try:
-        payload = json.loads(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
+        payload = json.loads(
+            text, parse_int=lambda s: int(_number(s)), parse_float=lambda s: float(_number(s)), parse_constant=_constant
+        )
     except UnicodeDecodeError:
         raise PayloadError("body: not UTF-8") from None
     except json.JSONDecodeError as err:
         raise PayloadError(f"body: not valid JSON: {err}") from None
-    return parse_payload(payload, options)
+    except RecursionError:
+        raise deep from None
+    if _deeper_than(payload, MAX_DEPTH):
+        raise deep
+    return parse_payload(payload, max_alerts)
 
 
 def load_token(path: str | None, environ: Mapping[str, str] = os.environ) -> str | None:
@@ -239,11 +332,37 @@ class Incidents(Protocol):
     async def resolve_incident(self, namespace: str, name: str) -> bool:
         """True: spec.resolved set; False: no such Incident. ApiError otherwise."""
 
+    async def namespace_labels(self, name: str) -> Mapping[str, str] | None:
+        """The Namespace's labels; None: no such Namespace. ApiError otherwise."""
+
 
 class Counters(Protocol):
     def alert(self, result: str) -> None: ...
 
     def rejected(self, reason: str) -> None: ...
+
+    def redirected(self, reason: str) -> None: ...
+
+
+class OptIns:
+    """Which namespaces carry ``OPT_IN_LABEL: enabled``: one GET per namespace per OPT_IN_TTL,
+    so an alert storm reads each Namespace once, and a label set or removed counts within OPT_IN_TTL."""
+
+    def __init__(self, incidents: Incidents, clock: Any = time.monotonic) -> None:
+        self._incidents, self._clock = incidents, clock
+        self._known: dict[str, tuple[bool, float]] = {}  # namespace -> (opted in, read at)
+
+    async def opted_in(self, namespace: str) -> bool:
+        now = self._clock()
+        known = self._known.get(namespace)
+        if known is not None and now - known[1] < OPT_IN_TTL:
+            return known[0]
+        labels = await self._incidents.namespace_labels(namespace)  # ApiError: the caller's to answer
+        if len(self._known) >= OPT_IN_CACHE:
+            self._known.clear()
+        opted = labels is not None and labels.get(OPT_IN_LABEL) == "enabled"
+        self._known[namespace] = (opted, now)
+        return opted
 
 
 @dataclass
@@ -275,9 +394,25 @@ def _authorized(header: str, token: str | None) -> bool:
 
 
 def build_app(settings: Settings, incidents: Incidents, counters: Counters | None = None) -> web.Application:
+    opt_ins = OptIns(incidents)
+
     def count(kind: str, value: str) -> None:
         if counters is not None:
-            (counters.alert if kind == "alert" else counters.rejected)(value)
+            {"alert": counters.alert, "rejected": counters.rejected, "redirected": counters.redirected}[kind](value)
+
+    async def placements(actions: list[AlertAction]) -> list[Placement]:
+        """Each action's placement; a namespace's label is read only when the flags do not decide."""
+        options = settings.options
+        first = [place(action.wanted, options) for action in actions]
+        asking = {a.wanted for a, p in zip(actions, first, strict=True) if p.reason == NOT_OPTED_IN and a.wanted}
+        labelled = {namespace for namespace in sorted(asking) if await opt_ins.opted_in(namespace)}
+        placed = [place(a.wanted, options, a.wanted in labelled) for a in actions]
+        for placement in placed:
+            if placement.reason:
+                count("redirected", placement.reason)
+        for why, n in collections.Counter(p.why for p in placed if p.reason).items():
+            log.warning("intake: %d alert(s) went to namespace %s: %s", n, options.namespace, why)
+        return placed
 
     async def receive(request: web.Request) -> web.Response:
         if not _authorized(request.headers.get("Authorization", ""), settings.token):
@@ -289,22 +424,28 @@ def build_app(settings: Settings, incidents: Incidents, counters: Counters | Non
             count("rejected", "too_large")
             return _error(413, f"body: larger than {settings.max_bytes} bytes")
         try:
-            actions = parse_body(raw, settings.options)
+            actions = parse_body(raw, settings.options.max_alerts)
         except PayloadError as err:
-            count("rejected", "malformed")
-            return _error(400, str(err))
+            count("rejected", "too_many_alerts" if isinstance(err, TooManyAlerts) else "malformed")
+            return _error(err.status, str(err))
+        try:
+            placed = await placements(actions)
+        except ApiError as err:
+            log.warning("intake: reading a Namespace's %s label: %s", OPT_IN_LABEL, err)
+            message = f"reading a Namespace's {OPT_IN_LABEL} label: {err}; nothing was created"
+            return _error(422 if err.permanent else 503, message)
         results = {"created": 0, "duplicate": 0, "resolved": 0, "unknown_resolved": 0}
-        for action in actions:
+        for action, placement in zip(actions, placed, strict=True):
             try:
                 if action.firing:
-                    done = await incidents.create_incident(action.namespace, action.manifest)
+                    done = await incidents.create_incident(placement.namespace, action.manifest(placement))
                     result = "created" if done else "duplicate"
                 else:
-                    done = await incidents.resolve_incident(action.namespace, action.name)
+                    done = await incidents.resolve_incident(placement.namespace, action.name)
                     result = "resolved" if done else "unknown_resolved"
             except ApiError as err:
                 count("alert", "failed")
-                where = f"incident {action.namespace}/{action.name}"
+                where = f"incident {placement.namespace}/{action.name}"
                 log.warning("intake: %s: %s", where, err)
                 # 5xx makes Alertmanager retry the whole batch (idempotent); 4xx does not
                 return _error(422 if err.permanent else 503, f"{where}: {err}")

@@ -15,7 +15,16 @@ from prometheus_client import CollectorRegistry
 
 from runbook_operator import intake
 from runbook_operator.engine.metrics import Metrics
-from runbook_operator.intake import ApiError, Options, PayloadError, incident_name, parse_body, parse_payload
+from runbook_operator.intake import (
+    ApiError,
+    Options,
+    PayloadError,
+    Placement,
+    incident_name,
+    parse_body,
+    parse_payload,
+    place,
+)
 
 FP = "0123456789abcdef"
 EPISODE = hashlib.sha256(b"2026-11-27T09:00:00Z").hexdigest()[:6]  # alert()'s startsAt, to the second
@@ -72,8 +81,8 @@ def test_the_same_alert_firing_again_is_a_new_incident_and_a_resend_is_not() -> 
 
 def test_a_firing_alert_becomes_an_incident_manifest() -> None:
     (action,) = parse_payload(payload(alert(severity="critical", service="redis")))
-    assert (action.firing, action.namespace, action.name) == (True, "default", REDIS)
-    assert action.manifest == {
+    assert (action.firing, action.wanted, action.name) == (True, None, REDIS)
+    assert action.manifest(place(action.wanted, Options())) == {
         "apiVersion": "remediation.ishchat.io/v1alpha1",
         "kind": "Incident",
         "metadata": {"name": REDIS, "namespace": "default",
@@ -99,47 +108,68 @@ def test_a_firing_alert_becomes_an_incident_manifest() -> None:
 def test_severities_map_to_the_crd_enum(label: str | None, severity: str | None) -> None:
     labels = {} if label is None else {"severity": label}
     (action,) = parse_payload(payload(alert(**labels)))
-    assert action.manifest["spec"].get("severity") == severity
+    assert action.spec.get("severity") == severity
 
 
 def test_text_is_truncated_to_the_crd_limits() -> None:
     raw = alert(**{f"l{i:03}": "v" * 2000 for i in range(100)})
     raw["annotations"] = {"summary": "s" * 5000, "description": "d" * 20000}
     raw["generatorURL"] = "http://x/" + "g" * 5000
-    spec = parse_payload(payload(raw))[0].manifest["spec"]
+    spec = parse_payload(payload(raw))[0].spec
     assert len(spec["summary"]) == 1024 and len(spec["description"]) == 16384
     assert len(spec["labels"]) == 64 and all(len(v) <= 1024 for v in spec["labels"].values())
     assert len(spec["source"]["generatorURL"]) == 2048
 
 
 def test_label_values_are_stringified() -> None:
-    spec = parse_payload(payload(alert(port=5432, up=False, extra={"a": 1})))[0].manifest["spec"]
+    spec = parse_payload(payload(alert(port=5432, up=False, extra={"a": 1})))[0].spec
     assert spec["labels"]["port"] == "5432" and spec["labels"]["up"] == "false"
     assert spec["labels"]["extra"] == '{"a": 1}'
 
 
-@pytest.mark.parametrize(
-    ("labels", "options", "namespace"),
-    [
-        ({}, Options(), "default"),
-        ({}, Options(namespace="alerts"), "alerts"),
-        ({"namespace": "shop"}, Options(), "shop"),
-        ({"namespace": "shop"}, Options(allowed_namespaces=frozenset({"shop"})), "shop"),
-        ({"namespace": "shop"}, Options(namespace="alerts", allowed_namespaces=frozenset({"other"})), "alerts"),
-        ({"namespace": "Not_A_Namespace"}, Options(), "default"),
-        ({"namespace": "a" * 64}, Options(), "default"),
-    ],
+NOT_OPTED_IN = (
+    "the alert names namespace shop, which has not opted in to the intake: "
+    "label it remediation.ishchat.io/intake=enabled (or add --intake-namespaces=shop)"
 )
-def test_namespaces(labels: dict[str, str], options: Options, namespace: str) -> None:
-    (action,) = parse_payload(payload(alert(**labels)), options)
-    assert action.namespace == namespace and action.manifest["metadata"]["namespace"] == namespace
+
+
+@pytest.mark.parametrize(
+    ("wanted", "options", "labelled", "placement"),
+    [
+        (None, Options(), False, Placement("default")),
+        (None, Options(namespace="alerts"), False, Placement("alerts")),
+        ("alerts", Options(namespace="alerts"), False, Placement("alerts")),  # the fallback takes any alert
+        # an alert naming a namespace is only a wish: the namespace must have opted in
+        ("shop", Options(), False, Placement("default", "not_opted_in", NOT_OPTED_IN)),
+        ("kube-system", Options(namespace="alerts"), False, Placement("alerts", "not_opted_in", NOT_OPTED_IN.replace("shop", "kube-system"))),
+        ("shop", Options(), True, Placement("shop")),  # by the Namespace's label
+        ("shop", Options(opted_in=frozenset({"shop"})), False, Placement("shop")),  # by --intake-namespaces
+        ("shop", Options(watched=frozenset({"shop"})), True, Placement("shop")),
+        (
+            "shop",
+            Options(namespace="alerts", opted_in=frozenset({"shop"}), watched=frozenset({"other"})),
+            True,
+            Placement("alerts", "not_watched", "the alert names namespace shop, which the operator does not watch"),
+        ),
+        ("Not_A_Namespace", Options(), True, Placement("default", "not_a_namespace", "the alert's namespace label 'Not_A_Namespace' is no namespace name")),
+        ("a" * 64, Options(), True, Placement("default", "not_a_namespace", f"the alert's namespace label {'a' * 64!r} is no namespace name")),
+    ],
+)  # fmt: skip
+def test_namespaces_take_alerts_only_when_they_opted_in(
+    wanted: str | None, options: Options, labelled: bool, placement: Placement
+) -> None:
+    labels = {} if wanted is None else {"namespace": wanted}
+    (action,) = parse_payload(payload(alert(**labels)))
+    assert place(action.wanted, options, labelled) == placement
+    metadata = action.manifest(placement)["metadata"]
+    assert metadata["namespace"] == placement.namespace
+    assert metadata.get("annotations") == ({"remediation.ishchat.io/intake-redirected": placement.why}
+                                           if placement.reason else None)  # fmt: skip
 
 
 def test_a_resolved_alert_names_the_incident_to_resolve() -> None:
     (action,) = parse_payload(payload(alert("resolved", namespace="shop")))
-    assert (action.firing, action.namespace, action.name, action.manifest) == (
-        False, "shop", REDIS, {},
-    )  # fmt: skip
+    assert (action.firing, action.wanted, action.name, action.spec) == (False, "shop", REDIS, {})
 
 
 def _without(key: str) -> dict[str, Any]:
@@ -204,18 +234,61 @@ def test_bad_payloads_are_rejected_naming_the_field(body: bytes, error: str) -> 
     assert str(caught.value) == error
 
 
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        (b"[" * 10_000 + b"]" * 10_000, "body: nested deeper than 32 levels"),  # RecursionError in json: a 500
+        (b'{"version": "4", "alerts": [], "x": ' + b"[" * 32 + b"]" * 32 + b"}", "body: nested deeper than 32 levels"),
+        (b'{"version": "4", "truncatedAlerts": ' + b"9" * 5000 + b', "alerts": []}',
+         "body: a number of 5000 characters, more than 32"),  # int()'s digit limit is a ValueError: a 500
+        (b'{"version": "4", "alerts": [], "x": 1.' + b"5" * 100 + b"}", "body: a number of 102 characters, more than 32"),
+        (b'{"version": "4", "alerts": [], "x": NaN}', "body: not valid JSON: NaN is not a JSON value"),
+        (b'{"version": "4", "alerts": [], "x": -Infinity}', "body: not valid JSON: -Infinity is not a JSON value"),
+    ],
+)  # fmt: skip
+def test_bodies_that_used_to_be_500s_are_refused_naming_the_problem(body: bytes, error: str) -> None:
+    with pytest.raises(PayloadError) as caught:
+        parse_body(body)
+    assert str(caught.value) == error and caught.value.status == 400
+
+
+def test_the_nesting_alertmanager_sends_is_fine() -> None:
+    nested = alert(extra={"a": [[{"b": [1, 2.5, -3e2]}]]})  # labels' values may be any JSON, stringified
+    assert (
+        parse_body(json.dumps(payload(nested)).encode())[0].spec["labels"]["extra"]
+        == '{"a": [[{"b": [1, 2.5, -300.0]}]]}'
+    )
+
+
+def test_more_alerts_than_the_limit_are_refused_whole() -> None:
+    alerts = [alert(fingerprint=f"{i:010x}aaaaaa") for i in range(1001)]
+    assert len(parse_payload(payload(*alerts[:1000]))) == 1000
+    with pytest.raises(intake.TooManyAlerts) as caught:
+        parse_payload(payload(*alerts))
+    assert caught.value.status == 413
+    assert str(caught.value) == (
+        "alerts: 1001 in one request, more than the 1000 the intake takes (--intake-max-alerts); "
+        "nothing was created. Set max_alerts in Alertmanager's webhook_config"
+    )
+    with pytest.raises(intake.TooManyAlerts, match="more than the 2 the intake takes"):
+        parse_body(json.dumps(payload(*alerts[:3])).encode(), max_alerts=2)
+
+
 def test_hostile_label_values_stay_data() -> None:
     hostile = {"alertname": "Evil;rm -rf /", "namespace": "kube-system\nx", "metadata.name": "owned",
                "x": "{{ 7*7 }}", "y": "$(id)"}  # fmt: skip
     (action,) = parse_payload(payload(alert() | {"labels": hostile}))
-    assert action.name == f"evil-rm--rf-{FP[:10]}-{EPISODE}" and action.namespace == "default"
-    assert action.manifest["metadata"]["name"] == action.name
-    assert action.manifest["spec"]["labels"] == hostile and action.manifest["spec"]["alert"] == "Evil;rm -rf /"
+    placement = place(action.wanted, Options(), labelled=True)
+    assert action.name == f"evil-rm--rf-{FP[:10]}-{EPISODE}" and placement.namespace == "default"
+    assert placement.why == "the alert's namespace label 'kube-system\\nx' is no namespace name"
+    manifest = action.manifest(placement)
+    assert manifest["metadata"]["name"] == action.name
+    assert manifest["spec"]["labels"] == hostile and manifest["spec"]["alert"] == "Evil;rm -rf /"
 
 
 def test_startsat_offsets_become_utc() -> None:
     raw = alert() | {"startsAt": "2026-11-27T10:30:00.5+01:30"}
-    assert parse_payload(payload(raw))[0].manifest["spec"]["source"]["startsAt"] == "2026-11-27T09:00:00Z"
+    assert parse_payload(payload(raw))[0].spec["source"]["startsAt"] == "2026-11-27T09:00:00Z"
 
 
 def test_an_empty_alert_list_is_fine() -> None:
@@ -254,6 +327,15 @@ class FakeIncidents:
         self.objects: dict[tuple[str, str], dict[str, Any]] = {}
         self.fail: ApiError | None = None
         self.writes = 0
+        self.namespaces: dict[str, dict[str, str]] = {"default": {}, "shop": {}, "kube-system": {}}
+        self.namespace_reads: list[str] = []
+        self.namespace_fail: ApiError | None = None
+
+    async def namespace_labels(self, name: str) -> Mapping[str, str] | None:
+        self.namespace_reads.append(name)
+        if self.namespace_fail:
+            raise self.namespace_fail
+        return self.namespaces.get(name)
 
     async def create_incident(self, namespace: str, manifest: Mapping[str, Any]) -> bool:
         if self.fail:
@@ -345,6 +427,79 @@ async def test_api_failures(served: Any, permanent: bool, status: int) -> None:
     assert resp.status == status
     assert await resp.json() == {"error": f"incident default/{REDIS}: Service Unavailable (503)"}
     assert _count(metrics, "runbook_intake_alerts_total", result="failed") == 1
+
+
+async def test_a_request_with_too_many_alerts_creates_nothing(served: Any) -> None:
+    _, fake, metrics = served
+    alerts = [alert(fingerprint=f"{i:010x}aaaaaa") for i in range(3)]
+    app = intake.build_app(intake.Settings("127.0.0.1", 0, "tok", Options(max_alerts=2)), fake, metrics.intake())
+    limited = TestClient(TestServer(app))
+    await limited.start_server()
+    try:
+        resp = await limited.post(intake.PATH, json=payload(*alerts), headers=AUTH)
+        assert resp.status == 413 and (await resp.json())["error"].startswith(
+            "alerts: 3 in one request, more than the 2"
+        )
+        resp = await limited.post(intake.PATH, json=payload(*alerts[:2]), headers=AUTH)
+        assert resp.status == 200 and (await resp.json())["created"] == 2
+    finally:
+        await limited.close()
+    assert fake.writes == 2 and _count(metrics, "runbook_intake_rejected_total", reason="too_many_alerts") == 1
+
+
+async def test_a_deeply_nested_body_is_a_400_not_a_500(served: Any) -> None:
+    client, fake, metrics = served
+    resp = await client.post(intake.PATH, data=b"[" * 2000 + b"]" * 2000, headers=AUTH)
+    assert resp.status == 400 and await resp.json() == {"error": "body: nested deeper than 32 levels"}
+    assert fake.writes == 0 and _count(metrics, "runbook_intake_rejected_total", reason="malformed") == 1
+
+
+async def test_alerts_go_only_to_namespaces_that_opted_in(served: Any, caplog: pytest.LogCaptureFixture) -> None:
+    client, fake, metrics = served
+    fake.namespaces["shop"] = {intake.OPT_IN_LABEL: "enabled"}
+    shop, system = alert(namespace="shop"), alert(fingerprint="ffffffffffffffff", namespace="kube-system")
+    resp = await client.post(intake.PATH, json=payload(shop, system), headers=AUTH)
+    assert resp.status == 200 and (await resp.json())["created"] == 2
+    name = f"redisdown-ffffffffff-{EPISODE}"
+    assert set(fake.objects) == {("shop", REDIS), ("default", name)}
+    assert "annotations" not in fake.objects["shop", REDIS]["metadata"]
+    assert fake.objects["default", name]["metadata"]["annotations"] == {
+        "remediation.ishchat.io/intake-redirected": NOT_OPTED_IN.replace("shop", "kube-system")
+    }
+    assert fake.objects["default", name]["spec"]["labels"]["namespace"] == "kube-system"  # what the alert said stays
+    assert _count(metrics, "runbook_intake_redirected_total", reason="not_opted_in") == 1
+    assert "intake: 1 alert(s) went to namespace default: the alert names namespace kube-system" in caplog.text
+    # resolving finds each Incident where its firing alert put it
+    resp = await client.post(intake.PATH, json=payload(alert("resolved", namespace="shop"),
+                             alert("resolved", "ffffffffffffffff", namespace="kube-system")), headers=AUTH)  # fmt: skip
+    assert (await resp.json())["resolved"] == 2
+    assert sorted(fake.namespace_reads) == ["kube-system", "shop"]  # one read per namespace: the rest is cached
+
+
+async def test_a_namespace_label_counts_within_the_cache_time() -> None:
+    fake, now = FakeIncidents(), [0.0]
+    opt_ins = intake.OptIns(fake, clock=lambda: now[0])
+    assert await opt_ins.opted_in("shop") is False
+    fake.namespaces["shop"] = {intake.OPT_IN_LABEL: "enabled"}
+    now[0] = intake.OPT_IN_TTL - 1
+    assert await opt_ins.opted_in("shop") is False and fake.namespace_reads == ["shop"]
+    now[0] = intake.OPT_IN_TTL
+    assert await opt_ins.opted_in("shop") is True
+    fake.namespaces["shop"] = {intake.OPT_IN_LABEL: "yes"}  # only "enabled" opts in
+    now[0] = 2 * intake.OPT_IN_TTL
+    assert await opt_ins.opted_in("shop") is False
+    assert await opt_ins.opted_in("gone") is False  # no such Namespace
+
+
+async def test_an_unreadable_namespace_label_creates_nothing(served: Any) -> None:
+    client, fake, _ = served
+    fake.namespace_fail = ApiError("Forbidden (403)", permanent=False)
+    resp = await client.post(intake.PATH, json=payload(alert(), alert("firing", "ffffffffffffffff", namespace="shop")),
+                             headers=AUTH)  # fmt: skip
+    assert resp.status == 503 and await resp.json() == {
+        "error": "reading a Namespace's remediation.ishchat.io/intake label: Forbidden (403); nothing was created"
+    }
+    assert fake.writes == 0
 
 
 async def test_no_token_means_no_auth_only_when_configured_so() -> None:

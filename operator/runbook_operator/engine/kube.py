@@ -91,6 +91,11 @@ class Kube:
     async def delete(self, plural: str, namespace: str, name: str) -> None:
         await self._call(self._custom.delete_namespaced_custom_object, GROUP, VERSION, namespace, plural, name)
 
+    async def namespace_labels(self, name: str) -> dict[str, str]:
+        """A Namespace's labels (the intake's opt-in); ApiException 404 when there is none."""
+        found = await self._call(self._core.read_namespace, name)
+        return dict((found.metadata.labels if found.metadata else None) or {})
+
     async def post_event(self, body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         meta = body["metadata"]
         now = datetime.now(UTC)
@@ -132,6 +137,14 @@ class KubeIncidents:
     async def resolve_incident(self, namespace: str, name: str) -> bool:
         patch = {"spec": {"resolved": True}}
         return await self._translate(self._kube.patch(INCIDENTS, namespace, name, patch), not_found=False)
+
+    async def namespace_labels(self, name: str) -> Mapping[str, str] | None:
+        labels: dict[str, str] = {}
+
+        async def read() -> None:
+            labels.update(await self._kube.namespace_labels(name))
+
+        return labels if await self._translate(read(), not_found=False) else None
 
     @staticmethod
     async def _translate(call: Any, conflict: bool | None = None, not_found: bool | None = None) -> bool:

@@ -44,7 +44,8 @@ class IntakeMetrics:
     """The Alertmanager intake's counters; registered only when the intake runs."""
 
     RESULTS = ("created", "duplicate", "resolved", "unknown_resolved", "failed")
-    REASONS = ("unauthorized", "too_large", "malformed")
+    REASONS = ("unauthorized", "too_large", "too_many_alerts", "malformed")
+    REDIRECTS = ("not_a_namespace", "not_watched", "not_opted_in")  # intake.place's reasons
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.alerts = Counter(
@@ -56,16 +57,26 @@ class IntakeMetrics:
             "runbook_intake_rejected_total", "Webhook requests the intake refused, by reason", ["reason"],
             registry=registry,
         )  # fmt: skip
+        self.redirects = Counter(
+            "runbook_intake_redirected_total",
+            "Alerts whose Incident went to --intake-namespace instead of the namespace they named, by reason",
+            ["reason"], registry=registry,
+        )  # fmt: skip
         for result in self.RESULTS:  # every series exists from the start, at 0
             self.alerts.labels(result)
         for reason in self.REASONS:
             self.rejections.labels(reason)
+        for reason in self.REDIRECTS:
+            self.redirects.labels(reason)
 
     def alert(self, result: str) -> None:
         self.alerts.labels(result).inc()
 
     def rejected(self, reason: str) -> None:
         self.rejections.labels(reason).inc()
+
+    def redirected(self, reason: str) -> None:
+        self.redirects.labels(reason).inc()
 
 
 class Metrics:
