@@ -272,9 +272,7 @@ async def logs(params: LogsParams, ctx: ActionContext) -> StepResult:
         return data
 
     data = await _engine(params, ctx, what, ctx.timeout, read)
-    lines = data.decode("utf-8", errors="replace").splitlines()
-    pattern = re.compile(params.error_pattern)
-    matching = [line for line in lines if pattern.search(line)]
+    lines, matching = await params.scan(data.decode("utf-8", errors="replace"), ctx)
     out = {"lines": len(lines), "matches": len(matching), "tail": _tail(lines)}
     counted = f"{len(matching)} of the last {len(lines)} lines match {params.error_pattern!r}"
     last = f"; last: {matching[-1].strip()[:_LINE]!r}" if matching else ""

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -441,7 +440,7 @@ class _PodLog:
         return {"lines": self.lines, "matches": self.matches}
 
 
-async def _read_log(cluster: _Cluster, pod: Any, params: LogsParams, pattern: re.Pattern[str]) -> _PodLog:
+async def _read_log(cluster: _Cluster, pod: Any, params: LogsParams, ctx: ActionContext) -> _PodLog:
     name = pod.metadata.name
     containers = [c.name for c in pod.spec.containers or []]
     container = params.container or (containers[0] if containers else None)
@@ -464,8 +463,7 @@ async def _read_log(cluster: _Cluster, pod: Any, params: LogsParams, pattern: re
         if failure.for_every_call:
             raise  # the same for every pod: the step fails
         return _PodLog(name, error=_clip(failure.detail))  # e.g. a container still waiting to start
-    lines = str(text or "").splitlines()
-    matching = [line for line in lines if pattern.search(line)]
+    lines, matching = await params.scan(str(text or ""), ctx)
     quoted = matching[-EXCERPT_LINES:] if matching else lines[-EXCERPT_LINES:]
     return _PodLog(name, len(lines), len(matching), tuple(_clip(line) for line in quoted))
 
@@ -485,7 +483,6 @@ def _excerpts(logs: list[_PodLog]) -> dict[str, list[str]]:
 
 async def pod_logs(params: LogsParams, ctx: ActionContext) -> StepResult:
     cluster = _Cluster(ctx)
-    pattern = re.compile(params.error_pattern)
     if params.name is not None:
         workload = await cluster.workload(params.kind, params.name)
         selector, pods = await cluster.workload_pods(params.kind, params.name, workload)
@@ -499,7 +496,7 @@ async def pod_logs(params: LogsParams, ctx: ActionContext) -> StepResult:
     if not pods:
         return StepResult(False, nothing, {"selector": selector})
     skipped = max(0, len(pods) - params.max_pods)
-    logs = list(await asyncio.gather(*(_read_log(cluster, p, params, pattern) for p in pods[: params.max_pods])))
+    logs = list(await asyncio.gather(*(_read_log(cluster, p, params, ctx) for p in pods[: params.max_pods])))
     total = sum(log.matches for log in logs)
     unread = [log for log in logs if log.error is not None]
     output: dict[str, Any] = {"selector": selector, "matches": total, "pods": {log.pod: log.counts() for log in logs}}

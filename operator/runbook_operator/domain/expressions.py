@@ -19,13 +19,15 @@ import jinja2
 from jinja2 import meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from runbook_operator.domain.sandbox import BudgetEnvironment, check_budget, check_when
+
 ROOTS = frozenset({"incident", "steps", "findings"})
 URL_KEYS = frozenset({"url"})
 _LITERAL_ORIGIN = re.compile(r"^https?://[^/{}]+/")
 
 
 def _env(finalize: Any = None) -> ImmutableSandboxedEnvironment:
-    return ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False, finalize=finalize)
+    return BudgetEnvironment(undefined=jinja2.StrictUndefined, autoescape=False, finalize=finalize)
 
 
 _TEXT = _env()
@@ -41,6 +43,7 @@ class When:
     """A compiled ``when`` expression."""
 
     def __init__(self, source: str) -> None:
+        check_when(source)
         try:
             self._program = cel.compile(source)
         except ValueError as err:
@@ -95,6 +98,7 @@ def _check_one(text: str, where: str, url: bool) -> None:
         parsed = _TEXT.parse(text)
     except jinja2.TemplateSyntaxError as err:
         raise ValueError(f"{where}: template does not parse: {err.message}") from None
+    check_budget(text, where)
     problem = _roots_problem(meta.find_undeclared_variables(parsed))
     if problem:
         raise ValueError(f"{where}: {problem}")
