@@ -322,7 +322,8 @@ def test_a_safe_step_running_at_a_crash_runs_again() -> None:
 
 
 def peer(name: str = "other", *, remediating: bool = False, phase: str | None = "Remediating", **extra: object) -> Peer:
-    values: dict[str, object] = {"alert": "Other", "created": "2026-11-27T07:00:00Z", "last_remediated": None} | extra
+    values: dict[str, object] = {"namespace": "ns", "alert": "Other", "created": "2026-11-27T07:00:00Z",
+                                 "last_remediated": None} | extra  # fmt: skip
     return Peer(name=name, phase=phase, remediating=remediating, **values)  # type: ignore[arg-type]
 
 

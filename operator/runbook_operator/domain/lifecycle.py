@@ -15,7 +15,9 @@ Rules users rely on, all decided here:
   nonce (``domain.consent``), or escalates with ApprovalTimeout; new parameters or a
   new round ask again, and a resumed approved step whose parameters changed asks again;
 - in a dry run only read-only actions run; the rest are recorded as what would run;
-- one remediation at a time per target, and a cooldown per target across incidents;
+- one remediation at a time per target, and a cooldown per target across incidents,
+  both (and duplicates) among the incidents of one namespace only: namespaces are walls,
+  and an incident whose target is in another namespace runs nothing;
 - each escalation level fires once, its notify steps run once.
 """
 
@@ -77,6 +79,7 @@ def holds_target(status: Status) -> bool:
 class Peer:
     """Another incident on the same target, as the engine last saw it."""
 
+    namespace: str  # the incident's own: only peers of the same namespace count
     name: str
     alert: str
     created: str
@@ -88,6 +91,7 @@ class Peer:
     def of(cls, incident: Incident, status: Status) -> Peer:
         finished = [s.finishedAt for s in status.steps if s.stage == Stage.REMEDIATE.value and s.finishedAt]
         return cls(
+            namespace=incident.namespace,
             name=incident.name,
             alert=incident.alert,
             created=incident.created,
@@ -113,6 +117,9 @@ def decide(
     if incident.resolved:
         p.resolve(Reason.RESOLVED_EXTERNALLY, "spec.resolved is true; pending work stopped")
         return p.decision()
+    if _target_elsewhere(p, incident):
+        return p.decision()
+    peers = [peer for peer in peers if peer.namespace == incident.namespace]  # a decoy elsewhere holds nothing here
     _acknowledge(p, incident)
     if not _suspension(p, incident):
         return p.decision()
@@ -141,6 +148,27 @@ def decide(
 
 
 # -- prelude -----------------------------------------------------------------------
+
+
+def _target_elsewhere(p: Progress, incident: Incident) -> bool:
+    """True (and escalated, once) when spec.target names another namespace: an Incident is about
+    its own namespace. The API server refuses such an Incident when crds/'s incident-scope
+    admission policy is installed; without it, this is the wall."""
+    target = incident.target
+    if target is None or target.namespace == incident.namespace:
+        return False
+    escalated = p.status.condition(ConditionType.ESCALATED)
+    if p.status.phase == Phase.ESCALATED and escalated and escalated.reason == Reason.TARGET_OUTSIDE_NAMESPACE:
+        return True
+    if not p.status.startedAt:
+        p.status = replace(p.status, startedAt=timestamp(p.now))
+    p.escalate(
+        Reason.TARGET_OUTSIDE_NAMESPACE,
+        f"spec.target.namespace {target.namespace!r} is not the incident's namespace {incident.namespace!r}; "
+        "nothing runs: an Incident may only be about its own namespace. Create it in that namespace, "
+        "or leave spec.target.namespace out",
+    )
+    return True
 
 
 def _acknowledge(p: Progress, incident: Incident) -> None:

@@ -90,6 +90,7 @@ class Reason:
     ESCALATION_UPDATE = "EscalationUpdate"
     RESPONSE_OVERDUE = "ResponseOverdue"
     TARGET_LOCKED = "TargetLocked"
+    TARGET_OUTSIDE_NAMESPACE = "TargetOutsideNamespace"  # spec.target.namespace is not the incident's own
     COOLDOWN = "CooldownActive"
     VALID = "Valid"  # a RemediationPolicy's Ready condition; otherwise INVALID_POLICY
 
