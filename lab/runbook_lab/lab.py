@@ -45,6 +45,7 @@ from runbook_lab.controlplane import NODE_NAME, free_port
 from runbook_lab.demo import DemoService
 from runbook_lab.kubelet import LogServer
 from runbook_lab.services import Alertmanager, Postgres, Prometheus, Redis, Server
+from runbook_operator.actions.api import CONSENT_ANNOTATION
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout (manifests/, crds/)
 PACK = ROOT / "manifests" / "runbooks" / "ish-chat"
@@ -619,7 +620,8 @@ def _secret(name: str, data: dict[str, str]) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": {"name": name, "namespace": NAMESPACE},
+        # the lab owns these Secrets and lends them to every policy of the pack
+        "metadata": {"name": name, "namespace": NAMESPACE, "annotations": {CONSENT_ANNOTATION: "*"}},
         "stringData": data,
     }
 

@@ -16,6 +16,7 @@ def _run(args: argparse.Namespace) -> int:
     import kopf
 
     from runbook_operator import handlers  # registers the handlers
+    from runbook_operator.actions import egress
     from runbook_operator.engine import hostaliases
 
     try:
@@ -23,6 +24,7 @@ def _run(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"runbook-operator run: {err}", file=sys.stderr)
         return 2
+    egress.allow_link_local(args.allow_link_local)
     handlers.runtime.resolved_ttl = args.resolved_ttl
     if args.intake_address:
         settings = _intake_settings(args)
@@ -358,6 +360,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=IP",
         help="connect to IP whenever an action names host NAME (repeatable), as a pod's hostAliases; "
         "the local lab uses it to answer the pack's in-cluster hosts on loopback",
+    )
+    run.add_argument(
+        "--allow-link-local",
+        action="store_true",
+        help="let http.* and notify.* connect to link-local and cloud metadata addresses (169.254.0.0/16, "
+        "fe80::/10, fd00:ec2::254), refused by default: from the operator's pod they answer with cloud credentials",
     )
     run.add_argument("-v", "--verbose", action="store_true")
     run.set_defaults(func=_run)

@@ -6,11 +6,14 @@ from collections.abc import Iterator
 import pytest
 
 from runbook_lab.demo import DemoService
-from runbook_operator.actions import ActionContext
+from runbook_operator.actions import ActionContext, egress
 from runbook_operator.actions.registry import Registry
 from runbook_operator.domain.results import StepResult
+from runbook_operator.engine import hostaliases
 from runbook_operator.engine.executor import run_action
+from tests.fixtures.listeners import Listener
 from tests.unit.builders import REGISTRY
+from tests.unit.test_notify_and_secrets import Secrets
 
 CTX = ActionContext("ns", "inc", timeout=5.0)
 
@@ -113,3 +116,108 @@ async def test_request_times_out_on_a_server_that_never_answers(silent_port: int
 async def test_request_to_a_server_that_is_down(closed_port: int) -> None:
     result = await run("http.request", {"url": f"http://127.0.0.1:{closed_port}/admin/restart"})
     assert not result.ok and "ConnectError" in result.message
+
+
+# -- trust boundaries: where a request may go, and what a redirect may carry ------------------
+
+METADATA = "metadata.cloud.test"
+
+
+@pytest.fixture
+def listeners() -> Iterator[tuple[Listener, Listener]]:
+    """``home`` redirects to ``elsewhere``, a listener on another port: another origin."""
+    elsewhere = Listener().start()
+    home = Listener(redirect_to=f"{elsewhere.url}/landing").start()
+    yield home, elsewhere
+    home.stop()
+    elsewhere.stop()
+
+
+@pytest.fixture
+def resolver(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """A resolver override: METADATA resolves to 127.0.0.1 the first time, to 169.254.169.254
+    after (a rebinding DNS server); the names looked up are recorded."""
+    looked_up: list[str] = []
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: object, *args: object, **kwargs: object) -> object:
+        looked_up.append(str(host))
+        if host == METADATA:
+            host = "127.0.0.1" if looked_up.count(METADATA) == 1 else "169.254.169.254"
+        return real(host, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return looked_up
+
+
+@pytest.mark.parametrize(
+    ("url", "host"),
+    [
+        ("http://169.254.169.254/latest/meta-data/", "169.254.169.254"),
+        ("http://[fe80::1]/", "fe80::1"),
+        ("http://[fd00:ec2::254]/", "fd00:ec2::254"),
+        ("http://[::ffff:a9fe:a9fe]/", "::ffff:a9fe:a9fe"),  # 169.254.169.254, IPv4-mapped
+    ],
+)
+async def test_link_local_and_metadata_addresses_are_refused(url: str, host: str) -> None:
+    result = await run("http.check", {"url": url, "timeout": "2s"})
+    assert not result.ok
+    assert result.message == (
+        f"GET {url}: {host} is a link-local or cloud metadata address: refused "
+        "(start the operator with --allow-link-local to allow it)"
+    )
+
+
+async def test_a_name_is_checked_by_the_address_it_resolves_to(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(socket, "getaddrinfo", socket.getaddrinfo)  # restored after the test
+    hostaliases.install({METADATA: "169.254.169.254"})
+    result = await run("http.request", {"url": f"http://{METADATA}/latest/meta-data/iam/", "method": "GET"})
+    assert not result.ok
+    assert result.message == (
+        f"GET http://{METADATA}/latest/meta-data/iam/: {METADATA} resolves to 169.254.169.254, which is a "
+        "link-local or cloud metadata address: refused (start the operator with --allow-link-local to allow it)"
+    )
+
+
+async def test_the_flag_lets_link_local_addresses_through() -> None:
+    egress.allow_link_local(True)
+    try:
+        result = await run("http.check", {"url": "http://169.254.169.254/", "timeout": "300ms"})
+    finally:
+        egress.allow_link_local(False)
+    assert not result.ok and "refused" not in result.message  # it tried: nothing answers there on this machine
+
+
+async def test_the_checked_address_is_the_one_connected_to(
+    resolver: list[str], listeners: tuple[Listener, Listener]
+) -> None:
+    """DNS rebinding: a second lookup would answer 169.254.169.254; there is none."""
+    _, elsewhere = listeners
+    port = elsewhere.url.rsplit(":", 1)[1]
+    result = await run("http.check", {"url": f"http://{METADATA}:{port}/health"})
+    assert result.ok, result.message
+    assert resolver.count(METADATA) == 1
+    assert elsewhere.requests[0][2]["Host"] == f"{METADATA}:{port}"  # the server still sees the name
+
+
+async def test_a_redirect_to_another_origin_is_not_followed_with_headers_from_secrets(
+    listeners: tuple[Listener, Listener],
+) -> None:
+    home, elsewhere = listeners
+    ctx = ActionContext("ns", "inc", 5.0, services=Secrets({("ns", "api", "key"): "k3y-abc"}), policy="p")
+    params: dict[str, object] = {"url": f"{home.url}/admin", "method": "GET",
+              "headersFromSecrets": {"X-Api-Key": {"name": "api", "key": "key"}}}  # fmt: skip
+    result = await run("http.request", params, ctx=ctx)
+    assert not result.ok
+    assert result.message == (
+        f"GET {home.url}/admin: redirected to {elsewhere.url}, another origin: not followed, "
+        "it would carry X-Api-Key from a Secret there"
+    )
+    assert home.requests[0][2]["X-Api-Key"] == "k3y-abc" and elsewhere.requests == []
+
+
+async def test_a_redirect_without_credentials_is_followed(listeners: tuple[Listener, Listener]) -> None:
+    home, elsewhere = listeners
+    result = await run("http.request", {"url": f"{home.url}/admin", "method": "GET"})
+    assert result.ok, result.message
+    assert [path for _, path, _ in elsewhere.requests] == ["/landing"]

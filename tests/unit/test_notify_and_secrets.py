@@ -1,16 +1,20 @@
 """notify.webhook and secret-bearing http.request against a real local HTTP server."""
 
+import json
+import logging
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from runbook_lab.demo import DemoService
-from runbook_operator.actions import ActionContext
+from runbook_operator.actions import Action, ActionContext, Params, SecretRef
 from runbook_operator.actions.catalog import default_registry
+from runbook_operator.actions.registry import Registry
 from runbook_operator.domain.lifecycle import StepCall
 from runbook_operator.domain.model import Stage, Step
 from runbook_operator.engine.executor import Executor, run_action
+from runbook_operator.engine.kube import _consents
 from tests.unit.builders import REGISTRY, incident
 
 SECRETS = {("ns", "admin-api", "token"): "Bearer s3cr3t-token", ("ns", "slack", "url"): ""}
@@ -20,7 +24,7 @@ class Secrets:
     def __init__(self, values: dict[tuple[str, str, str], str]) -> None:
         self.values = values
 
-    async def read_secret(self, namespace: str, name: str, key: str) -> str:
+    async def read_secret(self, namespace: str, name: str, key: str, policy: str | None) -> str:
         try:
             return self.values[(namespace, name, key)]
         except KeyError:
@@ -134,3 +138,77 @@ async def test_webhook_times_out_on_a_receiver_that_never_answers(silent_port: i
     ctx = ActionContext("ns", "redis-down", 0.3, None, None)
     result = await webhook({"url": f"http://127.0.0.1:{silent_port}/hooks/x", "attempts": 1}, ctx)
     assert not result.ok and result.message == "webhook at 127.0.0.1: no answer in time"
+
+
+async def test_slack_text_cannot_mention_channels_or_hide_links(service: DemoService) -> None:
+    ctx = context()
+    ctx.details["findings"] = [{"step": "logs", "message": "<!channel> see <https://evil.test|the runbook> & more"}]  # type: ignore[index]
+    result = await webhook({"url": f"{service.url}/hooks/oncall", "format": "slack", "text": "<@U123> {x}"}, ctx)
+    assert result.ok, result.message
+    lines = service.hooks[0][1]["text"].splitlines()
+    assert lines[:2] == [
+        "&lt;@U123&gt; {x}",
+        "• logs: &lt;!channel&gt; see &lt;https://evil.test|the runbook&gt; &amp; more",
+    ]
+
+
+async def test_webhook_to_a_metadata_address_is_refused_without_retrying() -> None:
+    result = await webhook({"url": "http://169.254.169.254/hooks/x", "attempts": 3, "backoff": "2s"}, context())
+    assert not result.ok
+    assert result.message == (
+        "webhook at 169.254.169.254: 169.254.169.254 is a link-local or cloud metadata address: refused "
+        "(start the operator with --allow-link-local to allow it)"
+    )
+
+
+@pytest.mark.parametrize("value", ["Bearer tok-3e9c\n", "tok-3e9c\r\n", "tok\x00-3e9c", "\ttok-3e9c"])
+async def test_a_secret_with_a_control_character_is_refused_without_quoting_it(
+    service: DemoService, value: str
+) -> None:
+    params = {"url": f"{service.url}/admin/echo",
+              "headersFromSecrets": {"Authorization": {"name": "admin-api", "key": "token"}}}  # fmt: skip
+    step = Step("echo", Stage.REMEDIATE, "http.request", params)
+    services = Secrets({("ns", "admin-api", "token"): value})
+    result = await Executor(REGISTRY, services=services).run(incident(), StepCall(step, 1, params), policy="p")
+    assert not result.ok
+    assert result.message == (
+        "header Authorization: Secret 'admin-api' key 'token': the value contains a control character (often the "
+        "trailing newline `kubectl create secret --from-file` keeps): refused; store the value without it"
+    )
+    assert service.headers == []  # nothing went out
+
+
+def test_redaction_covers_quoted_escaped_and_trimmed_forms() -> None:
+    ctx = ActionContext("ns", "inc", 1.0, revealed={'tok-"9\n'})
+    for text in ['tok-"9\n', repr('tok-"9\n'), json.dumps('tok-"9\n'), repr(b'tok-"9\n'), 'tok-"9 ...', 'x tok-"9']:
+        assert "tok-" not in ctx.redact(f"error: {text}!"), text
+
+
+def test_a_secret_is_read_only_by_the_policies_it_names() -> None:
+    for listed in ("redis-down,im-down", " im-down ", "*", "a, *"):
+        _consents(listed, "ns", "admin-api", "im-down")
+    with pytest.raises(PermissionError) as refused:
+        _consents(None, "ns", "admin-api", "im-down")
+    assert str(refused.value) == (
+        "secret ns/admin-api is not shared with policy 'im-down': its owner must add it to the annotation "
+        "remediation.ishchat.io/policies (kubectl annotate secret admin-api -n ns --overwrite "
+        "remediation.ishchat.io/policies=im-down)"
+    )
+    with pytest.raises(PermissionError, match=r"policies=redis-down,im-down\)$"):
+        _consents("redis-down", "ns", "admin-api", "im-down")
+    with pytest.raises(PermissionError, match="read outside a RemediationPolicy"):
+        _consents("im-down", "ns", "admin-api", None)
+
+
+async def test_an_action_that_raises_a_secret_is_logged_scrubbed(caplog: pytest.LogCaptureFixture) -> None:
+    async def careless(params: Any, ctx: ActionContext) -> Any:
+        token = await ctx.secret(SecretRef(name="admin-api", key="token"), "token")
+        raise RuntimeError(f"could not use {token!r}")
+
+    registry = Registry([Action("test.careless", Params, careless, "raises what it read")])
+    step = Step("careless", Stage.DIAGNOSE, "test.careless")
+    with caplog.at_level(logging.ERROR):
+        result = await Executor(registry, services=Secrets(SECRETS)).run(incident(), StepCall(step, 1, {}))
+    assert not result.ok and result.message == "test.careless failed: RuntimeError: could not use '***'"
+    assert "action test.careless raised" in caplog.text and "Traceback" in caplog.text
+    assert "s3cr3t" not in caplog.text

@@ -70,7 +70,7 @@ async def leaky(params: SecretParams, ctx: ActionContext) -> StepResult:
 
 
 class FakeServices:
-    async def read_secret(self, namespace: str, name: str, key: str) -> str:
+    async def read_secret(self, namespace: str, name: str, key: str, policy: str | None) -> str:
         assert (namespace, name, key) == ("ns", "admin-api", "token")
         return "s3cr3t-value"
 

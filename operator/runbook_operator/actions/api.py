@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import ssl
+import unicodedata
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Generic, Protocol, TypeVar
@@ -25,6 +27,7 @@ from runbook_operator.domain.model import Traits
 from runbook_operator.domain.results import StepResult
 
 __all__ = [
+    "CONSENT_ANNOTATION",
     "Action",
     "ActionContext",
     "ActionFailure",
@@ -104,8 +107,14 @@ def _linear(pattern: str) -> re2._Regexp:
     return re2.compile(pattern, _QUIET)
 
 
+# On a Secret: the policies that may read it, comma-separated, or "*". Only someone who may
+# write the Secret can set it, so creating a RemediationPolicy does not give its values away.
+CONSENT_ANNOTATION = "remediation.ishchat.io/policies"
+
+
 class SecretRef(Params):
-    """A key of a Secret in the policy's namespace; the value is read when the step runs."""
+    """A key of a Secret in the policy's namespace; the value is read when the step runs,
+    if the Secret's ``remediation.ishchat.io/policies`` annotation names the policy."""
 
     name: str = pydantic.Field(min_length=1, max_length=253, description="Secret name")
     key: str = pydantic.Field(min_length=1, max_length=253, description="key in the Secret's data")
@@ -127,7 +136,10 @@ class ActionFailure(Exception):
 class Services(Protocol):
     """What the engine lends actions: the cluster and a thread pool for blocking clients."""
 
-    async def read_secret(self, namespace: str, name: str, key: str) -> str: ...
+    async def read_secret(self, namespace: str, name: str, key: str, policy: str | None) -> str:
+        """The value, if the Secret consents to ``policy`` (:data:`CONSENT_ANNOTATION`)."""
+        ...
+
     def api_client(self) -> Any: ...
     async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T: ...
 
@@ -145,29 +157,58 @@ class ActionContext:
     timeout: float
     details: Mapping[str, Any] | None = None  # the incident view, phase and findings, for notifications
     services: Services | None = None
+    policy: str | None = None  # the RemediationPolicy the step belongs to: a Secret must name it to be read
     revealed: set[str] = field(default_factory=set)
 
     async def secret(self, ref: SecretRef, where: str, what: str | None = None) -> str:
         """The value of a Secret's key. When it cannot be read (no such Secret or key, no
-        cluster) the step fails with :class:`ActionFailure`:
+        cluster, the Secret does not name the policy) or holds a control character, the step
+        fails with :class:`ActionFailure`:
         ``<where>: cannot read <what> from Secret '<name>' key '<key>': <why>``, or
         ``<where>: <why>`` when ``what`` is not given."""
+        cannot = "" if what is None else f"cannot read {what} from Secret {ref.name!r} key {ref.key!r}: "
         try:
             if self.services is None:
                 raise RuntimeError("no cluster to read secrets from")
-            value = await self.services.read_secret(self.namespace, ref.name, ref.key)
+            value = await self.services.read_secret(self.namespace, ref.name, ref.key, self.policy)
         except Exception as err:  # a missing Secret or key is the policy's problem, not a crash
-            cannot = "" if what is None else f"cannot read {what} from Secret {ref.name!r} key {ref.key!r}: "
             raise ActionFailure(f"{where}: {cannot}{err}") from None
         if value:
             self.revealed.add(value)
+        if any(unicodedata.category(c) == "Cc" for c in value):
+            # a client library would refuse it and quote it escaped, past an exact-match scrub
+            raise ActionFailure(
+                f"{where}: {cannot or f'Secret {ref.name!r} key {ref.key!r}: '}the value contains a control "
+                "character (often the trailing newline `kubectl create secret --from-file` keeps): refused; "
+                "store the value without it"
+            )
         return value
 
     def redact(self, text: str) -> str:
-        """Scrub secret values; actions that shorten text must call it before cutting."""
-        for value in sorted(self.revealed, key=len, reverse=True):
-            text = text.replace(value, "***")
+        """Scrub secret values, as written and as quoted (repr, JSON, trimmed); actions that
+        shorten text must call it before cutting."""
+        forms = {form for value in self.revealed for form in _quoted_forms(value)}
+        for form in sorted(forms, key=len, reverse=True):
+            text = text.replace(form, "***")
         return text
+
+
+@functools.lru_cache(maxsize=256)
+def _quoted_forms(value: str) -> frozenset[str]:
+    """The ways a value shows up in an error message or a document: as it is, trimmed, and
+    escaped as Python's repr (of the text or of its bytes, as HTTP libraries quote headers)
+    and JSON do. ``'tok\\n'`` in an error is ``tok`` plus a newline, quoted."""
+    forms = set()
+    for text in {value, value.strip(), value.rstrip(), value.lstrip()}:
+        if text:
+            forms |= {
+                text,
+                repr(text)[1:-1],
+                repr(text.encode("utf-8", "surrogatepass"))[2:-1],
+                json.dumps(text)[1:-1],
+                json.dumps(text, ensure_ascii=False)[1:-1],
+            }
+    return frozenset(forms)
 
 
 @dataclass(frozen=True)

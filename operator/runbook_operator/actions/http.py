@@ -18,8 +18,8 @@ from runbook_operator.actions.api import (
     Params,
     SecretRef,
     StepResult,
-    tls_context,
 )
+from runbook_operator.actions.egress import EgressRefused, GuardedTransport
 
 # httpcore asks sniffio which async library runs, several times per request. sniffio is not
 # installed (anyio 4 does not need it), and a failed import searches sys.path anew each time:
@@ -62,12 +62,31 @@ class RequestParams(_Target):
     destructive: bool = pydantic.Field(False, description="this call destroys or fails over: it then needs approval")
 
 
-async def _send(method: str, params: _Target, ctx: ActionContext, **kwargs: Any) -> tuple[httpx.Response, bytes, float]:
-    """The response, its body (up to MAX_BODY) and how long it took; no answer is an ActionFailure."""
+async def _send(
+    method: str, params: _Target, ctx: ActionContext, secret_headers: frozenset[str] = frozenset(), **kwargs: Any
+) -> tuple[httpx.Response, bytes, float]:
+    """The response, its body (up to MAX_BODY) and how long it took; no answer is an ActionFailure.
+
+    Redirects are followed within the URL's origin; one to another origin only when the
+    request carries no header from a Secret (httpx would keep any but Authorization)."""
     timeout = params.budget(ctx)
+    where = f"{method} {params.url}"
+    origin = _origin(httpx.URL(str(params.url)))
+
+    async def keep_secrets_home(request: httpx.Request) -> None:
+        if secret_headers and _origin(request.url) != origin:
+            raise ActionFailure(
+                f"{where}: redirected to {_origin(request.url)}, another origin: not followed, "
+                f"it would carry {', '.join(sorted(secret_headers))} from a Secret there"
+            )
+
     try:
         async with httpx.AsyncClient(
-            timeout=timeout, follow_redirects=True, max_redirects=MAX_REDIRECTS, verify=tls_context()
+            timeout=timeout,
+            follow_redirects=True,
+            max_redirects=MAX_REDIRECTS,
+            transport=GuardedTransport(),
+            event_hooks={"request": [keep_secrets_home]},
         ) as client:
             started = time.perf_counter()
             async with client.stream(method, str(params.url), **kwargs) as response:
@@ -78,12 +97,21 @@ async def _send(method: str, params: _Target, ctx: ActionContext, **kwargs: Any)
                         body = body[:MAX_BODY]
                         break
             return response, body, time.perf_counter() - started
+    except EgressRefused as err:
+        raise ActionFailure(f"{where}: {err}") from None
     except httpx.TimeoutException:
-        raise ActionFailure(f"{method} {params.url}: no answer within {timeout:g}s") from None
+        raise ActionFailure(f"{where}: no answer within {timeout:g}s") from None
     except httpx.TooManyRedirects:
-        raise ActionFailure(f"{method} {params.url}: more than {MAX_REDIRECTS} redirects") from None
+        raise ActionFailure(f"{where}: more than {MAX_REDIRECTS} redirects") from None
     except httpx.HTTPError as err:
-        raise ActionFailure(f"{method} {params.url}: {type(err).__name__}: {err or 'connection failed'}") from None
+        raise ActionFailure(f"{where}: {type(err).__name__}: {err or 'connection failed'}") from None
+
+
+def _origin(url: httpx.URL) -> str:
+    """scheme://host:port, the port written out, so http://h and http://h:80 are one origin."""
+    port = url.port or (443 if url.scheme == "https" else 80)
+    host = f"[{url.host}]" if ":" in url.host else url.host
+    return f"{url.scheme}://{host}:{port}"
 
 
 def _excerpt(body: bytes, ctx: ActionContext) -> str:
@@ -111,7 +139,7 @@ async def request(params: RequestParams, ctx: ActionContext) -> StepResult:
     kwargs: dict[str, Any] = {"headers": headers}
     if params.json_body is not None:
         kwargs["json"] = params.json_body
-    response, body, _ = await _send(params.method, params, ctx, **kwargs)
+    response, body, _ = await _send(params.method, params, ctx, frozenset(params.headers_from_secrets), **kwargs)
     output = {"status": response.status_code, "body": _excerpt(body, ctx)}
     where = f"{params.method} {params.url}"
     if response.status_code != params.expect_status:

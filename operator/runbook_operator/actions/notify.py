@@ -17,8 +17,8 @@ from runbook_operator.actions.api import (
     Params,
     SecretRef,
     StepResult,
-    tls_context,
 )
+from runbook_operator.actions.egress import EgressRefused, GuardedTransport
 
 
 class WebhookParams(Params):
@@ -55,12 +55,19 @@ def _document(ctx: ActionContext, text: str | None) -> dict[str, Any]:
 
 
 def _slack(doc: dict[str, Any]) -> dict[str, Any]:
+    """Slack's ``{text}``, every part escaped: what the incident says (and the policy's text,
+    rendered with it) cannot mention a channel (``<!channel>``) or hide a link (``<url|label>``)."""
     lines = [
-        doc["text"] or f"[{doc['severity']}] {doc['alert']}: incident {doc['incident']} is {doc['phase']}",
-        *(f"• {f['step']}: {f['message']}" for f in doc["findings"][:10]),
-        f"Inspect: `{doc['inspect']}`",
+        _escaped(doc["text"] or f"[{doc['severity']}] {doc['alert']}: incident {doc['incident']} is {doc['phase']}"),
+        *(_escaped(f"• {f['step']}: {f['message']}") for f in doc["findings"][:10]),
+        f"Inspect: `{_escaped(doc['inspect'])}`",
     ]
     return {"text": "\n".join(line for line in lines if line)}
+
+
+def _escaped(text: str) -> str:
+    """Slack's three control characters as its own entities (api.slack.com: formatting)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 async def webhook(params: WebhookParams, ctx: ActionContext) -> StepResult:
@@ -78,7 +85,7 @@ async def webhook(params: WebhookParams, ctx: ActionContext) -> StepResult:
     body = json.dumps(_slack(doc) if params.format == "slack" else doc)
     result = StepResult(False, f"{where}: not sent")
     deadline = asyncio.get_running_loop().time() + ctx.timeout
-    async with httpx.AsyncClient(timeout=ctx.timeout, follow_redirects=False, verify=tls_context()) as client:
+    async with httpx.AsyncClient(timeout=ctx.timeout, follow_redirects=False, transport=GuardedTransport()) as client:
         for attempt in range(params.attempts):
             if attempt and asyncio.get_running_loop().time() + params.backoff >= deadline:
                 # another try would start after the step's timeout: say why the last one failed, not "timed out"
@@ -97,6 +104,8 @@ async def webhook(params: WebhookParams, ctx: ActionContext) -> StepResult:
 async def _post(client: httpx.AsyncClient, url: httpx.URL, body: str, where: str) -> StepResult:
     try:
         response = await client.post(url, content=body, headers={"Content-Type": "application/json"})
+    except EgressRefused as err:  # the same answer on every try
+        raise ActionFailure(f"{where}: {err}") from None
     except httpx.TimeoutException:
         return StepResult(False, f"{where}: no answer in time")
     except httpx.HTTPError as err:

@@ -9,9 +9,9 @@ crash of the operator.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
+import traceback
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -37,7 +37,10 @@ class Executor:
     ) -> None:
         self._registry, self._services, self._sleep, self._metrics = registry, services, sleep, metrics
 
-    async def run(self, incident: Incident, call: StepCall, details: Mapping[str, Any] | None = None) -> StepResult:
+    async def run(
+        self, incident: Incident, call: StepCall, details: Mapping[str, Any] | None = None, policy: str | None = None
+    ) -> StepResult:
+        """Run ``call`` for ``incident``; ``policy`` (the step's RemediationPolicy) is whom Secrets must consent to."""
         step = call.step
         try:
             action = self._registry.get(step.action)
@@ -45,7 +48,7 @@ class Executor:
         except ValueError as err:  # rendered templates gave a bad value, or the catalog changed
             return StepResult(False, f"cannot run {step.action}: {err}")
         timeout = step.timeout or action.default_timeout
-        ctx = ActionContext(incident.namespace, incident.name, timeout, details, self._services)
+        ctx = ActionContext(incident.namespace, incident.name, timeout, details, self._services, policy)
         result = StepResult(False, "not run")
         started = time.monotonic()
         for attempt in range(step.retries + 1):
@@ -74,7 +77,8 @@ async def run_action(action: Action[Any], params: pydantic.BaseModel, ctx: Actio
     except TimeoutError:
         return _timed_out(action, ctx)
     except Exception as err:  # an action bug must not take the operator down
-        log.exception("action %s raised", action.name)
+        # the traceback's last line quotes the exception, which may quote a secret
+        log.error("action %s raised:\n%s", action.name, ctx.redact("".join(traceback.format_exception(err))).rstrip())
         return StepResult(False, f"{action.name} failed: {type(err).__name__}: {err}")
 
 
@@ -86,5 +90,16 @@ def _redacted(result: StepResult, ctx: ActionContext) -> StepResult:
     """No secret value read for this step leaves it: not in status, Events, logs or notifications."""
     if not ctx.revealed:
         return result
-    output = json.loads(ctx.redact(json.dumps(result.output, default=str)))
-    return StepResult(result.ok, ctx.redact(result.message), output)
+    return StepResult(result.ok, ctx.redact(result.message), _scrubbed(result.output, ctx))
+
+
+def _scrubbed(value: Any, ctx: ActionContext) -> Any:
+    """Every string of an output scrubbed as it is, keys included (in a JSON text, a value
+    an error quoted escaped would be escaped twice); shaped as JSON, as status stores it."""
+    if isinstance(value, Mapping):
+        return {ctx.redact(str(k)): _scrubbed(v, ctx) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrubbed(v, ctx) for v in value]
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return ctx.redact(str(value))

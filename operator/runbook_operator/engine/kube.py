@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import kubernetes
 import urllib3
 
+from runbook_operator.actions.api import CONSENT_ANNOTATION
 from runbook_operator.domain.resources import GROUP, INCIDENTS, VERSION
 from runbook_operator.intake import ApiError
 
@@ -60,12 +61,15 @@ class Kube:
     async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
         return await self._call(fn, *args)
 
-    async def read_secret(self, namespace: str, name: str, key: str) -> str:
-        """The decoded value of one key; errors say which Secret and key, never a value."""
+    async def read_secret(self, namespace: str, name: str, key: str, policy: str | None) -> str:
+        """The decoded value of one key, if the Secret names ``policy`` in its consent
+        annotation; errors say which Secret and key, and what to annotate, never a value."""
         try:
             secret = await self._call(self._core.read_namespaced_secret, name, namespace)
         except kubernetes.client.ApiException as err:
             raise LookupError(f"secret {namespace}/{name}: {err.reason} ({err.status})") from None
+        annotations = (secret.metadata.annotations if secret.metadata else None) or {}
+        _consents(annotations.get(CONSENT_ANNOTATION), namespace, name, policy)
         data = secret.data or {}
         if key not in data:
             raise LookupError(f"secret {namespace}/{name} has no key {key!r}")
@@ -123,6 +127,20 @@ class Kube:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _consents(listed: str | None, namespace: str, name: str, policy: str | None) -> None:
+    """PermissionError unless ``listed`` (the annotation's value) names ``policy`` or is ``*``."""
+    names = [n.strip() for n in (listed or "").split(",") if n.strip()]
+    if "*" in names or (policy is not None and policy in names):
+        return
+    if policy is None:
+        raise PermissionError(f"secret {namespace}/{name}: read outside a RemediationPolicy")
+    value = ",".join([*names, policy])
+    raise PermissionError(
+        f"secret {namespace}/{name} is not shared with policy {policy!r}: its owner must add it to the annotation "
+        f"{CONSENT_ANNOTATION} (kubectl annotate secret {name} -n {namespace} --overwrite {CONSENT_ANNOTATION}={value})"
+    )
 
 
 class KubeIncidents:

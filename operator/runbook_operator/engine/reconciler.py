@@ -226,7 +226,7 @@ class Reconciler:
                 written, pending = status, []
             if decision.run is not None:
                 started = time.monotonic()
-                result = await self._executor.run(incident, decision.run, _details(incident, status))
+                result = await self._executor.run(incident, decision.run, _details(incident, status), status.policy)
                 _log_step(incident, status, decision.run.step, result.ok, time.monotonic() - started)
                 before = status
                 status, events = complete(status, decision.run, result, self._clock())

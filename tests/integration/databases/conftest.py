@@ -37,7 +37,7 @@ class FakeServices:
     def __init__(self, secrets: dict[tuple[str, str], str]) -> None:
         self.secrets = secrets
 
-    async def read_secret(self, namespace: str, name: str, key: str) -> str:
+    async def read_secret(self, namespace: str, name: str, key: str, policy: str | None) -> str:
         try:
             return self.secrets[(name, key)]
         except KeyError:

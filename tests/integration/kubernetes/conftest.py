@@ -188,7 +188,7 @@ class Hung:
         self.calls += 1
         await asyncio.Event().wait()
 
-    async def read_secret(self, namespace: str, name: str, key: str) -> str:
+    async def read_secret(self, namespace: str, name: str, key: str, policy: str | None) -> str:
         raise AssertionError("kubernetes.* actions read no secrets")
 
 

@@ -373,7 +373,7 @@ class PoolServices:
     def __init__(self) -> None:
         self.calls = 0
 
-    async def read_secret(self, namespace: str, name: str, key: str) -> str:
+    async def read_secret(self, namespace: str, name: str, key: str, policy: str | None) -> str:
         raise AssertionError("docker.* reads no secrets")
 
     def api_client(self) -> Any:
