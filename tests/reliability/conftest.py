@@ -155,6 +155,12 @@ def conditions(status: dict[str, Any]) -> dict[str, tuple[str, str]]:
     return {c["type"]: (c["status"], c["reason"]) for c in status.get("conditions", [])}
 
 
+def policy_ready(kubectl: Kubectl, name: str, namespace: str) -> dict[str, Any] | None:
+    """A RemediationPolicy's Ready condition, once the operator has judged it."""
+    found = kubectl.get("rpol", name, namespace).get("status", {}).get("conditions", [])
+    return next((c for c in found if c["type"] == "Ready"), None)
+
+
 def log_errors(text: str) -> list[str]:
     """Lines of a JSON operator log at ERROR or worse, or any traceback."""
     bad = []

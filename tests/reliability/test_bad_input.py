@@ -34,10 +34,21 @@ from hypothesis import strategies as st
 from runbook_lab.controlplane import ADMIN_USER
 from runbook_operator import cli
 from runbook_operator.domain import expressions
+from runbook_operator.domain.substitution import Language
 from tests.fixtures.cluster import Kubectl
 from tests.fixtures.common import wait_for
 from tests.fixtures.operator import OperatorProcess
-from tests.reliability.conftest import API, GateServer, conditions, incident, log_errors, policy, statuses, step
+from tests.reliability.conftest import (
+    API,
+    GateServer,
+    conditions,
+    incident,
+    log_errors,
+    policy,
+    policy_ready,
+    statuses,
+    step,
+)
 
 pytestmark = pytest.mark.e2e
 GROUP, VERSION = API.split("/")
@@ -169,6 +180,7 @@ def test_generated_incidents_are_judged_alike_by_the_api_server_and_validate(jud
 STEP_NAME = st.from_regex(r"[a-z0-9]([-a-z0-9_]{0,12}[a-z0-9])?", fullmatch=True)
 DURATION = st.builds(lambda n, unit: f"{n}{unit}", st.integers(0, 999), st.sampled_from(["ms", "s", "m", "h"]))
 URL = "http://127.0.0.1:1"
+URL_LANGUAGE = {"url": Language.URL}
 
 
 @st.composite
@@ -295,12 +307,8 @@ def test_policies_the_schema_takes_but_the_operator_cannot_use_are_marked_not_re
     log_start = operator.log.stat().st_size
     kubectl.apply(*(policy(name, namespace, remediate=[s]) for name, (s, _) in UNUSABLE.items()))
 
-    def ready(name: str) -> dict[str, Any] | None:
-        found = kubectl.get("rpol", name, namespace).get("status", {}).get("conditions", [])
-        return next((c for c in found if c["type"] == "Ready"), None)
-
     for name, (_, path) in UNUSABLE.items():
-        condition = wait_for(lambda n=name: ready(n), 30, f"policy {name} judged")  # type: ignore[misc]
+        condition = wait_for(lambda n=name: policy_ready(kubectl, n, namespace), 30, f"policy {name} judged")  # type: ignore[misc]
         assert (condition["status"], condition["reason"]) == ("False", "InvalidPolicy"), condition
         assert condition["message"].startswith(path), condition["message"]
     kubectl.apply(incident("uses-unusable", namespace, "bad-when"))
@@ -318,7 +326,7 @@ def test_incident_text_fills_a_url_path_segment_or_the_step_refuses(value: str) 
     params = {"url": "http://127.0.0.1:1/instances/{{ incident.labels.service }}/restart",
               "json": {"service": "{{ incident.labels.service }}", "summary": "{{ incident.summary }}"}}  # fmt: skip
     try:
-        out = expressions.render(params, {"incident": {"labels": {"service": value}, "summary": value}})
+        out = expressions.render(params, {"incident": {"labels": {"service": value}, "summary": value}}, URL_LANGUAGE)
     except ValueError as err:
         assert "segment of the URL path" in str(err), err
         assert value in (".", ".."), value  # "/" is encoded, so only a whole "." or ".." can make one

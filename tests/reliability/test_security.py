@@ -10,12 +10,14 @@ the fuzzed webhooks of test_bad_input.py here).
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 
 from tests.fixtures.cluster import ROOT, Kubectl
-from tests.fixtures.common import wait_for
+from tests.fixtures.common import silent, wait_for
 from tests.fixtures.operator import OperatorProcess
-from tests.reliability.conftest import incident, policy, record, statuses, step
+from tests.reliability.conftest import incident, policy, policy_ready, record, statuses, step
 
 pytestmark = pytest.mark.e2e
 
@@ -45,4 +47,36 @@ def test_a_missing_permission_is_named_in_status_and_events_and_granting_it_fixe
     assert record(statuses(kubectl, namespace)["granted"], "restart")["state"] == "Succeeded"
     template = kubectl.get("deployment", "web", namespace)["spec"]["template"]["metadata"]
     assert "kubectl.kubernetes.io/restartedAt" in template["annotations"]
+    assert operator.alive()
+
+
+def test_alert_labels_cannot_choose_where_credentials_go(
+    kubectl: Kubectl, operator: OperatorProcess, namespace: str
+) -> None:
+    """The attack: `host: "{{ incident.labels.instance }}"` sent Redis' AUTH and PostgreSQL's
+    password to whatever address the alert named. Now such a policy is not Ready, and the
+    attacker's listeners hear nothing; the same step written literally does connect."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    secret = {"passwordSecretRef": {"name": "db-auth", "key": "password"}}
+    steps = {
+        "redis-by-label": step("ping", "redis.ping", timeout="2s",
+                               **{"with": {"host": "{{ incident.labels.instance }}", "port": port, **secret}}),
+        "pg-by-label": step("ping", "postgres.ping", timeout="2s", **{"with": {
+            "host": "{{ incident.labels.instance }}", "port": port, "dbname": "app", "user": "app", **secret}}),
+        "redis-literal": step("ping", "redis.ping", timeout="2s", **{"with": {"host": "127.0.0.1", "port": port}}),
+    }  # fmt: skip
+    with silent(sock) as accepted:
+        kubectl.apply(*(policy(name, namespace, diagnose=[s], limits={"maxAttempts": 1}) for name, s in steps.items()))
+        for name in ("redis-by-label", "pg-by-label"):
+            ready = wait_for(lambda n=name: policy_ready(kubectl, n, namespace), 30, f"{name} judged")  # type: ignore[misc]
+            assert ready["status"] == "False" and ready["message"].startswith(
+                f"spec.diagnose[0].with ({steps[name]['action']}): host: must be literal in the policy"
+            ), ready
+            kubectl.apply(incident(f"{name}-1", namespace, name, labels={"instance": "127.0.0.1"}))
+            wait_for(lambda n=name: statuses(kubectl, namespace)[f"{n}-1"].get("phase") == "Escalated", 30, "escalated")  # type: ignore[misc]
+        assert accepted == []  # no connection, so no AUTH and no password exchange
+        kubectl.apply(incident("literal-1", namespace, "redis-literal"))
+        wait_for(lambda: len(accepted) > 0, 30, "the literal destination is contacted")
     assert operator.alive()

@@ -3,6 +3,9 @@
 import pytest
 
 from runbook_operator.domain.expressions import When, check_templates, render
+from runbook_operator.domain.substitution import Language
+
+URL = {"url": Language.URL}
 
 CTX = {
     "incident": {"alert": "RedisDown", "severity": "Critical", "labels": {"svc": "redis", "provider_type": "openai"}},
@@ -62,7 +65,7 @@ def test_templates_fill_params_from_incident_and_earlier_steps() -> None:
 )
 def test_templates_are_checked_on_apply(params: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        check_templates(params)
+        check_templates(params, URL)
 
 
 @pytest.mark.parametrize(
@@ -82,6 +85,7 @@ def test_hostile_incident_text_is_data_never_code(hostile: str) -> None:
     out = render(
         {"json": {"service": "{{ incident.labels.svc }}"}, "url": "http://admin:9091/svc/{{ incident.labels.svc }}"},
         ctx,
+        URL,
     )
     assert out["json"]["service"] == hostile  # substituted verbatim, never evaluated
     assert out["url"].startswith("http://admin:9091/svc/")

@@ -178,7 +178,7 @@ REDIS = policy(
             "name": "ping",
             "action": "redis.ping",
             "with": {
-                "host": "redis-{{ incident.labels.shard }}",
+                "host": "redis-a",
                 "passwordSecretRef": {"name": "redis-auth", "key": "password"},
             },
         },
@@ -208,7 +208,7 @@ OTHER = policy("instance-manager", match={"alerts": ["InstanceManagerDown"]}, di
 
 def test_plan_shows_the_match_and_the_rendered_steps(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     write(tmp_path / "policies" / "all.yaml", REDIS, OTHER)
-    labels = {"service": "redis", "shard": "a", "tenant": "acme/1"}
+    labels = {"service": "redis", "tenant": "acme/1*"}
     inc = write(tmp_path / "inc.yaml", incident("redis-down-1", alert="RedisDown", labels=labels))
     code, out = run(capsys, "plan", str(inc), "--policies", str(tmp_path / "policies"))
     assert code == 0
@@ -221,9 +221,9 @@ def test_plan_shows_the_match_and_the_rendered_steps(tmp_path: Path, capsys: pyt
     assert "       host: redis-a" in out
     assert "       passwordSecretRef: secret redis-auth/password (read at run time)" in out
     assert "    1. clear  redis.deleteByPattern  [destructive, needs approval]" in out
-    assert "       pattern: session:acme/1:*" in out
+    assert r"       pattern: session:acme/1\*:*" in out  # the label's `*` matches only itself
     assert "       when: !steps.clear.ok  (decided at run time: refers to step results)" in out
-    assert "       url: http://api.internal/cache/acme%2F1" in out  # as the operator would: percent-encoded
+    assert "       url: http://api.internal/cache/acme%2F1%2A" in out  # as the operator would: percent-encoded
     assert '       json: {"reason": "<from step memory at run time>"}' in out
     assert "         Authorization: secret admin-api/token (read at run time)" in out
     assert "       retries 5, backoff 2s" in out

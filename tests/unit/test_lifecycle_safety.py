@@ -154,12 +154,12 @@ def test_a_label_change_after_approval_voids_the_request_and_asks_again() -> Non
     run.drive()
     assert ("clear-sessions", 1) not in run.ran and run.status.phase == Phase.AWAITING_APPROVAL.value
     renewed = run.waiting().approvalRequest
-    assert renewed is not None and renewed.parameters["pattern"] == "session:*"
+    assert renewed is not None and renewed.parameters["pattern"] == r"session:\*"  # the key `session:*` only
     assert renewed.nonce != approved.nonce and renewed.digest != approved.digest
     changed = run.event("ApprovalRequestChanged").message
     assert "its parameters changed" in changed and "kubectl runbook approve i clear-sessions -n ns" in changed
     assert "'alice' (round 1, nonce " + approved.nonce in run.event("ApprovalIgnored").message
-    run.approve("alice")  # consent to `session:*` itself
+    run.approve("alice")  # consent to the escaped pattern itself
     run.drive()
     assert run.ran == [("clear-sessions", 1), ("healthy", 1)]
     record = run.status.record("Remediate", "clear-sessions", 1)

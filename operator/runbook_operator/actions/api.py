@@ -14,6 +14,7 @@ import asyncio
 import functools
 import json
 import ssl
+import typing
 import unicodedata
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ import re2
 from runbook_operator.domain.durations import parse_duration
 from runbook_operator.domain.model import Traits
 from runbook_operator.domain.results import StepResult
+from runbook_operator.domain.substitution import Language
 
 __all__ = [
     "CONSENT_ANNOTATION",
@@ -33,6 +35,7 @@ __all__ = [
     "ActionFailure",
     "Duration",
     "ErrorScan",
+    "Language",
     "Params",
     "SecretRef",
     "Services",
@@ -224,7 +227,35 @@ class Action(Generic[P]):
     def traits(self, params: pydantic.BaseModel | None) -> Traits:
         """A parameter model with a ``destructive`` field lets the policy mark one call destructive."""
         flagged = bool(getattr(params, "destructive", False))
-        return Traits(destructive=self.destructive or flagged, read_only=self.read_only)
+        return Traits(
+            destructive=self.destructive or flagged, read_only=self.read_only, languages=languages(self.params)
+        )
+
+
+@functools.cache
+def languages(model: type[pydantic.BaseModel]) -> Mapping[str, Language]:
+    """Each parameter's language, by the key a policy writes: the :class:`Language` in its
+    annotation (``Annotated[str, Language.PROMQL]``); a Secret reference is always literal."""
+    found = {}
+    for name, info in model.model_fields.items():
+        language = next((m for m in info.metadata if isinstance(m, Language)), None) or _language(info.annotation)
+        if language is not Language.TEXT:
+            found[info.alias or name] = language
+    return found
+
+
+def _language(annotation: Any) -> Language:
+    if isinstance(annotation, type) and issubclass(annotation, SecretRef):
+        return Language.LITERAL
+    if typing.get_origin(annotation) is Annotated:
+        marks = [m for m in typing.get_args(annotation)[1:] if isinstance(m, Language)]
+        if marks:
+            return marks[0]
+    for inner in typing.get_args(annotation):
+        language = _language(inner)
+        if language is not Language.TEXT:
+            return language
+    return Language.TEXT
 
 
 @functools.cache

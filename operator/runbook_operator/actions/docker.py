@@ -13,14 +13,23 @@ import asyncio
 import re
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import docker
 import docker.errors
 import pydantic
 import requests
 
-from runbook_operator.actions.api import Action, ActionContext, ActionFailure, Duration, ErrorScan, Params, StepResult
+from runbook_operator.actions.api import (
+    Action,
+    ActionContext,
+    ActionFailure,
+    Duration,
+    ErrorScan,
+    Language,
+    Params,
+    StepResult,
+)
 
 T = TypeVar("T")
 TAIL_CHARS = 1800  # characters of log tail kept in the output (the Incident status keeps ~2 KiB a step)
@@ -32,7 +41,7 @@ _LABEL = re.compile(r"^[^=\s]+(=.*)?$")
 
 
 class _Engine(Params):
-    host: str | None = pydantic.Field(
+    host: Annotated[str | None, Language.LITERAL] = pydantic.Field(
         None,
         description="Docker engine: unix:///path/to/docker.sock or tcp://host:port "
         "(default: DOCKER_HOST, else the local socket)",
@@ -50,7 +59,7 @@ class _Engine(Params):
 
 
 class _Container(_Engine):
-    container: str = pydantic.Field(
+    container: Annotated[str, Language.NAME] = pydantic.Field(
         min_length=1, max_length=253, pattern=_NAME, description="container name or ID, as `docker ps` shows it"
     )
 
@@ -98,7 +107,7 @@ class PruneParams(_Engine):
         False, alias="all", description="remove every unused image, not just dangling ones (docker system prune -a)"
     )
     volumes: bool = pydantic.Field(False, description="also remove unused volumes (docker system prune --volumes)")
-    labels: list[str] = pydantic.Field(
+    labels: Annotated[list[str], Language.NAME] = pydantic.Field(
         default_factory=list,
         max_length=20,
         description="only remove objects carrying all these labels, key or key=value (--filter label=...)",

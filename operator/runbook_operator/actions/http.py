@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import httpx
 import pydantic
@@ -15,6 +15,7 @@ from runbook_operator.actions.api import (
     ActionContext,
     ActionFailure,
     Duration,
+    Language,
     Params,
     SecretRef,
     StepResult,
@@ -33,7 +34,9 @@ _EXCERPT = 200
 
 
 class _Target(Params):
-    url: pydantic.AnyHttpUrl = pydantic.Field(description="absolute http(s) URL; comes from the policy")
+    url: Annotated[pydantic.AnyHttpUrl, Language.URL] = pydantic.Field(
+        description="absolute http(s) URL; comes from the policy"
+    )
     expect_status: int = pydantic.Field(200, alias="expectStatus", ge=100, le=599, description="expected HTTP status")
     timeout: Duration | None = pydantic.Field(None, description="bound on the request, e.g. 5s (default: the step's)")
 

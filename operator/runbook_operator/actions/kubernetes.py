@@ -18,13 +18,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 import pydantic
 import urllib3
 from kubernetes.client import ApiException, AppsV1Api, CoreV1Api  # now: lazily, ~1 s on the event loop
 
-from runbook_operator.actions.api import Action, ActionContext, ActionFailure, ErrorScan, Params, StepResult
+from runbook_operator.actions.api import Action, ActionContext, ActionFailure, ErrorScan, Language, Params, StepResult
 from runbook_operator.domain.status import timestamp
 
 RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"  # the annotation `kubectl rollout restart` sets
@@ -52,7 +52,7 @@ def _name_field(what: str) -> Any:
 
 class _Workload(Params):
     kind: Kind = _kind_field()
-    name: str = _name_field("workload name, in the incident's namespace")
+    name: Annotated[str, Language.NAME] = _name_field("workload name, in the incident's namespace")
 
 
 class StatusParams(_Workload):
@@ -90,21 +90,21 @@ class LogsParams(ErrorScan):
     kind: Kind = pydantic.Field(
         "Deployment", description="kind of the workload named by name: Deployment or StatefulSet"
     )
-    name: str | None = pydantic.Field(
+    name: Annotated[str | None, Language.NAME] = pydantic.Field(
         None,
         min_length=1,
         max_length=253,
         pattern=_NAME,
         description="read the pods of this workload (give name or labelSelector)",
     )
-    label_selector: str | None = pydantic.Field(
+    label_selector: Annotated[str | None, Language.NAME] = pydantic.Field(
         None,
         alias="labelSelector",
         min_length=1,
         max_length=1024,
         description="read the pods matching this label selector, e.g. app=web,tier!=cache (give name or labelSelector)",
     )
-    container: str | None = pydantic.Field(
+    container: Annotated[str | None, Language.NAME] = pydantic.Field(
         None,
         min_length=1,
         max_length=63,
@@ -128,7 +128,9 @@ class LogsParams(ErrorScan):
 
 
 class DeletePodParams(Params):
-    name: str = _name_field("the pod to delete; with kind, the workload whose pods are deleted")
+    name: Annotated[str, Language.NAME] = _name_field(
+        "the pod to delete; with kind, the workload whose pods are deleted"
+    )
     kind: Kind | None = pydantic.Field(
         None, description="Deployment or StatefulSet: name is then a workload, and up to maxPods of its pods go"
     )

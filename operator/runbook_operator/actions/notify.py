@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import httpx
 import pydantic
@@ -14,6 +14,7 @@ from runbook_operator.actions.api import (
     ActionContext,
     ActionFailure,
     Duration,
+    Language,
     Params,
     SecretRef,
     StepResult,
@@ -22,7 +23,9 @@ from runbook_operator.actions.egress import EgressRefused, GuardedTransport
 
 
 class WebhookParams(Params):
-    url: pydantic.AnyHttpUrl | None = pydantic.Field(None, description="webhook URL written in the policy")
+    url: Annotated[pydantic.AnyHttpUrl | None, Language.URL] = pydantic.Field(
+        None, description="webhook URL written in the policy"
+    )
     url_secret_ref: SecretRef | None = pydantic.Field(
         None, alias="urlSecretRef", description="the webhook URL from a Secret (Slack URLs are credentials)"
     )

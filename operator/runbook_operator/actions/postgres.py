@@ -18,7 +18,15 @@ import psycopg
 import pydantic
 from psycopg import sql
 
-from runbook_operator.actions.api import Action, ActionContext, ActionFailure, Params, SecretRef, StepResult
+from runbook_operator.actions.api import (
+    Action,
+    ActionContext,
+    ActionFailure,
+    Language,
+    Params,
+    SecretRef,
+    StepResult,
+)
 
 Connection = psycopg.AsyncConnection[Any]
 Work = Callable[[Connection], Awaitable[StepResult]]
@@ -40,10 +48,16 @@ Size = Annotated[int, pydantic.BeforeValidator(_parse_size), pydantic.Field(gt=0
 
 
 class ServerParams(Params):
-    host: str = pydantic.Field(min_length=1, max_length=253, description="server host name or IP address")
-    port: int = pydantic.Field(5432, ge=1, le=65535, description="server port")
-    dbname: str = pydantic.Field(min_length=1, max_length=63, description="database to connect to")
-    user: str = pydantic.Field(min_length=1, max_length=63, description="role to log in as")
+    host: Annotated[str, Language.LITERAL] = pydantic.Field(
+        min_length=1, max_length=253, description="server host name or IP address"
+    )
+    port: Annotated[int, Language.LITERAL] = pydantic.Field(5432, ge=1, le=65535, description="server port")
+    dbname: Annotated[str, Language.LITERAL] = pydantic.Field(
+        min_length=1, max_length=63, description="database to connect to"
+    )
+    user: Annotated[str, Language.LITERAL] = pydantic.Field(
+        min_length=1, max_length=63, description="role to log in as"
+    )
     password_secret_ref: SecretRef = pydantic.Field(
         alias="passwordSecretRef", description="Secret key holding the role's password (never written in the policy)"
     )
@@ -75,10 +89,10 @@ class DatabaseSizeParams(ServerParams):
 
 
 class AnalyzeParams(ServerParams):
-    table: str | None = pydantic.Field(
+    table: Annotated[str | None, Language.NAME] = pydantic.Field(
         None, min_length=1, max_length=63, description="analyze only this table (default: the whole database)"
     )
-    table_schema: str | None = pydantic.Field(
+    table_schema: Annotated[str | None, Language.NAME] = pydantic.Field(
         None, alias="schema", min_length=1, max_length=63, description="the table's schema (default: search_path)"
     )
 

@@ -14,12 +14,21 @@ import math
 import operator
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import httpx
 import pydantic
 
-from runbook_operator.actions.api import Action, ActionContext, ActionFailure, Duration, Params, StepResult, tls_context
+from runbook_operator.actions.api import (
+    Action,
+    ActionContext,
+    ActionFailure,
+    Duration,
+    Language,
+    Params,
+    StepResult,
+    tls_context,
+)
 
 MAX_BODY = 1024 * 1024  # bytes of a Prometheus answer we read; a bigger one is refused
 MAX_POINTS = 11_000  # Prometheus' own limit of points per series in a range query
@@ -40,10 +49,12 @@ _COMPARE: dict[str, Callable[[float, float], bool]] = {
 
 
 class _Check(Params):
-    url: pydantic.AnyHttpUrl = pydantic.Field(
+    url: Annotated[pydantic.AnyHttpUrl, Language.URL] = pydantic.Field(
         description="base URL of Prometheus, e.g. http://prometheus:9090 (http or https); comes from the policy"
     )
-    query: str = pydantic.Field(min_length=1, max_length=10_000, description="PromQL expression")
+    query: Annotated[str, Language.PROMQL] = pydantic.Field(
+        min_length=1, max_length=10_000, description="PromQL expression; incident values only inside quoted strings"
+    )
     op: Op | None = pydantic.Field(
         None, description="threshold comparison; a series breaches when `value <op> threshold` holds"
     )

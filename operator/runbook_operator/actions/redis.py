@@ -12,7 +12,7 @@ import os
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Annotated, Any
 
 import pydantic
 import redis.asyncio
@@ -20,17 +20,29 @@ import redis.exceptions
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from runbook_operator.actions.api import Action, ActionContext, ActionFailure, Params, SecretRef, StepResult
+from runbook_operator.actions.api import (
+    Action,
+    ActionContext,
+    ActionFailure,
+    Language,
+    Params,
+    SecretRef,
+    StepResult,
+)
 
 Client = redis.asyncio.Redis
 Work = Callable[[Client], Awaitable[StepResult]]
 
 
 class ServerParams(Params):
-    host: str = pydantic.Field(min_length=1, max_length=253, description="server host name or IP address")
-    port: int = pydantic.Field(6379, ge=1, le=65535, description="server port")
-    db: int = pydantic.Field(0, ge=0, description="database number")
-    username: str | None = pydantic.Field(None, min_length=1, description="ACL user (default: the default user)")
+    host: Annotated[str, Language.LITERAL] = pydantic.Field(
+        min_length=1, max_length=253, description="server host name or IP address"
+    )
+    port: Annotated[int, Language.LITERAL] = pydantic.Field(6379, ge=1, le=65535, description="server port")
+    db: Annotated[int, Language.LITERAL] = pydantic.Field(0, ge=0, description="database number")
+    username: Annotated[str | None, Language.LITERAL] = pydantic.Field(
+        None, min_length=1, description="ACL user (default: the default user)"
+    )
     password_secret_ref: SecretRef | None = pydantic.Field(
         None, alias="passwordSecretRef", description="Secret key holding the password (never written in the policy)"
     )
@@ -52,7 +64,9 @@ class DbsizeParams(ServerParams):
 
 
 class DeleteParams(ServerParams):
-    pattern: str = pydantic.Field(min_length=1, description="glob of the keys to delete, e.g. session:*")
+    pattern: Annotated[str, Language.GLOB] = pydantic.Field(
+        min_length=1, description="glob of the keys to delete, e.g. session:*"
+    )
     batch: int = pydantic.Field(500, ge=1, le=10000, description="keys per SCAN page and per UNLINK")
     max_keys: int = pydantic.Field(
         100000, alias="maxKeys", ge=1, description="stop after deleting this many keys (run again for more)"

@@ -6,7 +6,7 @@ import types
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from runbook_operator.actions.api import Action
+from runbook_operator.actions.api import Action, Language
 from runbook_operator.actions.registry import Registry
 
 HEADER = """# Action reference
@@ -15,7 +15,11 @@ Generated from the registry by `make docs` (`runbook-operator actions --markdown
 a test fails when this page is stale. Parameters go under a step's `with:`.
 Destructive actions wait for an approval unless the step sets `requiresApproval: false`
 (`kubectl runbook approve INCIDENT STEP` gives one, for exactly the parameters shown);
-read-only actions also run in a dry run. Another package can add actions:
+read-only actions also run in a dry run. The *templates* column says what a template may
+do with incident data in that parameter: nothing where it decides a destination
+(`literal`), and elsewhere the values are escaped for the parameter's language, so an
+alert label can never change a query's or a pattern's shape (docs/security.md).
+Another package can add actions:
 [Write your own action](#write-your-own-action), at the end of this page.
 """
 
@@ -33,7 +37,13 @@ from one import, `runbook_operator.actions`:
   condition (and in `runbook-operator validate`), not in an incident. Give each field a
   `description`: it is the documentation. `Duration` is a
   field type written as `5s` or `1m` and held as seconds; `SecretRef` is a `{name, key}`
-  of a Secret in the policy's namespace.
+  of a Secret in the policy's namespace (always literal).
+- `Language`: say what a text parameter is, so incident values substituted into it are
+  escaped for it: `Annotated[str, Language.LITERAL]` for anything that decides where the
+  action connects or what it authenticates as (hosts, ports, endpoints: templates are
+  refused on apply), `Language.PROMQL`, `Language.GLOB` (Redis patterns),
+  `Language.NAME` (object names, label values and selectors) and `Language.URL`. A
+  parameter without one is free text and gets the values as they are.
 - `run(params, ctx)`: a coroutine returning a `StepResult(ok, message, output)`. The
   message is what the Incident's status, its Events and the notifications show; `output`
   is a small JSON mapping that later steps' `when` and `with` can read.
@@ -136,10 +146,23 @@ operator runs on without it. An action named like a built-in one is refused.
 """
 
 
-def _params(action: Action[Any]) -> Iterator[tuple[str, str, str, str]]:
+# What a template in a parameter may do with incident data, by the parameter's language.
+TEMPLATES = {
+    Language.TEXT: "as is",
+    Language.LITERAL: "no: literal",
+    Language.URL: "path only, percent-encoded",
+    Language.PROMQL: "in quoted strings, escaped",
+    Language.GLOB: "escaped: matches itself",
+    Language.NAME: "name characters only",
+}
+
+
+def _params(action: Action[Any]) -> Iterator[tuple[str, str, str, str, str]]:
+    kinds = action.traits(None).languages
     for name, info in action.params.model_fields.items():
+        key = info.alias or name
         default = "required" if info.is_required() else repr(info.get_default(call_default_factory=True))
-        yield info.alias or name, _type(info.annotation), default, info.description or ""
+        yield key, _type(info.annotation), default, TEMPLATES[kinds.get(key, Language.TEXT)], info.description or ""
 
 
 def _type(annotation: Any) -> str:
@@ -166,7 +189,7 @@ def text(registry: Registry) -> str:
         lines.append(
             f"{action.name} [{_flags(action)}] — {action.description} (default timeout {action.default_timeout:g}s)"
         )
-        lines.extend(f"    {name}: {doc} ({default})" for name, _, default, doc in _params(action))
+        lines.extend(f"    {name}: {doc} ({default})" for name, _, default, _, doc in _params(action))
     return "\n".join(lines) + "\n"
 
 
@@ -175,8 +198,8 @@ def markdown(registry: Registry) -> str:
     for action in registry:
         timeout = f"default timeout {action.default_timeout:g}s"
         out.append(f"## `{action.name}`\n\n{action.description}. *{_flags(action)}*, {timeout}.\n")
-        out.append("| parameter | type | default | description |\n|---|---|---|---|")
-        out.extend(f"| `{n}` | `{k}` | {_cell(d)} | {_cell(doc)} |" for n, k, d, doc in _params(action))
+        out.append("| parameter | type | default | templates | description |\n|---|---|---|---|---|")
+        out.extend(f"| `{n}` | `{k}` | {_cell(d)} | {t} | {_cell(doc)} |" for n, k, d, t, doc in _params(action))
         out.append("")
     out.append(GUIDE)
     return "\n".join(out)

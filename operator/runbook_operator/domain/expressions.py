@@ -2,9 +2,12 @@
 
 Both see only three roots: ``incident`` (its spec, name and effective severity),
 ``steps`` (results of earlier steps by name) and ``findings``. Incident text is
-data: it is substituted into the policy's templates, never parsed as one, and in
-URLs every substituted value is percent-encoded and may only fill the path, and may
-not make a ``.`` or ``..`` segment of it (which would move the request elsewhere).
+data: it is substituted into the policy's templates, never parsed as one, and each
+value is escaped for the language of the parameter it fills (``substitution``):
+destinations take no template at all; in URLs a value is percent-encoded, may only
+fill the path and may not make a ``.`` or ``..`` segment of it (which would move the
+request elsewhere); in PromQL it stays inside its quoted string; in a Redis glob it
+matches only itself; in a name or selector it may only be a name.
 """
 
 from __future__ import annotations
@@ -19,10 +22,11 @@ import jinja2
 from jinja2 import meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from runbook_operator.domain import substitution
 from runbook_operator.domain.sandbox import BudgetEnvironment, check_budget, check_when
+from runbook_operator.domain.substitution import Language
 
 ROOTS = frozenset({"incident", "steps", "findings"})
-URL_KEYS = frozenset({"url"})
 _LITERAL_ORIGIN = re.compile(r"^https?://[^/{}]+/")
 
 
@@ -31,7 +35,14 @@ def _env(finalize: Any = None) -> ImmutableSandboxedEnvironment:
 
 
 _TEXT = _env()
-_URL = _env(finalize=lambda value: quote(str(value), safe=""))
+_ENVS = {
+    Language.TEXT: _TEXT,
+    Language.LITERAL: _TEXT,  # never a template: refused when the policy is applied
+    Language.URL: _env(finalize=lambda value: quote(str(value), safe="")),
+    Language.PROMQL: _env(finalize=substitution.marked),
+    Language.GLOB: _env(finalize=substitution.glob_value),
+    Language.NAME: _env(finalize=substitution.name_value),
+}
 
 
 def _roots_problem(names: set[str]) -> str | None:
@@ -77,23 +88,41 @@ def is_template(value: Any) -> bool:
     return isinstance(value, str) and ("{{" in value or "{%" in value)
 
 
-def check_templates(params: Mapping[str, Any], path: str = "") -> None:
-    """Raise ValueError naming the first template that does not parse or names an unknown root."""
+Languages = Mapping[str, Language]  # top-level parameter -> its language; unnamed ones are text
+
+
+def check_templates(params: Mapping[str, Any], languages: Languages | None = None, path: str = "") -> None:
+    """Raise ValueError naming the first template that does not parse, names an unknown
+    root, or sits where the parameter's language does not allow incident data."""
     for key, value in params.items():
         where = f"{path}{key}"
+        language = (languages or {}).get(key, Language.TEXT) if not path else Language.TEXT
+        if language is Language.LITERAL and _holds_template(value):
+            raise ValueError(
+                f"{where}: must be literal in the policy: it decides where the step connects (and where its "
+                "credentials go), so incident data may not choose it; write the value, or map it with --host-alias"
+            )
         if isinstance(value, Mapping):
-            check_templates(value, f"{where}.")
+            check_templates(value, None, f"{where}.")
         elif isinstance(value, list):
             for i, item in enumerate(value):
                 if isinstance(item, Mapping):
-                    check_templates(item, f"{where}[{i}].")
+                    check_templates(item, None, f"{where}[{i}].")
                 elif is_template(item):
-                    _check_one(item, f"{where}[{i}]", url=False)
+                    _check_one(item, f"{where}[{i}]", language)
         elif is_template(value):
-            _check_one(value, where, url=not path and key in URL_KEYS)
+            _check_one(value, where, language)
 
 
-def _check_one(text: str, where: str, url: bool) -> None:
+def _holds_template(value: Any) -> bool:
+    if isinstance(value, Mapping):
+        return any(_holds_template(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_holds_template(v) for v in value)
+    return is_template(value)
+
+
+def _check_one(text: str, where: str, language: Language) -> None:
     try:
         parsed = _TEXT.parse(text)
     except jinja2.TemplateSyntaxError as err:
@@ -102,33 +131,41 @@ def _check_one(text: str, where: str, url: bool) -> None:
     problem = _roots_problem(meta.find_undeclared_variables(parsed))
     if problem:
         raise ValueError(f"{where}: {problem}")
-    if url and not _LITERAL_ORIGIN.match(text.split("{", 1)[0]):
+    if language is Language.URL and not _LITERAL_ORIGIN.match(text.split("{", 1)[0]):
         raise ValueError(f"{where}: templates may only fill the URL path; scheme and host must be literal")
+    if language is Language.PROMQL:
+        try:
+            substitution.promql(substitution.source_markers(text))
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
 
 
-def render(params: Mapping[str, Any], context: Mapping[str, Any], top: bool = True) -> dict[str, Any]:
-    """Render every templated string; raise ValueError when a value is missing."""
-    out: dict[str, Any] = {}
-    for key, value in params.items():
-        out[key] = _render_value(value, context, url=top and key in URL_KEYS)
-    return out
+def render(params: Mapping[str, Any], context: Mapping[str, Any], languages: Languages | None = None) -> dict[str, Any]:
+    """Render every templated string, each value escaped for its parameter's language;
+    raise ValueError when a value is missing or cannot be one value of that language."""
+    return {
+        key: _render_value(value, context, (languages or {}).get(key, Language.TEXT)) for key, value in params.items()
+    }
 
 
-def _render_value(value: Any, context: Mapping[str, Any], url: bool) -> Any:
+def _render_value(value: Any, context: Mapping[str, Any], language: Language) -> Any:
     if isinstance(value, Mapping):
-        return render(value, context, top=False)
+        return render(value, context)
     if isinstance(value, list):
-        return [_render_value(item, context, url=False) for item in value]
+        return [_render_value(item, context, language) for item in value]
     if not is_template(value):
         return value
-    env = _URL if url else _TEXT
     try:
-        rendered = env.from_string(value).render(context)
+        rendered = _ENVS[language].from_string(value).render(context)
+        if language is Language.PROMQL:
+            rendered = substitution.promql(rendered)
     except jinja2.UndefinedError as err:
         raise ValueError(f"template {value!r}: {err.message}") from None
     except jinja2.exceptions.SecurityError as err:
         raise ValueError(f"template {value!r} was refused by the sandbox: {err}") from None
-    if url and any(unquote(part) in (".", "..") for part in urlsplit(rendered).path.split("/")):
+    except ValueError as err:
+        raise ValueError(f"template {value!r}: {err}") from None
+    if language is Language.URL and any(unquote(part) in (".", "..") for part in urlsplit(rendered).path.split("/")):
         # quote() keeps dots: a value ".." would climb out of the path the policy wrote
         raise ValueError(f"template {value!r}: the values made a '.' or '..' segment of the URL path: {rendered!r}")
     return rendered

@@ -322,7 +322,7 @@ def _prepare(p: Progress, ctx: Context, step: Step, attempt: int) -> StepCall | 
             _skip(p, step, attempt, f"when {step.when.source!r} is false")
             return None
     try:
-        params = expressions.render(step.params, variables)
+        params = expressions.render(step.params, variables, step.languages)
     except ValueError as err:
         return _settle_unrun(p, step, attempt, StepState.FAILED, f"cannot render parameters: {err}")
     if ctx.dry_run and not step.read_only:
@@ -335,7 +335,7 @@ def _prepare(p: Progress, ctx: Context, step: Step, attempt: int) -> StepCall | 
 
 def _render(ctx: Context, status: Status, step: Step) -> dict[str, Any]:
     try:
-        return expressions.render(step.params, ctx.variables(status))
+        return expressions.render(step.params, ctx.variables(status), step.languages)
     except ValueError:
         return dict(step.params)  # the executor will report the bad parameters
 

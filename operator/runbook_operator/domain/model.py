@@ -13,7 +13,7 @@ from typing import Any
 
 from runbook_operator.domain.consent import Approval
 from runbook_operator.domain.durations import parse_duration
-from runbook_operator.domain.expressions import When, check_templates
+from runbook_operator.domain.expressions import Languages, When, check_templates
 
 SEVERITIES = ("Critical", "High", "Medium", "Low")
 DEFAULT_SEVERITY = "Medium"
@@ -72,6 +72,7 @@ class Traits:
 
     destructive: bool = False
     read_only: bool = False
+    languages: Languages = field(default_factory=dict)  # what each parameter's text is, for substitution
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,7 @@ class Step:
     destructive: bool = False
     read_only: bool = False
     requires_approval: bool = False
+    languages: Languages = field(default_factory=dict)
 
     @property
     def rerun_safe(self) -> bool:
@@ -284,8 +286,8 @@ def _parse_step(raw: Any, stage: Stage, index: int, validate: ParamValidator, pa
         raise PolicyError(f"{path}.action: required")
     params = raw.get("with") or {}
     try:
-        check_templates(params)
         traits = validate(action, params)
+        check_templates(params, traits.languages)
     except ValueError as err:
         raise PolicyError(f"{path}.with ({action}): {err}") from None
     retries = raw.get("retries", 0)
@@ -311,6 +313,7 @@ def _parse_step(raw: Any, stage: Stage, index: int, validate: ParamValidator, pa
         destructive=traits.destructive,
         read_only=traits.read_only,
         requires_approval=traits.destructive if approval is None else bool(approval),
+        languages=traits.languages,
     )
 
 

@@ -27,6 +27,7 @@ from runbook_operator.domain.model import (
     default_escalation,
     parse_policy,
 )
+from runbook_operator.domain.substitution import Language
 from runbook_operator.gitops.schema import show
 
 SECRET_MAPS = frozenset({"headersFromSecrets"})
@@ -60,32 +61,32 @@ def _runtime_marker(text: str) -> str | None:
 class _Renderer:
     """Renders a step's parameters with the incident's fields; notes what cannot be rendered."""
 
-    def __init__(self, variables: Mapping[str, Any]) -> None:
-        self.variables = variables
+    def __init__(self, variables: Mapping[str, Any], languages: expressions.Languages) -> None:
+        self.variables, self.languages = variables, languages
         self.warnings: list[str] = []
 
-    def scalar(self, key: str, value: Any, url: bool) -> Any:
+    def scalar(self, key: str, value: Any, language: Language = Language.TEXT) -> Any:
         if not expressions.is_template(value):
             return value
         marker = _runtime_marker(value)
         if marker:
             return marker
         try:
-            return expressions.render({key: value}, self.variables, top=url)[key]
+            return expressions.render({key: value}, self.variables, {key: language})[key]
         except ValueError as err:
             self.warnings.append(f"{key}: {err}")
             return f"<cannot render: {err}>"
 
-    def data(self, key: str, value: Any, url: bool = False) -> Any:
+    def data(self, key: str, value: Any, language: Language = Language.TEXT) -> Any:
         if isinstance(value, Mapping):
             return {k: self.data(str(k), v) for k, v in value.items()}
         if isinstance(value, list):
             return [self.data(key, v) for v in value]
-        return self.scalar(key, value, url)
+        return self.scalar(key, value, language)
 
     def secret(self, ref: Any) -> str:
         if isinstance(ref, Mapping) and ref.get("name") and ref.get("key"):
-            name, key = self.scalar("name", ref["name"], False), self.scalar("key", ref["key"], False)
+            name, key = self.scalar("name", ref["name"]), self.scalar("key", ref["key"])
             return f"secret {name}/{key} (read at run time)"
         return "secret (read at run time)"
 
@@ -101,7 +102,7 @@ class _Renderer:
                 out.append(f"{indent}{key}:")
                 out.extend(self.lines(value, indent + "  ", top=False))
             else:
-                shown = self.data(key, value, url=top and key in expressions.URL_KEYS)
+                shown = self.data(key, value, self.languages.get(key, Language.TEXT) if top else Language.TEXT)
                 out.append(f"{indent}{key}: {shown if isinstance(shown, str) else show(shown)}")
         return out
 
@@ -141,7 +142,7 @@ def _step_lines(number: int, step: Step, dry_run: bool, variables: Mapping[str, 
         timing.append(f"retries {step.retries}, backoff {format_duration(step.backoff)}")
     if timing:
         lines.append(pad + ", ".join(timing))
-    renderer = _Renderer(variables)
+    renderer = _Renderer(variables, step.languages)
     lines.extend(renderer.lines(step.params, pad))
     lines.extend(f"{pad}! would fail at run time: cannot render {w}" for w in renderer.warnings)
     return lines

@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 import redis
 
+from runbook_operator.actions.api import languages
+from runbook_operator.domain.expressions import render
 from runbook_operator.domain.lifecycle import StepCall
 from runbook_operator.domain.model import Stage, Step
 from runbook_operator.engine.executor import Executor
@@ -98,6 +100,18 @@ async def test_delete_by_pattern_removes_only_the_matching_keys(redis_server: Re
     assert "deleted 1234 key(s) matching 'session:*'" in result.message
     assert not list(rd.scan_iter(match="session:*"))
     assert sorted(rd.scan_iter()) == [b"keep:1", b"sessions", b"user:session:1"]
+
+
+async def test_a_label_cannot_widen_the_pattern_the_policy_wrote(redis_server: RedisServer, rd: redis.Redis) -> None:
+    """The attack: `user=*` in `session:{{ incident.labels.user }}` used to delete every session."""
+    rd.mset({"session:alice": 1, "session:bob": 2, "session:*": 3, "session:[ab]*": 4})
+    template = {**redis_server.params(), "pattern": "session:{{ incident.labels.user }}"}
+    kinds = languages(REGISTRY.get("redis.deleteByPattern").params)
+    for hostile in ("*", "[ab]*"):
+        params = render(template, {"incident": {"labels": {"user": hostile}}}, kinds)
+        result = await run("redis.deleteByPattern", params)
+        assert result.ok and result.output["deleted"] == 1, result.message  # the key named so, nothing else
+    assert sorted(rd.scan_iter()) == [b"session:alice", b"session:bob"]
 
 
 async def test_delete_by_pattern_stops_at_max_keys_and_says_so(redis_server: RedisServer, rd: redis.Redis) -> None:

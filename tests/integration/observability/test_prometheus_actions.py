@@ -7,6 +7,8 @@ import re
 import pytest
 
 from runbook_operator.actions import prometheus as prometheus_actions
+from runbook_operator.actions.api import Language, languages
+from runbook_operator.domain.expressions import render
 from runbook_operator.domain.lifecycle import OUTPUT_LIMIT
 from tests.integration.observability.conftest import PrometheusServer, run, wait_for
 from tests.unit.builders import REGISTRY
@@ -35,6 +37,26 @@ async def test_query_breach_lists_each_breaching_series(prometheus: PrometheusSe
     }
     assert "1 of 2 series breach < 2" in result.message
     assert 'provider_type="anthropic"' in result.message and "= 1.0" in result.message
+
+
+async def test_a_hostile_label_cannot_make_a_broken_service_look_healthy(prometheus: PrometheusServer) -> None:
+    """The attack: a label that closes the matcher and adds `or vector(5)` turned a breach into "healthy"."""
+    template = {"url": prometheus.url, "op": "<", "value": 2, "onEmpty": "fail",
+                "query": 'ish_chat_instances_healthy{provider_type="{{ incident.labels.provider }}"}'}  # fmt: skip
+    kinds = languages(REGISTRY.get("prometheus.query").params)
+
+    async def verify(provider: str, kinds: dict[str, Language]) -> tuple[bool, int]:
+        result = await run(
+            "prometheus.query", render(template, {"incident": {"labels": {"provider": provider}}}, kinds)
+        )
+        assert "bad_data" not in result.message, result.message  # Prometheus parsed what it was sent
+        return result.ok, result.output.get("total", 0)
+
+    assert await verify("anthropic", kinds) == (False, 1)  # the broken provider breaches
+    for hostile in ('anthropic"} * 0 + 5 or vector(5) #', 'anthropic"}) or vector(5) or (up{x="', "a\\b\n'\"\x00"):
+        assert await verify(hostile, kinds) == (False, 0), hostile  # no series has that label value: as literal
+    fooled = await verify('anthropic"} * 0 + 5 or vector(5) #', {"url": Language.URL})  # substituted raw
+    assert fooled == (True, 2)  # what the attack did before: "no series breaches"
 
 
 async def test_query_without_breach_is_healthy(prometheus: PrometheusServer) -> None:
