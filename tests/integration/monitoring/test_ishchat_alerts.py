@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
+from runbook_operator.intake import MAX_ALERTS, SEVERITIES
 from runbook_operator.intake import PATH as INTAKE_PATH
-from runbook_operator.intake import SEVERITIES
 
 ROOT = Path(__file__).resolve().parents[3]
 PACK = ROOT / "manifests/runbooks/ish-chat"
@@ -523,7 +523,7 @@ def test_the_webhook_is_the_operators_intake_with_its_token() -> None:
     [webhook] = receiver["webhook_configs"]
     url = f"http://{service['metadata']['name']}.{service['metadata']['namespace']}.svc:{port}{INTAKE_PATH}"
     assert webhook["url"] == url
-    assert webhook["send_resolved"] is True and webhook["max_alerts"] == 0
+    assert webhook["send_resolved"] is True and webhook["max_alerts"] == MAX_ALERTS  # more is refused whole
     key = secret["items"][0]["key"]
     assert webhook["http_config"]["authorization"]["credentials_file"] == (
         f"/etc/alertmanager/secrets/{secret['secretName']}/{key}"
