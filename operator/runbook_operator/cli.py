@@ -41,9 +41,7 @@ def _run(args: argparse.Namespace) -> int:
         handlers.runtime.metrics = Metrics(prometheus_client.REGISTRY)
         prometheus_client.start_http_server(int(port), host or "0.0.0.0")
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat[args.log_format.upper()])
-    if not args.verbose:  # one line per handled watch event or HTTP call is noise at scale
-        for noisy in ("kopf.objects", "httpx"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
+    quiet_loggers(args.verbose)
     kopf.run(
         clusterwide=not args.namespace,
         namespaces=args.namespace or (),
@@ -52,6 +50,15 @@ def _run(args: argparse.Namespace) -> int:
         liveness_endpoint=args.liveness,
     )
     return 0
+
+
+def quiet_loggers(verbose: bool) -> None:
+    """Kopf's per-event lines only with --verbose; the HTTP clients' request lines never:
+    they carry each request's URL, and a webhook URL read from a Secret is a credential."""
+    if not verbose:
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    for client in ("httpx", "httpcore"):
+        logging.getLogger(client).setLevel(logging.WARNING)
 
 
 def _intake_settings(args: argparse.Namespace) -> Any:
