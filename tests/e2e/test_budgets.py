@@ -8,9 +8,7 @@ the budgets the template never finished and the whole operator stalled.
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -24,14 +22,6 @@ LOOPS = "{% for a in incident.labels.big %}{% for b in incident.labels.big %}{% 
 TEMPLATE = f"http://127.0.0.1:1/{LOOPS}{{{{ c }}}}{{% endfor %}}{{% endfor %}}{{% endfor %}}"
 LIST = "[" + ",".join(["0"] * 440) + "]"
 WHEN = f"{LIST}.all(steps, steps == 0 || steps == 1 || steps == 2) || true"
-
-
-@pytest.fixture
-def other_namespace(kubectl: Kubectl) -> Iterator[str]:
-    name = f"e2e-{os.getpid()}-hostile"
-    kubectl("create", "namespace", name)
-    yield name
-    kubectl("delete", "namespace", name, "--wait=false")
 
 
 def hostile_policy(namespace: str) -> dict[str, object]:

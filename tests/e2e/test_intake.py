@@ -13,7 +13,6 @@ import shutil
 import subprocess
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,15 +33,6 @@ FALLBACK = "default"  # the session operator's --intake-namespace
 def opted_in(kubectl: Kubectl, namespace: str) -> None:
     """Label the test's namespace so the intake may create Incidents in it."""
     kubectl("label", "namespace", namespace, OPT_IN)
-
-
-@pytest.fixture
-def other_namespace(kubectl: Kubectl, namespace: str) -> Iterator[str]:
-    """A second, new namespace that has not opted in."""
-    name = f"{namespace}-other"
-    kubectl("create", "namespace", name)
-    yield name
-    kubectl("delete", "namespace", name, "--wait=false")
 
 
 def alert(namespace: str, fingerprint: str, status: str = "firing", name: str = "ISHChat_RedisDown") -> dict[str, Any]:

@@ -28,14 +28,6 @@ def enforces_scope(kubectl: Kubectl) -> bool:
 
 
 @pytest.fixture
-def other_namespace(kubectl: Kubectl, namespace: str) -> Iterator[str]:
-    name = f"{namespace}-b"
-    kubectl("create", "namespace", name)
-    yield name
-    kubectl("delete", "namespace", name, "--wait=false")
-
-
-@pytest.fixture
 def without_scope_policy(kubectl: Kubectl) -> Iterator[None]:
     """Remove the policy's binding for one test, and put it back (as crds/ has it) after."""
     wait_for(lambda: enforces_scope(kubectl), 60, "the incident-scope admission policy to be enforced")

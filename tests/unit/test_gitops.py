@@ -106,6 +106,14 @@ CASES = [
         "Incident/pre-approved: spec.approvals: Forbidden: must be empty when an Incident is created",
         id="approved-on-create",
     ),
+    pytest.param(
+        {
+            **incident("decoy", alert="A", target={"kind": "Deployment", "name": "web", "namespace": "team-b"}),
+            "metadata": {"name": "decoy", "namespace": "team-a"},
+        },
+        'Incident/decoy: spec.target.namespace: "team-b" is not this Incident\'s namespace team-a',
+        id="target-in-another-namespace",
+    ),
     pytest.param(policy("typo", sette="5s"), "RemediationPolicy/typo: spec.sette: unknown field", id="unknown-field"),
     pytest.param(
         policy("esc", escalate={"levels": [{"name": "x", "notify": [check("x")]}]}, diagnose=[check("x")]),

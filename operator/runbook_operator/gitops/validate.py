@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from runbook_operator.domain.model import (
     InvalidPolicy,
@@ -48,7 +49,23 @@ def resource_problems(resource: Resource, crds: Mapping[str, Crd], check: ParamV
             _add_unless_said(problems, parsed.error)
     if resource.kind == "Incident" and (body.get("spec") or {}).get("approvals"):
         _add_unless_said(problems, APPROVALS_ON_CREATE)
+    if resource.kind == "Incident" and (problem := _foreign_target(body)):
+        _add_unless_said(problems, problem)
     return problems
+
+
+def _foreign_target(body: Mapping[str, Any]) -> str | None:
+    """What crds/incident-scope.yaml's admission policy answers to an Incident about another
+    namespace (only when the file names the Incident's own namespace, else it cannot tell)."""
+    own = (body.get("metadata") or {}).get("namespace")
+    target = ((body.get("spec") or {}).get("target") or {}).get("namespace")
+    if not own or not target or target == own:
+        return None
+    return (
+        f"spec.target.namespace: {show(target)} is not this Incident's namespace {own}: an Incident may only be "
+        f"about its own namespace; create it in namespace {show(target)} instead, or leave spec.target.namespace "
+        f"out (it defaults to {own}) (the admission policy runbook-operator-incident-scope refuses it)"
+    )
 
 
 # what manifests/consent's admission policy answers to an Incident created with approvals
