@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from runbook_lab.demo import DemoService
+from runbook_operator.actions.api import CONSENT_ANNOTATION
 from tests.fixtures.cluster import ROOT, Kubectl
 from tests.fixtures.common import silent, wait_for
 from tests.fixtures.operator import OperatorProcess
@@ -51,7 +52,8 @@ def silent_unix_socket() -> Iterator[str]:
 
 
 def _secret(name: str, namespace: str, **data: str) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": namespace},
+    return {"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": name, "namespace": namespace, "annotations": {CONSENT_ANNOTATION: "*"}},
             "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}}  # fmt: skip
 
 

@@ -1,11 +1,13 @@
 """kubernetes.* parameters are checked when a policy is applied, with messages that say what to fix."""
 
 import re
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 
+from runbook_operator.actions.api import Language
 from runbook_operator.actions.kubernetes import restart_timestamp
 from runbook_operator.domain.model import Traits
 from tests.integration.kubernetes.conftest import REGISTRY
@@ -89,7 +91,7 @@ KUBERNETES = [a.name for a in REGISTRY if a.name.startswith("kubernetes.")]
         (
             "kubernetes.podLogs",
             {"name": "web", "errorPattern": "(unclosed"},
-            "errorPattern: Value error, invalid regular expression '(unclosed': missing ), unterminated subpattern at position 0",
+            "errorPattern: Value error, invalid regular expression '(unclosed': missing ): (unclosed (errorPattern runs on RE2",
         ),
         (
             "kubernetes.podLogs",
@@ -177,7 +179,9 @@ def test_traits() -> None:
         "kubernetes.workloadStatus",
     ]
     traits = {name: REGISTRY.check(name, _minimal(name)) for name in KUBERNETES}
-    assert traits == {
+    assert all(t.languages["name"] is Language.NAME for t in traits.values())  # a label fills a name, not a selector
+    assert traits["kubernetes.podLogs"].languages["labelSelector"] is Language.NAME
+    assert {name: replace(t, languages={}) for name, t in traits.items()} == {
         "kubernetes.deletePod": Traits(destructive=True, read_only=False),
         "kubernetes.podLogs": Traits(destructive=False, read_only=True),
         "kubernetes.rolloutRestart": Traits(destructive=False, read_only=False),
