@@ -79,11 +79,31 @@ class IntakeMetrics:
         self.redirects.labels(reason).inc()
 
 
+class LeaderMetrics:
+    """Leader election (engine.leader); registered only when election runs."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.leader = Gauge("runbook_leader", "1 while this replica holds the leader Lease (drives Incidents), else 0",
+                            registry=registry)  # fmt: skip
+        self.transitions = Counter(
+            "runbook_leader_transitions_total", "Times this replica became leader (acquired the Lease)",
+            registry=registry,
+        )  # fmt: skip
+
+    def started(self) -> None:
+        self.leader.set(1)
+        self.transitions.inc()
+
+    def stopped(self) -> None:
+        self.leader.set(0)
+
+
 class Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
         self._archive: ArchiveMetrics | None = None
         self._intake: IntakeMetrics | None = None
+        self._leader: LeaderMetrics | None = None
         self.finished = Counter(
             "runbook_incidents_finished_total",
             "Incidents that reached Resolved or Escalated, by alert and reason",
@@ -117,6 +137,12 @@ class Metrics:
         if self._intake is None:
             self._intake = IntakeMetrics(self.registry)
         return self._intake
+
+    def leader(self) -> LeaderMetrics:
+        """Leader election's metrics, registered on first use."""
+        if self._leader is None:
+            self._leader = LeaderMetrics(self.registry)
+        return self._leader
 
     def watch(self, phases: Callable[[], Iterable[str | None]], tasks: Callable[[], int] | None = None) -> None:
         """Report incidents by phase (and approvals waiting, and open incident tasks) at scrape time."""
