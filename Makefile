@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 CLUSTER_DIR := .cluster
 
-.PHONY: system run demo test test-unit test-integration test-e2e test-reliability lint fmt docs cluster cluster-down env controlplane clean bench bench-smoke
+.PHONY: system run demo test test-unit test-integration test-e2e test-reliability lint fmt docs cluster cluster-down env controlplane helm clean bench bench-smoke
 
 $(BIN)/.installed: pyproject.toml lab/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ system:
 controlplane: system
 	@tools/controlplane/build.sh >/dev/null
 
+## Build the pinned helm once (cached outside the checkout), for the chart's tests.
+helm: system
+	@tools/helm/build.sh >/dev/null
+
 ## The local ISH Chat lab (control plane, PostgreSQL, Redis, Prometheus, Alertmanager, simulated ISH Chat,
 ## the runbook pack) with the operator in the foreground. Ctrl-C stops it.
 run: system $(BIN)/.installed
@@ -31,7 +35,7 @@ demo: $(BIN)/.installed
 	@$(BIN)/python -m runbook_lab demo --dir .lab
 
 ## Unit, integration (real PostgreSQL, Redis, Prometheus, Docker, control plane) and end-to-end tests.
-test: $(BIN)/.installed controlplane
+test: $(BIN)/.installed controlplane helm
 	$(BIN)/pytest
 
 test-unit: $(BIN)/.installed
@@ -40,7 +44,7 @@ test-unit: $(BIN)/.installed
 test-integration: $(BIN)/.installed controlplane
 	$(BIN)/pytest tests/integration
 
-test-e2e: $(BIN)/.installed controlplane
+test-e2e: $(BIN)/.installed controlplane helm
 	$(BIN)/pytest tests/e2e
 
 ## Crashes, API server restarts, outages, bad input, churn, RBAC (also part of `make test`).
