@@ -1,10 +1,11 @@
 """The one place that talks to the Kubernetes API (only ``actions/kubernetes`` also does).
 
-:class:`Kube` serves the operator: status, Events, Secrets for actions and the intake's
-Incidents (:class:`KubeIncidents`). The ``kubernetes`` client is synchronous; every call
-runs in a bounded thread pool so the event loop never blocks. The synchronous section at
-the end serves the command line (``approve``, ``ack``, ``resolve``, ``report``): a client
-as the caller, who the API server says they are, and one-line refusals.
+:class:`Kube` serves the operator: status, Events, Secrets for actions, the intake's
+Incidents (:class:`KubeIncidents`) and leader election's Leases (:class:`KubeLeases`). The
+``kubernetes`` client is synchronous; every call runs in a bounded thread pool so the
+event loop never blocks. The synchronous section at the end serves the command line
+(``approve``, ``ack``, ``resolve``, ``report``): a client as the caller, who the API
+server says they are, and one-line refusals.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import urllib3
 
 from runbook_operator.actions.api import CONSENT_ANNOTATION
 from runbook_operator.domain.resources import GROUP, INCIDENTS, VERSION
+from runbook_operator.engine.leader import LeaseConflict
 from runbook_operator.intake import ApiError
 
 COMPONENT = "runbook-operator"
@@ -178,6 +180,70 @@ class KubeIncidents:
         except (OSError, urllib3.exceptions.HTTPError) as err:  # the API server is unreachable
             raise ApiError(f"cannot reach the API server: {err}", permanent=False) from None
         return True
+
+
+class KubeLeases:
+    """Leader election's Leases (:class:`runbook_operator.engine.leader.Leases`) through :class:`Kube`.
+
+    Objects go both ways as the API server's own JSON, not through ``CoordinationV1Api``:
+    that client turns a body into a ``V1Lease`` and writes its times back with
+    ``datetime.isoformat()``, which leaves out the fraction of a time on a whole second, and
+    the API server refuses a MicroTime without its six digits (400). ``timeout`` bounds each
+    request, so a hung connection gives its pool thread back."""
+
+    PATH = "/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
+
+    def __init__(self, kube: Kube, timeout: float = 10.0) -> None:
+        self._kube, self._timeout = kube, timeout
+
+    async def get(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return await self._send("GET", namespace, name)
+        except kubernetes.client.ApiException as err:
+            if err.status == 404:
+                return None
+            raise self._refused(err, namespace, name) from None
+
+    async def create(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return await self._send("POST", namespace, None, body)
+        except kubernetes.client.ApiException as err:
+            raise self._refused(err, namespace, body["metadata"]["name"]) from None
+
+    async def replace(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        """PUT at ``body``'s ``metadata.resourceVersion``: the API server refuses it (409) if the Lease moved."""
+        try:
+            return await self._send("PUT", namespace, name, body)
+        except kubernetes.client.ApiException as err:
+            raise self._refused(err, namespace, name) from None
+
+    async def _send(
+        self, method: str, namespace: str, name: str | None, body: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        client = self._kube.api_client()
+        path, params = self.PATH, {"namespace": namespace}
+        if name is not None:
+            path, params = path + "/{name}", params | {"name": name}
+        request = client.param_serialize(
+            method, path, path_params=params, body=body, auth_settings=["BearerToken"],
+            header_params={"Accept": "application/json", "Content-Type": "application/json"},
+        )  # fmt: skip
+
+        def call() -> Any:
+            response: Any = client.call_api(*request, _request_timeout=self._timeout)
+            response.read()
+            if not 200 <= response.status <= 299:
+                kubernetes.client.ApiException.from_response(http_resp=response, body=None, data=None)  # raises
+            return json.loads(response.data)
+
+        found: dict[str, Any] = await self._kube._call(call)
+        return found
+
+    @staticmethod
+    def _refused(err: kubernetes.client.ApiException, namespace: str, name: str) -> Exception:
+        """409 (changed since read, or created by someone else first) is a lost race; the rest say why."""
+        message = f"lease {namespace}/{name}: {api_message(err)} ({err.status})"
+        return LeaseConflict(message) if err.status == 409 else RuntimeError(message)
 
 
 # -- for the command line: synchronous, as the caller ---------------------------------
