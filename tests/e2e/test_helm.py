@@ -131,6 +131,14 @@ def test_the_chart_makes_the_objects_kubectl_apply_k_makes(helm: Helm, tools: tu
     assert pod_labels["app.kubernetes.io/name"] == "runbook-operator"  # what the Service and PDB select
 
 
+def test_the_packaged_chart_carries_the_linked_files(helm: Helm, tmp_path: Path) -> None:
+    """`helm package` resolves the links into files, so a chart archive installs without the repo."""
+    helm("package", str(CHART), "-d", str(tmp_path))
+    [archive] = tmp_path.glob("runbook-operator-*.tgz")
+    out = helm("template", RELEASE, str(archive), "-n", NAMESPACE, "--include-crds", *EVERY_OPTION).stdout
+    assert [doc for doc in yaml.safe_load_all(out) if doc] == helm.template(*EVERY_OPTION)
+
+
 def test_values_reach_the_deployment(helm: Helm) -> None:
     objs = by_kind_and_name(helm.template(
         "--set=watchNamespaces={ishchat,payments}", "--set=archive.dsnSecret.name=runbook-archive",
