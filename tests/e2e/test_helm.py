@@ -21,6 +21,8 @@ import pytest
 import yaml
 
 from runbook_lab.controlplane import ControlPlane
+from runbook_operator.cli import build_parser
+from runbook_operator.engine.leader import LeaseConfig
 from tests.fixtures.cluster import ROOT, Kubectl
 from tests.fixtures.common import wait_for
 
@@ -137,6 +139,23 @@ def test_the_packaged_chart_carries_the_linked_files(helm: Helm, tmp_path: Path)
     [archive] = tmp_path.glob("runbook-operator-*.tgz")
     out = helm("template", RELEASE, str(archive), "-n", NAMESPACE, "--include-crds", *EVERY_OPTION).stdout
     assert [doc for doc in yaml.safe_load_all(out) if doc] == helm.template(*EVERY_OPTION)
+
+
+@pytest.mark.parametrize("rendering", ["kustomize", "helm"])
+def test_the_deployment_runs_the_operator_on_the_lease_its_role_allows(
+    helm: Helm, tools: tuple[Path, Path], rendering: str
+) -> None:
+    """The container's args are `runbook-operator run` flags with valid lease timings, and the
+    Lease they elect on is the one the leader-election Role lets the ServiceAccount renew."""
+    objs = by_kind_and_name(kustomize(tools, "manifests") if rendering == "kustomize" else helm.template())
+    [container] = objs["Deployment", "runbook-operator"]["spec"]["template"]["spec"]["containers"]
+    args = build_parser().parse_args(container["args"])
+    assert args.leader_elect
+    LeaseConfig(namespace=NAMESPACE, identity="pod", name=args.leader_elect_id,
+                lease_duration=args.leader_elect_lease_duration, renew_deadline=args.leader_elect_renew_deadline,
+                retry_period=args.leader_elect_retry_period)  # fmt: skip
+    rules = objs["Role", "runbook-operator-leader-election"]["rules"]
+    assert [r["resourceNames"] for r in rules if "update" in r["verbs"]] == [[args.leader_elect_id]]
 
 
 def test_values_reach_the_deployment(helm: Helm) -> None:
