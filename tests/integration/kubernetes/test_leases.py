@@ -26,11 +26,13 @@ LATENCY = 0.5  # a generous bound on the API round trips of one handover on this
 
 
 class Partitionable:
-    """A replica's KubeLeases that can be cut off from the API server (every call fails)."""
+    """A replica's KubeLeases that can be cut off from the API server (every call fails);
+    ``last_sent`` is when the last write that succeeded was sent."""
 
     def __init__(self, leases: KubeLeases) -> None:
         self._leases = leases
         self.cut = False
+        self.last_sent = 0.0
 
     def _check(self) -> None:
         if self.cut:
@@ -42,11 +44,17 @@ class Partitionable:
 
     async def create(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         self._check()
-        return await self._leases.create(namespace, body)
+        sent = time.monotonic()
+        written = await self._leases.create(namespace, body)
+        self.last_sent = sent
+        return written
 
     async def replace(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
         self._check()
-        return await self._leases.replace(namespace, name, body)
+        sent = time.monotonic()
+        written = await self._leases.replace(namespace, name, body)
+        self.last_sent = sent
+        return written
 
 
 class Replica:
@@ -157,6 +165,7 @@ async def test_one_leader_at_a_time_and_a_graceful_stop_hands_over_within_a_retr
             await old.stop()
             await watch(pair, lambda new=new: new.elector.leading, limit=RETRY * (1 + JITTER) + LATENCY)
             takeovers.append(new.started[-1] - stopping)
+            assert takeovers[-1] <= RETRY * (1 + JITTER) + LATENCY
             assert old.stopped[-1] <= new.started[-1]
             old.start()
             await steady(pair, 1.0)
@@ -183,15 +192,17 @@ async def test_a_leader_cut_off_from_the_api_server_stops_before_the_standby_tak
         cut = time.monotonic()
         old.leases.cut = True  # it cannot renew, nor release
         await watch(pair, lambda: new.elector.leading, limit=LEASE + RETRY * (1 + JITTER) + LATENCY)
+        renewed = old.leases.last_sent  # its last renewal, sent before the cut
         stopped, started = old.stopped[0] - cut, new.started[0] - cut
-        assert stopped <= RENEW  # within the renew deadline of its last renewal, itself before the cut
-        # the standby waits a lease duration from its last sight of a renewal (at most a retry before the cut)
-        assert LEASE - RETRY - 0.1 <= started <= LEASE + RETRY * (1 + JITTER) + LATENCY
+        assert old.stopped[0] - renewed <= RENEW + 0.1  # the renew deadline (and a scheduling slack)
+        assert new.started[0] - renewed >= LEASE  # the standby saw that renewal after it was sent: no sooner
+        assert started <= LEASE + RETRY * (1 + JITTER) + LATENCY
         assert old.stopped[0] < new.started[0]
         no_overlap(pair)
         await steady(pair, 2 * RETRY)
         assert await old.stop() < RENEW + LATENCY  # its release fails, bounded
     print(
-        f"\ncut-off leader (lease {LEASE} s, renew {RENEW} s, retry {RETRY} s): stopped leading {stopped:.2f} s "
-        f"after the cut, the standby led {started:.2f} s after it; nobody led for {started - stopped:.2f} s"
+        f"\ncut-off leader (lease {LEASE} s, renew {RENEW} s, retry {RETRY} s): its last renewal was sent "
+        f"{cut - renewed:.2f} s before the cut; it stopped leading {stopped:.2f} s after the cut, the standby led "
+        f"{started:.2f} s after it; nobody led for {started - stopped:.2f} s"
     )
