@@ -26,6 +26,11 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     egress.allow_link_local(args.allow_link_local)
     handlers.runtime.resolved_ttl = args.resolved_ttl
+    if args.leader_elect:
+        lease = _lease_config(args)
+        if lease is None:
+            return 2
+        handlers.runtime.lease = lease
     if args.intake_address:
         settings = _intake_settings(args)
         if settings is None:
@@ -50,6 +55,28 @@ def _run(args: argparse.Namespace) -> int:
         liveness_endpoint=args.liveness,
     )
     return 0
+
+
+def _lease_config(args: argparse.Namespace) -> Any:
+    """The Lease to elect a leader on, or None after saying on stderr what is wrong."""
+    from runbook_operator.engine.leader import LeaseConfig, default_identity
+
+    namespace = args.leader_elect_namespace or os.environ.get("POD_NAMESPACE")
+    if not namespace:
+        print("runbook-operator run: --leader-elect needs --leader-elect-namespace or $POD_NAMESPACE", file=sys.stderr)
+        return None
+    try:
+        return LeaseConfig(
+            namespace=namespace,
+            identity=default_identity(),
+            name=args.leader_elect_id,
+            lease_duration=args.leader_elect_lease_duration,
+            renew_deadline=args.leader_elect_renew_deadline,
+            retry_period=args.leader_elect_retry_period,
+        )
+    except ValueError as err:
+        print(f"runbook-operator run: {err}", file=sys.stderr)
+        return None
 
 
 def quiet_loggers(verbose: bool) -> None:
@@ -229,15 +256,17 @@ def _report_from_file(path: str, name: str | None) -> list[tuple[dict[str, Any],
     return [(i, [e for e in events if about(i, e)]) for i in incidents]
 
 
-def _ttl(text: str) -> float | None:
+def _duration(text: str) -> float:
     from runbook_operator.domain.durations import parse_duration
 
-    if text == "never":
-        return None
     try:
         return parse_duration(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _ttl(text: str) -> float | None:
+    return None if text == "never" else _duration(text)
 
 
 def _since(text: str) -> float:
@@ -374,6 +403,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="let http.* and notify.* connect to link-local and cloud metadata addresses (169.254.0.0/16, "
         "fe80::/10, fd00:ec2::254), refused by default: from the operator's pod they answer with cloud credentials",
     )
+    election = run.add_argument_group(
+        "leader election", "with several replicas, only the holder of a coordination.k8s.io Lease drives Incidents"
+    )
+    election.add_argument(
+        "--leader-elect",
+        action="store_true",
+        help="drive Incidents only while holding the Lease; standbys keep their watches warm and take over "
+        "when it lapses, or at once when the leader stops gracefully (the Deployment sets it)",
+    )
+    election.add_argument(
+        "--leader-elect-namespace", metavar="NS", help="the Lease's namespace (default: $POD_NAMESPACE)"
+    )
+    election.add_argument("--leader-elect-id", default="runbook-operator", metavar="NAME", help="the Lease's name")
+    for flag, default, what in (
+        ("lease-duration", "15s", "how long standbys wait after the last renewal they saw before taking the Lease"),
+        ("renew-deadline", "10s", "the leader stops driving when it could not renew for this long"),
+        ("retry-period", "2s", "how often the leader renews and the standbys try to acquire"),
+    ):
+        election.add_argument(
+            f"--leader-elect-{flag}", type=_duration, default=_duration(default), metavar="DURATION",
+            help=f"{what} (default {default}, as client-go)",
+        )  # fmt: skip
     run.add_argument("-v", "--verbose", action="store_true")
     run.set_defaults(func=_run)
 

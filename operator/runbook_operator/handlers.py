@@ -7,6 +7,8 @@ never waits for the operator, and all state is in ``.status``.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,7 +25,8 @@ from runbook_operator.domain.resources import GROUP, INCIDENTS, POLICIES, VERSIO
 from runbook_operator.domain.status import ConditionType, Reason
 from runbook_operator.engine.archive import Archive, ArchiveWriter
 from runbook_operator.engine.executor import Executor
-from runbook_operator.engine.kube import Kube, KubeIncidents
+from runbook_operator.engine.kube import Kube, KubeIncidents, KubeLeases
+from runbook_operator.engine.leader import LeaderElector, LeaseConfig
 from runbook_operator.engine.metrics import Metrics
 from runbook_operator.engine.reconciler import Clock, Reconciler, utcnow
 
@@ -49,6 +52,9 @@ class _Runtime:
     archive_dsn: str | None = None  # likewise: from the env var --archive-dsn-env names; None: no archive
     intake: intake.Settings | None = None  # likewise: the Alertmanager intake, None: off
     intake_runner: Any = None  # the intake's aiohttp AppRunner while it serves
+    lease: LeaseConfig | None = None  # likewise: leader election on this Lease; None: drive from the start
+    elector: asyncio.Task[None] | None = None  # the election loop while it runs
+    ready: bool = False  # the watches are about to start and the intake serves: /readyz answers 200
     policies: PolicyIndex = None
 
 
@@ -87,12 +93,22 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     if runtime.metrics is not None:
         runtime.metrics.watch(reconciler.phases, lambda: reconciler.tasks)
     runtime.reconciler = reconciler
+    if runtime.lease is not None:  # a standby until the Lease is ours; the watches fill it meanwhile
+        reconciler.stand_by()
+        elector = LeaderElector(
+            KubeLeases(runtime.kube), runtime.lease, on_started=reconciler.lead, on_stopped=reconciler.step_down,
+            metrics=runtime.metrics.leader() if runtime.metrics is not None else None,
+        )  # fmt: skip
+        runtime.elector = asyncio.create_task(elector.run(), name="leader-election")
     if runtime.intake is not None:
         counters = runtime.metrics.intake() if runtime.metrics is not None else None
         try:
-            runtime.intake_runner = await intake.start(runtime.intake, KubeIncidents(runtime.kube), counters)
+            runtime.intake_runner = await intake.start(
+                runtime.intake, KubeIncidents(runtime.kube), counters, ready=lambda: runtime.ready
+            )
         except OSError as err:  # the port is taken, the address is not ours: retrying will not help
             raise kopf.PermanentError(f"cannot serve the Alertmanager intake: {err}") from err
+    runtime.ready = True  # Kopf starts the watches once the startup handlers are done
 
 
 @kopf.on.cleanup()
@@ -100,8 +116,16 @@ async def cleanup(**_: Any) -> None:
     if runtime.intake_runner is not None:
         await runtime.intake_runner.cleanup()  # stop taking alerts first
         runtime.intake_runner = None
+    runtime.ready = False
+    if runtime.reconciler and runtime.elector is not None:
+        await runtime.reconciler.step_down()  # stop driving first, then hand the Lease to a standby at once
+    if runtime.elector is not None:
+        runtime.elector.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runtime.elector
+        runtime.elector = None
     if runtime.reconciler:
-        await runtime.reconciler.stop()
+        await runtime.reconciler.stop()  # then flush the Events already decided and the archive
     if runtime.kube:
         runtime.kube.close()
 

@@ -26,7 +26,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -38,6 +38,7 @@ from runbook_operator.domain.resources import API_VERSION
 from runbook_operator.domain.status import timestamp
 
 PATH = "/api/v1/alerts/alertmanager"
+READY_PATH = "/readyz"
 MAX_BYTES = 1024 * 1024
 MAX_ALERTS = 1000  # per request (--intake-max-alerts); Alertmanager's webhook_config max_alerts keeps below it
 MAX_DEPTH = 32  # of nested JSON; Alertmanager's payload is 4 deep
@@ -393,7 +394,15 @@ def _authorized(header: str, token: str | None) -> bool:
     return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
 
 
-def build_app(settings: Settings, incidents: Incidents, counters: Counters | None = None) -> web.Application:
+def build_app(
+    settings: Settings,
+    incidents: Incidents,
+    counters: Counters | None = None,
+    ready: Callable[[], bool] = lambda: True,
+) -> web.Application:
+    """The webhook, and ``GET /readyz`` for the Deployment's readiness probe: 200 once the
+    operator watches and the intake serves, so a Service sends alerts only to replicas that
+    take them (every replica takes them: creates are idempotent, leader or not)."""
     opt_ins = OptIns(incidents)
 
     def count(kind: str, value: str) -> None:
@@ -453,14 +462,25 @@ def build_app(settings: Settings, incidents: Incidents, counters: Counters | Non
             count("alert", result)
         return web.json_response(results)
 
+    async def readyz(request: web.Request) -> web.Response:
+        if ready():
+            return web.Response(text="ok\n")
+        return web.Response(status=503, text="not ready: the operator is starting or stopping\n")
+
     app = web.Application(client_max_size=settings.max_bytes)
     app.router.add_post(PATH, receive)
+    app.router.add_get(READY_PATH, readyz)
     return app
 
 
-async def start(settings: Settings, incidents: Incidents, counters: Counters | None = None) -> web.AppRunner:
+async def start(
+    settings: Settings,
+    incidents: Incidents,
+    counters: Counters | None = None,
+    ready: Callable[[], bool] = lambda: True,
+) -> web.AppRunner:
     """Serve the intake on the running loop; ``await runner.cleanup()`` stops it."""
-    runner = web.AppRunner(build_app(settings, incidents, counters), access_log=None)
+    runner = web.AppRunner(build_app(settings, incidents, counters, ready), access_log=None)
     await runner.setup()
     try:
         await web.TCPSite(runner, settings.host, settings.port).start()

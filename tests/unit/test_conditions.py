@@ -52,7 +52,9 @@ class _Kube:
         self.patches: list[tuple[str, str, str, dict[str, Any]]] = []
         self.events: list[tuple[str, str, str]] = []
 
-    async def patch_status(self, plural: str, namespace: str, name: str, status: dict[str, Any]) -> None:
+    async def patch_status(
+        self, plural: str, namespace: str, name: str, status: dict[str, Any], resource_version: str | None = None
+    ) -> None:
         self.patches.append((plural, namespace, name, status))
 
     async def post_event(self, body: Any, type_: str, reason: str, message: str) -> None:

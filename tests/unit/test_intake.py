@@ -513,6 +513,21 @@ async def test_no_token_means_no_auth_only_when_configured_so() -> None:
         await client.close()
 
 
+async def test_readyz_answers_503_until_the_operator_is_ready_and_200_after() -> None:
+    """The Deployment's readiness probe: a Service sends alerts only to replicas that take them."""
+    ready = False
+    app = intake.build_app(intake.Settings("127.0.0.1", 0, "tok"), FakeIncidents(), ready=lambda: ready)
+    client = TestClient(TestServer(app))
+    await client.start_server()
+    try:
+        assert (await client.get(intake.READY_PATH)).status == 503
+        ready = True
+        resp = await client.get(intake.READY_PATH)
+        assert resp.status == 200 and await resp.text() == "ok\n"
+    finally:
+        await client.close()
+
+
 def test_the_cli_refuses_an_intake_without_a_token(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -21,7 +21,9 @@ class MemoryCluster:
         self.events: list[tuple[str, str]] = []
         self.fail_writes = fail_writes
 
-    async def patch_status(self, plural: str, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+    async def patch_status(
+        self, plural: str, namespace: str, name: str, status: Mapping[str, Any], resource_version: str | None = None
+    ) -> None:
         if self.fail_writes:
             self.fail_writes -= 1
             raise RuntimeError("apiserver unavailable")

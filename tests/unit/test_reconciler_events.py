@@ -24,7 +24,9 @@ class SlowEvents:
         self.events: list[tuple[str, str]] = []
         self.in_flight = self.most_in_flight = 0
 
-    async def patch_status(self, plural: str, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+    async def patch_status(
+        self, plural: str, namespace: str, name: str, status: Mapping[str, Any], resource_version: str | None = None
+    ) -> None:
         self.writes.append((name, str(status["phase"])))
 
     async def post_event(self, body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:

@@ -20,7 +20,7 @@ import pydantic
 from runbook_operator.actions.api import Action, ActionContext, ActionFailure, Services, StepResult
 from runbook_operator.actions.registry import Registry
 from runbook_operator.domain.lifecycle import StepCall
-from runbook_operator.domain.model import Incident
+from runbook_operator.domain.model import Incident, Step
 from runbook_operator.engine.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,14 @@ class Executor:
         metrics: Metrics | None = None,
     ) -> None:
         self._registry, self._services, self._sleep, self._metrics = registry, services, sleep, metrics
+
+    def time_bound(self, step: Step) -> float:
+        """The longest a run of ``step`` can take: every try's timeout and the backoffs between."""
+        try:
+            timeout = step.timeout or self._registry.get(step.action).default_timeout
+        except ValueError:  # an action the catalog no longer has: the run fails at once
+            timeout = 0.0
+        return timeout * (step.retries + 1) + step.backoff * step.retries
 
     async def run(
         self, incident: Incident, call: StepCall, details: Mapping[str, Any] | None = None, policy: str | None = None

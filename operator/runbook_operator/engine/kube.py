@@ -34,6 +34,10 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
+class Conflict(Exception):
+    """A fenced write found the object changed since the version it was decided from (HTTP 409)."""
+
+
 class Kube:
     def __init__(self, api_client: kubernetes.client.ApiClient, workers: int = 16) -> None:
         self._client = api_client
@@ -77,12 +81,32 @@ class Kube:
             raise LookupError(f"secret {namespace}/{name} has no key {key!r}")
         return base64.b64decode(data[key]).decode()
 
-    async def patch_status(self, plural: str, namespace: str, name: str, status: Mapping[str, Any]) -> None:
-        """Merge-patch the status subresource (the operator is its only writer)."""
-        await self._call(
-            self._custom.patch_namespaced_custom_object_status,
-            GROUP, VERSION, namespace, plural, name, {"status": status},
-        )  # fmt: skip
+    async def patch_status(
+        self, plural: str, namespace: str, name: str, status: Mapping[str, Any], resource_version: str | None = None
+    ) -> str:
+        """Merge-patch the status subresource; the object's new resourceVersion.
+
+        With ``resource_version`` the write is fenced: the API server applies it only if the
+        object is still that version, else :class:`Conflict` (someone moved it meanwhile)."""
+        patch: dict[str, Any] = {"status": status}
+        if resource_version is not None:
+            patch["metadata"] = {"resourceVersion": resource_version}
+        try:
+            written: Any = await self._call(
+                self._custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace, plural, name, patch
+            )
+        except kubernetes.client.ApiException as err:
+            if err.status == 409:
+                raise Conflict(f"{plural} {namespace}/{name} is no longer resourceVersion {resource_version}") from None
+            raise
+        return str(written["metadata"]["resourceVersion"])
+
+    async def get(self, plural: str, namespace: str, name: str) -> dict[str, Any]:
+        """The object as the API server has it now (after a :class:`Conflict`)."""
+        found: Any = await self._call(
+            self._custom.get_namespaced_custom_object, GROUP, VERSION, namespace, plural, name
+        )
+        return dict(found)
 
     async def create(self, plural: str, namespace: str, body: Mapping[str, Any]) -> None:
         """Create an object (the Alertmanager intake's Incidents); ApiException 409 when it exists."""

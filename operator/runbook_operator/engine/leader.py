@@ -41,7 +41,8 @@ from runbook_operator.engine.metrics import LeaderMetrics
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-JITTER = 1.2  # client-go's JitterFactor: acquire retries wait retry_period * (1 + up to 1.2)
+JITTER = 0.2  # acquire retries wait retry_period * (1 + up to 0.2); client-go spreads up to 1.2, which
+# with two replicas only delays a handover (up to 4.4 s after a release instead of 2.4 s)
 
 
 class LeaseConflict(Exception):

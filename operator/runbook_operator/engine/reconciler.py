@@ -25,20 +25,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from runbook_operator.domain.lifecycle import Event, Peer, complete, decide
+from runbook_operator.domain.lifecycle import Event, Peer, StepCall, complete, decide
 from runbook_operator.domain.matching import Candidate, PolicySet
-from runbook_operator.domain.model import Incident, Step
-from runbook_operator.domain.status import Phase, Status, parse_timestamp
+from runbook_operator.domain.model import POLICY_STAGES, Incident, Policy, Step
+from runbook_operator.domain.results import StepResult
+from runbook_operator.domain.status import Phase, Status, StepRecord, StepState, parse_timestamp
 from runbook_operator.engine.archive import TERMINAL, ArchiveRecord, ArchiveWriter
 from runbook_operator.engine.executor import Executor
+from runbook_operator.engine.kube import Conflict
 from runbook_operator.engine.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -49,6 +52,9 @@ EVENT_POSTS = 4  # Events in flight at once, of the Kube adapter's 16 threads; t
 LATER_WRITES = 10  # status writes in flight at once for incidents that have a status; first writes are not held
 NONCE_BYTES = 8  # an approval request's nonce: 16 hex digits, unguessable before the request exists
 STOP_GRACE = 5.0  # on stop, seconds to let Events already decided reach the API server
+CLAIM_SLACK = 5.0  # beyond a step's own bound, before another operator's claim counts as abandoned
+CLAIM_BOUND = 300.0  # the bound of a claimed step the policies no longer name
+RUNNING = StepState.RUNNING.value
 
 
 def utcnow() -> datetime:
@@ -56,7 +62,10 @@ def utcnow() -> datetime:
 
 
 class Cluster(Protocol):
-    async def patch_status(self, plural: str, namespace: str, name: str, status: Mapping[str, Any]) -> None: ...
+    async def patch_status(
+        self, plural: str, namespace: str, name: str, status: Mapping[str, Any], resource_version: str | None = None
+    ) -> str | None: ...
+    async def get(self, plural: str, namespace: str, name: str) -> dict[str, Any]: ...
     async def post_event(self, body: Mapping[str, Any], type_: str, reason: str, message: str) -> None: ...
     async def delete(self, plural: str, namespace: str, name: str) -> None: ...
 
@@ -66,6 +75,13 @@ class _Worker:
     body: Body
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
+    version: str | None = None  # the resourceVersion the last status we wrote (or read) belongs to
+
+
+class _Outcome(enum.Enum):
+    WRITTEN = "written"
+    FAILED = "failed"  # the API is down or refused: keep the decision, try again later
+    CONFLICT = "conflict"  # someone moved the Incident since we decided: never act on that decision
 
 
 class Reconciler:
@@ -90,6 +106,40 @@ class Reconciler:
         self._event_slots = asyncio.Semaphore(EVENT_POSTS)
         self._write_slots = asyncio.Semaphore(LATER_WRITES)
         self._posting: dict[str, asyncio.Task[None]] = {}  # uid -> the task posting its latest Events
+        self._leading = True  # False: a standby, which keeps every Incident it sees but drives none
+        self._seen: dict[str, Body] = {}  # uid -> latest version, kept while standing by
+
+    # -- leadership (engine.leader calls these) ------------------------------
+    @property
+    def leading(self) -> bool:
+        return self._leading
+
+    def stand_by(self) -> None:
+        """Drive nothing until :meth:`lead`; Incidents seen meanwhile are kept, ready."""
+        self._leading = False
+
+    async def lead(self) -> None:
+        """Start driving every open Incident seen while standing by (each resumes from its status)."""
+        self._leading = True
+        seen, self._seen = self._seen, {}
+        for body in seen.values():
+            self.observe(body)
+
+    async def step_down(self) -> None:
+        """Stop driving at once (the lease could not be renewed): cancel every Incident's task,
+        keep their latest versions, and stand by. A step cut short is resumed by the next
+        leader from the claim in status, as after a crash."""
+        self._leading = False
+        workers = list(self._workers.items())
+        self._workers.clear()
+        for _, worker in workers:
+            if worker.task:
+                worker.task.cancel()
+        for uid, worker in workers:
+            if worker.task:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await worker.task
+            self._seen[uid] = worker.body
 
     # -- fed by the watch --------------------------------------------------
     def observe(self, body: Body) -> None:
@@ -97,6 +147,12 @@ class Reconciler:
         uid = body["metadata"]["uid"]
         if uid in self._finished:
             return  # the watch lags behind our own writes: an older version must not start it again
+        if not self._leading:
+            self._seen[uid] = body
+            status = Status.from_dict(body.get("status"))
+            self._phases[uid] = status.phase
+            self._note(uid, Incident.from_body(body), status)
+            return
         worker = self._workers.get(uid)
         if worker is None:
             status = Status.from_dict(body.get("status"))
@@ -116,6 +172,7 @@ class Reconciler:
         worker.wakeup.set()
 
     def forget(self, uid: str) -> None:
+        self._seen.pop(uid, None)
         worker = self._workers.pop(uid, None)
         entry = self._book.pop(uid, None)
         self._finished.discard(uid)
@@ -205,9 +262,15 @@ class Reconciler:
                 worker.wakeup.set()
 
     async def _drive(self, uid: str) -> None:
+        """Decide, write, act. Every write is fenced on the resourceVersion the decision was
+        made from, and a step only runs after the write that claims it succeeded: a second
+        operator (or a paused leader) that decided from the same version loses the write and
+        decides again from what the winner wrote, so it never runs the same step."""
         worker = self._workers[uid]
+        worker.version = worker.body["metadata"].get("resourceVersion")
         written = Status.from_dict(worker.body.get("status"))
         status, pending = written, list[Event]()
+        unrecorded: tuple[StepCall, StepResult] | None = None  # a step that ran, its result not yet written
         while self._workers.get(uid) is worker:
             worker.wakeup.clear()
             body = worker.body
@@ -220,15 +283,34 @@ class Reconciler:
             self._note(uid, incident, status)
             pending.extend(decision.events)
             if status != written or pending:
-                if not await self._write(body, status, pending, first=written.phase is None):
+                outcome = await self._write(worker, status, pending, first=written.phase is None)
+                if outcome is _Outcome.CONFLICT:
+                    fresh = await self._reread(worker)
+                    if fresh is None:  # cannot read it now: the next write is still fenced, so nothing runs
+                        await self._sleep(worker, RETRY_DELAY)
+                        continue
+                    if unrecorded is not None and fresh == written:  # only spec or metadata changed: the result stands
+                        status, events = complete(fresh, *unrecorded, self._clock())
+                        pending = list(events)
+                    else:  # another writer moved the status: its record wins, ours is dropped undone
+                        claims = _claims(fresh, written)
+                        if claims:  # it is running those steps now: let it finish them
+                            fresh = await self._stand_aside(worker, claims, fresh)
+                        status, pending = fresh, []
+                    written, unrecorded = fresh, None
+                    self._phases[uid] = status.phase
+                    self._note(uid, Incident.from_body(worker.body), status)
+                    continue
+                if outcome is _Outcome.FAILED:
                     await self._sleep(worker, RETRY_DELAY)
                     continue
-                written, pending = status, []
+                written, pending, unrecorded = status, [], None
             if decision.run is not None:
                 started = time.monotonic()
                 result = await self._executor.run(incident, decision.run, _details(incident, status), status.policy)
                 _log_step(incident, status, decision.run.step, result.ok, time.monotonic() - started)
                 before = status
+                unrecorded = (decision.run, result)
                 status, events = complete(status, decision.run, result, self._clock())
                 self._progressed(uid, incident, before, status)
                 pending.extend(events)
@@ -261,19 +343,73 @@ class Reconciler:
             self._workers.pop(uid, None)
             self._finished.add(uid)
 
-    async def _write(self, body: Body, status: Status, events: list[Event], first: bool = False) -> bool:
+    async def _write(self, worker: _Worker, status: Status, events: list[Event], first: bool = False) -> _Outcome:
+        body = worker.body
         meta = body["metadata"]
         try:
             async with contextlib.nullcontext() if first else self._write_slots:
-                await self._cluster.patch_status("incidents", meta["namespace"], meta["name"], status.to_dict())
+                version = await self._cluster.patch_status(
+                    "incidents", meta["namespace"], meta["name"], status.to_dict(), worker.version
+                )
+        except Conflict:
+            log.info(
+                "incident %s/%s: changed since resourceVersion %s, which this decision was made from; deciding again",
+                meta["namespace"], meta["name"], worker.version,
+            )  # fmt: skip
+            return _Outcome.CONFLICT
         except Exception as err:  # API down, object gone, RBAC: keep the state, try again later
             log.warning("incident %s/%s: status write failed: %s", meta["namespace"], meta["name"], _short(err))
-            return False
+            return _Outcome.FAILED
+        worker.version = version
         for event in events:
             log.info("incident %s/%s: %s: %s", meta["namespace"], meta["name"], event.reason, event.message)
         if events:
             self._post_later(meta["uid"], body, events)
-        return True
+        return _Outcome.WRITTEN
+
+    async def _stand_aside(self, worker: _Worker, claims: list[StepRecord], status: Status) -> Status:
+        """Wait while another operator runs the steps it claimed (a write of ours lost to its
+        claim, so it is alive); the status once it has finished them, or once they have run
+        longer than their timeouts and retries allow (it died: the core treats them as
+        interrupted, as after a crash)."""
+        meta = worker.body["metadata"]
+        running = {_key(r): r.startedAt for r in claims}
+        deadline = max(self._claim_deadline(worker, status, r) for r in claims)
+        log.info(
+            "incident %s/%s: another operator is running %s; standing aside until it finishes",
+            meta["namespace"], meta["name"], ", ".join(sorted(r.name for r in claims)),
+        )  # fmt: skip
+        while self._workers.get(worker.body["metadata"]["uid"]) is worker:
+            left = (deadline - self._clock()).total_seconds()
+            if left <= 0:
+                log.warning("incident %s/%s: the other operator's steps outlived their bounds", meta["namespace"],
+                            meta["name"])  # fmt: skip
+                break
+            await self._sleep(worker, left)
+            fresh = await self._reread(worker)
+            if fresh is not None:
+                status = fresh
+                if not any(running.get(_key(r)) == r.startedAt for r in fresh.steps if r.state == RUNNING):
+                    break
+        return status
+
+    def _claim_deadline(self, worker: _Worker, status: Status, record: StepRecord) -> datetime:
+        """When a step claimed at ``startedAt`` must have ended: its timeouts and backoffs, plus slack."""
+        step = _policy_step(self._policies(worker.body["metadata"].get("namespace", "")), status, record)
+        bound = self._executor.time_bound(step) if step is not None else CLAIM_BOUND
+        started = parse_timestamp(record.startedAt) if record.startedAt else self._clock()
+        return started + timedelta(seconds=bound + CLAIM_SLACK)
+
+    async def _reread(self, worker: _Worker) -> Status | None:
+        """The Incident as it is now, after a fenced write lost; None when it cannot be read."""
+        meta = worker.body["metadata"]
+        try:
+            fresh = await self._cluster.get("incidents", meta["namespace"], meta["name"])
+        except Exception as err:
+            log.warning("incident %s/%s: cannot read it again: %s", meta["namespace"], meta["name"], _short(err))
+            return None
+        worker.body, worker.version = fresh, fresh["metadata"].get("resourceVersion")
+        return Status.from_dict(fresh.get("status"))
 
     def _post_later(self, uid: str, body: Body, events: list[Event]) -> None:
         """Post the Events in the background, after the incident's earlier ones."""
@@ -304,6 +440,25 @@ class Reconciler:
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(worker.wakeup.wait(), seconds)
+
+
+def _key(record: StepRecord) -> tuple[str, str, int, int | None]:
+    return (record.stage, record.name, record.attempt, record.update)
+
+
+def _claims(fresh: Status, ours: Status) -> list[StepRecord]:
+    """Steps that are Running in ``fresh`` but were not in what we last wrote: another writer's."""
+    mine = {_key(r) for r in ours.steps if r.state == RUNNING}
+    return [r for r in fresh.steps if r.state == RUNNING and _key(r) not in mine]
+
+
+def _policy_step(candidates: Sequence[Candidate], status: Status, record: StepRecord) -> Step | None:
+    policy = next((c for c in candidates if c.name == status.policy), None)
+    if not isinstance(policy, Policy):
+        return None
+    steps = [s for stage in POLICY_STAGES for s in policy.steps(stage)]
+    steps += [s for level in (policy.escalation.levels if policy.escalation else ()) for s in level.notify]
+    return next((s for s in steps if s.name == record.name), None)
 
 
 def _short(err: Exception) -> str:
