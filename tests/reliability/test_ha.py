@@ -147,6 +147,7 @@ def test_sigterm_of_the_leader_hands_over_within_3_seconds_and_the_intake_keeps_
     for run in range(3):
         leader, process = leader_of(kubectl, replicas)
         standby = next(op for n, op in replicas.running.items() if n != leader)
+        assert "runbook_leader 1.0" in process.scrape() and "runbook_leader 0.0" in standby.scrape()
         posting.clear()
 
         def post(op: OperatorProcess = standby, run: int = run) -> None:
