@@ -4,7 +4,10 @@
 Every action works in the incident's namespace only (there is no namespace
 parameter), with the operator's API client. The ``kubernetes`` client is blocking:
 every call runs in the engine's thread pool (``ctx.services.run_blocking``) and is
-bounded by the step's timeout, both on the event loop and on the wire. The operator's
+bounded by the step's timeout, both on the event loop and on the wire. Calls go to the
+REST paths through the ``ApiClient`` and objects come back as the API server's JSON
+(camelCase keys), not through ``AppsV1Api``/``CoreV1Api``: importing those and their
+models costs ~30 MB and ~1 s, and deserializing into them CPU on every call. The operator's
 ServiceAccount needs the Role in ``manifests/namespace-access`` in that namespace;
 a missing grant is reported with the verb and resource it lacks.
 """
@@ -22,7 +25,7 @@ from typing import Annotated, Any, Literal, Self
 
 import pydantic
 import urllib3
-from kubernetes.client import ApiException, AppsV1Api, CoreV1Api  # now: lazily, ~1 s on the event loop
+from kubernetes.client import ApiException
 
 from runbook_operator.actions.api import Action, ActionContext, ActionFailure, ErrorScan, Language, Params, StepResult
 from runbook_operator.domain.status import timestamp
@@ -179,14 +182,18 @@ class _ApiFailure(ActionFailure):
 @dataclass(frozen=True)
 class _KindInfo:
     noun: str  # as messages and kubectl name it
-    plural: str  # as RBAC names it
-    method: str  # AppsV1Api method suffix
+    plural: str  # as RBAC and the REST path name it
+
+    @property
+    def path(self) -> str:
+        return f"/apis/apps/v1/namespaces/{{namespace}}/{self.plural}/{{name}}"
 
 
 _KINDS: dict[str, _KindInfo] = {
-    "Deployment": _KindInfo("deployment", "deployments", "deployment"),
-    "StatefulSet": _KindInfo("statefulset", "statefulsets", "stateful_set"),
+    "Deployment": _KindInfo("deployment", "deployments"),
+    "StatefulSet": _KindInfo("statefulset", "statefulsets"),
 }
+_PODS = "/api/v1/namespaces/{namespace}/pods"
 
 
 def _server_message(err: ApiException) -> str:
@@ -207,9 +214,7 @@ class _Cluster:
         self._services = ctx.services
         self._timeout = ctx.timeout
         self._deadline = time.monotonic() + ctx.timeout * _BUDGET_SHARE
-        client = ctx.services.api_client()
-        self.apps = AppsV1Api(client)
-        self.core = CoreV1Api(client)
+        self._client = ctx.services.api_client()
 
     def where(self, noun: str, name: str) -> str:
         return f"{noun} {self.ns}/{name}"
@@ -238,6 +243,40 @@ class _Cluster:
         except (urllib3.exceptions.HTTPError, OSError) as err:
             raise _ApiFailure(f"{what}: cannot reach the API server: {type(err).__name__}", "unreachable") from None
 
+    async def request(
+        self,
+        verb: str,
+        resource: str,
+        subject: str | None,
+        method: str,
+        path: str,
+        name: str | None = None,
+        query: dict[str, Any] | None = None,
+        body: Any = None,
+        content_type: str | None = None,
+        text: bool = False,
+    ) -> Any:
+        """One REST call through :meth:`call`: ``path`` in the incident's namespace, ``{name}`` filled
+        in. The API server's JSON, or with ``text`` its answer as text (a log); a non-2xx answer
+        raises the ``ApiException`` the typed client raises, so :meth:`_explain` words it the same."""
+        client = self._client
+        params = {"namespace": self.ns} | ({} if name is None else {"name": name})
+        headers = {"Accept": "application/json"} | ({} if content_type is None else {"Content-Type": content_type})
+
+        def send(_request_timeout: float) -> Any:
+            request = client.param_serialize(
+                method, path, path_params=params, query_params=list((query or {}).items()),
+                header_params=headers, body=body, auth_settings=["BearerToken"],
+            )  # fmt: skip
+            response = client.call_api(*request, _request_timeout=_request_timeout)
+            response.read()
+            if not 200 <= response.status <= 299:
+                ApiException.from_response(http_resp=response, body=None, data=None)  # raises
+            answer = response.data.decode()
+            return answer if text else json.loads(answer)
+
+        return await self.call(verb, resource, subject, send)
+
     def _explain(self, err: ApiException, verb: str, resource: str, subject: str | None) -> _ApiFailure:
         target = subject or f"{resource} in namespace {self.ns}"
         said = f"HTTP {err.status}: {_server_message(err)}"
@@ -257,56 +296,60 @@ class _Cluster:
         return _ApiFailure(f"{verb} {target}: {said}", "error", said)
 
     # -- workloads -------------------------------------------------------------------
-    async def workload(self, kind: str, name: str) -> Any:
+    async def workload(self, kind: str, name: str) -> dict[str, Any]:
         info = _KINDS[kind]
-        read = getattr(self.apps, f"read_namespaced_{info.method}")
-        return await self.call("get", info.plural, self.where(info.noun, name), read, name, self.ns)
+        found: dict[str, Any] = await self.request(
+            "get", info.plural, self.where(info.noun, name), "GET", info.path, name
+        )
+        return found
 
-    async def workload_pods(self, kind: str, name: str, workload: Any) -> tuple[str, list[Any]]:
+    async def workload_pods(self, kind: str, name: str, workload: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
         """The pods this workload controls: its selector, narrowed to pods it (or its ReplicaSets) own."""
-        selector = _selector(workload.spec.selector)
+        selector = _selector(workload["spec"].get("selector"))
         if not selector:
             raise ActionFailure(f"{self.where(_KINDS[kind].noun, name)} has an empty selector")
         pods = await self.pods(selector)
-        return selector, [p for p in pods if _owned_by(p, kind, name, workload.metadata.uid)]
+        return selector, [p for p in pods if _owned_by(p, kind, name, workload["metadata"]["uid"])]
 
-    async def pods(self, selector: str) -> list[Any]:
-        listed = await self.call("list", "pods", None, self.core.list_namespaced_pod, self.ns, label_selector=selector)
-        return sorted(listed.items or [], key=lambda p: p.metadata.name)
+    async def pods(self, selector: str) -> list[dict[str, Any]]:
+        listed = await self.request("list", "pods", None, "GET", _PODS, query={"labelSelector": selector})
+        return sorted(listed.get("items") or [], key=lambda p: p["metadata"]["name"])
 
 
-def _selector(selector: Any) -> str:
+def _selector(selector: dict[str, Any] | None) -> str:
     """A LabelSelector as the label-selector string the list call takes."""
     if selector is None:
         return ""
-    parts = [f"{k}={v}" for k, v in sorted((selector.match_labels or {}).items())]
-    for expr in selector.match_expressions or []:
-        values = ",".join(expr.values or [])
+    parts = [f"{k}={v}" for k, v in sorted((selector.get("matchLabels") or {}).items())]
+    for expr in selector.get("matchExpressions") or []:
+        key, values = expr["key"], ",".join(expr.get("values") or [])
         parts.append(
             {
-                "In": f"{expr.key} in ({values})",
-                "NotIn": f"{expr.key} notin ({values})",
-                "Exists": expr.key,
-                "DoesNotExist": f"!{expr.key}",
-            }[expr.operator]
+                "In": f"{key} in ({values})",
+                "NotIn": f"{key} notin ({values})",
+                "Exists": key,
+                "DoesNotExist": f"!{key}",
+            }[expr["operator"]]
         )
     return ",".join(parts)
 
 
-def _owned_by(pod: Any, kind: str, name: str, uid: str) -> bool:
-    for ref in pod.metadata.owner_references or []:
-        if not ref.controller:
+def _owned_by(pod: dict[str, Any], kind: str, name: str, uid: str) -> bool:
+    meta = pod["metadata"]
+    for ref in meta.get("ownerReferences") or []:
+        if not ref.get("controller"):
             continue
         if kind == "StatefulSet":
-            return bool(ref.kind == "StatefulSet" and ref.uid == uid)
+            return bool(ref["kind"] == "StatefulSet" and ref["uid"] == uid)
         # a Deployment's ReplicaSets are <deployment>-<pod-template-hash>
-        template_hash = (pod.metadata.labels or {}).get("pod-template-hash")
-        return bool(ref.kind == "ReplicaSet" and ref.name == f"{name}-{template_hash}")
+        template_hash = (meta.get("labels") or {}).get("pod-template-hash")
+        return bool(ref["kind"] == "ReplicaSet" and ref["name"] == f"{name}-{template_hash}")
     return False
 
 
-def _ready(pod: Any) -> bool:
-    return any(c.type == "Ready" and c.status == "True" for c in (pod.status.conditions or []))
+def _ready(pod: dict[str, Any]) -> bool:
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
 
 
 def _clip(text: str, limit: int = _LINE) -> str:
@@ -320,24 +363,30 @@ async def workload_status(params: StatusParams, ctx: ActionContext) -> StepResul
     cluster = _Cluster(ctx)
     obj = await cluster.workload(params.kind, params.name)
     where = cluster.where(_KINDS[params.kind].noun, params.name)
-    spec, status = obj.spec, obj.status
-    desired = spec.replicas if spec.replicas is not None else 1
+    spec, status = obj["spec"], obj.get("status") or {}
+    desired = spec["replicas"] if spec.get("replicas") is not None else 1
     counts = {
         "desired": desired,
-        "ready": status.ready_replicas or 0,
-        "updated": status.updated_replicas or 0,
-        "available": status.available_replicas or 0,
+        "ready": status.get("readyReplicas") or 0,
+        "updated": status.get("updatedReplicas") or 0,
+        "available": status.get("availableReplicas") or 0,
     }
     conditions = [
-        {"type": c.type, "status": c.status, "reason": c.reason or "", "message": _clip(c.message or "")}
-        for c in status.conditions or []
+        {
+            "type": c["type"],
+            "status": c["status"],
+            "reason": c.get("reason") or "",
+            "message": _clip(c.get("message") or ""),
+        }
+        for c in status.get("conditions") or []
     ]
-    observed = status.observed_generation is not None and status.observed_generation >= obj.metadata.generation
+    seen = status.get("observedGeneration")
+    observed = seen is not None and seen >= obj["metadata"]["generation"]
     output = {**counts, "observed": observed, "conditions": conditions}
     summary = (
         f"{counts['ready']}/{desired} ready, {counts['updated']} updated, {counts['available']} available"
         + ("" if observed else "; the controller has not seen the latest spec yet")
-        + ("; paused" if getattr(spec, "paused", None) else "")
+        + ("; paused" if spec.get("paused") else "")
     )
     problems = []
     if counts["ready"] < desired:
@@ -364,34 +413,27 @@ async def rollout_restart(params: RestartParams, ctx: ActionContext) -> StepResu
     cluster = _Cluster(ctx)
     info = _KINDS[params.kind]
     where = cluster.where(info.noun, params.name)
-    obj = await cluster.workload(params.kind, params.name)
-    if getattr(obj.spec, "paused", None):
+    spec = (await cluster.workload(params.kind, params.name))["spec"]
+    if spec.get("paused"):
         return StepResult(False, f"{where} is paused: a restart would not roll out (kubectl rollout resume first)")
-    strategy = getattr(obj.spec, "update_strategy", None)
-    if strategy is not None and strategy.type == "OnDelete":
+    strategy = spec.get("updateStrategy")
+    if strategy is not None and strategy.get("type") == "OnDelete":
         return StepResult(
             False,
             f"{where} has updateStrategy OnDelete: a rollout restart would not replace its pods "
             "(use kubernetes.deletePod)",
         )
-    annotations = (obj.spec.template.metadata.annotations or {}) if obj.spec.template.metadata else {}
+    annotations = (spec["template"].get("metadata") or {}).get("annotations") or {}
     stamp = restart_timestamp()
     patch = {"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: stamp}}}}}
-    fn = getattr(cluster.apps, f"patch_namespaced_{info.method}")
-    patched = await cluster.call(
-        "patch",
-        info.plural,
-        where,
-        fn,
-        params.name,
-        cluster.ns,
-        patch,
-        _content_type="application/strategic-merge-patch+json",
-    )
+    patched = await cluster.request(
+        "patch", info.plural, where, "PATCH", info.path, params.name, body=patch,
+        content_type="application/strategic-merge-patch+json",
+    )  # fmt: skip
     output = {
         "restartedAt": stamp,
         "previous": annotations.get(RESTARTED_AT),
-        "generation": patched.metadata.generation,
+        "generation": patched["metadata"]["generation"],
     }
     return StepResult(True, f"{where} restarting: {RESTARTED_AT}={stamp} (generation {output['generation']})", output)
 
@@ -403,10 +445,9 @@ async def scale(params: ScaleParams, ctx: ActionContext) -> StepResult:
     cluster = _Cluster(ctx)
     info = _KINDS[params.kind]
     where = cluster.where(info.noun, params.name)
-    resource = f"{info.plural}/scale"
-    read = getattr(cluster.apps, f"read_namespaced_{info.method}_scale")
-    current_scale = await cluster.call("get", resource, where, read, params.name, cluster.ns)
-    current = current_scale.spec.replicas or 0
+    resource, path = f"{info.plural}/scale", f"{info.path}/scale"
+    current_scale = await cluster.request("get", resource, where, "GET", path, params.name)
+    current = (current_scale.get("spec") or {}).get("replicas") or 0
     requested = params.replicas if params.replicas is not None else current + (params.by or 0)
     target = min(max(requested, params.min_replicas), params.max_replicas)
     clamped = ""
@@ -417,10 +458,12 @@ async def scale(params: ScaleParams, ctx: ActionContext) -> StepResult:
     if target == current:
         return StepResult(True, f"{where} already has {current} replicas{clamped}", output)
     # the resourceVersion makes a relative change fail instead of racing another writer
-    patch = {"metadata": {"resourceVersion": current_scale.metadata.resource_version}, "spec": {"replicas": target}}
-    fn = getattr(cluster.apps, f"patch_namespaced_{info.method}_scale")
-    await cluster.call(
-        "patch", resource, where, fn, params.name, cluster.ns, patch, _content_type="application/merge-patch+json"
+    patch = {
+        "metadata": {"resourceVersion": current_scale["metadata"]["resourceVersion"]},
+        "spec": {"replicas": target},
+    }
+    await cluster.request(
+        "patch", resource, where, "PATCH", path, params.name, body=patch, content_type="application/merge-patch+json"
     )
     return StepResult(True, f"{where} scaled from {current} to {target} replicas{clamped}", output)
 
@@ -442,24 +485,18 @@ class _PodLog:
         return {"lines": self.lines, "matches": self.matches}
 
 
-async def _read_log(cluster: _Cluster, pod: Any, params: LogsParams, ctx: ActionContext) -> _PodLog:
-    name = pod.metadata.name
-    containers = [c.name for c in pod.spec.containers or []]
+async def _read_log(cluster: _Cluster, pod: dict[str, Any], params: LogsParams, ctx: ActionContext) -> _PodLog:
+    name = pod["metadata"]["name"]
+    containers = [c["name"] for c in pod["spec"].get("containers") or []]
     container = params.container or (containers[0] if containers else None)
-    kwargs: dict[str, Any] = {"tail_lines": params.tail_lines, "limit_bytes": MAX_LOG_BYTES}
+    query: dict[str, Any] = {"tailLines": params.tail_lines, "limitBytes": MAX_LOG_BYTES}
     if container:
-        kwargs["container"] = container
+        query["container"] = container
     if params.previous:
-        kwargs["previous"] = True
+        query["previous"] = True
     try:
-        text = await cluster.call(
-            "get",
-            "pods/log",
-            cluster.where("pod", name),
-            cluster.core.read_namespaced_pod_log,
-            name,
-            cluster.ns,
-            **kwargs,
+        text = await cluster.request(
+            "get", "pods/log", cluster.where("pod", name), "GET", f"{_PODS}/{{name}}/log", name, query=query, text=True
         )
     except _ApiFailure as failure:
         if failure.for_every_call:
@@ -528,9 +565,9 @@ def _pods(logs: list[_PodLog], listed: int = 5) -> str:
 
 
 async def _delete(cluster: _Cluster, name: str, grace: int | None) -> None:
-    kwargs = {} if grace is None else {"grace_period_seconds": grace}
+    query = {} if grace is None else {"gracePeriodSeconds": grace}
     where = cluster.where("pod", name)
-    await cluster.call("delete", "pods", where, cluster.core.delete_namespaced_pod, name, cluster.ns, **kwargs)
+    await cluster.request("delete", "pods", where, "DELETE", f"{_PODS}/{{name}}", name, query=query)
 
 
 async def _delete_if_there(cluster: _Cluster, name: str, grace: int | None) -> bool:
@@ -552,17 +589,17 @@ async def delete_pod(params: DeletePodParams, ctx: ActionContext) -> StepResult:
     where = cluster.where(_KINDS[params.kind].noun, params.name)
     workload = await cluster.workload(params.kind, params.name)
     _, pods = await cluster.workload_pods(params.kind, params.name, workload)
-    live = [p for p in pods if p.metadata.deletion_timestamp is None]
+    live = [p for p in pods if p["metadata"].get("deletionTimestamp") is None]
     if not live:
         return StepResult(False, f"{where} has no pods to delete", {"deleted": []})
-    # the sick ones first, then the oldest
-    live.sort(key=lambda p: (_ready(p), p.metadata.creation_timestamp, p.metadata.name))
+    # the sick ones first, then the oldest (RFC 3339 in UTC, to the second: it sorts as the time does)
+    live.sort(key=lambda p: (_ready(p), p["metadata"]["creationTimestamp"], p["metadata"]["name"]))
     deleted: list[str] = []
     for pod in live:  # one already gone (a rollout took it meanwhile) does not count: the next one goes
         if len(deleted) == params.max_pods:
             break
-        if await _delete_if_there(cluster, pod.metadata.name, params.grace_period):
-            deleted.append(pod.metadata.name)
+        if await _delete_if_there(cluster, pod["metadata"]["name"], params.grace_period):
+            deleted.append(pod["metadata"]["name"])
     output = {"deleted": deleted, "pods": len(live)}
     if not deleted:
         return StepResult(False, f"{where}: its pods were gone before they could be deleted", output)

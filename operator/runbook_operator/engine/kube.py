@@ -30,6 +30,7 @@ from runbook_operator.engine.leader import LeaseConflict
 from runbook_operator.intake import ApiError
 
 COMPONENT = "runbook-operator"
+_SECRET = "/api/v1/namespaces/{namespace}/secrets/{name}"
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
@@ -39,10 +40,13 @@ class Conflict(Exception):
 
 
 class Kube:
+    """Secrets, Namespaces and Events go to their REST paths (:meth:`_rest`), not through
+    ``CoreV1Api``: that class and its models cost ~21 MB of the operator's memory to import,
+    and a model built and parsed for every Event posted."""
+
     def __init__(self, api_client: kubernetes.client.ApiClient, workers: int = 16) -> None:
         self._client = api_client
         self._custom = kubernetes.client.CustomObjectsApi(api_client)
-        self._core = kubernetes.client.CoreV1Api(api_client)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kube")
 
     @classmethod
@@ -60,6 +64,33 @@ class Kube:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
 
+    async def _rest(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, str],
+        body: Any = None,
+        request_timeout: float | None = None,
+        answer: bool = True,
+    ) -> Any:
+        """One request to ``path`` (its ``{placeholders}`` from ``params``) in the pool: the API
+        server's JSON (None without ``answer``: not even parsed); a non-2xx answer raises the
+        ``ApiException`` the typed classes raise. ``request_timeout`` bounds it on the wire."""
+        client = self._client
+
+        def call() -> Any:
+            request = client.param_serialize(
+                method, path, path_params=dict(params), body=body, auth_settings=["BearerToken"],
+                header_params={"Accept": "application/json", "Content-Type": "application/json"},
+            )  # fmt: skip
+            response: Any = client.call_api(*request, _request_timeout=request_timeout)
+            response.read()
+            if not 200 <= response.status <= 299:
+                kubernetes.client.ApiException.from_response(http_resp=response, body=None, data=None)  # raises
+            return json.loads(response.data) if answer else None
+
+        return await self._call(call)
+
     # -- what actions may use (the Services protocol) ------------------------------
     def api_client(self) -> kubernetes.client.ApiClient:
         return self._client
@@ -71,12 +102,12 @@ class Kube:
         """The decoded value of one key, if the Secret names ``policy`` in its consent
         annotation; errors say which Secret and key, and what to annotate, never a value."""
         try:
-            secret = await self._call(self._core.read_namespaced_secret, name, namespace)
+            secret = await self._rest("GET", _SECRET, {"namespace": namespace, "name": name})
         except kubernetes.client.ApiException as err:
             raise LookupError(f"secret {namespace}/{name}: {err.reason} ({err.status})") from None
-        annotations = (secret.metadata.annotations if secret.metadata else None) or {}
+        annotations = (secret.get("metadata") or {}).get("annotations") or {}
         _consents(annotations.get(CONSENT_ANNOTATION), namespace, name, policy)
-        data = secret.data or {}
+        data = secret.get("data") or {}
         if key not in data:
             raise LookupError(f"secret {namespace}/{name} has no key {key!r}")
         return base64.b64decode(data[key]).decode()
@@ -123,33 +154,37 @@ class Kube:
 
     async def namespace_labels(self, name: str) -> dict[str, str]:
         """A Namespace's labels (the intake's opt-in); ApiException 404 when there is none."""
-        found = await self._call(self._core.read_namespace, name)
-        return dict((found.metadata.labels if found.metadata else None) or {})
+        found = await self._rest("GET", "/api/v1/namespaces/{name}", {"name": name})
+        return dict((found.get("metadata") or {}).get("labels") or {})
 
     async def post_event(self, body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         meta = body["metadata"]
-        now = datetime.now(UTC)
-        event = kubernetes.client.CoreV1Event(
-            metadata=kubernetes.client.V1ObjectMeta(generate_name=f"{meta['name']}.", namespace=meta["namespace"]),
-            involved_object=kubernetes.client.V1ObjectReference(
-                api_version=body.get("apiVersion"),
-                kind=body.get("kind"),
-                name=meta["name"],
-                namespace=meta["namespace"],
-                uid=meta.get("uid"),
-                resource_version=meta.get("resourceVersion"),
-            ),
-            type=type_,
-            reason=reason,
-            message=message[:1024],
-            first_timestamp=now,
-            last_timestamp=now,
-            count=1,
-            source=kubernetes.client.V1EventSource(component=COMPONENT),
-            reporting_component=COMPONENT,
-            reporting_instance=COMPONENT,
+        now = datetime.now(UTC)  # written as the typed client writes it (isoformat)
+        involved = {
+            "apiVersion": body.get("apiVersion"),
+            "kind": body.get("kind"),
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta.get("uid"),
+            "resourceVersion": meta.get("resourceVersion"),
+        }
+        event = {
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {key: value for key, value in involved.items() if value is not None},
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+            "source": {"component": COMPONENT},
+            "reportingComponent": COMPONENT,
+            "reportingInstance": COMPONENT,
+        }
+        # the answer (the Event as stored) is never read, so it is not parsed either
+        await self._rest(
+            "POST", "/api/v1/namespaces/{namespace}/events", {"namespace": meta["namespace"]}, event, answer=False
         )
-        await self._call(self._core.create_namespaced_event, meta["namespace"], event)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -244,23 +279,10 @@ class KubeLeases:
     async def _send(
         self, method: str, namespace: str, name: str | None, body: dict[str, Any] | None = None
     ) -> dict[str, Any]:
-        client = self._kube.api_client()
         path, params = self.PATH, {"namespace": namespace}
         if name is not None:
             path, params = path + "/{name}", params | {"name": name}
-        request = client.param_serialize(
-            method, path, path_params=params, body=body, auth_settings=["BearerToken"],
-            header_params={"Accept": "application/json", "Content-Type": "application/json"},
-        )  # fmt: skip
-
-        def call() -> Any:
-            response: Any = client.call_api(*request, _request_timeout=self._timeout)
-            response.read()
-            if not 200 <= response.status <= 299:
-                kubernetes.client.ApiException.from_response(http_resp=response, body=None, data=None)  # raises
-            return json.loads(response.data)
-
-        found: dict[str, Any] = await self._kube._call(call)
+        found: dict[str, Any] = await self._kube._rest(method, path, params, body, self._timeout)
         return found
 
     @staticmethod
