@@ -2,9 +2,10 @@
 
 The Docker SDK is blocking: every call runs in the engine's thread pool
 (``ctx.services.run_blocking``, or a thread when there is none) with a fresh client
-that is closed afterwards, and is bounded by the step's timeout. Containers are named
-as ``docker ps`` shows them (docker-compose's ``container_name``, e.g.
-``ish-chat-instance-manager``) or by ID.
+that is closed afterwards, and is bounded by the step's timeout. The SDK is imported
+when a docker step first runs: an operator whose policies use no docker.* action does
+not carry it (~18 MB). Containers are named as ``docker ps`` shows them
+(docker-compose's ``container_name``, e.g. ``ish-chat-instance-manager``) or by ID.
 """
 
 from __future__ import annotations
@@ -15,10 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Annotated, Any, TypeVar
 
-import docker
-import docker.errors
 import pydantic
-import requests
 
 from runbook_operator.actions.api import (
     Action,
@@ -135,6 +133,9 @@ def _chain(err: BaseException) -> Iterator[BaseException]:
 
 
 def _explain(err: BaseException, what: str, params: _Engine, budget: float) -> ActionFailure:
+    import docker.errors
+    import requests
+
     causes = list(_chain(err))
     if isinstance(err, TimeoutError) or any(isinstance(e, requests.exceptions.Timeout) for e in causes):
         return ActionFailure(f"{what}: docker engine at {params.where()} gave no answer within {budget:g}s")
@@ -160,6 +161,8 @@ async def _engine(params: _Engine, ctx: ActionContext, what: str, budget: float,
     """Run ``fn(client)`` in a thread with a client made for this call; failures are an ActionFailure."""
 
     def work() -> T:
+        import docker  # in the thread: the first step's import (~0.2 s) does not hold the event loop
+
         if params.host is None:
             client = docker.from_env(timeout=budget)
         else:
@@ -171,8 +174,16 @@ async def _engine(params: _Engine, ctx: ActionContext, what: str, budget: float,
 
     try:
         return await asyncio.wait_for(_blocking(ctx, work), budget)
-    except (TimeoutError, docker.errors.DockerException, requests.exceptions.RequestException, OSError) as err:
+    except _failures() as err:
         raise _explain(err, what, params, budget) from None
+
+
+def _failures() -> tuple[type[BaseException], ...]:
+    """What a call to the engine may raise: an ``except`` evaluates it only when something was raised."""
+    import docker.errors
+    import requests
+
+    return TimeoutError, docker.errors.DockerException, requests.exceptions.RequestException, OSError
 
 
 def _state(attrs: dict[str, Any]) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 Connection details come from the policy; the password only from a Secret. Every value
 is a bound parameter and every name a quoted identifier; no policy text is pasted into SQL.
 A step's timeout bounds the connection and, as ``statement_timeout``, the server's work.
+psycopg is imported when a postgres step first runs, not with the parameter models.
 """
 
 from __future__ import annotations
@@ -12,11 +13,9 @@ import math
 import re
 import time
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import psycopg
 import pydantic
-from psycopg import sql
 
 from runbook_operator.actions.api import (
     Action,
@@ -28,8 +27,12 @@ from runbook_operator.actions.api import (
     StepResult,
 )
 
-Connection = psycopg.AsyncConnection[Any]
-Work = Callable[[Connection], Awaitable[StepResult]]
+if TYPE_CHECKING:
+    import psycopg
+    from psycopg import sql
+
+    Connection = psycopg.AsyncConnection[Any]
+    Work = Callable[[Connection], Awaitable[StepResult]]
 _EXCERPT = 120  # characters of a query's text kept in output (status output is small)
 _UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 
@@ -125,6 +128,8 @@ def _excerpt(query: str | None) -> str:
 
 async def _session(params: ServerParams, ctx: ActionContext, work: Work) -> StepResult:
     """Connect, run ``work`` and close; every expected failure is an ActionFailure saying where."""
+    import psycopg
+
     where = params.where()
     password = await ctx.secret(params.password_secret_ref, where, "the password")
     budget = ctx.timeout
@@ -202,6 +207,8 @@ async def connections(params: ConnectionsParams, ctx: ActionContext) -> StepResu
 
 
 async def slow_queries(params: SlowQueriesParams, ctx: ActionContext) -> StepResult:
+    from psycopg import sql
+
     async def work(conn: Connection) -> StepResult:
         where = params.where()
         found = await _rows(
@@ -291,6 +298,8 @@ async def database_size(params: DatabaseSizeParams, ctx: ActionContext) -> StepR
 
 
 async def analyze(params: AnalyzeParams, ctx: ActionContext) -> StepResult:
+    from psycopg import sql
+
     async def work(conn: Connection) -> StepResult:
         if params.table is None:
             target, statement = f"database {params.dbname!r}", sql.Composed([sql.SQL("ANALYZE")])
@@ -308,6 +317,8 @@ async def analyze(params: AnalyzeParams, ctx: ActionContext) -> StepResult:
 
 
 async def reindex(params: ReindexParams, ctx: ActionContext) -> StepResult:
+    from psycopg import sql
+
     async def work(conn: Connection) -> StepResult:
         how = sql.SQL("CONCURRENTLY ") if params.concurrently else sql.SQL("")
         started = time.perf_counter()

@@ -3,6 +3,7 @@
 Connection details come from the policy, a password only from a Secret. Each call opens
 one client and closes it before returning; the step's timeout bounds the whole call.
 Keys are found with SCAN, never KEYS, so a large keyspace does not stall the server.
+The client library is imported when a redis step first runs, not with the parameter models.
 """
 
 from __future__ import annotations
@@ -12,13 +13,9 @@ import os
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import pydantic
-import redis.asyncio
-import redis.exceptions
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from runbook_operator.actions.api import (
     Action,
@@ -30,8 +27,11 @@ from runbook_operator.actions.api import (
     StepResult,
 )
 
-Client = redis.asyncio.Redis
-Work = Callable[[Client], Awaitable[StepResult]]
+if TYPE_CHECKING:
+    import redis.asyncio
+
+    Client = redis.asyncio.Redis
+    Work = Callable[[Client], Awaitable[StepResult]]
 
 
 class ServerParams(Params):
@@ -95,6 +95,11 @@ async def _session(
     params: ServerParams, ctx: ActionContext, work: Work, progress: Callable[[], str] = lambda: ""
 ) -> StepResult:
     """Open a client, run ``work`` and close it; every expected failure is an ActionFailure saying where."""
+    import redis.asyncio
+    import redis.exceptions
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
     where = params.where()
     password = None
     if params.password_secret_ref is not None:
