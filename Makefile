@@ -57,12 +57,15 @@ lint: $(BIN)/.installed
 	$(BIN)/mypy
 	$(BIN)/lint-imports --no-cache  # the layers in .importlinter
 
-## Benchmarks against a minimal Kopf operator on an own control plane; updates docs/benchmarks.md.
+## Benchmarks against a Go controller-runtime peer (bench/peer, built once into the cache) and a
+## minimal Kopf operator on an own control plane; updates docs/benchmarks.md.
 bench: $(BIN)/.installed controlplane
+	@bench/peer/build.sh >/dev/null
 	$(BIN)/python bench/run.py
 
 bench-smoke: $(BIN)/.installed controlplane
-	$(BIN)/python bench/run.py --sizes 20 --out $${TMPDIR:-/tmp}/benchmarks-smoke.md
+	@bench/peer/build.sh >/dev/null
+	$(BIN)/python bench/run.py --sizes 20 --alerts 2 --burst 10 --out $${TMPDIR:-/tmp}/benchmarks-smoke.md
 
 ## Regenerate docs/actions.md from the action registry.
 docs: $(BIN)/.installed
