@@ -4,7 +4,7 @@ The Docker SDK is blocking: every call runs in the engine's thread pool
 (``ctx.services.run_blocking``, or a thread when there is none) with a fresh client
 that is closed afterwards, and is bounded by the step's timeout. The SDK is imported
 when a docker step first runs: an operator whose policies use no docker.* action does
-not carry it (~18 MB). Containers are named as ``docker ps`` shows them
+not carry it. Containers are named as ``docker ps`` shows them
 (docker-compose's ``container_name``, e.g. ``ish-chat-instance-manager``) or by ID.
 """
 
