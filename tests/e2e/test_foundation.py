@@ -228,7 +228,10 @@ def test_the_install_manifests_pass_server_side_dry_run(kubectl: Kubectl) -> Non
         "ServiceAccount",
         "ClusterRole",
         "ClusterRoleBinding",
+        "Role",  # the leader-election Lease, in the operator's namespace
+        "RoleBinding",
         "Deployment",
+        "PodDisruptionBudget",
         "Service",
         "ValidatingAdmissionPolicy",
         "ValidatingAdmissionPolicyBinding",

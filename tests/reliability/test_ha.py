@@ -244,7 +244,7 @@ def test_a_rolling_upgrade_with_50_incidents_open_loses_none_and_doubles_none(
         old, process = leader_of(kubectl, replicas)
         replicas.start()
         process.terminate()
-        handed_over(kubectl, replicas, old, 15)
+        handed_over(kubectl, replicas, old, 30)  # the handover's time is measured by the SIGTERM test
         replicas.running.pop(old).stop()
     gates.open("roll")
     wait_for(lambda: all(statuses(kubectl, namespace).get(n, {}).get("phase") == "Resolved" for n in names), 120,

@@ -72,6 +72,7 @@ class Kube:
         body: Any = None,
         request_timeout: float | None = None,
         answer: bool = True,
+        pool: ThreadPoolExecutor | None = None,
     ) -> Any:
         """One request to ``path`` (its ``{placeholders}`` from ``params``) in the pool: the API
         server's JSON (None without ``answer``: not even parsed); a non-2xx answer raises the
@@ -89,7 +90,9 @@ class Kube:
                 kubernetes.client.ApiException.from_response(http_resp=response, body=None, data=None)  # raises
             return json.loads(response.data) if answer else None
 
-        return await self._call(call)
+        if pool is None:
+            return await self._call(call)
+        return await asyncio.get_running_loop().run_in_executor(pool, call)
 
     # -- what actions may use (the Services protocol) ------------------------------
     def api_client(self) -> kubernetes.client.ApiClient:
@@ -248,12 +251,15 @@ class KubeLeases:
     that client turns a body into a ``V1Lease`` and writes its times back with
     ``datetime.isoformat()``, which leaves out the fraction of a time on a whole second, and
     the API server refuses a MicroTime without its six digits (400). ``timeout`` bounds each
-    request, so a hung connection gives its pool thread back."""
+    request, so a hung connection gives its pool thread back. The requests have threads of
+    their own: behind a burst of Events and status writes in the adapter's pool, a renewal
+    would wait its turn and the leader could lose a Lease it is able to keep."""
 
     PATH = "/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
 
     def __init__(self, kube: Kube, timeout: float = 10.0) -> None:
         self._kube, self._timeout = kube, timeout
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="lease")
 
     async def get(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
@@ -282,7 +288,7 @@ class KubeLeases:
         path, params = self.PATH, {"namespace": namespace}
         if name is not None:
             path, params = path + "/{name}", params | {"name": name}
-        found: dict[str, Any] = await self._kube._rest(method, path, params, body, self._timeout)
+        found: dict[str, Any] = await self._kube._rest(method, path, params, body, self._timeout, pool=self._pool)
         return found
 
     @staticmethod
