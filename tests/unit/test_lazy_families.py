@@ -16,6 +16,7 @@ from tests.fixtures.cluster import ROOT
 HEAVY = (
     "docker",
     "redis",
+    "psycopg",  # the postgres.* family's, and the archive's once one is configured
     "kubernetes.client.api.apps_v1_api",
     "kubernetes.client.api.core_v1_api",
 )

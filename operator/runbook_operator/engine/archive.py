@@ -21,11 +21,10 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import psycopg
-from psycopg.conninfo import conninfo_to_dict
-from psycopg.types.json import Jsonb
+if TYPE_CHECKING:  # psycopg (~10 MB) is imported only when an archive is configured
+    import psycopg
 
 from runbook_operator.domain.model import Incident
 from runbook_operator.domain.status import Phase, Status, parse_timestamp
@@ -149,6 +148,8 @@ class ArchiveRecord:
         )
 
     def params(self) -> dict[str, Any]:
+        from psycopg.types.json import Jsonb
+
         values = {c: getattr(self, c) for c in _COLUMNS}
         for key in ("findings", "steps", "timeline", "escalation"):
             values[key] = Jsonb(values[key])
@@ -178,6 +179,8 @@ def _time(text: str | None) -> datetime | None:
 
 def where(dsn: str) -> str:
     """``host:port/dbname`` of a DSN, for logs: never the user or the password."""
+    from psycopg.conninfo import conninfo_to_dict
+
     try:
         parts = conninfo_to_dict(dsn)
     except Exception:  # the parser's message may quote the DSN
@@ -204,6 +207,8 @@ class Archive:
         return text[:300]
 
     async def _connection(self) -> psycopg.AsyncConnection[Any]:
+        import psycopg
+
         if self._conn is None or self._conn.closed:
             try:
                 self._conn = await psycopg.AsyncConnection.connect(
@@ -282,6 +287,8 @@ class Archive:
 
 
 def _password(dsn: str) -> str | None:
+    from psycopg.conninfo import conninfo_to_dict
+
     try:
         password = conninfo_to_dict(dsn).get("password")
         return str(password) if password else None
