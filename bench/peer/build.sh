@@ -8,9 +8,9 @@ here=$(cd "$(dirname "$0")" && pwd)
 # GOTOOLCHAIN=auto: an older local Go fetches the toolchain the go.mod line names from the proxy
 export GOFLAGS=-mod=mod GONOSUMDB=k8s.io,sigs.k8s.io CGO_ENABLED=0 GOTOOLCHAIN=auto
 
-key=$(cat "$here/versions.env" "$here/go.mod" "$here/go.sum" "$here/main.go" | sha256sum | cut -c1-12)
-cache=${RUNBOOK_OPERATOR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/runbook-operator}
-bin="$cache/bench-peer/$key/bin"
+# shellcheck source=../../tools/cache.sh
+. "$here/../../tools/cache.sh"
+bin=$(cache_bin bench-peer "$here/versions.env" "$here/go.mod" "$here/go.sum" "$here/main.go")
 if [ -f "$bin/.complete" ]; then
     echo "$bin/peer"
     exit 0

@@ -11,9 +11,9 @@ here=$(cd "$(dirname "$0")" && pwd)
 # GOTOOLCHAIN=auto: an older local Go fetches the toolchain the go.mod lines name from the proxy
 export GOFLAGS=-mod=mod GONOSUMDB=k8s.io,sigs.k8s.io,go.etcd.io CGO_ENABLED=0 GOTOOLCHAIN=auto
 
-key=$(cat "$here"/versions.env "$here"/*/go.mod | sha256sum | cut -c1-12)
-cache=${RUNBOOK_OPERATOR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/runbook-operator}
-bin="$cache/controlplane/$key/bin"
+# shellcheck source=../cache.sh
+. "$here/../cache.sh"
+bin=$(cache_bin controlplane "$here"/versions.env "$here"/*/go.mod)
 if [ -f "$bin/.complete" ]; then
     echo "$bin"
     exit 0

@@ -10,9 +10,9 @@ here=$(cd "$(dirname "$0")" && pwd)
 # GOTOOLCHAIN=auto: an older local Go fetches the toolchain the go.mod line names from the proxy
 export GOFLAGS=-mod=mod CGO_ENABLED=0 GOTOOLCHAIN=auto
 
-key=$(cat "$here/versions.env" "$here/go.mod" "$here/go.sum" | sha256sum | cut -c1-12)
-cache=${RUNBOOK_OPERATOR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/runbook-operator}
-bin="$cache/helm/$key/bin"
+# shellcheck source=../cache.sh
+. "$here/../cache.sh"
+bin=$(cache_bin helm "$here/versions.env" "$here/go.mod" "$here/go.sum")
 if [ -f "$bin/.complete" ]; then
     echo "$bin/helm"
     exit 0
