@@ -79,3 +79,13 @@ def test_destructive_steps_need_approval_unless_they_opt_out() -> None:
         (False, False),
     ]
     assert policy(verify=[check("v")]).verify[0].read_only
+
+
+def test_a_policy_finds_its_step_by_name_in_any_stage_or_escalation_level() -> None:
+    page = {"name": "page", "action": "notify.webhook", "with": {"url": "http://hooks.internal/x"}}
+    parsed = policy(
+        diagnose=[check("probe")], verify=[check("again")], escalate={"levels": [{"name": "on-call", "notify": [page]}]}
+    )
+    assert parsed.step("probe") is parsed.diagnose[0] and parsed.step("again") is parsed.verify[0]
+    assert parsed.step("page") is parsed.escalation.levels[0].notify[0]  # type: ignore[union-attr]
+    assert parsed.step("missing") is None

@@ -140,6 +140,12 @@ class Policy:
     def steps(self, stage: Stage) -> tuple[Step, ...]:
         return {Stage.DIAGNOSE: self.diagnose, Stage.REMEDIATE: self.remediate, Stage.VERIFY: self.verify}[stage]
 
+    def step(self, name: str) -> Step | None:
+        """The step of that name, of any stage or escalation level (names are unique in a policy)."""
+        steps = [*self.diagnose, *self.remediate, *self.verify]
+        steps += [s for level in (self.escalation.levels if self.escalation else ()) for s in level.notify]
+        return next((s for s in steps if s.name == name), None)
+
 
 @dataclass(frozen=True)
 class InvalidPolicy:

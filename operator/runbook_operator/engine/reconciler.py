@@ -36,7 +36,7 @@ from typing import Any, Protocol
 
 from runbook_operator.domain.lifecycle import Event, Peer, StepCall, complete, decide
 from runbook_operator.domain.matching import Candidate, PolicySet
-from runbook_operator.domain.model import POLICY_STAGES, Incident, Policy, Step
+from runbook_operator.domain.model import Incident, Policy, Step
 from runbook_operator.domain.results import StepResult
 from runbook_operator.domain.status import Phase, Status, StepRecord, StepState, parse_timestamp
 from runbook_operator.engine.archive import TERMINAL, ArchiveRecord, ArchiveWriter
@@ -454,11 +454,7 @@ def _claims(fresh: Status, ours: Status) -> list[StepRecord]:
 
 def _policy_step(candidates: Sequence[Candidate], status: Status, record: StepRecord) -> Step | None:
     policy = next((c for c in candidates if c.name == status.policy), None)
-    if not isinstance(policy, Policy):
-        return None
-    steps = [s for stage in POLICY_STAGES for s in policy.steps(stage)]
-    steps += [s for level in (policy.escalation.levels if policy.escalation else ()) for s in level.notify]
-    return next((s for s in steps if s.name == record.name), None)
+    return policy.step(record.name) if isinstance(policy, Policy) else None
 
 
 def _short(err: Exception) -> str:
