@@ -96,7 +96,7 @@ def check_templates(params: Mapping[str, Any], languages: Languages | None = Non
     root, or sits where the parameter's language does not allow incident data."""
     for key, value in params.items():
         where = f"{path}{key}"
-        language = (languages or {}).get(key, Language.TEXT) if not path else Language.TEXT
+        language = (languages or {}).get(key, Language.TEXT)  # nested keys are passed no languages: text
         if language is Language.LITERAL and _holds_template(value):
             raise ValueError(
                 f"{where}: must be literal in the policy: it decides where the step connects (and where its "
