@@ -88,7 +88,7 @@ CASES = [
         policy(
             "tpl", diagnose=[{"name": "x", "action": "http.check", "with": {"url": "http://a/{{ secrets.token }}"}}]
         ),
-        "RemediationPolicy/tpl: spec.diagnose[0].with (http.check): url: unknown root 'secrets' (known: findings, incident, steps)",
+        "RemediationPolicy/tpl: spec.diagnose[0].with (http.check): url: unknown root 'secrets' (known: announcement, findings, incident, steps)",
         id="template-root",
     ),
     pytest.param(

@@ -60,8 +60,9 @@ async def test_slack_payload_names_the_incident_findings_and_how_to_inspect(serv
     ((name, body),) = service.hooks
     assert name == "oncall"
     assert body["text"].splitlines() == [
-        "[Critical] RedisDown: incident redis-down is Escalated",
-        "• ping: connection refused",
+        "[Critical] RedisDown ns/redis-down: escalated: needs people",
+        "Findings:",
+        "- ping: connection refused",
         "Inspect: `kubectl describe incident redis-down -n ns`",
     ]
 
@@ -146,9 +147,10 @@ async def test_slack_text_cannot_mention_channels_or_hide_links(service: DemoSer
     result = await webhook({"url": f"{service.url}/hooks/oncall", "format": "slack", "text": "<@U123> {x}"}, ctx)
     assert result.ok, result.message
     lines = service.hooks[0][1]["text"].splitlines()
-    assert lines[:2] == [
+    assert lines[:3] == [
         "&lt;@U123&gt; {x}",
-        "• logs: &lt;!channel&gt; see &lt;https://evil.test|the runbook&gt; &amp; more",
+        "Findings:",
+        "- logs: &lt;!channel&gt; see &lt;https://evil.test|the runbook&gt; &amp; more",
     ]
 
 

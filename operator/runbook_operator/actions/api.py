@@ -161,6 +161,9 @@ class ActionContext:
     details: Mapping[str, Any] | None = None  # the incident view, phase and findings, for notifications
     services: Services | None = None
     policy: str | None = None  # the RemediationPolicy the step belongs to: a Secret must name it to be read
+    uid: str = ""  # the Incident's metadata.uid: stable for its life, e.g. a paging service's dedup key
+    # the incident's conversations so far, by the key a step returned (StepResult.conversation)
+    conversations: Mapping[str, str] = field(default_factory=dict)
     revealed: set[str] = field(default_factory=set)
 
     async def secret(self, ref: SecretRef, where: str, what: str | None = None) -> str:

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 import httpx
 import pydantic
 
+from runbook_operator.actions import messages
 from runbook_operator.actions.api import (
     Action,
     ActionContext,
@@ -41,8 +42,12 @@ class WebhookParams(Params):
         return self
 
 
+def _details(ctx: ActionContext) -> dict[str, Any]:
+    return {"name": ctx.incident, "namespace": ctx.namespace} | dict(ctx.details or {})
+
+
 def _document(ctx: ActionContext, text: str | None) -> dict[str, Any]:
-    details = dict(ctx.details or {})
+    details = _details(ctx)
     return {
         "incident": ctx.incident,
         "namespace": ctx.namespace,
@@ -51,24 +56,30 @@ def _document(ctx: ActionContext, text: str | None) -> dict[str, Any]:
         "phase": details.get("phase"),
         "level": details.get("level"),
         "summary": details.get("summary"),
+        "announcement": details.get("announcement"),
+        "acknowledgedBy": details.get("acknowledgedBy"),
         "findings": details.get("findings", []),
+        "steps": details.get("steps", []),
+        "headline": messages.headline(details),
         "text": text,
-        "inspect": f"kubectl describe incident {ctx.incident} -n {ctx.namespace}",
+        "inspect": messages.inspect_command(details),
     }
 
 
-def _slack(doc: dict[str, Any]) -> dict[str, Any]:
+def _slack(ctx: ActionContext, text: str | None) -> dict[str, Any]:
     """Slack's ``{text}``, every part escaped: what the incident says (and the policy's text,
     rendered with it) cannot mention a channel (``<!channel>``) or hide a link (``<url|label>``)."""
-    lines = [
-        _escaped(doc["text"] or f"[{doc['severity']}] {doc['alert']}: incident {doc['incident']} is {doc['phase']}"),
-        *(_escaped(f"• {f['step']}: {f['message']}") for f in doc["findings"][:10]),
-        f"Inspect: `{_escaped(doc['inspect'])}`",
-    ]
-    return {"text": "\n".join(line for line in lines if line)}
+    return {"text": slack_text(_details(ctx), text)}
 
 
-def _escaped(text: str) -> str:
+def slack_text(details: dict[str, Any], lead: str | None) -> str:
+    """The message in Slack's mrkdwn, each line escaped; the inspect command as code."""
+    lines = [lead or messages.headline(details), *messages.body(details)]
+    shown = [escaped(line) for line in lines[:-1] if line]
+    return "\n".join([*shown, f"Inspect: `{escaped(messages.inspect_command(details))}`"])
+
+
+def escaped(text: str) -> str:
     """Slack's three control characters as its own entities (api.slack.com: formatting)."""
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
@@ -85,7 +96,7 @@ async def webhook(params: WebhookParams, ctx: ActionContext) -> StepResult:
         url = httpx.URL(str(params.url))
     where = f"webhook at {url.host}"  # never the whole URL: its path is often the credential
     doc = _document(ctx, params.text)
-    body = json.dumps(_slack(doc) if params.format == "slack" else doc)
+    body = json.dumps(_slack(ctx, params.text) if params.format == "slack" else doc)
     result = StepResult(False, f"{where}: not sent")
     deadline = asyncio.get_running_loop().time() + ctx.timeout
     async with httpx.AsyncClient(timeout=ctx.timeout, follow_redirects=False, transport=GuardedTransport()) as client:

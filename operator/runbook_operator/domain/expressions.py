@@ -1,7 +1,8 @@
 """`when` conditions (CEL) and `with` templates (sandboxed Jinja), checked on apply.
 
-Both see only three roots: ``incident`` (its spec, name and effective severity),
-``steps`` (results of earlier steps by name) and ``findings``. Incident text is
+Both see only four roots: ``incident`` (its spec, name and effective severity),
+``steps`` (results of earlier steps by name), ``findings`` and ``announcement`` (the status
+change an announcement step announces: phase, number, at, reason, message). Incident text is
 data: it is substituted into the policy's templates, never parsed as one, and each
 value is escaped for the language of the parameter it fills (``substitution``):
 destinations take no template at all; in URLs a value is percent-encoded, may only
@@ -26,7 +27,7 @@ from runbook_operator.domain import substitution
 from runbook_operator.domain.sandbox import BudgetEnvironment, check_budget, check_when
 from runbook_operator.domain.substitution import Language
 
-ROOTS = frozenset({"incident", "steps", "findings"})
+ROOTS = frozenset({"incident", "steps", "findings", "announcement"})
 _LITERAL_ORIGIN = re.compile(r"^https?://[^/{}]+/")
 
 

@@ -18,7 +18,10 @@ Rules users rely on, all decided here:
 - one remediation at a time per target, and a cooldown per target across incidents,
   both (and duplicates) among the incidents of one namespace only: namespaces are walls,
   and an incident whose target is in another namespace runs nothing;
-- each escalation level fires once, its notify steps run once.
+- each escalation level fires once, its notify steps run once;
+- each status change a policy announces (a phase entered, the first acknowledgement) is
+  queued in status and its notify steps run once, before the incident's next step: a
+  restart never announces a change twice (an interrupted announcement is not sent again).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from runbook_operator.domain import consent, escalation, expressions
 from runbook_operator.domain.consent import Approval
 from runbook_operator.domain.matching import Candidate, select_policy
 from runbook_operator.domain.model import (
+    ACKNOWLEDGED,
     DEFAULT_SEVERITY,
     RESPONSE_TIME,
     Incident,
@@ -112,6 +116,17 @@ def decide(
 ) -> Decision:
     """``nonce``: a fresh random value, used only if this decision opens an approval request."""
     p = Progress(replace(status, observedGeneration=incident.generation), now, nonce)
+    p.announcer = _policy_named(p, candidates)
+    decision = _decide(p, incident, status, candidates, peers)
+    if decision.run is not None:
+        return decision
+    call = _announcements(p, Context(incident, p.announcer))  # what was announced with nothing else to do
+    return p.decision(run=call, wake_at=decision.wake_at)
+
+
+def _decide(
+    p: Progress, incident: Incident, status: Status, candidates: Sequence[Candidate], peers: Sequence[Peer]
+) -> Decision:
     if status.phase == Phase.RESOLVED:
         return p.decision()
     if incident.resolved:
@@ -126,7 +141,8 @@ def decide(
     if status.phase in (None, Phase.PENDING) or _policy_arrived(status, incident, candidates):
         duplicate = _duplicate_of(incident, peers)
         if duplicate is not None:
-            p.status = replace(p.status, duplicateOf=duplicate, startedAt=p.status.startedAt or timestamp(now))
+            _matched(p, incident, select_policy(incident, candidates).chosen)  # whose announcements say so
+            p.status = replace(p.status, duplicateOf=duplicate, startedAt=p.status.startedAt or timestamp(p.now))
             p.resolve(
                 Reason.DUPLICATE,
                 f"incident {duplicate!r} is already open for alert {incident.alert!r} on {incident.target}",
@@ -178,6 +194,7 @@ def _acknowledge(p: Progress, incident: Incident) -> None:
             ConditionType.ACKNOWLEDGED, True, Reason.ACKNOWLEDGED, f"acknowledged by {incident.acknowledged_by}"
         )
         p.emit(NORMAL, Reason.ACKNOWLEDGED, f"acknowledged by {incident.acknowledged_by}")
+        p.announce(ACKNOWLEDGED, Reason.ACKNOWLEDGED, f"acknowledged by {incident.acknowledged_by}")
 
 
 def _suspension(p: Progress, incident: Incident) -> bool:
@@ -225,11 +242,10 @@ def _start(p: Progress, incident: Incident, candidates: Sequence[Candidate]) -> 
     """Match a policy and begin; False when the incident must wait (its policy is suspended)."""
     selection = select_policy(incident, candidates)
     chosen = selection.chosen
-    severity = incident.severity or (chosen.severity if isinstance(chosen, Policy) else None) or DEFAULT_SEVERITY
+    severity = _matched(p, incident, chosen)
     if not p.status.startedAt:
         deadline = p.now + timedelta(seconds=RESPONSE_TIME[severity])
         p.status = replace(p.status, startedAt=timestamp(p.now), responseDeadline=timestamp(deadline))
-    p.status = replace(p.status, severity=severity)
     if chosen is None:
         p.escalate(Reason.NO_MATCHING_POLICY, selection.reason)
         return True
@@ -246,6 +262,17 @@ def _start(p: Progress, incident: Incident, candidates: Sequence[Candidate]) -> 
     p.condition(ConditionType.RESOLVED, False, Reason.IN_PROGRESS, f"handled by policy {chosen.name!r}")
     p.enter(Phase.DIAGNOSING, Reason.POLICY_MATCHED, f"policy {chosen.name!r} {selection.reason}")
     return True
+
+
+def _matched(p: Progress, incident: Incident, chosen: Candidate | None) -> str:
+    """Note the effective severity, and the chosen policy as the one that announces; the severity."""
+    policy = chosen if isinstance(chosen, Policy) else None
+    severity = incident.severity or (policy.severity if policy else None) or DEFAULT_SEVERITY
+    p.status = replace(p.status, severity=severity)
+    if policy is not None:
+        p.announcer = policy
+        p.status = replace(p.status, policy=policy.name, policyGeneration=policy.generation)
+    return severity
 
 
 def _policy_named(p: Progress, candidates: Sequence[Candidate]) -> Policy | None:
@@ -296,6 +323,9 @@ def _scan(p: Progress, ctx: Context, steps: Sequence[Step], stage: Stage, attemp
                 return _consent(p, ctx, step, attempt, params)  # changed since approved: ask again
             return StepCall(step, attempt, params, resumed=True)
         if record is None or record.state in (StepState.PENDING.value, StepState.AWAITING_APPROVAL.value):
+            announcing = _announcements(p, ctx) if stage is not Stage.ANNOUNCE else None
+            if announcing is not None:  # a status change is told before the next step
+                return announcing
             outcome = _prepare(p, ctx, step, attempt)
             if outcome is None:
                 continue
@@ -325,10 +355,11 @@ def _prepare(p: Progress, ctx: Context, step: Step, attempt: int) -> StepCall | 
         params = expressions.render(step.params, variables, step.languages)
     except ValueError as err:
         return _settle_unrun(p, step, attempt, StepState.FAILED, f"cannot render parameters: {err}")
-    if ctx.dry_run and not step.read_only:
+    announced = step.stage is Stage.ANNOUNCE and ctx.policy is not None and ctx.policy.announces_in_dry_run(step)
+    if ctx.dry_run and not step.read_only and not announced:
         _skip(p, step, attempt, f"dry run: would run {step.action} with {_compact(params)}")
         return None
-    if step.requires_approval and step.stage is not Stage.ESCALATE:
+    if step.requires_approval and not step.notifies:
         return _consent(p, ctx, step, attempt, params)
     return _run(p, StepCall(step, attempt, params))
 
@@ -474,7 +505,7 @@ def _run(p: Progress, call: StepCall, approval: Approval | None = None, digest: 
             f"step {step.name!r} approved by {approval.by} (round {call.attempt}, parameters {(digest or '')[:19]})",
         )
     p.status = replace(p.status.with_record(record), currentStep=step.name)
-    if step.stage is not Stage.ESCALATE and p.status.phase == Phase.AWAITING_APPROVAL:
+    if not step.notifies and p.status.phase == Phase.AWAITING_APPROVAL:
         why = f"approved by {approval.by}" if approval is not None else "no longer needs approval (policy edited)"
         p.condition(ConditionType.RESOLVED, False, Reason.IN_PROGRESS, f"step {step.name!r} {why}")
         p.enter(_STAGE_PHASE[step.stage.value], Reason.APPROVED, f"step {step.name!r} {why}")
@@ -612,6 +643,21 @@ def _escalation(p: Progress, ctx: Context) -> StepCall | None:
     return escalation.escalation(p, ctx, notify)
 
 
+# -- announcements: status changes told as they happen, each once -----------------------
+
+
+def _announcements(p: Progress, ctx: Context) -> StepCall | None:
+    """The next notify step of the oldest announcement not yet done; each one done is marked so."""
+    while (pending := p.status.announcing()) is not None:
+        severity = p.status.severity or DEFAULT_SEVERITY
+        steps = p.announcer.announced(pending.phase, severity) if p.announcer is not None else ()
+        found = _scan(p, replace(ctx, policy=p.announcer), steps, Stage.ANNOUNCE, pending.number)
+        if isinstance(found, StepCall):  # a resumed announcement was marked interrupted by _scan
+            return found
+        p.status = p.status.with_announcement(replace(pending, done=True))
+    return None
+
+
 # -- results -------------------------------------------------------------------------
 
 
@@ -626,6 +672,8 @@ def complete(status: Status, call: StepCall, result: StepResult, now: datetime) 
         began, state=state.value, finishedAt=timestamp(now), message=result.message, output=_bounded(result.output)
     )
     p.status = replace(p.status.with_record(record), currentStep=None)
+    if result.conversation is not None:
+        p.status = p.status.with_conversation(*result.conversation)
     if step.stage is Stage.DIAGNOSE:
         p.status = replace(p.status, findings=(*p.status.findings, Finding(step.name, result.message)))
     reason, kind = (Reason.STEP_SUCCEEDED, NORMAL) if result.ok else (Reason.STEP_FAILED, WARNING)

@@ -19,6 +19,18 @@ SEVERITIES = ("Critical", "High", "Medium", "Low")
 DEFAULT_SEVERITY = "Medium"
 # The runbook's response times by severity.
 RESPONSE_TIME = {"Critical": 15 * 60.0, "High": 3600.0, "Medium": 4 * 3600.0, "Low": 24 * 3600.0}
+# What a status-change announcement may be about: a phase entered, or the first acknowledgement.
+ACKNOWLEDGED = "Acknowledged"
+ANNOUNCEABLE = ("Diagnosing", "AwaitingApproval", "Remediating", "Verifying", "Escalated", "Resolved", ACKNOWLEDGED)
+# The runbook's "update when status changes (investigating, identified, resolving, resolved)", by
+# severity, for an announcement that names no phases: Critical and High say every change people
+# act on; Medium and Low only what needs people (approval, escalation) and the end.
+DEFAULT_ANNOUNCED = {
+    "Critical": frozenset({"Diagnosing", "AwaitingApproval", ACKNOWLEDGED, "Escalated", "Resolved"}),
+    "High": frozenset({"Diagnosing", "AwaitingApproval", ACKNOWLEDGED, "Escalated", "Resolved"}),
+    "Medium": frozenset({"AwaitingApproval", "Escalated", "Resolved"}),
+    "Low": frozenset({"AwaitingApproval", "Escalated", "Resolved"}),
+}
 
 
 class Stage(enum.StrEnum):
@@ -26,6 +38,7 @@ class Stage(enum.StrEnum):
     REMEDIATE = "Remediate"
     VERIFY = "Verify"
     ESCALATE = "Escalate"
+    ANNOUNCE = "Announce"
 
     @property
     def field(self) -> str:
@@ -94,7 +107,12 @@ class Step:
     @property
     def rerun_safe(self) -> bool:
         """May run again if the operator died while it ran? Not if it destroys or notifies."""
-        return not self.destructive and self.stage is not Stage.ESCALATE
+        return not self.destructive and not self.notifies
+
+    @property
+    def notifies(self) -> bool:
+        """An escalation's or an announcement's step: runs once, never waits for approval."""
+        return self.stage in (Stage.ESCALATE, Stage.ANNOUNCE)
 
 
 @dataclass(frozen=True)
@@ -109,6 +127,19 @@ class Escalation:
     levels: tuple[Level, ...]
     update_every: float | None
     after_attempts: int | None = None
+
+
+@dataclass(frozen=True)
+class Announcement:
+    """Notify steps run once each time the incident enters one of ``phases`` (None: the
+    severity's default, :data:`DEFAULT_ANNOUNCED`)."""
+
+    notify: tuple[Step, ...]
+    phases: frozenset[str] | None = None
+    dry_run: bool = False  # also in a dry run (otherwise recorded as what would run)
+
+    def announces(self, phase: str, severity: str) -> bool:
+        return phase in (self.phases if self.phases is not None else DEFAULT_ANNOUNCED[severity])
 
 
 @dataclass(frozen=True)
@@ -136,6 +167,14 @@ class Policy:
     approval_timeout: float | None = None  # None: the severity's response time
     dry_run: bool = False
     suspend: bool = False
+    announce: tuple[Announcement, ...] = ()
+
+    def announced(self, phase: str, severity: str) -> tuple[Step, ...]:
+        """The notify steps an entry into ``phase`` runs, in the order the policy gives them."""
+        return tuple(s for a in self.announce if a.announces(phase, severity) for s in a.notify)
+
+    def announces_in_dry_run(self, step: Step) -> bool:
+        return any(a.dry_run and step in a.notify for a in self.announce)
 
     def steps(self, stage: Stage) -> tuple[Step, ...]:
         return {Stage.DIAGNOSE: self.diagnose, Stage.REMEDIATE: self.remediate, Stage.VERIFY: self.verify}[stage]
@@ -144,6 +183,7 @@ class Policy:
         """The step of that name, of any stage or escalation level (names are unique in a policy)."""
         steps = [*self.diagnose, *self.remediate, *self.verify]
         steps += [s for level in (self.escalation.levels if self.escalation else ()) for s in level.notify]
+        steps += [s for announcement in self.announce for s in announcement.notify]
         return next((s for s in steps if s.name == name), None)
 
 
@@ -175,6 +215,7 @@ class Incident:
     name: str
     generation: int
     alert: str
+    uid: str = ""
     severity: str | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
     policy_ref: str | None = None
@@ -198,6 +239,7 @@ class Incident:
             name=meta.get("name", ""),
             generation=int(meta.get("generation") or 0),
             alert=str(spec.get("alert", "")),
+            uid=str(meta.get("uid") or ""),
             severity=spec.get("severity"),
             labels={str(k): str(v) for k, v in (spec.get("labels") or {}).items()},
             policy_ref=(spec.get("policyRef") or {}).get("name"),
@@ -349,6 +391,7 @@ def parse_policy(body: Mapping[str, Any], validate: ParamValidator) -> Policy | 
         if not isinstance(max_attempts, int) or max_attempts < 1:
             raise PolicyError("spec.limits.maxAttempts: must be an integer >= 1")
         escalation = _parse_escalation(spec.get("escalate"), validate, seen)
+        announce = _parse_announce(spec.get("announce"), validate, seen)
         return Policy(
             namespace=namespace,
             name=name,
@@ -368,6 +411,7 @@ def parse_policy(body: Mapping[str, Any], validate: ParamValidator) -> Policy | 
             else None,
             dry_run=bool(spec.get("dryRun", False)),
             suspend=bool(spec.get("suspend", False)),
+            announce=announce,
         )
     except PolicyError as err:
         return InvalidPolicy(namespace, name, generation, str(err), match, priority)
@@ -395,6 +439,36 @@ def _parse_escalation(raw: Any, validate: ParamValidator, seen: set[str]) -> Esc
         raise PolicyError("spec.escalate.levels: level names must be unique")
     update = _duration(raw["updateEvery"], "spec.escalate.updateEvery") if "updateEvery" in raw else None
     return Escalation(tuple(levels), update, raw.get("afterAttempts"))
+
+
+def _parse_announce(raw: Any, validate: ParamValidator, seen: set[str]) -> tuple[Announcement, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise PolicyError("spec.announce: must be a list")
+    found = []
+    for i, item in enumerate(raw):
+        path = f"spec.announce[{i}]"
+        if not isinstance(item, Mapping):
+            raise PolicyError(f"{path}: must be an object")
+        phases = item.get("phases")
+        if phases is not None:
+            bad = [p for p in phases if p not in ANNOUNCEABLE]
+            if bad:
+                raise PolicyError(f"{path}.phases: {bad[0]!r} is not one of {', '.join(ANNOUNCEABLE)}")
+        steps = []
+        for j, step_raw in enumerate(item.get("notify") or []):
+            step = _parse_step(step_raw, Stage.ANNOUNCE, j, validate, f"{path}.notify[{j}]")
+            if step.name in seen:
+                raise PolicyError(f"{path}.notify[{j}].name: duplicate step name {step.name!r}")
+            seen.add(step.name)
+            steps.append(step)
+        if not steps:
+            raise PolicyError(f"{path}.notify: at least one step is required")
+        found.append(
+            Announcement(tuple(steps), None if phases is None else frozenset(phases), bool(item.get("dryRun", False)))
+        )
+    return tuple(found)
 
 
 def default_escalation(severity: str) -> Escalation:

@@ -8,10 +8,12 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from runbook_operator.domain.model import Escalation, Incident, Policy, Step, default_escalation
-from runbook_operator.domain.status import ConditionType, Phase, Status, StepState, timestamp
+from runbook_operator.domain.model import DEFAULT_SEVERITY, Escalation, Incident, Policy, Step, default_escalation
+from runbook_operator.domain.status import Announcement, ConditionType, Phase, Status, StepState, timestamp
 
 NORMAL, WARNING = "Normal", "Warning"
+ANNOUNCED_MESSAGE_LIMIT = 500  # of the transition's message, kept with the announcement
+NO_ANNOUNCEMENT = {"phase": "", "number": 0, "at": "", "reason": "", "message": ""}
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,24 @@ class Context:
                 "output": dict(record.output or {}),
             }
         findings = [{"step": f.step, "message": f.message} for f in status.findings]
-        return {"incident": self.incident.view(status.severity), "steps": steps, "findings": findings}
+        announcing = status.announcing()
+        return {
+            "incident": self.incident.view(status.severity),
+            "steps": steps,
+            "findings": findings,
+            "announcement": announcement_view(announcing) if announcing else dict(NO_ANNOUNCEMENT),
+        }
+
+
+def announcement_view(announcement: Announcement) -> dict[str, Any]:
+    """What templates, `when` and notifications see of an announcement."""
+    return {
+        "phase": announcement.phase,
+        "number": announcement.number,
+        "at": announcement.at,
+        "reason": announcement.reason,
+        "message": announcement.message,
+    }
 
 
 class Progress:
@@ -70,6 +89,16 @@ class Progress:
     def __init__(self, status: Status, now: datetime, nonce: str = "") -> None:
         self.status, self.now, self.nonce, self.events = status, now, nonce, list[Event]()
         self.wake: list[datetime] = []
+        self.announcer: Policy | None = None  # the policy whose announcements status changes go to
+
+    def announce(self, phase: str, reason: str, message: str) -> None:
+        """Queue an announcement of this change if the policy announces it (its steps run next)."""
+        policy, severity = self.announcer, self.status.severity or DEFAULT_SEVERITY
+        if policy is None or not policy.announced(phase, severity):
+            return
+        number = max((a.number for a in self.status.announcements), default=0) + 1
+        text = message if len(message) <= ANNOUNCED_MESSAGE_LIMIT else message[: ANNOUNCED_MESSAGE_LIMIT - 3] + "..."
+        self.status = self.status.with_announcement(Announcement(number, phase, timestamp(self.now), reason, text))
 
     def emit(self, type_: str, reason: str, message: str) -> None:
         self.events.append(Event(type_, reason, message))
@@ -80,6 +109,7 @@ class Progress:
         self.status = replace(self.status, phase=phase, currentStep=None, waiting=None)
         kind = WARNING if phase in (Phase.ESCALATED, Phase.AWAITING_APPROVAL) else NORMAL
         self.emit(kind, reason, f"{previous} -> {phase}: {message}")
+        self.announce(str(phase), reason, message)
 
     def condition(self, type_: str, ok: bool, reason: str, message: str) -> None:
         self.status = self.status.with_condition(type_, ok, reason, message, self.now)

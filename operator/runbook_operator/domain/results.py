@@ -12,3 +12,7 @@ class StepResult:
     ok: bool
     message: str
     output: Mapping[str, Any] = field(default_factory=dict)
+    # (key, id): the conversation this step opened on a channel (a Slack thread's ts, a paging
+    # service's alert); recorded in the Incident's status.conversations[key], so the incident's
+    # later notifications to that channel join it (ActionContext.conversations)
+    conversation: tuple[str, str] | None = None

@@ -20,6 +20,8 @@ from runbook_operator.domain.wire import timestamp as timestamp
 
 TIMELINE_LIMIT = 50
 STEPS_LIMIT = 100
+ANNOUNCEMENTS_LIMIT = 20  # announcements kept in status: every one not done yet, then the newest done
+CONVERSATIONS_LIMIT = 16  # channels an incident keeps a conversation with
 # A periodic escalation update's records say ``update: k``; they also keep attempt 100+k,
 # the only way the previous version (which keys records on the attempt) knows them.
 UPDATE_ATTEMPT_BASE = 100
@@ -169,6 +171,20 @@ class TimelineEntry:
 
 
 @dataclass(frozen=True)
+class Announcement:
+    """One status change to announce: the ``number``-th, entering ``phase`` (or Acknowledged).
+    Its notify steps' records are keyed on the number as their attempt; ``done`` once each ran
+    (or was skipped), so no change is ever announced twice, whatever status has forgotten."""
+
+    number: int
+    phase: str
+    at: str
+    reason: str = ""
+    message: str = ""
+    done: bool = False
+
+
+@dataclass(frozen=True)
 class EscalationState:
     level: str | None = None
     notifiedAt: str | None = None
@@ -196,6 +212,8 @@ class Status:
     duplicateOf: str | None = None
     waiting: str | None = None
     escalation: EscalationState = EscalationState()
+    announcements: tuple[Announcement, ...] = ()
+    conversations: Mapping[str, str] = field(default_factory=dict)  # channel key -> thread or alert id
     conditions: tuple[Condition, ...] = ()
     steps: tuple[StepRecord, ...] = ()
     findings: tuple[Finding, ...] = ()
@@ -204,16 +222,26 @@ class Status:
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any] | None) -> Status:
         raw = raw or {}
-        nested = {"conditions": Condition, "steps": StepRecord, "findings": Finding, "timeline": TimelineEntry}
-        scalars = known(cls, raw, exclude={*nested, "escalation"})
+        nested = {
+            "conditions": Condition,
+            "steps": StepRecord,
+            "findings": Finding,
+            "timeline": TimelineEntry,
+            "announcements": Announcement,
+        }
+        scalars = known(cls, raw, exclude={*nested, "escalation", "conversations"})
         lists = {key: tuple(_item(kind, item) for item in raw.get(key) or ()) for key, kind in nested.items()}
         escalation = known(EscalationState, raw.get("escalation") or {})
         escalation["fired"] = tuple(escalation.get("fired") or ())
         phase = scalars.pop("phase", None)
+        conversations = raw.get("conversations")
         return cls(
             **scalars | lists,
             phase=Phase(phase) if phase is not None else None,
             escalation=EscalationState(**escalation),
+            conversations={str(k): str(v) for k, v in conversations.items() if v is not None}
+            if isinstance(conversations, Mapping)
+            else {},
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -221,7 +249,7 @@ class Status:
         inside list items (which a merge patch copies verbatim) None is left out."""
         raw = asdict(self)
         raw["phase"] = None if self.phase is None else str(self.phase)  # plain text, e.g. for yaml.safe_dump
-        for key in ("conditions", "steps", "findings", "timeline"):
+        for key in ("conditions", "steps", "findings", "timeline", "announcements"):
             raw[key] = [{k: v for k, v in item.items() if v is not None} for item in raw[key]]
         raw["escalation"]["fired"] = list(self.escalation.fired)
         return raw
@@ -238,6 +266,27 @@ class Status:
     def noted(self, now: datetime, type_: str, message: str) -> Status:
         entries = (*self.timeline, TimelineEntry(timestamp(now), type_, message))
         return replace(self, timeline=entries[-TIMELINE_LIMIT:])
+
+    def announcing(self) -> Announcement | None:
+        """The first announcement whose notify steps have not all run yet."""
+        return next((a for a in self.announcements if not a.done), None)
+
+    def with_announcement(self, announcement: Announcement) -> Status:
+        """Add (or replace, by number) an announcement; past the limit the oldest done ones go."""
+        kept = [a for a in self.announcements if a.number != announcement.number]
+        kept.append(announcement)
+        kept.sort(key=lambda a: a.number)
+        while len(kept) > ANNOUNCEMENTS_LIMIT and any(a.done for a in kept):
+            kept.remove(next(a for a in kept if a.done))
+        return replace(self, announcements=tuple(kept))
+
+    def with_conversation(self, key: str, ident: str) -> Status:
+        """Remember a channel's thread (or alert); a new one replaces one the channel lost."""
+        if self.conversations.get(key) == ident:
+            return self
+        if key not in self.conversations and len(self.conversations) >= CONVERSATIONS_LIMIT:
+            return self
+        return replace(self, conversations={**self.conversations, key: ident})
 
     def record(self, stage: str, name: str, attempt: int) -> StepRecord | None:
         return next((s for s in self.steps if (s.stage, s.name, s.attempt) == (stage, name, attempt)), None)

@@ -13,6 +13,7 @@ import logging
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import pydantic
@@ -24,6 +25,7 @@ from runbook_operator.domain.model import Incident, Step
 from runbook_operator.engine.metrics import Metrics
 
 log = logging.getLogger(__name__)
+NOTIFY = "notify."  # the notification channels' family: counted by channel
 Sleep = Callable[[float], Awaitable[None]]
 
 
@@ -46,9 +48,15 @@ class Executor:
         return timeout * (step.retries + 1) + step.backoff * step.retries
 
     async def run(
-        self, incident: Incident, call: StepCall, details: Mapping[str, Any] | None = None, policy: str | None = None
+        self,
+        incident: Incident,
+        call: StepCall,
+        details: Mapping[str, Any] | None = None,
+        policy: str | None = None,
+        conversations: Mapping[str, str] | None = None,
     ) -> StepResult:
-        """Run ``call`` for ``incident``; ``policy`` (the step's RemediationPolicy) is whom Secrets must consent to."""
+        """Run ``call`` for ``incident``; ``policy`` (the step's RemediationPolicy) is whom Secrets must
+        consent to; ``conversations`` the incident's threads so far (status.conversations)."""
         step = call.step
         try:
             action = self._registry.get(step.action)
@@ -56,7 +64,10 @@ class Executor:
         except ValueError as err:  # rendered templates gave a bad value, or the catalog changed
             return StepResult(False, f"cannot run {step.action}: {err}")
         timeout = step.timeout or action.default_timeout
-        ctx = ActionContext(incident.namespace, incident.name, timeout, details, self._services, policy)
+        ctx = ActionContext(
+            incident.namespace, incident.name, timeout, details, self._services, policy, incident.uid,
+            dict(conversations or {}),
+        )  # fmt: skip
         result = StepResult(False, "not run")
         started = time.monotonic()
         for attempt in range(step.retries + 1):
@@ -72,6 +83,8 @@ class Executor:
             result = StepResult(False, f"{result.message} (after {step.retries + 1} tries)", result.output)
         if self._metrics is not None:
             self._metrics.action(step.action, result.ok, time.monotonic() - started)
+            if step.action.startswith(NOTIFY):
+                self._metrics.notification(step.action.removeprefix(NOTIFY), result.ok)
         return _redacted(result, ctx)
 
 
@@ -98,7 +111,7 @@ def _redacted(result: StepResult, ctx: ActionContext) -> StepResult:
     """No secret value read for this step leaves it: not in status, Events, logs or notifications."""
     if not ctx.revealed:
         return result
-    return StepResult(result.ok, ctx.redact(result.message), _scrubbed(result.output, ctx))
+    return replace(result, message=ctx.redact(result.message), output=_scrubbed(result.output, ctx))
 
 
 def _scrubbed(value: Any, ctx: ActionContext) -> Any:

@@ -126,6 +126,12 @@ class Metrics:
             ["action", "outcome"], buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120), registry=registry,
         )  # fmt: skip
 
+        self.notifications = Counter(
+            "runbook_notifications_total",
+            "Notifications (notify.* steps: announcements, escalations, updates) by channel and result",
+            ["channel", "result"], registry=registry,
+        )  # fmt: skip
+
     def archive(self) -> ArchiveMetrics:
         """The archive's metrics, registered on first use (so no archive shows no archive series)."""
         if self._archive is None:
@@ -163,6 +169,9 @@ class Metrics:
 
     def action(self, name: str, ok: bool, seconds: float) -> None:
         self.actions.labels(name, "success" if ok else "failure").observe(seconds)
+
+    def notification(self, channel: str, sent: bool) -> None:
+        self.notifications.labels(channel, "sent" if sent else "failed").inc()
 
 
 def _seconds(start: str, end: str) -> float:

@@ -36,7 +36,8 @@ from typing import Any, Protocol
 
 from runbook_operator.domain.lifecycle import Event, Peer, StepCall, complete, decide
 from runbook_operator.domain.matching import Candidate, PolicySet
-from runbook_operator.domain.model import Incident, Policy, Step
+from runbook_operator.domain.model import Incident, Policy, Stage, Step
+from runbook_operator.domain.progress import announcement_view
 from runbook_operator.domain.results import StepResult
 from runbook_operator.domain.status import Phase, Status, StepRecord, StepState, parse_timestamp
 from runbook_operator.engine.archive import TERMINAL, ArchiveRecord, ArchiveWriter
@@ -307,7 +308,10 @@ class Reconciler:
                 written, pending, unrecorded = status, [], None
             if decision.run is not None:
                 started = time.monotonic()
-                result = await self._executor.run(incident, decision.run, _details(incident, status), status.policy)
+                result = await self._executor.run(
+                    incident, decision.run, _details(incident, status, decision.run), status.policy,
+                    status.conversations,
+                )  # fmt: skip
                 _log_step(incident, status, decision.run.step, result.ok, time.monotonic() - started)
                 before = status
                 unrecorded = (decision.run, result)
@@ -462,12 +466,21 @@ def _short(err: Exception) -> str:
     return text[:300]
 
 
-def _details(incident: Incident, status: Status) -> dict[str, Any]:
-    """What a notification says about the incident."""
+def _details(incident: Incident, status: Status, call: StepCall) -> dict[str, Any]:
+    """What a notification says about the incident (actions.messages reads it)."""
+    announcing = status.announcing() if call.step.stage is Stage.ANNOUNCE else None
     return incident.view(status.severity) | {
+        "uid": incident.uid,
         "phase": status.phase,
         "level": status.escalation.level,
+        "acknowledgedBy": incident.acknowledged_by,
         "findings": [{"step": f.step, "message": f.message} for f in status.findings],
+        "steps": [
+            {"name": s.name, "stage": s.stage, "state": s.state, "message": s.message}
+            for s in status.steps
+            if s.stage not in (Stage.ESCALATE, Stage.ANNOUNCE)
+        ],
+        "announcement": announcement_view(announcing) if announcing is not None else None,
     }
 
 
