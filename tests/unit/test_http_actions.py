@@ -12,8 +12,8 @@ from runbook_operator.domain.results import StepResult
 from runbook_operator.engine import hostaliases
 from runbook_operator.engine.executor import run_action
 from tests.fixtures.listeners import Listener
+from tests.fixtures.secrets import Secrets
 from tests.unit.builders import REGISTRY
-from tests.unit.test_notify_and_secrets import Secrets
 
 CTX = ActionContext("ns", "inc", timeout=5.0)
 

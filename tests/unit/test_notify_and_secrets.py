@@ -15,26 +15,10 @@ from runbook_operator.domain.lifecycle import StepCall
 from runbook_operator.domain.model import Stage, Step
 from runbook_operator.engine.executor import Executor, run_action
 from runbook_operator.engine.kube import _consents
+from tests.fixtures.secrets import Secrets
 from tests.unit.builders import REGISTRY, incident
 
 SECRETS = {("ns", "admin-api", "token"): "Bearer s3cr3t-token", ("ns", "slack", "url"): ""}
-
-
-class Secrets:
-    def __init__(self, values: dict[tuple[str, str, str], str]) -> None:
-        self.values = values
-
-    async def read_secret(self, namespace: str, name: str, key: str, policy: str | None) -> str:
-        try:
-            return self.values[(namespace, name, key)]
-        except KeyError:
-            raise LookupError(f"secret {namespace}/{name} has no key {key!r}") from None
-
-    def api_client(self) -> Any:
-        raise NotImplementedError
-
-    async def run_blocking(self, fn: Any, *args: Any) -> Any:
-        return fn(*args)
 
 
 @pytest.fixture

@@ -18,8 +18,8 @@ from runbook_operator.actions.registry import Registry
 from runbook_operator.domain.lifecycle import StepCall
 from runbook_operator.domain.model import Stage, Step
 from runbook_operator.engine.executor import Executor
+from tests.fixtures.secrets import Secrets
 from tests.unit.builders import incident
-from tests.unit.test_notify_and_secrets import Secrets
 
 # no "*": the scrub writes "***", which must not be mistaken for a part of the secret
 CORE = string.ascii_letters + string.digits + "-_.:/+=@%!#$&()[]{}<>,;?~^|"

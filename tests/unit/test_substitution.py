@@ -64,12 +64,27 @@ def test_every_destination_and_credential_parameter_is_literal() -> None:
 PG = {"host": "pg", "dbname": "app", "user": "app", "passwordSecretRef": {"name": "pg", "key": "password"}}
 VALID = {"redis": {"host": "redis"}, "postgres": PG, "docker": {"container": "web"}, "http": {"url": "http://x/"}}
 EXTRA = {"redis.deleteByPattern": {"pattern": "session:*"}, "postgres.terminateBackend": {"pid": 42}}
+NOTIFY = {
+    "notify.webhook": {},
+    "notify.slack": {"channel": "C0123456789", "tokenSecretRef": {"name": "slack", "key": "token"}},
+    "notify.pagerduty": {"routingKeySecretRef": {"name": "pd", "key": "routingKey"}},
+    "notify.opsgenie": {"apiKeySecretRef": {"name": "og", "key": "apiKey"}},
+    "notify.email": {
+        "host": "smtp.example.com",
+        "from": "runbook@example.com",
+        "to": ["oncall@example.com"],
+        "usernameSecretRef": {"name": "smtp", "key": "user"},
+        "passwordSecretRef": {"name": "smtp", "key": "password"},
+    },
+}
 
 
 def valid_params(action: str) -> dict[str, Any]:
     """Parameters the action takes as they are, so the only problem left is the one a test adds."""
-    if action in ("docker.prune", "notify.webhook"):
+    if action == "docker.prune":
         return {}
+    if action in NOTIFY:
+        return dict(NOTIFY[action])
     return {**VALID[action.split(".")[0]], **EXTRA.get(action, {})}
 
 

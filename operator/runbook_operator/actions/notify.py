@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 import httpx
 import pydantic
 
-from runbook_operator.actions import messages
+from runbook_operator.actions import messages, slack
 from runbook_operator.actions.api import (
     Action,
     ActionContext,
@@ -69,19 +69,7 @@ def _document(ctx: ActionContext, text: str | None) -> dict[str, Any]:
 def _slack(ctx: ActionContext, text: str | None) -> dict[str, Any]:
     """Slack's ``{text}``, every part escaped: what the incident says (and the policy's text,
     rendered with it) cannot mention a channel (``<!channel>``) or hide a link (``<url|label>``)."""
-    return {"text": slack_text(_details(ctx), text)}
-
-
-def slack_text(details: dict[str, Any], lead: str | None) -> str:
-    """The message in Slack's mrkdwn, each line escaped; the inspect command as code."""
-    lines = [lead or messages.headline(details), *messages.body(details)]
-    shown = [escaped(line) for line in lines[:-1] if line]
-    return "\n".join([*shown, f"Inspect: `{escaped(messages.inspect_command(details))}`"])
-
-
-def escaped(text: str) -> str:
-    """Slack's three control characters as its own entities (api.slack.com: formatting)."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return {"text": slack.compose(ctx, text)}
 
 
 async def webhook(params: WebhookParams, ctx: ActionContext) -> StepResult:

@@ -426,19 +426,25 @@ def _parse_escalation(raw: Any, validate: ParamValidator, seen: set[str]) -> Esc
         if not level.get("name"):
             raise PolicyError(f"{path}.name: required")
         after = _duration(level["after"], f"{path}.after") if "after" in level else None
-        steps = []
-        for j, step_raw in enumerate(level.get("notify") or []):
-            step = _parse_step(step_raw, Stage.ESCALATE, j, validate, f"{path}.notify[{j}]")
-            if step.name in seen:
-                raise PolicyError(f"{path}.notify[{j}].name: duplicate step name {step.name!r}")
-            seen.add(step.name)
-            steps.append(step)
-        levels.append(Level(level["name"], after, tuple(steps)))
+        steps = _notify_steps(level.get("notify"), Stage.ESCALATE, path, validate, seen)
+        levels.append(Level(level["name"], after, steps))
     names = [lv.name for lv in levels]
     if len(set(names)) != len(names):
         raise PolicyError("spec.escalate.levels: level names must be unique")
     update = _duration(raw["updateEvery"], "spec.escalate.updateEvery") if "updateEvery" in raw else None
     return Escalation(tuple(levels), update, raw.get("afterAttempts"))
+
+
+def _notify_steps(raw: Any, stage: Stage, path: str, validate: ParamValidator, seen: set[str]) -> tuple[Step, ...]:
+    """The ``notify`` steps at ``path``; step names are unique across the whole policy (``seen``)."""
+    steps = []
+    for j, step_raw in enumerate(raw or []):
+        step = _parse_step(step_raw, stage, j, validate, f"{path}.notify[{j}]")
+        if step.name in seen:
+            raise PolicyError(f"{path}.notify[{j}].name: duplicate step name {step.name!r}")
+        seen.add(step.name)
+        steps.append(step)
+    return tuple(steps)
 
 
 def _parse_announce(raw: Any, validate: ParamValidator, seen: set[str]) -> tuple[Announcement, ...]:
@@ -456,17 +462,11 @@ def _parse_announce(raw: Any, validate: ParamValidator, seen: set[str]) -> tuple
             bad = [p for p in phases if p not in ANNOUNCEABLE]
             if bad:
                 raise PolicyError(f"{path}.phases: {bad[0]!r} is not one of {', '.join(ANNOUNCEABLE)}")
-        steps = []
-        for j, step_raw in enumerate(item.get("notify") or []):
-            step = _parse_step(step_raw, Stage.ANNOUNCE, j, validate, f"{path}.notify[{j}]")
-            if step.name in seen:
-                raise PolicyError(f"{path}.notify[{j}].name: duplicate step name {step.name!r}")
-            seen.add(step.name)
-            steps.append(step)
+        steps = _notify_steps(item.get("notify"), Stage.ANNOUNCE, path, validate, seen)
         if not steps:
             raise PolicyError(f"{path}.notify: at least one step is required")
         found.append(
-            Announcement(tuple(steps), None if phases is None else frozenset(phases), bool(item.get("dryRun", False)))
+            Announcement(steps, None if phases is None else frozenset(phases), bool(item.get("dryRun", False)))
         )
     return tuple(found)
 
