@@ -8,7 +8,6 @@ own ``runbook-operator`` command.
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 import time
@@ -119,8 +118,10 @@ def demo(directory: Path, faults: list[str] | None, timeout: float) -> int:
     print(f"\n{len(outcomes) - len(missed)}/{len(outcomes)} scenarios ended as the runbook expects", end="")
     print(f"; not: {', '.join(missed)}" if missed else "")
     hooks = control.get("/hooks").json()[hooks_before:]
+    sent = sum(o.messages()[0] for o in outcomes)
+    print(f"{sent} message(s) sent by the scenarios' policies; {len(hooks)} reached the on-call webhook")
     if hooks:
-        print(f"{len(hooks)} notification(s) reached the on-call webhook, e.g.: {json.dumps(hooks[-1]['body'])[:200]}")
+        print("the last one:\n  " + "\n  ".join(str(hooks[-1]["body"].get("text", hooks[-1]["body"])).splitlines()))
     return 1 if missed else 0
 
 

@@ -62,6 +62,18 @@ class Outcome:
     def ok(self) -> bool:
         return self.phase == EXPECTED[self.alert]
 
+    @property
+    def told(self) -> bool:
+        """Every change its policy announces has been told (or given up on)?"""
+        status = (self.incident or {}).get("status") or {}
+        return all(a.get("done") for a in status.get("announcements") or ())
+
+    def messages(self) -> tuple[int, int]:
+        """(sent, failed): its notifications (announcements and escalation pages)."""
+        steps = ((self.incident or {}).get("status") or {}).get("steps") or []
+        told = [s.get("state") for s in steps if s.get("stage") in ("Announce", "Escalate")]
+        return told.count("Succeeded"), told.count("Failed")
+
 
 def play(
     faults: Iterable[str],
@@ -87,7 +99,7 @@ def play(
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         _observe(outcomes, incidents(), seen, on_change, approve)
-        if all(o.settled_after is not None for o in outcomes.values()):
+        if all(o.settled_after is not None and o.told for o in outcomes.values()):
             break
         time.sleep(poll)
     return outcomes
@@ -125,7 +137,7 @@ def _observe(
 
 def table(outcomes: Iterable[Outcome]) -> str:
     """The summary: one row per scenario."""
-    rows = [("ALERT", "INCIDENT", "PHASE", "EXPECTED", "REASON", "STEPS", "SETTLED IN")]
+    rows = [("ALERT", "INCIDENT", "PHASE", "EXPECTED", "REASON", "STEPS", "MESSAGES", "SETTLED IN")]
     for o in outcomes:
         status = (o.incident or {}).get("status") or {}
         steps = status.get("steps") or []
@@ -136,7 +148,9 @@ def table(outcomes: Iterable[Outcome]) -> str:
         settled = f"{o.settled_after:.0f}s" if o.settled_after is not None else "not settled"
         name = (o.incident or {}).get("metadata", {}).get("name", "(no incident)")
         reason = _condition_reason(status) or "-"
-        rows.append((o.alert, name, o.phase, EXPECTED[o.alert], reason, summary, settled))
+        sent, failed = o.messages()
+        messages = f"{sent} sent" + (f", {failed} failed" if failed else "")
+        rows.append((o.alert, name, o.phase, EXPECTED[o.alert], reason, summary, messages, settled))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
 

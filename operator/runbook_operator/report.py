@@ -1,7 +1,8 @@
 """A post-incident report in Markdown, from an Incident's body (and its Events).
 
 Follows the runbook's "Post-Incident Procedures": the timeline, root-cause
-candidates, the steps taken, escalation, and what is left for humans to do.
+candidates, the steps taken, every notification sent, escalation, and what is left
+for humans to do.
 Pure: no clock, no cluster; every field may be missing (a report for an incident
 the operator has not touched yet says so instead of failing).
 """
@@ -71,6 +72,7 @@ def render(incident_body: Mapping[str, Any], events: Sequence[Mapping[str, Any]]
     lines += _timeline(status, events)
     lines += _findings(status)
     lines += _actions(status)
+    lines += _notifications(status)
     lines += _escalations(spec, status)
     lines += _metrics(status)
     lines += _follow_ups(spec, status, handled)
@@ -201,6 +203,31 @@ def _actions(status: Mapping[str, Any]) -> list[str]:
         cells = (s.get("stage"), s.get("name"), s.get("action"), s.get("attempt"), state, s.get("startedAt"))
         row = " | ".join(_cell(c if c is not None else "—") for c in cells)
         out.append(f"| {row} | {duration} | {_cell(s.get('message') or '')} |")
+    return [*out, ""]
+
+
+def _notifications(status: Mapping[str, Any]) -> list[str]:
+    """Every announcement and escalation notification, when it went out, what it was about."""
+    steps = [_map(s) for s in status.get("steps") or () if _map(s).get("stage") in ("Announce", "Escalate")]
+    out = ["## Notifications", ""]
+    if not steps:
+        return [*out, "None sent.", ""]
+    phases = {a.get("number"): a.get("phase") for a in map(_map, status.get("announcements") or ())}
+    sent = sum(1 for s in steps if s.get("state") == "Succeeded")
+    failed = sum(1 for s in steps if s.get("state") == "Failed")
+    out += [f"{sent} sent, {failed} failed, {len(steps) - sent - failed} not sent (skipped or still running).", ""]
+    out += ["| time | about | step | action | state | message |", "|---|---|---|---|---|---|"]
+    for s in sorted(steps, key=lambda s: str(s.get("finishedAt") or s.get("startedAt") or "")):
+        attempt = s.get("attempt")
+        if s.get("stage") == "Announce":
+            about = f"announcement {attempt}: {phases.get(attempt) or 'status change'}"
+        elif s.get("update"):
+            about = f"escalation update {s['update']}"
+        else:
+            about = f"escalation level {attempt}"
+        cells = (s.get("finishedAt") or s.get("startedAt"), about, s.get("name"), s.get("action"), s.get("state"))
+        row = " | ".join(_cell(c if c is not None else "—") for c in cells)
+        out.append(f"| {row} | {_cell(s.get('message') or '')} |")
     return [*out, ""]
 
 

@@ -27,6 +27,7 @@ from runbook_lab import scenarios
 from runbook_lab.controlplane import ControlPlane
 from runbook_lab.lab import NAMESPACE, ONCALL_GROUP, ONCALL_USER, Lab
 from runbook_operator import cli
+from runbook_operator.actions import messages
 from tests.fixtures.cluster import ROOT
 from tests.fixtures.common import wait_for
 
@@ -296,8 +297,11 @@ def test_a_memory_leak_a_restart_cannot_fix_is_escalated_to_on_call(degradations
     polled = datetime.fromisoformat(verify["finishedAt"]) - datetime.fromisoformat(verify["startedAt"])
     assert polled.total_seconds() >= 5  # retried (10 x 1s at lab speed), not one look
     assert degradations.called("intelligent-router", "POST", "/cache/clear") == [None]
-    notes = [body for hook, body in degradations.hooks if hook == "on-call"]
-    assert len(notes) == 1 and "HighMemoryUsage" in notes[0]["text"] and "escalated" in notes[0]["text"]
+    name = incident["metadata"]["name"]
+    notes = [body["text"] for hook, body in degradations.hooks if hook == "on-call" and name in body["text"]]
+    assert len(notes) == 2, notes  # the announcement of the investigation, then the on-call level's page
+    assert notes[0].startswith(f"[High] HighMemoryUsage ishchat/{name}: investigating")
+    assert notes[1].startswith(f"[High] HighMemoryUsage (ishchat/{name}) escalated")
 
 
 def test_disk_space_running_low_waits_for_approval_to_prune(degradations: Wave) -> None:
@@ -351,6 +355,35 @@ def test_a_cost_spike_is_rate_limited_and_scaling_down_waits_for_approval(capaci
     scaled = capacity.called("intelligent-router", "POST", "/instances/scale")
     assert {"provider_type": "openai", "desired_instances": 2} not in scaled  # not before the approval
     assert scaled == [{"provider_type": "openai", "desired_instances": 10}]  # HighCPUUsage's, same wave
+
+
+def test_critical_and_high_incidents_tell_on_call_each_status_change_once(
+    outages: Wave, degradations: Wave, capacity: Wave
+) -> None:
+    """The pack announces Critical and High incidents' changes to the on-call webhook (runbook:
+    "update when status changes"): what status says was announced is what the webhook got, in order."""
+    told: dict[str, list[str]] = {}
+    severities: dict[str, str] = {}
+    for wave in (outages, degradations, capacity):
+        for outcome in wave.outcomes.values():
+            assert outcome.incident is not None
+            name, status = outcome.incident["metadata"]["name"], outcome.incident["status"]
+            head = f"[{status['severity']}] {outcome.alert} ishchat/{name}: "
+            heads = [b["text"].split("\n")[0] for h, b in wave.hooks if h == "on-call" and b["text"].startswith(head)]
+            announced = [a["phase"] for a in status.get("announcements") or ()]
+            assert all(a["done"] for a in status.get("announcements") or ())
+            assert [h.removeprefix(head) for h in heads] == [messages.STATUS_WORDS[p] for p in announced], name
+            assert outcome.messages()[1] == 0, status["steps"]
+            told[outcome.alert], severities[outcome.alert] = announced, status["severity"]
+    for alert, phases in told.items():
+        if severities[alert] in ("Critical", "High"):
+            assert phases[0] == "Diagnosing", (alert, phases)
+        else:
+            assert "Diagnosing" not in phases, (alert, phases)
+    assert told["InstanceManagerDown"] == ["Diagnosing", "Resolved"]
+    assert told["HighErrorRate"] == ["Diagnosing", "AwaitingApproval", "Resolved"]  # approved by on-call, fixed
+    assert told["DiskSpaceRunningLow"] == ["Diagnosing", "AwaitingApproval"]
+    assert told["HighMemoryUsage"] == ["Diagnosing"]  # Escalated: the on-call level's own page says it
 
 
 def test_every_alert_of_the_runbook_was_played(outages: Wave, degradations: Wave, capacity: Wave) -> None:

@@ -17,6 +17,7 @@ SECTIONS = (
     "## Timeline",
     "## Findings",
     "## Actions taken",
+    "## Notifications",
     "## Escalations",
     "## Response metrics",
     "## Follow-ups left for humans",
@@ -229,3 +230,33 @@ def test_cli_says_when_there_is_no_incident(tmp_path: Path, capsys: pytest.Captu
     source.write_text(yaml.safe_dump(body(RESOLVED)))
     assert cli.main(["report", "other", "-f", str(source)]) == 1
     assert "no Incident named other found" in capsys.readouterr().err
+
+
+def test_every_notification_is_listed_with_its_time_and_what_it_was_about() -> None:
+    status = {
+        "phase": "Resolved",
+        "announcements": [
+            {"number": 1, "phase": "Diagnosing", "at": "2026-11-27T08:00:00Z", "done": True},
+            {"number": 2, "phase": "Resolved", "at": "2026-11-27T08:05:00Z", "done": True},
+        ],
+        "steps": [
+            step("Announce", "tell-slack", "Succeeded", "2026-11-27T08:00:01Z", "2026-11-27T08:00:02Z"),
+            step("Diagnose", "ping", "Failed", "2026-11-27T08:00:02Z", "2026-11-27T08:00:03Z"),
+            step("Escalate", "page", "Failed", "2026-11-27T08:03:00Z", "2026-11-27T08:03:01Z"),
+            step("Escalate", "page", "Succeeded", "2026-11-27T08:33:00Z", "2026-11-27T08:33:01Z", 101, update=1),
+            step("Announce", "tell-slack", "Succeeded", "2026-11-27T08:05:01Z", "2026-11-27T08:05:02Z", 2),
+            step("Announce", "tell-pd", "Skipped", "2026-11-27T08:05:02Z", "2026-11-27T08:05:02Z", 2),
+        ],
+    }
+    text = render(body(status))
+    section = text.split("## Notifications", 1)[1].split("\n## ", 1)[0]
+    assert "3 sent, 1 failed, 1 not sent" in section
+    rows = [line for line in section.splitlines() if line.startswith("| 2026")]
+    assert [row.split(" | ")[:3] for row in rows] == [
+        ["| 2026-11-27T08:00:02Z", "announcement 1: Diagnosing", "tell-slack"],
+        ["| 2026-11-27T08:03:01Z", "escalation level 1", "page"],
+        ["| 2026-11-27T08:05:02Z", "announcement 2: Resolved", "tell-slack"],
+        ["| 2026-11-27T08:05:02Z", "announcement 2: Resolved", "tell-pd"],
+        ["| 2026-11-27T08:33:01Z", "escalation update 1", "page"],
+    ]
+    assert "ping" not in section
