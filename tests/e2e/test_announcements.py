@@ -60,6 +60,7 @@ def announce(slack: SlackReceiver, pagerduty: PagerDuty) -> list[dict[str, Any]]
 
 def test_an_incident_is_told_in_one_slack_thread_and_paged_once_with_one_dedup_key(
     kubectl: Kubectl,
+    approver: Kubectl,
     operator: OperatorProcess,
     namespace: str,
     demo: DemoService,
