@@ -5,9 +5,13 @@ from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry
 
+from runbook_lab.demo import DemoService
+from runbook_operator.domain.lifecycle import StepCall
+from runbook_operator.domain.model import Stage, Step
 from runbook_operator.domain.status import EscalationState, Status
+from runbook_operator.engine.executor import Executor
 from runbook_operator.engine.metrics import Metrics
-from tests.unit.builders import incident
+from tests.unit.builders import REGISTRY, incident
 
 STARTED = Status(phase="Remediating", severity="Critical", startedAt="2026-11-27T08:00:00Z")
 
@@ -60,3 +64,22 @@ def test_action_runs_by_outcome() -> None:
     metrics.action("http.check", False, 3.0)
     assert sample(registry, "runbook_action_duration_seconds_count", action="http.check", outcome="success") == 1
     assert sample(registry, "runbook_action_duration_seconds_count", action="http.check", outcome="failure") == 1
+
+
+async def test_notifications_are_counted_by_channel_and_result_other_steps_are_not() -> None:
+    service = DemoService().start()
+    try:
+        registry = CollectorRegistry()
+        executor = Executor(REGISTRY, metrics=Metrics(registry))
+        hook = Step("tell", Stage.ANNOUNCE, "notify.webhook")
+        for url, ok in ((f"{service.url}/hooks/x", True), (f"{service.url}/nowhere", False)):
+            result = await executor.run(incident(), StepCall(hook, 1, {"url": url}))
+            assert result.ok is ok, result.message
+        await executor.run(incident(), StepCall(Step("h", Stage.DIAGNOSE, "http.check"), 1, {"url": service.url}))
+    finally:
+        service.stop()
+    assert sample(registry, "runbook_notifications_total", channel="webhook", result="sent") == 1
+    assert sample(registry, "runbook_notifications_total", channel="webhook", result="failed") == 1
+    assert {
+        s.labels["channel"] for m in registry.collect() if m.name == "runbook_notifications" for s in m.samples
+    } == {"webhook"}

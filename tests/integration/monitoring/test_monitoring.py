@@ -34,7 +34,7 @@ def promtool(*args: str) -> subprocess.CompletedProcess[str]:
 def test_the_rules_are_valid(rules_file: Path) -> None:
     proc = promtool("check", "rules", str(rules_file))
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "SUCCESS: 6 rules found" in proc.stdout
+    assert "SUCCESS: 7 rules found" in proc.stdout
 
 
 UNIT_TESTS = """
@@ -80,7 +80,23 @@ tests:
         values: '1x90'
       - series: 'runbook_action_duration_seconds_count{{action="http.request",outcome="success"}}'
         values: '0+1x20 20x70'
+      - series: 'runbook_notifications_total{{channel="slack",result="failed"}}'
+        values: '0+1x90'
+      - series: 'runbook_notifications_total{{channel="webhook",result="failed"}}'
+        values: '0+1x90'
+      - series: 'runbook_notifications_total{{channel="webhook",result="sent"}}'
+        values: '0+1x90'
     alert_rule_test:
+      - eval_time: 3m
+        alertname: RunbookNotificationsFailing
+        exp_alerts: []
+      - eval_time: 30m
+        alertname: RunbookNotificationsFailing
+        exp_alerts:
+          - exp_labels: {{severity: warning, channel: slack}}
+            exp_annotations:
+              summary: 'Every slack notification of the last hour failed: check its Secret, URL and the channel (runbook_notifications_total).'
+
       - eval_time: 60m
         alertname: RunbookIncidentsStuck
         exp_alerts: []
