@@ -301,3 +301,24 @@ def test_plan_of_the_shipped_example(capsys: pytest.CaptureFixture[str]) -> None
     assert code == 0
     assert out[1] == "Policy: instance-manager-down: matched alert 'InstanceManagerDown' (priority 0)"
     assert "    1. restart  http.request" in out
+
+
+def test_plan_shows_which_changes_are_announced_and_the_rendered_messages(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tell = {"name": "tell", "action": "notify.webhook",
+            "with": {"url": "http://hooks/x", "text": "{{ incident.alert }} is {{ announcement.phase }}"}}  # fmt: skip
+    page = {"name": "page", "action": "notify.webhook", "with": {"url": "http://hooks/page"}}
+    pol = policy("p", announce=[{"notify": [tell]}, {"phases": ["Escalated"], "dryRun": True, "notify": [page]}])
+    write(tmp_path / "p.yaml", pol)
+    inc = write(tmp_path / "i.yaml", incident("i", alert="A", severity="Medium", dryRun=True))
+    code, out = run(capsys, "plan", str(inc), "--policies", str(tmp_path))
+    assert code == 0
+    announce = out[out.index("Announce (each change once, before the incident's next step)") :]
+    assert announce[1:4] == [
+        "  on AwaitingApproval, Escalated, Resolved (the Medium default)",
+        "    1. tell  notify.webhook  [dry run: recorded as Skipped, not run]",
+        "       url: http://hooks/x",
+    ]
+    assert "       text: A is AwaitingApproval" in announce
+    assert "  on Escalated" in announce and "    1. page  notify.webhook" in announce  # dryRun: it runs

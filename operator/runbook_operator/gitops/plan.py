@@ -15,6 +15,7 @@ from runbook_operator.domain import expressions
 from runbook_operator.domain.durations import format_duration
 from runbook_operator.domain.matching import select_policy
 from runbook_operator.domain.model import (
+    ANNOUNCEABLE,
     DEFAULT_SEVERITY,
     POLICY_STAGES,
     RESPONSE_TIME,
@@ -27,6 +28,7 @@ from runbook_operator.domain.model import (
     default_escalation,
     parse_policy,
 )
+from runbook_operator.domain.progress import NO_ANNOUNCEMENT
 from runbook_operator.domain.substitution import Language
 from runbook_operator.gitops.schema import show
 
@@ -125,7 +127,7 @@ def _step_lines(number: int, step: Step, dry_run: bool, variables: Mapping[str, 
         flags.append("read-only")
     if step.destructive:
         flags.append("destructive")
-    if step.requires_approval and step.stage is not Stage.ESCALATE:
+    if step.requires_approval and not step.notifies:
         flags.append("needs approval")
     if step.continue_on_failure:
         flags.append("continues on failure")
@@ -151,7 +153,7 @@ def _step_lines(number: int, step: Step, dry_run: bool, variables: Mapping[str, 
 def _policy_lines(incident: Incident, policy: Policy) -> list[str]:
     severity = incident.severity or policy.severity or DEFAULT_SEVERITY
     source = "the incident's" if incident.severity else "the policy's" if policy.severity else "the default"
-    variables = {"incident": incident.view(severity), "steps": {}, "findings": []}
+    variables = {"incident": incident.view(severity), "steps": {}, "findings": [], "announcement": NO_ANNOUNCEMENT}
     dry_run = incident.dry_run or policy.dry_run
     lines = [f"Severity: {severity} ({source}); response within {format_duration(RESPONSE_TIME[severity])}"]
     if dry_run:
@@ -170,6 +172,7 @@ def _policy_lines(incident: Incident, policy: Policy) -> list[str]:
         lines.append(f"{stage.value} ({notes[stage]})" if steps else f"{stage.value}: no steps")
         for i, step in enumerate(steps, 1):
             lines.extend(_step_lines(i, step, dry_run, variables))
+    lines += _announce_lines(policy, severity, dry_run, variables)
     escalation = policy.escalation or default_escalation(severity)
     lines.append("")
     default = "" if policy.escalation else ", the runbook's defaults"
@@ -186,6 +189,20 @@ def _policy_lines(incident: Incident, policy: Policy) -> list[str]:
             lines.extend(_step_lines(i, step, dry_run, variables))
     if escalation.update_every:
         lines.append(f"  updates every {format_duration(escalation.update_every)} while unresolved (the last level)")
+    return lines
+
+
+def _announce_lines(policy: Policy, severity: str, dry_run: bool, variables: Mapping[str, Any]) -> list[str]:
+    if not policy.announce:
+        return ["", "Announce: no status changes are announced"]
+    lines = ["", "Announce (each change once, before the incident's next step)"]
+    for entry in policy.announce:
+        phases = [p for p in ANNOUNCEABLE if entry.announces(p, severity)]
+        default = "" if entry.phases is not None else f" (the {severity} default)"
+        lines.append(f"  on {', '.join(phases) or 'no change'}{default}")
+        shown = {**variables, "announcement": {**NO_ANNOUNCEMENT, "phase": phases[0] if phases else "", "number": 1}}
+        for i, step in enumerate(entry.notify, 1):
+            lines.extend(_step_lines(i, step, dry_run and not entry.dry_run, shown))
     return lines
 
 
