@@ -103,6 +103,10 @@ def test_an_incident_is_told_in_one_slack_thread_and_paged_once_with_one_dedup_k
     assert status["conversations"] == {f"slack/{CHANNEL}": first.ts, "pagerduty/pagerduty/routingKey": f"runbook-operator/{uid}"}  # fmt: skip
     assert [(a["phase"], a["done"]) for a in status["announcements"]] == [
         ("Diagnosing", True), ("AwaitingApproval", True), ("Acknowledged", True), ("Resolved", True)]  # fmt: skip
+    for m in slack.messages:  # the sequence, for the record (pytest -s)
+        print(f"slack {m.ts} thread={m.thread_ts} broadcast={m.reply_broadcast}:\n{m.text}\n")
+    for e in events:
+        print(f"pagerduty {e['event_action']} dedup_key={e['dedup_key']}")
     text = report.render(body)
     assert "7 sent, 0 failed" in text  # 4 Slack messages, 3 PagerDuty events
     for place in (str(status), text, operator.log.read_text()):
