@@ -51,7 +51,7 @@ def body(details: Mapping[str, Any]) -> list[str]:
     found, which steps ran, and the command that shows the rest."""
     announcement = details.get("announcement") or {}
     lines = []
-    if announcement.get("message"):
+    if announcement.get("message") and announcement.get("phase") != "Acknowledged":  # the headline says who
         lines.append(f"{announcement.get('reason') or 'Status'}: {announcement['message']}")
     if details.get("summary"):
         lines.append(f"Summary: {details['summary']}")
