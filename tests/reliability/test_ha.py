@@ -180,19 +180,22 @@ def test_sigterm_of_the_leader_hands_over_within_3_seconds_and_the_intake_keeps_
 def test_split_brain_two_operators_without_election_never_double_an_action(
     kubectl: Kubectl, replicas: Replicas, namespace: str, gates: GateServer
 ) -> None:
-    """Both drive the same 200 Incidents: fencing alone keeps every destructive call and every
-    notification to one, counted where they land; every Incident ends as it should."""
+    """Both drive the same 200 Incidents: fencing alone keeps every destructive call, every page
+    and every announcement to one, counted where they land; every Incident ends as it should."""
     replicas.start(), replicas.start()
     g = gates.url
     page = {"levels": [{"name": "on-call", "notify": [step("page", "notify.webhook",
             **{"with": {"url": f"{g}/gate/page-{{{{ incident.name }}}}", "format": "json"}})]}]}  # fmt: skip
+    told = f"{g}/gate/told-{{{{ incident.name }}}}-{{{{ announcement.phase }}}}"
+    announce = [{"phases": ["Diagnosing", "Escalated", "Resolved"],
+                 "notify": [step("tell", "notify.webhook", **{"with": {"url": told, "format": "json"}})]}]  # fmt: skip
     kubectl.apply(
-        policy("fixable", namespace, limits={"maxAttempts": 1}, escalate=page,
+        policy("fixable", namespace, limits={"maxAttempts": 1}, escalate=page, announce=announce,
                remediate=[step("fix", "http.request", requiresApproval=False,
                                **{"with": {"url": f"{g}/gate/fix-{{{{ incident.name }}}}", "destructive": True}})],
                verify=[step("fixed", "http.check", retries=20, backoff="500ms",
                             **{"with": {"url": f"{g}/done/fix-{{{{ incident.name }}}}"}})]),
-        policy("broken", namespace, limits={"maxAttempts": 1}, escalate=page,
+        policy("broken", namespace, limits={"maxAttempts": 1}, escalate=page, announce=announce,
                remediate=[step("fix", "http.request", requiresApproval=False,
                                **{"with": {"url": f"{g}/fail/fix-{{{{ incident.name }}}}", "destructive": True}})]),
     )  # fmt: skip
@@ -203,7 +206,13 @@ def test_split_brain_two_operators_without_election_never_double_an_action(
         now = statuses(kubectl, namespace)
         return all(now.get(n, {}).get("phase") in TERMINAL for n in names)
 
+    def told() -> bool:
+        return all(
+            all(a["done"] for a in s.get("announcements") or [{}]) for s in statuses(kubectl, namespace).values()
+        )
+
     wait_for(settled, 300, "all 200 incidents to finish")
+    wait_for(told, 60, "all 200 incidents' changes to be told")
     now = statuses(kubectl, namespace)
     for n, kind in names.items():
         if kind == "fixable":
@@ -211,7 +220,7 @@ def test_split_brain_two_operators_without_election_never_double_an_action(
             assert gates.calls[f"/gate/fix-{n}"] == 1, (n, gates.calls[f"/gate/fix-{n}"])
             assert gates.calls[f"/gate/page-{n}"] == 0
         else:
-            assert now[n]["phase"] == "Escalated", (n, now[n].get("phase"))
+            assert now[n]["phase"] == "Escalated", (n, now[n].get("phase"), now[n].get("timeline"))
             assert gates.calls[f"/fail/fix-{n}"] == 1, (n, gates.calls[f"/fail/fix-{n}"])
     time.sleep(3)  # a late duplicate notification would land now
     doubled = {
@@ -220,8 +229,15 @@ def test_split_brain_two_operators_without_election_never_double_an_action(
         if k == "broken" and gates.calls[f"/gate/page-{n}"] != 1
     }
     assert doubled == {}, doubled
+    ends = {"fixable": "Resolved", "broken": "Escalated"}
+    announced = {n: sorted(p for p in ("Diagnosing", "Escalated", "Resolved") if gates.calls[f"/gate/told-{n}-{p}"])
+                 for n in names}  # fmt: skip
+    assert announced == {n: sorted(["Diagnosing", ends[k]]) for n, k in names.items()}, announced
+    twice = {p: c for p, c in gates.calls.items() if p.startswith("/gate/told-") and c != 1}
+    assert twice == {}, twice
     conflicts = sum(op.log.read_text().count("deciding again") for op in replicas.running.values())
-    print(f"split brain: 200 incidents, 100 fixes and 100 pages each counted once; {conflicts} fenced writes lost")
+    print(f"split brain: 200 incidents, 100 fixes, 100 pages and 400 announcements each counted once; "
+          f"{conflicts} fenced writes lost")  # fmt: skip
     assert conflicts > 0  # both really raced for the same Incidents
 
 

@@ -128,3 +128,37 @@ async def test_a_spec_change_while_a_step_runs_keeps_its_result() -> None:
     record = next(s for s in Status.from_dict(store.body["status"]).steps if s.name == "slow")
     assert calls == ["i"] and store.conflicts == 1
     assert (record.state, record.message) == ("Succeeded", "done")
+
+
+class WatchedStore(VersionedStore):
+    """Every write reaches the reconcilers' watches, as the API server's watch would."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        super().__init__(body)
+        self.watchers: list[Reconciler] = []
+
+    async def patch_status(
+        self, plural: str, namespace: str, name: str, status: Mapping[str, Any], resource_version: str | None = None
+    ) -> str:
+        version = await super().patch_status(plural, namespace, name, status, resource_version)
+        for reconciler in self.watchers:
+            reconciler.observe(copy.deepcopy(self.body))
+        return version
+
+
+async def test_a_loser_that_waited_for_one_claim_also_waits_for_the_next_one(service: DemoService) -> None:
+    """The winner finishes the claimed announcement and claims the destructive restart in the same
+    write: the loser, done waiting for the first claim, must not take the second for a crash's."""
+    store = WatchedStore(incident_body("i", "u1"))
+    tell = {"name": "tell", "action": "notify.webhook", "with": {"url": f"{service.url}/hooks/told"}}
+    fix = replace(destructive_restart(service.url), announce=parse_policy(  # type: ignore[union-attr]
+        policy_body(announce=[{"phases": ["Remediating"], "notify": [tell]}]), REGISTRY.check).announce)  # fmt: skip
+    operators = [Reconciler(store, Executor(default_registry()), lambda ns: [fix]) for _ in "ab"]
+    store.watchers = operators
+    for reconciler in operators:
+        reconciler.observe(copy.deepcopy(store.body))
+    await wait_until(lambda: store.phase() == "Resolved")
+    for reconciler in operators:
+        await reconciler.stop()
+    assert service.restarts == 1 and len(service.hooks) == 1
+    assert "StepInterrupted" not in store.events, store.events

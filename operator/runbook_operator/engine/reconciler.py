@@ -294,9 +294,7 @@ class Reconciler:
                         status, events = complete(fresh, *unrecorded, self._clock())
                         pending = list(events)
                     else:  # another writer moved the status: its record wins, ours is dropped undone
-                        claims = _claims(fresh, written)
-                        if claims:  # it is running those steps now: let it finish them
-                            fresh = await self._stand_aside(worker, claims, fresh)
+                        fresh = await self._stand_aside_while_claimed(worker, fresh, written)
                         status, pending = fresh, []
                     written, unrecorded = fresh, None
                     self._phases[uid] = status.phase
@@ -370,6 +368,19 @@ class Reconciler:
         if events:
             self._post_later(meta["uid"], body, events)
         return _Outcome.WRITTEN
+
+    async def _stand_aside_while_claimed(self, worker: _Worker, fresh: Status, written: Status) -> Status:
+        """Stand aside while the other writer keeps claiming steps: one that finishes a claimed
+        step claims the next in the same write, and that claim is as alive as the first, not a
+        dead operator's (taking it as interrupted would skip a destructive step it is running).
+        A claim already waited out (outlived its bounds) is left to the core as interrupted."""
+        waited: set[tuple[tuple[str, str, int, int | None], str | None]] = set()
+        claims = _claims(fresh, written)
+        while claims and self._workers.get(worker.body["metadata"]["uid"]) is worker:
+            waited |= {(_key(r), r.startedAt) for r in claims}
+            fresh = await self._stand_aside(worker, claims, fresh)
+            claims = [r for r in _claims(fresh, written) if (_key(r), r.startedAt) not in waited]
+        return fresh
 
     async def _stand_aside(self, worker: _Worker, claims: list[StepRecord], status: Status) -> Status:
         """Wait while another operator runs the steps it claimed (a write of ours lost to its
