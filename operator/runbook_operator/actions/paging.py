@@ -24,7 +24,8 @@ from __future__ import annotations
 import asyncio
 import json
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
@@ -242,6 +243,30 @@ def _never_paged(service: str, event: str) -> StepResult:
     )
 
 
+async def _acknowledged_already(
+    result: StepResult,
+    details: Mapping[str, Any],
+    event: str,
+    send: Callable[[str, ActionContext], Awaitable[httpx.Response]],
+    ctx: ActionContext,
+    started: float,
+) -> StepResult:
+    """A page opened for an incident someone has already acknowledged (before it paged, or when
+    it was created) is acknowledged at once, so nobody is paged for what a person holds.
+    The page stays this incident's conversation whatever happens, so it is resolved later."""
+    who = details.get("acknowledgedBy")
+    if not who:
+        return result
+    left = ctx.timeout - (asyncio.get_running_loop().time() - started)
+    if left <= 1.0:
+        return replace(result, ok=False, message=f"{result.message}; no time left to {event} it for {who}")
+    try:
+        await send(event, replace(ctx, timeout=left))
+    except ActionFailure as failure:
+        return replace(result, ok=False, message=f"{result.message}; but not acknowledged for {who}: {failure.message}")
+    return replace(result, message=f"{result.message}, and acknowledged at once: {who} acknowledged the incident")
+
+
 # -- PagerDuty ----------------------------------------------------------------------------
 
 
@@ -295,21 +320,30 @@ async def pagerduty(params: PagerDutyParams, ctx: ActionContext) -> StepResult:
         return _never_paged("PagerDuty", event)
     dedup_key = dedup_key[:PD_DEDUP_LIMIT]
     routing_key = await ctx.secret(ref, "PagerDuty", "the routing key")
-    document: dict[str, Any] = {"routing_key": routing_key, "event_action": event, "dedup_key": dedup_key}
-    if event == "trigger":
-        document |= {"client": CLIENT, "payload": _pd_payload(params, details)}
     url = _endpoint(params.base_url, "/v2/enqueue")
     headers = {"Content-Type": "application/json", "Accept": "application/json"}
-    response = await _post(ctx, "PagerDuty", url, document, headers, params.attempts, params.backoff)
-    if not 200 <= response.status_code < 300:
-        raise _refused("PagerDuty", event, response, ctx)
+
+    async def send(event: str, ctx: ActionContext) -> httpx.Response:
+        document: dict[str, Any] = {"routing_key": routing_key, "event_action": event, "dedup_key": dedup_key}
+        if event == "trigger":
+            document |= {"client": CLIENT, "payload": _pd_payload(params, details)}
+        response = await _post(ctx, "PagerDuty", url, document, headers, params.attempts, params.backoff)
+        if not 200 <= response.status_code < 300:
+            raise _refused("PagerDuty", event, response, ctx)
+        return response
+
+    started = asyncio.get_running_loop().time()
+    response = await send(event, ctx)
     output = {"status": response.status_code, "event": event, "dedupKey": dedup_key, "sent": True}
-    return StepResult(
+    result = StepResult(
         True,
         f"PagerDuty: {event} accepted (dedup key {dedup_key})",
         output,
         conversation=(key, dedup_key) if event == "trigger" else None,
     )
+    if params.event == "auto" and event == "trigger" and key not in ctx.conversations:
+        return await _acknowledged_already(result, details, "acknowledge", send, ctx, started)
+    return result
 
 
 # -- Opsgenie -----------------------------------------------------------------------------
@@ -386,30 +420,41 @@ async def opsgenie(params: OpsgenieParams, ctx: ActionContext) -> StepResult:
     # no "/" in the alias: acknowledge and close name it in the URL's path
     alias = (ctx.conversations.get(key) or _alert_id(ctx, "-"))[: OG_LIMITS["alias"]]
     api_key = await ctx.secret(ref, "Opsgenie", "the API key")
-    if event == "create":
-        url, document = _endpoint(params.base_url, "/v2/alerts"), _og_create(params, details, alias)
-    else:
-        path = f"/v2/alerts/{quote(alias, safe='')}/{event}"
-        url, document = _endpoint(params.base_url, path, "identifierType=alias"), _og_action(details)
     headers = {"Content-Type": "application/json", "Accept": "application/json", "Authorization": f"GenieKey {api_key}"}
-    response = await _post(ctx, "Opsgenie", url, document, headers, params.attempts, params.backoff)
-    if not 200 <= response.status_code < 300:
-        hint = ""
-        if response.status_code in (401, 403):
-            hint = f" (check the API key in Secret {ref.name!r} key {ref.key!r} and that its integration is enabled)"
-        raise _refused("Opsgenie", event, response, ctx, hint)
+
+    async def send(event: str, ctx: ActionContext) -> httpx.Response:
+        if event == "create":
+            url, document = _endpoint(params.base_url, "/v2/alerts"), _og_create(params, details, alias)
+        else:
+            path = f"/v2/alerts/{quote(alias, safe='')}/{event}"
+            url, document = _endpoint(params.base_url, path, "identifierType=alias"), _og_action(details)
+        response = await _post(ctx, "Opsgenie", url, document, headers, params.attempts, params.backoff)
+        if not 200 <= response.status_code < 300:
+            hint = ""
+            if response.status_code in (401, 403):
+                hint = (
+                    f" (check the API key in Secret {ref.name!r} key {ref.key!r} and that its integration is enabled)"
+                )
+            raise _refused("Opsgenie", event, response, ctx, hint)
+        return response
+
+    started = asyncio.get_running_loop().time()
+    response = await send(event, ctx)
     try:
         answer = response.json()
     except ValueError:
         answer = {}
     request_id = str(answer.get("requestId") or "") if isinstance(answer, dict) else ""
     output = {"status": response.status_code, "event": event, "alias": alias, "requestId": request_id, "sent": True}
-    return StepResult(
+    result = StepResult(
         True,
         f"Opsgenie: {event} accepted (alias {alias})",
         output,
         conversation=(key, alias) if event == "create" else None,
     )
+    if params.event == "auto" and event == "create" and key not in ctx.conversations:
+        return await _acknowledged_already(result, details, "acknowledge", send, ctx, started)
+    return result
 
 
 ACTIONS: tuple[Action[Any], ...] = (

@@ -547,3 +547,32 @@ def test_the_defaults_are_the_providers_us_endpoints() -> None:
     assert str(pd.base_url) == "https://events.pagerduty.com/"  # type: ignore[attr-defined]
     assert str(og.base_url) == "https://api.opsgenie.com/"  # type: ignore[attr-defined]
     assert REGISTRY.get("notify.pagerduty").default_timeout == REGISTRY.get("notify.opsgenie").default_timeout == 30.0
+
+
+async def test_a_first_page_for_an_incident_already_acknowledged_is_acknowledged_at_once(
+    pd: PagerDuty, og: Opsgenie
+) -> None:
+    """Someone acknowledged before anything paged (e.g. during diagnosis): when the page opens
+    at Escalated, nobody is woken for what a person holds."""
+    view = details("Escalated", acknowledgedBy="alice")
+    paged = await run("notify.pagerduty", pd_params(pd), context(view))
+    assert paged.ok, paged.message
+    assert [e["event_action"] for e in pd.events] == ["trigger", "acknowledge"]
+    assert {e["dedup_key"] for e in pd.events} == {DEDUP} and pd.alerts == {DEDUP: "acknowledged"}
+    assert paged.conversation == (PD_KEY, DEDUP) and paged.message.endswith("alice acknowledged the incident")
+    created = await run("notify.opsgenie", og_params(og), context(view))
+    assert created.ok, created.message
+    assert [r.path for r in og.requests] == ["/v2/alerts", f"/v2/alerts/{ALIAS}/acknowledge"]
+    assert og.requests[1].json["user"] == "alice"
+    assert created.conversation == (OG_KEY, ALIAS)
+    again = await run("notify.pagerduty", pd_params(pd), context(view, {PD_KEY: DEDUP}))  # paged before: no new ack
+    assert again.ok and [e["event_action"] for e in pd.events][2:] == ["trigger"]
+
+
+async def test_when_the_acknowledgement_after_a_first_page_fails_the_page_is_still_the_incidents(pd: PagerDuty) -> None:
+    pd.fail_next(1, 400, {"status": "invalid event", "message": "Event object is invalid", "errors": ["nope"]}, after=1)
+    result = await run("notify.pagerduty", pd_params(pd), context(details("Escalated", acknowledgedBy="alice")))
+    assert not result.ok and "not acknowledged for alice" in result.message and "nope" in result.message
+    assert result.conversation == (PD_KEY, DEDUP)  # the page is this incident's: it is resolved later all the same
+    assert [r.status for r in pd.requests] == [202, 400]
+    assert_no_key(result)
