@@ -172,3 +172,9 @@ def test_a_when_can_choose_the_changes_a_step_tells() -> None:
     run = Run(incident(severity="Critical"), announcing({"notify": [say("say"), only_end]}), fixed)
     run.drive()
     assert told(run) == [("say", "Diagnosing"), ("say", "Resolved"), ("say-end", "Resolved")]
+
+
+def test_an_incident_created_acknowledged_announces_it_once_after_the_investigation_starts() -> None:
+    run = Run(incident(severity="Critical", acknowledgedBy="alice"), announcing({"notify": [say("say")]}), fixed)
+    run.drive()
+    assert told(run) == [("say", "Diagnosing"), ("say", "Acknowledged"), ("say", "Resolved")]

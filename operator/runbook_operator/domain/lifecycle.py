@@ -135,7 +135,7 @@ def _decide(
     if _target_elsewhere(p, incident):
         return p.decision()
     peers = [peer for peer in peers if peer.namespace == incident.namespace]  # a decoy elsewhere holds nothing here
-    _acknowledge(p, incident)
+    acknowledged = _acknowledge(p, incident)
     if not _suspension(p, incident):
         return p.decision()
     if status.phase in (None, Phase.PENDING) or _policy_arrived(status, incident, candidates):
@@ -150,6 +150,8 @@ def _decide(
             return p.decision()
         if not _start(p, incident, candidates):
             return p.decision()
+        if acknowledged and not any(a.phase == ACKNOWLEDGED for a in p.status.announcements):
+            _announce_acknowledgement(p, incident)  # acknowledged before any policy could announce it
     policy = _current_policy(p, candidates) if p.status.phase != Phase.ESCALATED else _policy_named(p, candidates)
     ctx = Context(incident, policy)
     notify = _escalation(p, ctx)
@@ -187,14 +189,19 @@ def _target_elsewhere(p: Progress, incident: Incident) -> bool:
     return True
 
 
-def _acknowledge(p: Progress, incident: Incident) -> None:
-    if incident.acknowledged_by and not p.status.acknowledgedAt:
-        p.status = replace(p.status, acknowledgedAt=timestamp(p.now))
-        p.condition(
-            ConditionType.ACKNOWLEDGED, True, Reason.ACKNOWLEDGED, f"acknowledged by {incident.acknowledged_by}"
-        )
-        p.emit(NORMAL, Reason.ACKNOWLEDGED, f"acknowledged by {incident.acknowledged_by}")
-        p.announce(ACKNOWLEDGED, Reason.ACKNOWLEDGED, f"acknowledged by {incident.acknowledged_by}")
+def _acknowledge(p: Progress, incident: Incident) -> bool:
+    """Note the first acknowledgement (and announce it, if the policy is known yet); True if it came now."""
+    if not incident.acknowledged_by or p.status.acknowledgedAt:
+        return False
+    p.status = replace(p.status, acknowledgedAt=timestamp(p.now))
+    p.condition(ConditionType.ACKNOWLEDGED, True, Reason.ACKNOWLEDGED, f"acknowledged by {incident.acknowledged_by}")
+    p.emit(NORMAL, Reason.ACKNOWLEDGED, f"acknowledged by {incident.acknowledged_by}")
+    _announce_acknowledgement(p, incident)
+    return True
+
+
+def _announce_acknowledgement(p: Progress, incident: Incident) -> None:
+    p.announce(ACKNOWLEDGED, Reason.ACKNOWLEDGED, f"acknowledged by {incident.acknowledged_by}")
 
 
 def _suspension(p: Progress, incident: Incident) -> bool:
