@@ -229,3 +229,22 @@ def test_plan_of_one_incident_per_alert_names_the_policy(
     assert f"Severity: {severity} (the policy's)" in "\n".join(out)
     assert any(line.startswith("Verify") for line in out)
     assert any(line.startswith("Escalate") for line in out)
+
+
+def test_critical_and_high_policies_announce_to_on_call_and_the_readmes_paging_example_fits_the_pack(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    registry = default_registry()
+    for alert, (name, severity) in ALERTS.items():
+        policy = parse_policy(yaml.safe_load((PACK / f"{name}.yaml").read_text()), registry.check)
+        assert isinstance(policy, Policy), policy
+        steps = [s.name for phase in ("Diagnosing", "Resolved") for s in policy.announced(phase, severity)]
+        assert steps == (["announce-on-call"] * 2 if severity in ("Critical", "High") else []), alert
+    section = (ROOT / "README.md").read_text().split("## On-call communication", 1)[1]
+    example = yaml.safe_load(re.search(r"```yaml\n(.*?)```", section, re.S).group(1))  # type: ignore[union-attr]
+    body = yaml.safe_load((PACK / "instance-manager-down.yaml").read_text())
+    body["spec"]["announce"] = example["spec"]["announce"]
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(body))
+    assert main(["validate", str(tmp_path)]) == 0, capsys.readouterr().out
+    actions = {s["action"] for a in example["spec"]["announce"] for s in a["notify"]}
+    assert actions == {"notify.slack", "notify.pagerduty", "notify.email"}
