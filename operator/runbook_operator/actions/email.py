@@ -153,8 +153,7 @@ def _parsed(value: str) -> Address:
 
 def one_line(text: str) -> str:
     """Header text: control characters (CR and LF first) become spaces, runs of space one."""
-    cleaned = "".join(" " if unicodedata.category(c) == "Cc" else c for c in text)
-    line = " ".join(cleaned.split())
+    line = " ".join(messages.printable(text).split())
     return line if len(line) <= SUBJECT_MAX else line[: SUBJECT_MAX - 3] + "..."
 
 
@@ -182,7 +181,7 @@ def html_part(lead: str, lines: Sequence[str]) -> str:
 
 
 def compose(params: EmailParams, ctx: ActionContext) -> EmailMessage:
-    details = {"name": ctx.incident, "namespace": ctx.namespace, **(ctx.details or {})}
+    details = messages.details(ctx)
     subject = one_line(params.subject or messages.headline(details)) or one_line(messages.headline(details))
     lead = params.text or messages.headline(details)
     plain = messages.text(details, lead)

@@ -10,8 +10,11 @@ announcement, ``announcement``: ``{phase, number, at, reason, message}``.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Mapping
 from typing import Any
+
+from runbook_operator.actions.api import ActionContext
 
 # The runbook's status words ("investigating, identified, resolving, resolved") by what is announced.
 STATUS_WORDS = {
@@ -26,6 +29,17 @@ STATUS_WORDS = {
 }
 FINDINGS_SHOWN = 10
 STEPS_SHOWN = 10
+
+
+def details(ctx: ActionContext) -> dict[str, Any]:
+    """The step's ``ctx.details``, with at least the incident's name and namespace (a step run
+    outside the engine, e.g. in a test, has none)."""
+    return {"name": ctx.incident, "namespace": ctx.namespace, **(ctx.details or {})}
+
+
+def printable(text: str) -> str:
+    """Control characters (CR and LF among them) as spaces: for one-line fields and headers."""
+    return "".join(" " if unicodedata.category(c) == "Cc" else c for c in text)
 
 
 def occasion(details: Mapping[str, Any]) -> str:

@@ -42,12 +42,8 @@ class WebhookParams(Params):
         return self
 
 
-def _details(ctx: ActionContext) -> dict[str, Any]:
-    return {"name": ctx.incident, "namespace": ctx.namespace} | dict(ctx.details or {})
-
-
 def _document(ctx: ActionContext, text: str | None) -> dict[str, Any]:
-    details = _details(ctx)
+    details = messages.details(ctx)
     return {
         "incident": ctx.incident,
         "namespace": ctx.namespace,

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import unicodedata
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -125,11 +124,6 @@ class OpsgenieParams(_PagingParams):
 # -- shared -------------------------------------------------------------------------------
 
 
-def _details(ctx: ActionContext) -> dict[str, Any]:
-    """The incident view, with at least its name and namespace (ctx.details may be None)."""
-    return {"name": ctx.incident, "namespace": ctx.namespace, **dict(ctx.details or {})}
-
-
 def _announced(details: Mapping[str, Any]) -> str:
     return str((details.get("announcement") or {}).get("phase") or "")
 
@@ -150,10 +144,6 @@ def _target(details: Mapping[str, Any]) -> str:
     return f"{details['namespace']}/{details['name']}"
 
 
-def _printable(text: str) -> str:
-    return "".join(" " if unicodedata.category(c) == "Cc" else c for c in text)
-
-
 def _reason(response: httpx.Response, ctx: ActionContext) -> str:
     """What the provider said about a refused request: ``message`` and ``errors`` (PagerDuty:
     a list; Opsgenie: a map by field), else the body's start; scrubbed, then bounded."""
@@ -171,7 +161,7 @@ def _reason(response: httpx.Response, ctx: ActionContext) -> str:
         elif isinstance(errors, dict):
             parts += [f"{k}: {v}" for k, v in list(errors.items())[:ERRORS_SHOWN]]
     text = "; ".join(parts) if parts else response.text[:65536].strip()
-    return _cut(_printable(ctx.redact(text)), REASON_LIMIT) or "(no explanation)"
+    return _cut(messages.printable(ctx.redact(text)), REASON_LIMIT) or "(no explanation)"
 
 
 async def _post(
@@ -311,7 +301,7 @@ def _pd_payload(params: PagerDutyParams, details: Mapping[str, Any]) -> dict[str
 
 
 async def pagerduty(params: PagerDutyParams, ctx: ActionContext) -> StepResult:
-    details = _details(ctx)
+    details = messages.details(ctx)
     event = _pd_event(params, details)
     ref = params.routing_key_secret_ref
     key = f"pagerduty/{ref.name}/{ref.key}"
@@ -411,7 +401,7 @@ def _og_action(details: Mapping[str, Any]) -> dict[str, Any]:
 
 
 async def opsgenie(params: OpsgenieParams, ctx: ActionContext) -> StepResult:
-    details = _details(ctx)
+    details = messages.details(ctx)
     event = _og_event(params, details)
     ref = params.api_key_secret_ref
     key = f"opsgenie/{ref.name}/{ref.key}"

@@ -125,7 +125,7 @@ def _line(text: str) -> str:
 
 def compose(ctx: ActionContext, lead: str | None) -> str:
     """The message as Slack mrkdwn: the lead (or headline), then the assessment, every piece escaped."""
-    details = {"name": ctx.incident, "namespace": ctx.namespace, **(ctx.details or {})}
+    details = messages.details(ctx)
     inspect = f"Inspect: {messages.inspect_command(details)}"
     lines = [_line(lead or messages.headline(details))]
     for raw in messages.body(details):
