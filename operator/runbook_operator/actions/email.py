@@ -54,6 +54,7 @@ from runbook_operator.actions.api import (
     tls_context,
 )
 from runbook_operator.actions.egress import EgressRefused, checked_address
+from runbook_operator.domain.wire import clipped
 
 MAX_RECIPIENTS = 50
 SUBJECT_MAX = 250
@@ -153,8 +154,7 @@ def _parsed(value: str) -> Address:
 
 def one_line(text: str) -> str:
     """Header text: control characters (CR and LF first) become spaces, runs of space one."""
-    line = " ".join(messages.printable(text).split())
-    return line if len(line) <= SUBJECT_MAX else line[: SUBJECT_MAX - 3] + "..."
+    return clipped(" ".join(messages.printable(text).split()), SUBJECT_MAX)
 
 
 def thread_ids(ctx: ActionContext, details: Mapping[str, Any], content: str) -> tuple[str, str]:

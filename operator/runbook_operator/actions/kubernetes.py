@@ -31,6 +31,7 @@ from kubernetes.client import ApiException
 
 from runbook_operator.actions.api import Action, ActionContext, ActionFailure, ErrorScan, Language, Params, StepResult
 from runbook_operator.domain.status import timestamp
+from runbook_operator.domain.wire import clipped
 
 RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"  # the annotation `kubectl rollout restart` sets
 GRANT = "kubectl apply -n {ns} -k manifests/namespace-access"
@@ -354,10 +355,6 @@ def _ready(pod: dict[str, Any]) -> bool:
     return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
 
 
-def _clip(text: str, limit: int = _LINE) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 # -- kubernetes.workloadStatus -----------------------------------------------------
 
 
@@ -378,7 +375,7 @@ async def workload_status(params: StatusParams, ctx: ActionContext) -> StepResul
             "type": c["type"],
             "status": c["status"],
             "reason": c.get("reason") or "",
-            "message": _clip(c.get("message") or ""),
+            "message": clipped(c.get("message") or "", _LINE),
         }
         for c in status.get("conditions") or []
     ]
@@ -503,10 +500,10 @@ async def _read_log(cluster: _Cluster, pod: dict[str, Any], params: LogsParams, 
     except _ApiFailure as failure:
         if failure.for_every_call:
             raise  # the same for every pod: the step fails
-        return _PodLog(name, error=_clip(failure.detail))  # e.g. a container still waiting to start
+        return _PodLog(name, error=clipped(failure.detail, _LINE))  # e.g. a container still waiting to start
     lines, matching = await params.scan(str(text or ""), ctx)
     quoted = matching[-EXCERPT_LINES:] if matching else lines[-EXCERPT_LINES:]
-    return _PodLog(name, len(lines), len(matching), tuple(_clip(line) for line in quoted))
+    return _PodLog(name, len(lines), len(matching), tuple(clipped(line, _LINE) for line in quoted))
 
 
 def _excerpts(logs: list[_PodLog]) -> dict[str, list[str]]:

@@ -45,6 +45,7 @@ from runbook_operator.actions.api import (
 )
 from runbook_operator.actions.egress import EgressRefused, GuardedTransport
 from runbook_operator.domain.model import ACKNOWLEDGED, DEFAULT_SEVERITY
+from runbook_operator.domain.wire import clipped
 
 CLIENT = "runbook-operator"
 REASON_LIMIT = 300  # of a provider's explanation quoted in a failed step's message
@@ -133,10 +134,6 @@ def _alert_id(ctx: ActionContext, sep: str) -> str:
     return f"{CLIENT}{sep}{ctx.uid}" if ctx.uid else f"{CLIENT}{sep}{ctx.namespace}{sep}{ctx.incident}"
 
 
-def _cut(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _target(details: Mapping[str, Any]) -> str:
     target = details.get("target") or {}
     if target.get("name"):
@@ -161,7 +158,7 @@ def _reason(response: httpx.Response, ctx: ActionContext) -> str:
         elif isinstance(errors, dict):
             parts += [f"{k}: {v}" for k, v in list(errors.items())[:ERRORS_SHOWN]]
     text = "; ".join(parts) if parts else response.text[:65536].strip()
-    return _cut(messages.printable(ctx.redact(text)), REASON_LIMIT) or "(no explanation)"
+    return clipped(messages.printable(ctx.redact(text)), REASON_LIMIT) or "(no explanation)"
 
 
 async def _post(
@@ -275,18 +272,18 @@ def _pd_payload(params: PagerDutyParams, details: Mapping[str, Any]) -> dict[str
         "phase": details.get("phase"),
         "level": details.get("level"),
         "severity": severity,
-        "summary": _cut(str(details.get("summary") or ""), DETAIL_LIMIT),
+        "summary": clipped(str(details.get("summary") or ""), DETAIL_LIMIT),
         "findings": [
-            _cut(f"{f.get('step')}: {f.get('message')}", DETAIL_LIMIT)
+            clipped(f"{f.get('step')}: {f.get('message')}", DETAIL_LIMIT)
             for f in list(details.get("findings") or ())[: messages.FINDINGS_SHOWN]
         ],
-        "details": [_cut(line, DETAIL_LIMIT) for line in messages.body(details)],
+        "details": [clipped(line, DETAIL_LIMIT) for line in messages.body(details)],
     }
     if _announced(details):
         custom["announcement"] = {k: v for k, v in (details.get("announcement") or {}).items() if v}
     payload: dict[str, Any] = {
-        "summary": _cut(messages.headline(details), PD_SUMMARY_LIMIT),
-        "source": _cut(params.source or _target(details), 255),
+        "summary": clipped(messages.headline(details), PD_SUMMARY_LIMIT),
+        "source": clipped(params.source or _target(details), 255),
         "severity": PD_SEVERITY.get(severity, PD_SEVERITY[DEFAULT_SEVERITY]),
         "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds"),
         "group": details["namespace"],
@@ -294,9 +291,9 @@ def _pd_payload(params: PagerDutyParams, details: Mapping[str, Any]) -> dict[str
     }
     component = params.component or target.get("name")
     if component:
-        payload["component"] = _cut(str(component), 255)
+        payload["component"] = clipped(str(component), 255)
     if details.get("alert"):
-        payload["class"] = _cut(str(details["alert"]), 255)
+        payload["class"] = clipped(str(details["alert"]), 255)
     return payload
 
 
@@ -367,36 +364,36 @@ def _og_details(details: Mapping[str, Any]) -> dict[str, str]:
             continue
         if room - len(name) < 4:
             break
-        out[name] = _cut(str(value), min(DETAIL_LIMIT, room - len(name)))
+        out[name] = clipped(str(value), min(DETAIL_LIMIT, room - len(name)))
         room -= len(name) + len(out[name])
     return out
 
 
 def _og_tags(params: OpsgenieParams, details: Mapping[str, Any]) -> list[str]:
     own = [CLIENT, details.get("alert"), details.get("severity"), f"namespace:{details['namespace']}"]
-    tags = [_cut(str(t).strip(), OG_LIMITS["tag"]) for t in [*own, *params.tags] if t and str(t).strip()]
+    tags = [clipped(str(t).strip(), OG_LIMITS["tag"]) for t in [*own, *params.tags] if t and str(t).strip()]
     return list(dict.fromkeys(tags))[: OG_LIMITS["tags"]]
 
 
 def _og_create(params: OpsgenieParams, details: Mapping[str, Any], alias: str) -> dict[str, Any]:
     severity = str(details.get("severity") or DEFAULT_SEVERITY)
     return {
-        "message": _cut(messages.headline(details), OG_LIMITS["message"]),
+        "message": clipped(messages.headline(details), OG_LIMITS["message"]),
         "alias": alias,
-        "description": _cut("\n".join(messages.body(details)), OG_LIMITS["description"]),
+        "description": clipped("\n".join(messages.body(details)), OG_LIMITS["description"]),
         "priority": OG_PRIORITY.get(severity, OG_PRIORITY[DEFAULT_SEVERITY]),
         "source": CLIENT,
         "tags": _og_tags(params, details),
         "details": _og_details(details),
-        "entity": _cut(_target(details), OG_LIMITS["entity"]),
+        "entity": clipped(_target(details), OG_LIMITS["entity"]),
     }
 
 
 def _og_action(details: Mapping[str, Any]) -> dict[str, Any]:
     """The body of acknowledge and close: who (the incident's acknowledger), from where, and why."""
-    body = {"source": CLIENT, "note": _cut(messages.text(details), OG_LIMITS["note"])}
+    body = {"source": CLIENT, "note": clipped(messages.text(details), OG_LIMITS["note"])}
     if details.get("acknowledgedBy"):
-        body["user"] = _cut(str(details["acknowledgedBy"]), OG_LIMITS["user"])
+        body["user"] = clipped(str(details["acknowledgedBy"]), OG_LIMITS["user"])
     return body
 
 

@@ -62,6 +62,7 @@ from runbook_operator.domain.status import (
     parse_timestamp,
     timestamp,
 )
+from runbook_operator.domain.wire import clipped
 
 OUTPUT_LIMIT = 2048
 _STAGE_PHASE = {
@@ -704,5 +705,4 @@ def _bounded(output: Mapping[str, Any]) -> dict[str, Any] | None:
 
 
 def _compact(params: Mapping[str, Any]) -> str:
-    text = json.dumps(params, sort_keys=True, default=str)
-    return text if len(text) <= 300 else text[:297] + "..."
+    return clipped(json.dumps(params, sort_keys=True, default=str), 300)

@@ -10,6 +10,7 @@ from typing import Any
 
 from runbook_operator.domain.model import DEFAULT_SEVERITY, Escalation, Incident, Policy, Step, default_escalation
 from runbook_operator.domain.status import Announcement, ConditionType, Phase, Status, StepState, timestamp
+from runbook_operator.domain.wire import clipped
 
 NORMAL, WARNING = "Normal", "Warning"
 ANNOUNCED_MESSAGE_LIMIT = 500  # of the transition's message, kept with the announcement
@@ -97,7 +98,7 @@ class Progress:
         if policy is None or not policy.announced(phase, severity):
             return
         number = max((a.number for a in self.status.announcements), default=0) + 1
-        text = message if len(message) <= ANNOUNCED_MESSAGE_LIMIT else message[: ANNOUNCED_MESSAGE_LIMIT - 3] + "..."
+        text = clipped(message, ANNOUNCED_MESSAGE_LIMIT)
         self.status = self.status.with_announcement(Announcement(number, phase, timestamp(self.now), reason, text))
 
     def emit(self, type_: str, reason: str, message: str) -> None:

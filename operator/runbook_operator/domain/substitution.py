@@ -24,6 +24,8 @@ import enum
 import re
 from collections.abc import Callable
 
+from runbook_operator.domain.wire import clipped
+
 # Marks around each substituted value while a PromQL template renders: private-use code
 # points that a value may not contain, so the lexer can tell the policy's text from data.
 OPEN, CLOSE = "\ue000", "\ue001"
@@ -41,7 +43,7 @@ class Language(enum.StrEnum):
 
 
 def _shown(value: str) -> str:
-    return repr(value if len(value) <= 80 else value[:77] + "...")
+    return repr(clipped(value, 80))
 
 
 def glob_value(value: object) -> str:

@@ -1,4 +1,5 @@
-"""How status values are spelled in the API's JSON: timestamps, and loading only known fields."""
+"""How status values are spelled in the API's JSON: timestamps, loading only known fields, and
+text cut to a bound."""
 
 from __future__ import annotations
 
@@ -14,6 +15,11 @@ def timestamp(now: datetime) -> str:
 
 def parse_timestamp(text: str) -> datetime:
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+
+
+def clipped(text: str, limit: int) -> str:
+    """``text``, or its first ``limit - 3`` characters and "..." when it is longer than ``limit``."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def known(kind: type, raw: Mapping[str, Any], exclude: Collection[str] = ()) -> dict[str, Any]:
