@@ -130,7 +130,7 @@ class Escalation:
 
 
 @dataclass(frozen=True)
-class Announcement:
+class AnnounceRule:
     """Notify steps run once each time the incident enters one of ``phases`` (None: the
     severity's default, :data:`DEFAULT_ANNOUNCED`)."""
 
@@ -167,7 +167,7 @@ class Policy:
     approval_timeout: float | None = None  # None: the severity's response time
     dry_run: bool = False
     suspend: bool = False
-    announce: tuple[Announcement, ...] = ()
+    announce: tuple[AnnounceRule, ...] = ()
 
     def announced(self, phase: str, severity: str) -> tuple[Step, ...]:
         """The notify steps an entry into ``phase`` runs, in the order the policy gives them."""
@@ -447,7 +447,7 @@ def _notify_steps(raw: Any, stage: Stage, path: str, validate: ParamValidator, s
     return tuple(steps)
 
 
-def _parse_announce(raw: Any, validate: ParamValidator, seen: set[str]) -> tuple[Announcement, ...]:
+def _parse_announce(raw: Any, validate: ParamValidator, seen: set[str]) -> tuple[AnnounceRule, ...]:
     if raw is None:
         return ()
     if not isinstance(raw, list):
@@ -466,7 +466,7 @@ def _parse_announce(raw: Any, validate: ParamValidator, seen: set[str]) -> tuple
         if not steps:
             raise PolicyError(f"{path}.notify: at least one step is required")
         found.append(
-            Announcement(steps, None if phases is None else frozenset(phases), bool(item.get("dryRun", False)))
+            AnnounceRule(steps, None if phases is None else frozenset(phases), bool(item.get("dryRun", False)))
         )
     return tuple(found)
 
