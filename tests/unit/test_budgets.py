@@ -7,9 +7,13 @@ regex on a long log line. Times are compared as ratios, never as absolute figure
 
 from __future__ import annotations
 
+import contextlib
 import time
+import tracemalloc
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from runbook_operator.actions import ActionContext, ErrorScan
 from runbook_operator.domain.expressions import When, render
@@ -17,6 +21,59 @@ from runbook_operator.domain.sandbox import MAX_OPERATIONS, MAX_OUTPUT, MAX_RANG
 from tests.unit.builders import check, invalid, policy
 
 CTX = {"incident": {"alert": "RedisDown", "labels": {"svc": "redis"}}, "steps": {}, "findings": []}
+
+
+PEAK_BOUND = 16 * 1024 * 1024  # bytes a render may hold at its peak (tracemalloc), whatever the template
+RED_TEAM = '{{ ("x" * 65536) | list | join("y" * 65536) }}'
+
+
+def _expressions() -> st.SearchStrategy[str]:
+    """Jinja expressions over big strings and lists, from the filters, methods and operators that build values."""
+    size = st.sampled_from([1, 100, 20_000, 65_536])
+    leaf = st.one_of(
+        size.map(lambda n: f'("x" * {n})'),
+        size.map(lambda n: f'("€" * {n})'),
+        st.sampled_from(["incident.labels.svc", "incident.alert", "[1, 2, 3]", "range(1000)", "incident"]),
+    )
+
+    def grow(inner: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+        unary = st.sampled_from(["list", "tojson", "string", "pprint", "unique", "reverse", "sort", "urlencode",
+                                 "upper", "title", "trim", "batch(3)", "slice(1000)", "map('string')",
+                                 "indent(1000)", "wordwrap(2)", "center(60000)", "replace('x', 'yyyy')",
+                                 "format(1, 2)", "tojson(8)", "dictsort", "items", "first", "last"])  # fmt: skip
+        return st.one_of(
+            st.tuples(inner, unary).map(lambda t: f"({t[0]} | {t[1]})"),
+            st.tuples(inner, inner).map(lambda t: f"({t[0]} | join({t[1]}))"),
+            st.tuples(inner, inner).map(lambda t: f"({t[0]} ~ {t[1]} ~ {t[0]})"),
+            st.tuples(inner, inner).map(lambda t: f"({t[0]} + {t[1]})"),
+            st.tuples(inner, st.sampled_from([2, 100, 4096])).map(lambda t: f"({t[0]} * {t[1]})"),
+            st.tuples(inner, inner).map(lambda t: f"[{t[0]}, {t[1]}, {t[0]}]"),
+            st.tuples(inner, inner).map(lambda t: f"({t[0]}).join({t[1]})"),
+            st.tuples(inner, inner).map(lambda t: f'("{{0}}{{0}}{{1}}").format({t[0]}, {t[1]})'),
+            st.tuples(inner, inner).map(lambda t: f'("%s%s" % ({t[0]}, {t[1]}))'),
+        )
+
+    return st.recursive(leaf, grow, max_leaves=6)
+
+
+def _templates() -> st.SearchStrategy[str]:
+    expression = _expressions()
+    return st.one_of(
+        expression.map(lambda e: f"{{{{ {e} }}}}"),
+        expression.map(lambda e: f"{{% for i in range(1000) %}}{{{{ {e} }}}}{{% endfor %}}"),
+        expression.map(
+            lambda e: (
+                f"{{% set ns = namespace(l=[]) %}}{{% for i in range(1000) %}}{{% set ns.l = ns.l + [{e}] %}}"
+                "{% endfor %}{{ ns.l | length }}"
+            )
+        ),
+        expression.map(
+            lambda e: (
+                f"{{% macro m() %}}{{{{ {e} }}}}{{% endmacro %}}{{% filter upper %}}"
+                f"{{% for i in range(1000) %}}{{{{ m() }}}}{{% endfor %}}{{% endfilter %}}"
+            )
+        ),
+    )
 
 
 def templated(url_path: str) -> dict[str, object]:
@@ -78,6 +135,90 @@ def test_render_stops_at_the_budget(template: str, reason: str) -> None:
         render({"body": template}, context)
     assert reason in str(refused.value)
     assert time.perf_counter() - started < 1.0  # each of these ran for seconds to minutes, or ran out of memory
+
+
+# Issue 22, finding 1: each of these built hundreds of MB to GB inside one call before the
+# 64 KiB check looked at the result; now the size is checked before the value is built.
+BIG = '{% set s = "x" * 60000 %}'
+
+
+@pytest.mark.parametrize(
+    ("template", "reason"),
+    [
+        ('{{ ("x" * 30000) | list | join("y" * 30000) }}', "a value of 9000"),  # 900 MB
+        ('{{ ("x" * 65536) | list | join("y" * 65536) }}', "a value of more than"),  # the red team's, 4 GiB
+        (BIG + "{{ ([s] * 4096) | tojson }}", "a value of 245772288 characters"),  # 554 MB of JSON
+        (BIG + "{{ [s, s, s] | tojson }}", "a value of more than"),  # a literal list of one string
+        (BIG + "{{ [s, s] }}", "a value of more than"),  # written out by {{ }}
+        (BIG + "{{ s ~ s ~ s }}", "a value of 180000 characters"),
+        (BIG + '{{ "{0}{0}{0}{0}{0}{0}".format(s) }}', "a value of 360"),
+        (BIG + '{{ "%s%s%s%s%s" % ((s,) * 5) }}', "a value of"),
+        ('{{ ("\n" * 60000) | indent(60000) }}', "a value of 36001"),
+        ('{{ ("a " * 30000) | wordwrap(1, wrapstring="y" * 60000) }}', "a value of 72001"),
+        ("{{ range(1000) | map('center', 65536) | join }}", "a value of 65537 characters"),
+        ("{{ [[1]] * 30000 | sum(start=[]) }}", "sum() adds numbers only"),  # quadratic copying
+        ('{{ ("\t" * 60000).expandtabs(60000) }}', "str.expandtabs() is not available"),
+        ("{{ 'x'.translate({120: 'y' * 60000}) }}", "str.translate() is not available"),
+        # values held at once: each below 64 KiB, their sum is the render's allocation
+        (BIG + "".join(f"{{% set a{i} = s ~ {i} %}}" for i in range(20)), "add up to more than"),
+        (
+            "{% set ns = namespace(l=[]) %}{% for i in range(1000) %}{% set ns.l = [ns.l, ('x' * 60000) ~ i] %}"
+            "{% endfor %}",
+            "a value of more than",
+        ),
+        (
+            "{% set ns = namespace(l=[]) %}{% for i in range(900) %}{% set ns.l = [ns.l] %}{% endfor %}{{ ns.l }}",
+            "nested more than",
+        ),
+        (
+            '{% macro d(n) %}{% set s = "€" * 60000 %}{% if n %}{{ d(n - 1) }}{% endif %}{% endmacro %}{{ d(900) }}',
+            "more than",
+        ),
+        ("{% macro d(n) %}{% if n %}{{ d(n - 1) }}{% endif %}{% endmacro %}{{ d(900) }}", "macros called more than"),
+        (
+            "{% filter upper %}{% for i in range(1000) %}" + "x" * 10000 + "{% endfor %}{% endfilter %}",
+            "add up to more than",
+        ),  # a block's buffer: 10 MB of constants
+    ],
+)
+def test_render_checks_sizes_before_it_builds(template: str, reason: str) -> None:
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="was refused by the sandbox") as refused:
+            render({"body": template}, CTX)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert reason in str(refused.value)
+    assert peak < PEAK_BOUND, f"{peak / 1e6:.1f} MB"
+
+
+def test_the_red_teams_template_is_refused_on_apply() -> None:
+    """Its constant part alone goes past the budget: no incident can make it fit."""
+    probe = {"name": "probe", "action": "http.check", "with": {"url": "http://127.0.0.1:1/", "bodyContains": RED_TEAM}}
+    refused = invalid(diagnose=[probe])
+    assert "spec.diagnose[0].with (http.check): bodyContains: its constant part at line 1 goes past" in refused.error
+
+
+def test_templates_whose_constant_parts_fit_still_apply_and_render() -> None:
+    fits = '{{ ("a" * 10) ~ "-" ~ incident.labels.svc }}/{{ [1, 2] | join(",") }}/{{ "%s" | format(incident.alert) }}'
+    applied = policy(diagnose=[templated(fits)])
+    assert render(applied.diagnose[0].params, CTX)["url"] == "http://127.0.0.1:1/aaaaaaaaaa-redis/1,2/RedisDown"
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(template=_templates())
+def test_no_template_built_from_the_filters_holds_more_than_the_bound(template: str) -> None:
+    """Property: whatever a template combines (sizes up to the budget, every value-building filter,
+    method and operator, loops and accumulators), a render's peak memory stays under PEAK_BOUND."""
+    tracemalloc.start()
+    try:
+        with contextlib.suppress(ValueError):  # refused (budget, or a type error): only memory matters here
+            render({"body": template}, CTX)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < PEAK_BOUND, f"{template}: {peak / 1e6:.1f} MB"
 
 
 def test_lipsum_is_not_offered() -> None:

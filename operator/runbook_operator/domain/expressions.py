@@ -166,6 +166,8 @@ def _render_value(value: Any, context: Mapping[str, Any], language: Language) ->
         raise ValueError(f"template {value!r} was refused by the sandbox: {err}") from None
     except ValueError as err:
         raise ValueError(f"template {value!r}: {err}") from None
+    except Exception as err:  # the policy's own code failed (a type error, recursion): the step's problem
+        raise ValueError(f"template {value!r} failed: {type(err).__name__}: {err}") from None
     if language is Language.URL and any(unquote(part) in (".", "..") for part in urlsplit(rendered).path.split("/")):
         # quote() keeps dots: a value ".." would climb out of the path the policy wrote
         raise ValueError(f"template {value!r}: the values made a '.' or '..' segment of the URL path: {rendered!r}")

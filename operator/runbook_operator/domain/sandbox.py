@@ -22,27 +22,41 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import inspect
+import itertools
 import math
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, ItemsView, Iterable, Iterator, KeysView, Mapping, Sized, ValuesView
 from typing import Any
 
 import jinja2
 from jinja2 import nodes
 from jinja2.compiler import CodeGenerator, Frame
 from jinja2.exceptions import SecurityError
+from jinja2.runtime import LoopContext, Macro
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.utils import Namespace, _PassArg
 
 MAX_OPERATIONS = 10_000
 MAX_OUTPUT = 64 * 1024
+MAX_ALLOCATED = 16 * MAX_OUTPUT
 MAX_RANGE = 1_000
 MAX_WHEN = 1024
 MAX_COMPREHENSION_DEPTH = 1
+MAX_DEPTH = 32  # nesting of a value the template writes out (json, str, join); of macro calls
+WEIGHED_PER_OPERATION = 256  # items of a value weighed for one operation of the budget
 
 # filters and string methods whose numeric arguments size the result (widths, counts)
 _SIZING_FILTERS = frozenset({"center", "indent", "batch", "slice", "wordwrap", "truncate"})
-_SIZING_METHODS = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs"})
+_SIZING_METHODS = frozenset({"center", "ljust", "rjust", "zfill"})
+# filters that write their whole input out: its size is checked before they run
+_WRITING_FILTERS = frozenset({"string", "pprint", "urlencode", "xmlattr", "escape", "e", "forceescape", "safe"})
+# filters and methods no runbook template needs whose output the budget cannot predict
+_DROPPED_FILTERS = frozenset({"urlize"})  # a target/rel string repeated for every URL in the text
+_REFUSED_METHODS = frozenset({"translate", "maketrans", "expandtabs", "format_map"})
 _FORMAT_WIDTH = re.compile(r"\d+")
+_FIELD = re.compile(r"%|\{")
+_SMALL = 16  # what an opaque value (a macro, a loop, a generator) writes: its short repr
 
 
 class BudgetExceeded(SecurityError):
@@ -50,9 +64,16 @@ class BudgetExceeded(SecurityError):
 
 
 class _Budget:
+    """One render's budget. ``allocated`` counts the characters of every value the template
+    builds (each must also be at most MAX_OUTPUT), so it bounds the memory a render holds
+    and the time it spends copying; ``weights`` remembers each container's size once."""
+
     def __init__(self) -> None:
         self.operations = 0
         self.output = 0
+        self.allocated = 0
+        self.macro_depth = 0
+        self.weights: dict[int, tuple[Any, int, int]] = {}  # id -> (the container, its weight, its depth)
 
     def spend(self, operations: int = 1, output: int = 0) -> None:
         self.operations += operations
@@ -62,21 +83,136 @@ class _Budget:
         if self.output > MAX_OUTPUT:
             raise BudgetExceeded(f"more than {MAX_OUTPUT} characters of output")
 
+    def allocate(self, size: int) -> None:
+        self.allocated += size
+        if self.allocated > MAX_ALLOCATED:
+            raise BudgetExceeded(f"the values it builds add up to more than {MAX_ALLOCATED} characters")
+
+    def weigh(self, value: Any) -> tuple[int, int]:
+        """The characters ``value`` makes when written out (str, tojson, join), counting a
+        container's items each time they appear, and how deep it nests. Refused past
+        MAX_OUTPUT characters or MAX_DEPTH levels, before anything is written."""
+        leaf = _leaf(value)
+        if leaf is not None:
+            return leaf, 0
+        running, deepest, visited = 0, 0, 0
+        stack: list[tuple[Any, Iterator[Any], int]] = []  # (container, its items, running when it opened)
+        on_path: set[int] = set()
+
+        def push(item: Any) -> None:
+            nonlocal running, deepest
+            leaf = _leaf(item)
+            cached = self.weights.get(id(item))
+            if leaf is not None:
+                running += leaf
+            elif cached is not None and cached[0] is item:
+                running += cached[1]
+                deepest = max(deepest, len(stack) + cached[2])
+                if deepest > MAX_DEPTH:
+                    raise BudgetExceeded(f"a value nested more than {MAX_DEPTH} levels deep")
+            elif id(item) in on_path:  # a namespace holding itself: str() writes it as "..."
+                running += _SMALL
+            else:
+                items = _items(item)
+                if items is None:
+                    running += _SMALL
+                    return
+                stack.append((item, iter(items), running))
+                on_path.add(id(item))
+                running += 2
+                deepest = max(deepest, len(stack))
+                if deepest > MAX_DEPTH:
+                    raise BudgetExceeded(f"a value nested more than {MAX_DEPTH} levels deep")
+
+        push(value)
+        try:
+            while stack:
+                container, items, opened = stack[-1]
+                item = next(items, _END)
+                if item is _END:
+                    stack.pop()
+                    on_path.discard(id(container))
+                    self.weights[id(container)] = (container, running - opened, deepest - len(stack))
+                    continue
+                visited += 1
+                running += 1  # a separator
+                push(item)
+                if running > MAX_OUTPUT:
+                    raise BudgetExceeded(f"a value of more than {MAX_OUTPUT} characters")
+        finally:
+            self.spend(visited // WEIGHED_PER_OPERATION)
+        return running, deepest
+
+
+_END = object()
+
+
+def _leaf(value: Any) -> int | None:
+    """The size of a value that holds no others, or None for a container."""
+    if isinstance(value, str | bytes | bytearray):
+        return len(value)
+    if value is None or isinstance(value, bool):
+        return 5
+    if isinstance(value, int):
+        return value.bit_length() * 77 // 256 + 2  # decimal digits and a sign
+    if isinstance(value, float):
+        return 24
+    return None
+
+
+def _items(value: Any) -> Iterable[Any] | None:
+    """What a container writes out: its items (a mapping's keys and values), or None when
+    ``value`` is opaque (its repr is short)."""
+    if isinstance(value, list | tuple | set | frozenset | KeysView | ValuesView):
+        return value
+    if isinstance(value, Mapping | ItemsView):
+        return itertools.chain.from_iterable(value.items() if isinstance(value, Mapping) else value)
+    if isinstance(value, Namespace):
+        return itertools.chain.from_iterable(value._Namespace__attrs.items())
+    return None
+
 
 _BUDGET: contextvars.ContextVar[_Budget] = contextvars.ContextVar("template_budget")
 
 
-def _spend(operations: int = 1, output: int = 0) -> None:
+def _budget() -> _Budget:
     budget = _BUDGET.get(None)
     if budget is None:  # outside BudgetTemplate.render (jinja's own compile-time folding)
         raise BudgetExceeded("budgeted code ran outside a render")
-    budget.spend(operations, output)
+    return budget
+
+
+def _spend(operations: int = 1, output: int = 0) -> None:
+    _budget().spend(operations, output)
+
+
+def _weight(value: Any) -> int:
+    return _budget().weigh(value)[0]
 
 
 def _bounded(value: Any) -> Any:
-    if isinstance(value, str | list | tuple | dict) and len(value) > MAX_OUTPUT:
-        raise BudgetExceeded(f"a value of {len(value)} items or characters, more than {MAX_OUTPUT}")
+    """A value the template built: at most MAX_OUTPUT characters written out, charged to
+    the render's allocation."""
+    _budget().allocate(_weight(value))
     return value
+
+
+def _bounded_size(size: int) -> None:
+    if size > MAX_OUTPUT:
+        raise BudgetExceeded(f"a value of {size} characters, more than {MAX_OUTPUT}")
+
+
+def _materialized(value: Any) -> Any:
+    """An iterator (a generator from map/select, a dict iterator) read into a list, item by
+    item, stopping at MAX_OUTPUT characters; anything else as it is."""
+    if not isinstance(value, Iterator) or isinstance(value, LoopContext):
+        return value
+    budget, items, total = _budget(), [], 0
+    for item in value:
+        total += budget.weigh(item)[0] + 1
+        _bounded_size(total)
+        items.append(item)
+    return items
 
 
 def _check_sizes(what: str, args: Iterable[Any]) -> None:
@@ -85,9 +221,16 @@ def _check_sizes(what: str, args: Iterable[Any]) -> None:
             raise BudgetExceeded(f"{what}({arg}): more than {MAX_OUTPUT}")
 
 
-def _check_format(text: Any) -> None:
-    if isinstance(text, str) and any(int(n) > MAX_OUTPUT for n in _FORMAT_WIDTH.findall(text)):
+def _check_format(text: Any, args: Any) -> None:
+    """``text % args`` or ``text.format(args)``: widths within MAX_OUTPUT, and each field
+    writing at most all of ``args``."""
+    if not isinstance(text, str):
+        return
+    if any(int(n) > MAX_OUTPUT for n in _FORMAT_WIDTH.findall(text)):
         raise BudgetExceeded(f"format {text[:80]!r} has a width or precision over {MAX_OUTPUT}")
+    fields = len(_FIELD.findall(text))
+    if fields:
+        _bounded_size(len(text) + fields * _weight(args))
 
 
 def _check_replace(text: str, old: Any, new: Any, count: Any = None) -> None:
@@ -98,9 +241,44 @@ def _check_replace(text: str, old: Any, new: Any, count: Any = None) -> None:
         _bounded_size(len(text) + times * (len(new) - len(old)))
 
 
-def _bounded_size(size: int) -> None:
-    if size > MAX_OUTPUT:
-        raise BudgetExceeded(f"a value of {size} characters, more than {MAX_OUTPUT}")
+def _check_join(items: Any, separator: Any) -> None:
+    """What ``separator.join(items)`` writes, before it is written."""
+    if not isinstance(items, Sized):
+        return  # not iterable: join raises
+    # each item writes at most what it weighs; the container's weight (remembered) covers them all
+    _bounded_size(_weight(items) + max(len(items) - 1, 0) * _weight(separator))
+
+
+def _check_filter(name: str, arguments: Mapping[str, Any]) -> None:
+    """Refuse, before it runs, a filter call whose result would exceed the budget."""
+    if name in _SIZING_FILTERS:
+        _check_sizes(name, [v for k, v in arguments.items() if k not in ("s", "value")])
+    if name == "join":
+        _check_join(arguments["value"], arguments.get("d", ""))
+    elif name == "replace":
+        _check_replace(str(arguments["s"]), arguments["old"], arguments["new"], arguments.get("count"))
+    elif name == "format":
+        _check_format(arguments["value"], (arguments.get("args"), arguments.get("kwargs")))
+    elif name == "indent":
+        width = arguments.get("width", 4)
+        text = str(arguments["s"])
+        _bounded_size(len(text) + (text.count("\n") + 1) * (width if isinstance(width, int) else _weight(width)))
+    elif name == "wordwrap":
+        # a greedy wrap fills each pair of lines past the width: at most 2*len/width lines (and one per paragraph)
+        text, width = str(arguments["s"]), max(int(arguments.get("width", 79)), 1)
+        lines = 2 * len(text) // width + text.count("\n") + 1
+        _bounded_size(len(text) + lines * _weight(arguments.get("wrapstring") or "\n"))
+    elif name == "sum":
+        start = arguments.get("start", 0)
+        if not isinstance(start, int | float):
+            raise BudgetExceeded("sum() adds numbers only (join lists with + or strings with join)")
+    elif name == "tojson":
+        indent = arguments.get("indent")
+        size, depth = _budget().weigh(arguments["value"])
+        width = 0 if indent is None else indent if isinstance(indent, int) else _weight(indent)
+        _bounded_size(size * (1 + depth * width))
+    elif name in _WRITING_FILTERS:
+        _weight(arguments.get("value", arguments.get("d")))
 
 
 def _range(*args: int) -> range:
@@ -110,8 +288,23 @@ def _range(*args: int) -> range:
     return numbers
 
 
+class _Buffer(list[str]):
+    """Where a macro, a ``{% set %}`` block or a ``{% filter %}`` block writes: charged to
+    the render's allocation as it is written (constants written in a loop too)."""
+
+    def append(self, text: str) -> None:
+        _budget().allocate(len(text))
+        super().append(text)
+
+    def extend(self, texts: Iterable[str]) -> None:
+        for text in texts:
+            self.append(text)
+
+
 class _Generator(CodeGenerator):
-    """Charges every loop iteration and bounds every ``~`` (jinja emits neither as a call)."""
+    """Charges every loop iteration, and bounds what jinja builds without a call: ``~``,
+    list, tuple and dict literals, every value written out, and the buffers of macros and
+    blocks."""
 
     def visit_For(self, node: nodes.For, frame: Frame) -> None:
         if node.recursive:
@@ -121,9 +314,43 @@ class _Generator(CodeGenerator):
         super().visit_For(node, frame)
 
     def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
+        self.write("environment.joined((")
+        for arg in node.nodes:
+            self.visit(arg, frame)
+            self.write(", ")
+        self.write("))")
+
+    def visit_List(self, node: nodes.List, frame: Frame) -> None:
         self.write("environment.bounded(")
-        super().visit_Concat(node, frame)
+        super().visit_List(node, frame)
         self.write(")")
+
+    def visit_Dict(self, node: nodes.Dict, frame: Frame) -> None:
+        self.write("environment.bounded(")
+        super().visit_Dict(node, frame)
+        self.write(")")
+
+    def visit_Tuple(self, node: nodes.Tuple, frame: Frame) -> None:
+        if node.ctx != "load":  # an assignment's target
+            super().visit_Tuple(node, frame)
+            return
+        self.write("environment.bounded(")
+        super().visit_Tuple(node, frame)
+        self.write(")")
+
+    def _output_child_pre(self, node: nodes.Expr, frame: Frame, finalize: Any) -> None:
+        self.write("environment.written(")
+        super()._output_child_pre(node, frame, finalize)
+        self.write("environment.writable(")
+
+    def _output_child_post(self, node: nodes.Expr, frame: Frame, finalize: Any) -> None:
+        self.write(")")
+        super()._output_child_post(node, frame, finalize)
+        self.write(")")
+
+    def buffer(self, frame: Frame) -> None:
+        frame.buffer = self.temporary_identifier()
+        self.writeline(f"{frame.buffer} = environment.buffer()")
 
 
 class BudgetTemplate(jinja2.Template):
@@ -150,9 +377,13 @@ class BudgetEnvironment(ImmutableSandboxedEnvironment):
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
+        if self.autoescape:
+            raise ValueError("the budget's ~ writes plain text: autoescape is not supported")
         self.globals["range"] = _range
         del self.globals["lipsum"]  # lipsum(n) writes n paragraphs
-        self.filters = {name: self._bounded_filter(name, fn) for name, fn in self.filters.items()}
+        self.filters = {
+            name: self._bounded_filter(name, fn) for name, fn in self.filters.items() if name not in _DROPPED_FILTERS
+        }
 
     @staticmethod
     def counted(items: Iterable[Any]) -> Iterator[Any]:
@@ -166,16 +397,47 @@ class BudgetEnvironment(ImmutableSandboxedEnvironment):
         return _bounded(value)
 
     @staticmethod
+    def writable(value: Any) -> Any:
+        """A value about to be written out by ``{{ }}``: its size is checked first."""
+        _weight(value)
+        return value
+
+    @staticmethod
+    def written(text: str) -> str:
+        _budget().allocate(len(text))
+        return text
+
+    @staticmethod
+    def joined(values: tuple[Any, ...]) -> str:
+        """``a ~ b ~ c``: the sizes of the parts are checked before they are joined."""
+        _spend()
+        _bounded_size(sum(_weight(value) for value in values))
+        text = "".join(map(str, values))
+        _bounded(text)
+        return text
+
+    @staticmethod
+    def buffer() -> _Buffer:
+        return _Buffer()
+
+    @staticmethod
     def _bounded_filter(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        signature = inspect.signature(fn)
+        passed = _PassArg.from_obj(fn) is not None  # jinja passes a context or environment first
+
         @functools.wraps(fn)  # keeps jinja's pass_context/pass_environment marks
         def bounded(*args: Any, **kwargs: Any) -> Any:
             _spend()
-            if name in _SIZING_FILTERS:
-                _check_sizes(name, [*args[1:], *kwargs.values()])
-            elif name == "format" and args:
-                _check_format(args[0])
-            elif name == "replace" and len(args) >= 4:  # (eval context, text, old, new[, count])
-                _check_replace(str(args[1]), args[2], args[3], args[4] if len(args) > 4 else kwargs.get("count"))
+            args = tuple(_materialized(arg) for arg in args)
+            kwargs = {key: _materialized(value) for key, value in kwargs.items()}
+            try:
+                arguments = signature.bind(*args, **kwargs).arguments
+            except TypeError:
+                arguments = {}  # the call itself raises the same TypeError, with jinja's message
+            if arguments:
+                if passed:
+                    arguments.pop(next(iter(signature.parameters)), None)
+                _check_filter(name, arguments)
             return _bounded(fn(*args, **kwargs))
 
         return bounded
@@ -187,40 +449,93 @@ class BudgetEnvironment(ImmutableSandboxedEnvironment):
         elif operator == "*":
             for seq, times in ((left, right), (right, left)):
                 if isinstance(seq, str | list | tuple) and isinstance(times, int):
-                    _bounded_size(len(seq) * times)
+                    _bounded_size(_weight(seq) * times)
             if isinstance(left, int) and isinstance(right, int):
                 _bounded_size((left.bit_length() + right.bit_length()) // 8)
+        elif operator == "+":
+            _bounded_size(_weight(left) + _weight(right))
         elif operator == "%":
-            _check_format(left)
+            _check_format(left, right)
         return _bounded(super().call_binop(context, operator, left, right))
+
+    def getitem(self, obj: Any, argument: Any) -> Any:
+        value = super().getitem(obj, argument)
+        return _bounded(value) if isinstance(argument, slice) else value  # a slice is a new value
 
     def call(__self, __context: jinja2.runtime.Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         _spend()
+        budget = _budget()
         if isinstance(getattr(__obj, "__self__", None), str):
             name = __obj.__name__
+            if name in _REFUSED_METHODS:
+                raise BudgetExceeded(f"str.{name}() is not available in templates")
             if name in _SIZING_METHODS:
                 _check_sizes(name, args)
             elif name == "replace" and len(args) >= 2:
                 _check_replace(__obj.__self__, *args[:3])
-        return _bounded(super().call(__context, __obj, *args, **kwargs))
+            elif name == "join" and len(args) == 1:
+                args = (_materialized(args[0]),)
+                _check_join(args[0], __obj.__self__)
+        if not isinstance(__obj, Macro):
+            return _bounded(super().call(__context, __obj, *args, **kwargs))
+        if budget.macro_depth >= MAX_DEPTH:
+            raise BudgetExceeded(f"macros called more than {MAX_DEPTH} deep")
+        budget.macro_depth += 1
+        try:
+            return _bounded(super().call(__context, __obj, *args, **kwargs))
+        finally:
+            budget.macro_depth -= 1
 
     def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
         wrapped = super().wrap_str_format(value)
-        if wrapped is not None:  # value is the str.format (or format_map) of a format string
-            _check_format(value.__self__)
-        return wrapped
+        if wrapped is None:
+            return None
+        text = value.__self__  # value is the str.format of a format string
+
+        def checked(*args: Any, **kwargs: Any) -> str:
+            _check_format(text, (args, kwargs))
+            return wrapped(*args, **kwargs)
+
+        return checked
 
 
 _PARSER = jinja2.Environment()
+_PROBE = BudgetEnvironment(undefined=jinja2.StrictUndefined)
 
 
 def check_budget(source: str, where: str) -> None:
     """Refuse, on apply, a template that exceeds its budget whatever the incident: recursive
-    loops, ranges over MAX_RANGE, and nested loops over constant ranges past MAX_OPERATIONS."""
+    loops, ranges over MAX_RANGE, nested loops over constant ranges past MAX_OPERATIONS,
+    and constant parts (no incident data in them) that already build too much."""
     try:
-        _walk(_PARSER.parse(source), 1)
+        parsed = _PARSER.parse(source)
+        _walk(parsed, 1)
+        for part in _constant_parts(parsed):
+            _probe(part)
     except ValueError as err:
         raise ValueError(f"{where}: {err}") from None
+
+
+def _constant_parts(node: nodes.Node) -> Iterator[nodes.Expr]:
+    """The largest expressions that read no variable: their value is the same for every incident."""
+    literal = isinstance(node, nodes.Const | nodes.TemplateData)
+    if isinstance(node, nodes.Expr) and not literal and next(node.find_all(nodes.Name), None) is None:
+        yield node
+        return
+    for child in node.iter_child_nodes():
+        yield from _constant_parts(child)
+
+
+def _probe(part: nodes.Expr) -> None:
+    """Evaluate a constant part within a budget of its own: refused when it goes past it.
+    Any other error is the render's to report (it depends on nothing else either)."""
+    template = nodes.Template([nodes.Output([part], lineno=part.lineno)], lineno=part.lineno)
+    try:
+        _PROBE.from_string(template).render()
+    except BudgetExceeded as err:
+        raise ValueError(f"its constant part at line {part.lineno} goes past the template budget: {err}") from None
+    except Exception:  # not a budget problem: the render reports it
+        pass
 
 
 def _walk(node: nodes.Node, iterations: int) -> None:
