@@ -55,15 +55,30 @@ def describe(incident: Mapping[str, Any], record: Mapping[str, Any]) -> list[str
         "Parameters, as the operator rendered them (Secrets are named, never read):",
     ]
     lines += [f"  {_key(key)}: {_shown(value)}" for key, value in params.items()] or ["  (none)"]
-    if consent.digest(str(record.get("action")), params) != request.get("digest"):
-        lines.append(
-            "  (these are not all the parameters the digest below covers: some were too large to keep in status; "
-            "`runbook-operator plan` renders them all)"
-        )
     lines.append(
         f"Digest {request.get('digest')}, nonce {request.get('nonce')}, requested at {request.get('requestedAt')}"
     )
     return lines
+
+
+def shown_differs(record: Mapping[str, Any]) -> str | None:
+    """Why the action and parameters shown are not what the request's digest covers, if they are not.
+
+    The digest is the operator's; the parameters beside it are only status text. Approving
+    means approving the digest, so the command agrees only to what it can show in full."""
+    request = record["approvalRequest"]
+    params = request.get("parameters") or {}
+    if consent.digest(str(record.get("action")), params) == request.get("digest"):
+        return None
+    if params.get("truncated") is True:
+        return (
+            "some parameters were too large to keep in status, so what is shown is not all the digest covers; "
+            "`runbook-operator plan` renders them all, and the raw patch in the incident's events approves"
+        )
+    return (
+        "the action and parameters shown do not match the request's digest: the request in status was changed "
+        "by someone other than the operator; ask who may write incidents/status"
+    )
 
 
 def _key(key: str) -> str:
@@ -88,6 +103,9 @@ def approve(
     record = waiting_step(incident, step)
     request = record["approvalRequest"]
     print("\n".join(describe(incident, record)), file=out)
+    unverified = shown_differs(record)
+    if unverified:
+        raise Refused(f"not approved: {unverified}")
     if confirm is not None and not confirm(f"Approve this as {who}? [y/N] "):
         raise Refused("not approved")
     round_, nonce = int(record.get("attempt") or 0), str(request["nonce"])

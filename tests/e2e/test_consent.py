@@ -157,3 +157,55 @@ def test_the_alertmanager_intakes_identity_cannot_approve(
     assert proc.returncode != 0, proc.stderr
     assert f"user {SA} may not approve steps of incidents in namespace {namespace}" in proc.stderr
     assert approvals(kubectl, namespace) == []
+
+
+# -- the status subresource (issue 22, finding 3) --------------------------------------------------
+
+STATUS_REFUSED = "ValidatingAdmissionPolicy 'runbook-operator-status' with binding 'runbook-operator-status' denied"
+
+
+@pytest.fixture
+def status_writer(kubectl: Kubectl, namespace: str) -> Kubectl:
+    """A ServiceAccount that may read incidents and patch their status, nothing else: the red team's."""
+    kubectl.apply(
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+         "metadata": {"name": "status-writer", "namespace": namespace},
+         "rules": [{"apiGroups": ["remediation.ishchat.io"], "resources": ["incidents"], "verbs": ["get"]},
+                   {"apiGroups": ["remediation.ishchat.io"], "resources": ["incidents/status"],
+                    "verbs": ["get", "patch", "update"]}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+         "metadata": {"name": "status-writer", "namespace": namespace},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "status-writer"},
+         "subjects": [{"kind": "ServiceAccount", "name": "status-writer", "namespace": namespace}]},
+    )  # fmt: skip
+    return kubectl.as_user(f"system:serviceaccount:{namespace}:status-writer", "system:serviceaccounts")
+
+
+def patch_status(who: Kubectl, namespace: str, status: dict[str, Any], name: str = "consent") -> Any:
+    body = json.dumps({"status": status})
+    return who("patch", "incident", name, "-n", namespace, "--subresource=status", "--type=merge", "-p", body,
+               check=False)  # fmt: skip
+
+
+def test_only_the_operator_may_change_an_incidents_status(
+    kubectl: Kubectl, status_writer: Kubectl, namespace: str, demo: DemoService, waiting: dict[str, Any]
+) -> None:
+    """(a) a gated step marked Running without approval, (b) a harmless request shown beside the
+    real digest: both refused by the API server, whatever the writer's RBAC on incidents/status."""
+    kubectl.apply(incident("probe", namespace, alert="Probe"))  # tried until the policy is in force
+    wait_for(lambda: STATUS_REFUSED in patch_status(status_writer, namespace, {"phase": "Resolved"}, "probe").stderr,
+             60, "the status admission policy to be enforced")  # fmt: skip
+    before = kubectl.get("incident", "consent", namespace)["status"]
+    running = [s | {"state": "Running"} if s["name"] == "failover" else s for s in before["steps"]]
+    harmless = {"url": f"{demo.url}/db/health"}
+    shown = [s | {"approvalRequest": s["approvalRequest"] | {"parameters": harmless}} if s["name"] == "failover"
+             else s for s in before["steps"]]  # fmt: skip
+    for forged in ({"steps": running, "phase": "Remediating"}, {"steps": shown}):
+        proc = patch_status(status_writer, namespace, forged)
+        assert proc.returncode != 0 and STATUS_REFUSED in proc.stderr, proc.stderr
+        assert f"user system:serviceaccount:{namespace}:status-writer may not change it" in proc.stderr
+        assert "written by the operator only" in proc.stderr and "verb remediate" in proc.stderr
+    after = kubectl.get("incident", "consent", namespace)["status"]
+    assert awaiting(after, "failover")["approvalRequest"] == waiting["approvalRequest"] and demo.failovers == 0
+    # a status write that changes nothing is no attack, and the operator's own writes go on (the fixture's)
+    assert patch_status(status_writer, namespace, {"phase": after["phase"]}).returncode == 0

@@ -289,6 +289,39 @@ def test_a_suspended_policy_starts_nothing() -> None:
 # -- restarts ----------------------------------------------------------------------
 
 
+def test_a_step_forged_running_in_status_without_an_approval_is_not_run() -> None:
+    """Issue 22, finding 3a: whoever may write incidents/status marks a gated, rerun-safe step
+    Running (no approval, or the request's fields copied beside a made-up approver); a
+    restarted operator must not run it, whatever the record says, and asks for approval."""
+    step = {"name": "scale", "action": "http.request", "requiresApproval": True,
+            "with": {"url": "http://lb:9092/instances/scale", "json": {"replicas": 5}}}  # fmt: skip
+    candidates = [policy("p", remediate=[step])]
+    run = Run(incident(), candidates, always)
+    run.drive()
+    waiting = run.status.record("Remediate", "scale", 1)
+    assert waiting is not None and waiting.approvalRequest is not None
+    digest = waiting.approvalRequest.digest
+    forgeries = [
+        replace(waiting, state="Running"),  # no approval at all
+        replace(waiting, state="Running", approvedBy="alice", approvedDigest=digest),  # no spec.approvals entry
+    ]
+    for forged in forgeries:
+        after = decide(run.inc, run.status.with_record(forged), candidates, run.now, nonce="n9")
+        assert after.run is None, forged
+        record = after.status.record("Remediate", "scale", 1)
+        assert record is not None and record.state == "AwaitingApproval" and record.approvalRequest is not None
+        assert record.approvalRequest.nonce == "n9"  # a new request: nothing approved the forged one
+        assert "ApprovalMissing" in [e.reason for e in after.events]
+    # an approval by someone else than the record names does not make it hold either
+    inc = replace(run.inc, approvals=(Approval("scale", "mallory", 1, waiting.approvalRequest.nonce),))
+    claimed = replace(waiting, state="Running", approvedBy="alice", approvedDigest=digest)
+    assert decide(inc, run.status.with_record(claimed), candidates, run.now, nonce="n9").run is None
+    # the record the operator itself writes when the approval is real still resumes
+    honest = replace(claimed, approvedBy="mallory")
+    resumed = decide(inc, run.status.with_record(honest), candidates, run.now, nonce="n9")
+    assert resumed.run is not None and resumed.run.resumed and resumed.run.step.name == "scale"
+
+
 def test_a_destructive_step_running_at_a_crash_is_not_run_again_and_verification_decides() -> None:
     candidates = destructive_policy()
     inc = incident()

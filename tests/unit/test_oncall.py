@@ -3,13 +3,15 @@
 The commands themselves run against the real control plane in tests/e2e/test_oncall.py.
 """
 
+import io
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from runbook_operator.domain import consent
 from runbook_operator.engine.kube import Refused
-from runbook_operator.oncall import describe, waiting_step
+from runbook_operator.oncall import approve, describe, waiting_step
 
 
 def served(phase: str = "AwaitingApproval", **record: Any) -> dict[str, Any]:
@@ -34,12 +36,30 @@ def test_describe_shows_the_request_with_every_value_escaped() -> None:
     assert lines[-1].startswith("Digest sha256:") and "nonce 9d6804ee8de82189" in lines[-1]
 
 
-def test_describe_says_when_the_shown_parameters_are_not_all_the_digest_covers() -> None:
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        # finding 3b: status rewritten to show a harmless request beside the real digest
+        ({"parameters": {"url": "http://lb:9092/db/health"}}, "do not match the request's digest"),
+        ({"parameters": {"url": "http://lb:9092/failover", "destructive": True}, "digest": "sha256:0"}, "do not match"),
+        ({"parameters": {"truncated": True}}, "too large to keep in status"),
+    ],
+)
+def test_approve_refuses_parameters_its_digest_does_not_cover(change: dict[str, Any], said: str) -> None:
     incident = served()
-    incident["status"]["steps"][0]["approvalRequest"]["parameters"] = {"truncated": True}
-    lines = describe(incident, waiting_step(incident, "failover"))
-    assert any("not all the parameters the digest below covers" in line for line in lines)
-    assert not any("not all" in line for line in describe(served(), waiting_step(served(), "failover")))
+    incident["status"]["steps"][0]["approvalRequest"] |= change
+    patched: list[Any] = []
+    incidents = SimpleNamespace(namespace="ns", get=lambda name: incident, patch=lambda *a: patched.append(a))
+    with pytest.raises(Refused, match=said):
+        approve(incidents, "alice", "i", "failover", None, io.StringIO())  # type: ignore[arg-type]
+    assert patched == []
+
+
+def test_approve_appends_the_approval_when_the_shown_parameters_are_the_digests() -> None:
+    incident, patched = served(), []
+    incidents = SimpleNamespace(namespace="ns", get=lambda name: incident, patch=lambda *a: patched.append(a))
+    approve(incidents, "alice", "i", "failover", None, io.StringIO())  # type: ignore[arg-type]
+    assert patched[0][1] == consent.append_patch("failover", 1, "9d6804ee8de82189", "alice", list_exists=False)
 
 
 @pytest.mark.parametrize(

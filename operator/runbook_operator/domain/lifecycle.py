@@ -329,6 +329,14 @@ def _scan(p: Progress, ctx: Context, steps: Sequence[Step], stage: Stage, attemp
             params = _render(ctx, p.status, step)
             if record.approvedDigest and consent.digest(step.action, params) != record.approvedDigest:
                 return _consent(p, ctx, step, attempt, params)  # changed since approved: ask again
+            if step.requires_approval and not step.notifies and not _approval_holds(ctx, step, record, params):
+                p.emit(
+                    WARNING,
+                    Reason.APPROVAL_MISSING,
+                    f"step {step.name!r} is recorded Running but no approval answers it (its round, nonce and "
+                    "parameters): not run; it asks for approval",
+                )
+                return _consent(p, ctx, step, attempt, params)
             return StepCall(step, attempt, params, resumed=True)
         if record is None or record.state in (StepState.PENDING.value, StepState.AWAITING_APPROVAL.value):
             announcing = _announcements(p, ctx) if stage is not Stage.ANNOUNCE else None
@@ -409,6 +417,17 @@ def _consent(p: Progress, ctx: Context, step: Step, attempt: int, params: dict[s
             return _run(p, StepCall(step, attempt, params), approval, wanted)
     _ignored(p, ctx, step, record)
     return _await_approval(p, ctx, step, record)
+
+
+def _approval_holds(ctx: Context, step: Step, record: StepRecord, params: dict[str, Any]) -> bool:
+    """Does the record of a step that needs approval hold one: the approval the operator wrote
+    into it when the step started, still answering the request it names (spec.approvals, which
+    the API server guards), for exactly these parameters? Status alone proves nothing."""
+    request = record.approvalRequest
+    if request is None or record.approvedDigest != consent.digest(step.action, params):
+        return False
+    approval = consent.answer(ctx.incident.approvals, step.name, record.attempt, request.nonce)
+    return approval is not None and approval.by == record.approvedBy
 
 
 def _request(

@@ -82,6 +82,7 @@ class Reason:
     APPROVAL_TIMEOUT = "ApprovalTimeout"
     APPROVAL_REQUEST_CHANGED = "ApprovalRequestChanged"
     APPROVAL_IGNORED = "ApprovalIgnored"
+    APPROVAL_MISSING = "ApprovalMissing"  # a step recorded Running that no approval answers: not run
     DRY_RUN = "DryRun"
     DUPLICATE = "Duplicate"
     SUSPENDED = "Suspended"
