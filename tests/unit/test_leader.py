@@ -253,6 +253,20 @@ async def test_a_lease_expires_by_local_observation_even_if_its_renew_time_is_in
     assert any("previous holder other_0001, transitions 5" in m for m in caplog.messages)
 
 
+@pytest.mark.parametrize("duration", [2147483647, 3600, "15s"])
+async def test_a_foreign_lease_counts_for_at_most_our_own_lease_duration(
+    time: FakeTime, leases: FakeLeases, duration: Any
+) -> None:
+    """Issue 22, finding 6: written once with a huge leaseDurationSeconds (or garbage), a Lease
+    silenced every replica for as long as it said; a holder must renew like a real one."""
+    leases.put(foreign(leaseDurationSeconds=duration))
+    a = Replica("a_00000001", leases, time)
+    async with running(a):
+        took = await time.until(lambda: a.leading, limit=30)
+        assert took <= 15 + 2 * (1 + JITTER)
+        assert leases.spec["holderIdentity"] == "a_00000001" and leases.spec["leaseDurationSeconds"] == 15
+
+
 async def test_a_holder_that_keeps_renewing_is_never_taken(time: FakeTime, leases: FakeLeases) -> None:
     leases.put(foreign())
     a = Replica("a_00000001", leases, time)

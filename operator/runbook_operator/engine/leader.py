@@ -5,7 +5,10 @@ trying to take it. As in client-go's ``tools/leaderelection``:
 
 - a Lease held by another identity is valid until its ``leaseDurationSeconds`` after the
   moment *this* process saw its record change, on the local monotonic clock: the record's
-  ``renewTime`` is another machine's wall clock, and clocks are skewed;
+  ``renewTime`` is another machine's wall clock, and clocks are skewed. Unlike client-go,
+  never longer than this replica's own ``lease_duration``: whoever may write the Lease
+  (a namespace editor) could otherwise write ``leaseDurationSeconds: 2147483647`` once and
+  stop every replica for 68 years; now a holder has to keep renewing, as a real one does;
 - every write is an optimistic update with the ``resourceVersion`` read: a conflict means
   another replica wrote first, a lost race rather than an error;
 - ``leaseTransitions`` grows by one when the holder changes; ``acquireTime`` is kept
@@ -291,8 +294,11 @@ class LeaderElector:
         return str(self._observed.get("holderIdentity") or "")
 
     def _valid(self) -> bool:
-        duration = float(self._observed.get("leaseDurationSeconds") or 0)
-        return self._clock() < self._observed_at + duration
+        try:
+            duration = float(self._observed.get("leaseDurationSeconds") or 0)
+        except (TypeError, ValueError):
+            duration = 0.0  # not a number: nobody holds it
+        return self._clock() < self._observed_at + min(duration, self._config.lease_duration)
 
     async def _within(self, attempt: Coroutine[Any, Any, T], seconds: float) -> T:
         """``attempt``'s result, or TimeoutError when ``seconds`` pass first on the elector's clock."""

@@ -34,7 +34,7 @@ def promtool(*args: str) -> subprocess.CompletedProcess[str]:
 def test_the_rules_are_valid(rules_file: Path) -> None:
     proc = promtool("check", "rules", str(rules_file))
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "SUCCESS: 7 rules found" in proc.stdout
+    assert "SUCCESS: 8 rules found" in proc.stdout
 
 
 UNIT_TESTS = """
@@ -107,11 +107,33 @@ tests:
             exp_annotations:
               summary: '1 incident(s) in a working phase and no action ran for 30m.'
       - eval_time: 10m
+        alertname: RunbookOperatorNoLeader
+        exp_alerts: []
+      - eval_time: 10m
         alertname: RunbookOperatorDown
         exp_alerts:
           - exp_labels: {{severity: critical}}
             exp_annotations:
               summary: The runbook operator is not being scraped; incidents are not being handled.
+  - interval: 1m
+    input_series:  # two replicas: a leads until 5m, then neither does (a Lease held by someone else)
+      - series: 'runbook_leader{{pod="a"}}'
+        values: '1x5 0x20'
+      - series: 'runbook_leader{{pod="b"}}'
+        values: '0x25'
+    alert_rule_test:
+      - eval_time: 5m
+        alertname: RunbookOperatorNoLeader
+        exp_alerts: []
+      - eval_time: 7m
+        alertname: RunbookOperatorNoLeader
+        exp_alerts: []
+      - eval_time: 8m
+        alertname: RunbookOperatorNoLeader
+        exp_alerts:
+          - exp_labels: {{severity: critical}}
+            exp_annotations:
+              summary: 'No runbook-operator replica has led for 2m; incidents are not being handled (kubectl get lease -n runbook-operator runbook-operator -o yaml shows the holder).'
 """
 
 
@@ -127,7 +149,9 @@ def test_the_alerts_fire_when_they_should_and_not_before(rules_file: Path, tmp_p
 
 def exposed_names() -> set[str]:
     registry = CollectorRegistry()
-    Metrics(registry).watch(lambda: ["Resolved"])
+    metrics = Metrics(registry)
+    metrics.watch(lambda: ["Resolved"])
+    metrics.leader()  # registered when leader election runs
     suffixes = {"histogram": ("_bucket", "_count", "_sum"), "counter": ("_total",), "gauge": ("",)}
     return {family.name + suffix for family in registry.collect() for suffix in suffixes[family.type]}
 
