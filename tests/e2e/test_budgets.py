@@ -9,6 +9,7 @@ the budgets the template never finished and the whole operator stalled.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
@@ -58,3 +59,41 @@ def test_a_hostile_policy_does_not_delay_another_namespace(
     hostile = settled(kubectl, "hostile-0", other_namespace, "Resolved")  # no verify steps: each probe failed
     probe = next(s for s in hostile["steps"] if s["name"] == "probe-0")
     assert probe["state"] == "Failed" and "operations" in probe["message"], probe
+
+
+# Issue 22, finding 1: the red team's template, with the incident's labels in place of its
+# constants so it passes apply. Before: 95 MB -> 1.14 GB and /healthz unanswered for 3 s.
+MEMORY_TEMPLATE = "{{ (incident.labels.a * 32768) | list | join(incident.labels.b * 32768) }}"  # 1 GiB before
+
+
+def peak_rss_mib(op: OperatorProcess) -> float:
+    assert op.proc is not None
+    status = Path(f"/proc/{op.proc.pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) / 1024
+
+
+def test_a_template_that_would_build_a_gigabyte_is_stopped_before_it_builds(
+    kubectl: Kubectl, operator: OperatorProcess, namespace: str
+) -> None:
+    step = {"name": "probe", "action": "http.check", "continueOnFailure": True,
+            "with": {"url": "http://127.0.0.1:1/", "bodyContains": MEMORY_TEMPLATE}}  # fmt: skip
+    policy = demo_policy("memory", namespace, "http://127.0.0.1:1", diagnose=[step], remediate=[], verify=[])
+    policy["spec"]["match"] = {"alerts": ["Memory"]}  # type: ignore[index]
+    kubectl.apply(policy)
+    before = peak_rss_mib(operator)
+    latencies: list[float] = []
+    for i in range(5):
+        kubectl.apply(incident(f"memory-{i}", namespace, alert="Memory", labels={"a": "x", "b": "z"}))
+    for i in range(5):
+        deadline = time.monotonic() + 60
+        while (phase := kubectl.get("incident", f"memory-{i}", namespace).get("status", {}).get("phase")) != "Resolved":
+            started = time.monotonic()
+            assert operator.alive()
+            latencies.append(time.monotonic() - started)
+            assert time.monotonic() < deadline, phase
+    status = kubectl.get("incident", "memory-0", namespace)["status"]
+    probe = next(s for s in status["steps"] if s["name"] == "probe")
+    assert probe["state"] == "Failed" and "was refused by the sandbox" in probe["message"], probe
+    after = peak_rss_mib(operator)
+    print(f"operator peak RSS {before:.0f} MiB -> {after:.0f} MiB; /healthz worst {max(latencies) * 1e3:.0f} ms")
+    assert after - before < 32 and max(latencies) < 1.0
