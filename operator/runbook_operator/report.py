@@ -5,6 +5,10 @@ candidates, the steps taken, every notification sent, escalation, and what is le
 for humans to do.
 Pure: no clock, no cluster; every field may be missing (a report for an incident
 the operator has not touched yet says so instead of failing).
+
+Every string that comes from the Incident, its status or its Events is hostile input: it
+reaches the Markdown only through ``_md``, which makes it text and nothing else (no HTML,
+link, image, emphasis, code-span break-out, table cell or line of its own).
 """
 
 from __future__ import annotations
@@ -15,12 +19,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from runbook_operator.actions.messages import printable
 from runbook_operator.domain.status import timestamp
+from runbook_operator.domain.wire import clipped
 
 # Event and timeline timestamps differ by the time it takes to write status and post the Event.
 _SAME_ENTRY_SECONDS = 60.0
 _MESSAGE_CELL = 240
 _LEVEL = re.compile(r"escalation level (\d+) '([^']*)' reached")
+# Inside a line, these start Markdown (CommonMark, and GitHub's tables, strikethrough and math):
+# a backslash before one of them, or an entity for HTML's three, makes each plain text.
+_ESCAPES = str.maketrans({c: "\\" + c for c in "\\`*_[]~|#$"} | {"&": "&amp;", "<": "&lt;"})
+_BACKTICKS = re.compile(r"`+")
 
 # The runbook's "Post-Incident Procedures", as a checklist for the humans.
 CHECKLIST = (
@@ -66,8 +76,8 @@ def render(incident_body: Mapping[str, Any], events: Sequence[Mapping[str, Any]]
     severity = str(status.get("severity") or spec.get("severity") or "unset")
     outcome = _outcome(status) if handled else "not handled yet"
 
-    lines = [f"# Post-incident report: {alert} — {namespace}/{name}", ""]
-    lines += [f"**Severity:** {severity} · **Outcome:** {outcome}", ""]
+    lines = [f"# Post-incident report: {_md(alert)} — {_md(namespace)}/{_md(name)}", ""]
+    lines += [f"**Severity:** {_md(severity)} · **Outcome:** {outcome}", ""]
     lines += _summary(meta, spec, status, handled)
     lines += _timeline(status, events)
     lines += _findings(status)
@@ -84,19 +94,19 @@ def render(incident_body: Mapping[str, Any], events: Sequence[Mapping[str, Any]]
 
 def _summary(meta: Mapping[str, Any], spec: Mapping[str, Any], status: Mapping[str, Any], handled: bool) -> list[str]:
     out = ["## Summary", ""]
-    what = f"alert `{spec.get('alert') or '?'}`"
+    what = f"alert {_md(spec.get('alert') or '?', code=True)}"
     if spec.get("summary"):
-        what += f": {_inline(spec['summary'])}"
+        what += f": {_md(spec['summary'])}"
     out.append(f"- **What happened:** {what}")
     if spec.get("description"):
-        out.append(f"- **Description:** {_inline(spec['description'])}")
+        out.append(f"- **Description:** {_md(spec['description'])}")
     labels = _map(spec.get("labels"))
     if labels:
-        out.append("- **Labels:** " + ", ".join(f"`{k}={v}`" for k, v in sorted(labels.items())))
+        out.append("- **Labels:** " + ", ".join(_md(f"{k}={v}", code=True) for k, v in sorted(labels.items())))
     target = _map(spec.get("target"))
     if target:
         where = target.get("namespace") or meta.get("namespace") or "?"
-        out.append(f"- **Target:** {target.get('kind', '?')} {where}/{target.get('name', '?')}")
+        out.append(f"- **Target:** {_md(target.get('kind', '?'))} {_md(where)}/{_md(target.get('name', '?'))}")
     if not handled:
         out += ["- **Outcome:** not handled yet: the operator has not written a status for this incident", ""]
         return out
@@ -104,7 +114,10 @@ def _summary(meta: Mapping[str, Any], spec: Mapping[str, Any], status: Mapping[s
     policy = status.get("policy")
     if policy:
         generation = status.get("policyGeneration")
-        out.append(f"- **Policy:** `{policy}`" + (f" (generation {generation})" if generation is not None else ""))
+        out.append(
+            f"- **Policy:** {_md(policy, code=True)}"
+            + (f" (generation {_md(generation)})" if generation is not None else "")
+        )
     else:
         out.append("- **Policy:** none")
     out.append(f"- **Remediation attempts:** {int(status.get('attempts') or 0)}")
@@ -112,10 +125,9 @@ def _summary(meta: Mapping[str, Any], spec: Mapping[str, Any], status: Mapping[s
     if flags:
         out.append(f"- **Mode:** {', '.join(flags)}")
     if status.get("duplicateOf"):
-        out.append(f"- **Duplicate of:** `{status['duplicateOf']}`")
-    out.append(
-        f"- **Started:** {status.get('startedAt') or 'unknown'} · **Resolved:** {status.get('resolvedAt') or 'no'}"
-    )
+        out.append(f"- **Duplicate of:** {_md(status['duplicateOf'], code=True)}")
+    started, resolved = _md(status.get("startedAt") or "unknown"), _md(status.get("resolvedAt") or "no")
+    out.append(f"- **Started:** {started} · **Resolved:** {resolved}")
     out.append("")
     return out
 
@@ -127,9 +139,11 @@ def _timeline(status: Mapping[str, Any], events: Sequence[Mapping[str, Any]]) ->
         return [*out, "No timeline entries.", ""]
     out += ["| time | reason | message |", "|---|---|---|"]
     for e in entries:
-        message = _cell(e.message) + (f" (x{e.count})" if e.count > 1 else "")
+        message = _md(e.message, limit=_MESSAGE_CELL) + (f" (x{e.count})" if e.count > 1 else "")
         source = " (event)" if e.source == "event" else ""
-        out.append(f"| {e.text_time} | {_cell(e.reason)}{source} | {message} |")
+        out.append(
+            f"| {_md(e.text_time, limit=_MESSAGE_CELL)} | {_md(e.reason, limit=_MESSAGE_CELL)}{source} | {message} |"
+        )
     return [*out, ""]
 
 
@@ -181,7 +195,7 @@ def _findings(status: Mapping[str, Any]) -> list[str]:
     findings = [_map(f) for f in status.get("findings") or ()]
     if not findings:
         return ["## Findings", "", "No findings recorded.", ""]
-    out += [f"- **{_inline(f.get('step') or '?')}**: {_inline(f.get('message') or '')}" for f in findings]
+    out += [f"- **{_md(f.get('step')) or '?'}**: {_md(f.get('message') or '')}" for f in findings]
     return [*out, ""]
 
 
@@ -201,8 +215,8 @@ def _actions(status: Mapping[str, Any]) -> list[str]:
         started, finished = _parse(s.get("startedAt")), _parse(s.get("finishedAt"))
         duration = _duration((finished - started).total_seconds()) if started and finished else "—"
         cells = (s.get("stage"), s.get("name"), s.get("action"), s.get("attempt"), state, s.get("startedAt"))
-        row = " | ".join(_cell(c if c is not None else "—") for c in cells)
-        out.append(f"| {row} | {duration} | {_cell(s.get('message') or '')} |")
+        row = " | ".join(_md(c if c is not None else "—", limit=_MESSAGE_CELL) for c in cells)
+        out.append(f"| {row} | {duration} | {_md(s.get('message') or '', limit=_MESSAGE_CELL)} |")
     return [*out, ""]
 
 
@@ -226,8 +240,8 @@ def _notifications(status: Mapping[str, Any]) -> list[str]:
         else:
             about = f"escalation level {attempt}"
         cells = (s.get("finishedAt") or s.get("startedAt"), about, s.get("name"), s.get("action"), s.get("state"))
-        row = " | ".join(_cell(c if c is not None else "—") for c in cells)
-        out.append(f"| {row} | {_cell(s.get('message') or '')} |")
+        row = " | ".join(_md(c if c is not None else "—", limit=_MESSAGE_CELL) for c in cells)
+        out.append(f"| {row} | {_md(s.get('message') or '', limit=_MESSAGE_CELL)} |")
     return [*out, ""]
 
 
@@ -249,15 +263,15 @@ def _escalations(spec: Mapping[str, Any], status: Mapping[str, Any]) -> list[str
             number, when = reached.get(level, (str(i), ""))
             if not when and level == escalation.get("level"):
                 when = str(escalation.get("notifiedAt") or "")
-            out.append(f"  {number}. `{level}`" + (f" at {when}" if when else ""))
+            out.append(f"  {number}. {_md(level, code=True)}" + (f" at {_md(when)}" if when else ""))
     if escalation.get("nextAt"):
-        out.append(f"- **Next level due:** {escalation['nextAt']}")
+        out.append(f"- **Next level due:** {_md(escalation['nextAt'])}")
     updates = int(escalation.get("updates") or 0)
-    last = f" (last at {escalation['lastUpdateAt']})" if updates and escalation.get("lastUpdateAt") else ""
+    last = f" (last at {_md(escalation['lastUpdateAt'])})" if updates and escalation.get("lastUpdateAt") else ""
     out.append(f"- **Status updates sent:** {updates}{last}")
     if status.get("acknowledgedAt"):
-        who = f" by {spec['acknowledgedBy']}" if spec.get("acknowledgedBy") else ""
-        out.append(f"- **Acknowledged:**{who} at {status['acknowledgedAt']}")
+        who = f" by {_md(spec['acknowledgedBy'])}" if spec.get("acknowledgedBy") else ""
+        out.append(f"- **Acknowledged:**{who} at {_md(status['acknowledgedAt'])}")
     else:
         overdue = " (ResponseOverdue: the response deadline passed)" if escalation.get("overdueNoted") else ""
         out.append(f"- **Acknowledged:** no{overdue}")
@@ -289,7 +303,8 @@ def _deadline(
     if deadline is None:
         return "none"
     window = _duration((deadline - started).total_seconds())
-    head = f"{status.get('responseDeadline')} ({window} after start, {status.get('severity') or 'default'} severity)"
+    severity = _md(status.get("severity") or "default")
+    head = f"{_md(status.get('responseDeadline'))} ({window} after start, {severity} severity)"
     responded = min((t for t in (acked, resolved) if t is not None), default=None)
     if responded is not None and responded <= deadline:
         how = "acknowledged" if responded == acked else "resolved"
@@ -310,8 +325,8 @@ def _follow_ups(spec: Mapping[str, Any], status: Mapping[str, Any], handled: boo
     phase = status.get("phase")
     for raw in status.get("steps") or ():
         s = _map(raw)
-        label = f"{s.get('stage', '?')} step `{s.get('name', '?')}` ({s.get('action', '?')}"
-        label += f", attempt {s.get('attempt', '?')})"
+        label = f"{_md(s.get('stage', '?'))} step {_md(s.get('name', '?'), code=True)} ({_md(s.get('action', '?'))}"
+        label += f", attempt {_md(s.get('attempt', '?'))})"
         message = str(s.get("message") or "")
         state = s.get("state")
         if state == "Skipped" and message.startswith("interrupted"):
@@ -319,17 +334,19 @@ def _follow_ups(spec: Mapping[str, Any], status: Mapping[str, Any], handled: boo
         elif state == "Skipped" and message.startswith("dry run"):
             derived.append(f"Dry run: {label} did not run; run it by hand or without dryRun if still needed")
         elif state == "Failed" and s.get("stage") != "Diagnose":
-            derived.append(f"Investigate why {label} failed: {_inline(message)}")
+            derived.append(f"Investigate why {label} failed: {_md(message)}")
         elif state == "AwaitingApproval" and phase not in ("Resolved", "Escalated"):
             derived.append(
                 f"{label} still awaits approval: approve it (`kubectl runbook approve`) or resolve the incident"
             )
     if phase == "Escalated":
         why = _condition(status, "Escalated")
-        reason = f" ({why.get('reason')}: {_inline(why.get('message') or '')})" if why else ""
+        reason = f" ({_md(why.get('reason'))}: {_md(why.get('message') or '')})" if why else ""
         derived.append(f"Root-cause review: the incident escalated{reason}; automation did not fix it")
     elif handled and phase != "Resolved":
-        derived.append(f"The incident is still open (phase {phase or 'unknown'}): resolve it before closing the review")
+        derived.append(
+            f"The incident is still open (phase {_md(phase or 'unknown')}): resolve it before closing the review"
+        )
     if handled and not status.get("acknowledgedAt") and _map(status.get("escalation")).get("overdueNoted"):
         derived.append("Nobody acknowledged the incident by the response deadline: review on-call paging")
     out += [f"- [ ] {item}" for item in derived] or ["- Nothing derived from the incident's status."]
@@ -346,12 +363,12 @@ def _outcome(status: Mapping[str, Any], detailed: bool = False) -> str:
     phase = str(status.get("phase") or "Pending")
     condition = _condition(status, phase) if phase in ("Resolved", "Escalated") else None
     if phase not in ("Resolved", "Escalated"):
-        return f"open ({phase})"
+        return f"open ({_md(phase)})"
     if condition is None:
         return phase
     if not detailed:
-        return f"{phase} ({condition.get('reason') or '?'})"
-    return f"{phase}, reason `{condition.get('reason') or '?'}`: {_inline(condition.get('message') or '')}"
+        return f"{phase} ({_md(condition.get('reason') or '?')})"
+    return f"{phase}, reason {_md(condition.get('reason') or '?', code=True)}: {_md(condition.get('message') or '')}"
 
 
 def _condition(status: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
@@ -407,10 +424,24 @@ def _duration(seconds: float) -> str:
     return f"{sign}{secs}s"
 
 
-def _inline(value: Any) -> str:
-    return " ".join(str(value).split())
+def _md(value: Any, *, code: bool = False, limit: int | None = None) -> str:
+    """``value`` as Markdown that shows exactly its text and nothing else, for every string taken
+    from the Incident, its status or its Events.
 
-
-def _cell(value: Any) -> str:
-    text = _inline(value).replace("|", "\\|")
-    return text if len(text) <= _MESSAGE_CELL else text[: _MESSAGE_CELL - 1] + "…"
+    One line: control characters and line breaks become spaces, runs of blanks one space (so no
+    heading, list item or table row of its own), then at most ``limit`` characters. Then either
+    plain text, Markdown's punctuation behind a backslash and ``&<`` as entities (no HTML,
+    autolink, link, image, emphasis or table cell; a ``>`` is harmless inside a line), or
+    with ``code`` a code span fenced by more backticks than the longest run in the text, which
+    nothing inside can close. The result never starts a line, and a code span never goes in a
+    table cell (GitHub splits cells at ``|`` there).
+    """
+    text = " ".join(printable(str(value)).split())
+    if limit is not None:
+        text = clipped(text, limit)  # before escaping: a cut never splits an escape or an entity
+    if not code:
+        return text.translate(_ESCAPES)
+    fence = "`" * (max(map(len, _BACKTICKS.findall(text)), default=0) + 1)
+    if not text or text[0] == "`" or text[-1] == "`":
+        text = f" {text} "  # the renderer strips one space each side
+    return f"{fence}{text}{fence}"

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import unicodedata
+from collections.abc import Callable
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from markdown_it import MarkdownIt
 
 from runbook_operator import cli
+from runbook_operator.domain.wire import clipped
 from runbook_operator.report import merge_timeline, render
 
 SECTIONS = (
@@ -260,3 +268,179 @@ def test_every_notification_is_listed_with_its_time_and_what_it_was_about() -> N
         ["| 2026-11-27T08:33:01Z", "escalation update 1", "page"],
     ]
     assert "ping" not in section
+
+
+# -- hostile text: the report renders as text, never as markup ------------------------------
+
+# What an alert sender, an Incident creator or a step's output can put in any field.
+HOSTILE = (
+    "`</code><img src=x onerror=alert(1)>`",
+    "```",
+    "[click](https://evil.example)",
+    "![x](https://evil.example/a.png)",
+    "| a | b |\n# heading",
+    "<script>alert(1)</script>",
+    "nul\u0000byte\u0007bell\u001b[31mred",
+    "`` ` ``",
+    "<https://evil.example/autolink> <a href='https://evil.example'>x</a>",
+    "**bold** _em_ ~~strike~~ $x^2$ [^1] \\",
+    "&lt;img src=x onerror=alert(1)&gt; &#60;b&#62;",
+    "one\r\n- item\n\n> quote\n\n    indented\n---\n===",
+    "x\\|y\\` <!-- comment --> <![CDATA[x]]> <?php ?>",
+    "[ref]: https://evil.example\n[ref] ###",
+)
+LONG = "<img src=x onerror=alert(1)> " + "y" * 20_000
+
+
+def _incident(value: Callable[[str], str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """An Incident and an Event with ``value(field)`` in every string field the report shows; the
+    fields that decide its shape (phase, states, stages, numbers, the first timestamps) are fixed."""
+    v = value
+    attempt = v("steps.attempt")
+    status = {
+        "phase": "Escalated", "severity": v("status.severity"), "policy": v("status.policy"),
+        "policyGeneration": v("status.policyGeneration"), "attempts": 2, "duplicateOf": v("status.duplicateOf"),
+        "startedAt": "2026-11-27T10:00:00Z", "responseDeadline": "2026-11-27T11:00:00Z",
+        "resolvedAt": v("status.resolvedAt"), "acknowledgedAt": v("status.acknowledgedAt"),
+        "conditions": [cond("Escalated", v("conditions.reason"), v("conditions.message"))],
+        "findings": [{"step": v("findings.step"), "message": v("findings.message")}],
+        "escalation": {"level": v("escalation.level"), "notifiedAt": v("escalation.notifiedAt"),
+                       "fired": [v("escalation.fired")], "nextAt": v("escalation.nextAt"), "updates": 1,
+                       "lastUpdateAt": v("escalation.lastUpdateAt"), "overdueNoted": True},
+        "announcements": [{"number": attempt, "phase": v("announcements.phase")}],
+        "steps": [
+            {"stage": "Remediate", "name": v("steps.name"), "action": v("steps.action"), "attempt": attempt,
+             "state": "Failed", "startedAt": v("steps.startedAt"), "finishedAt": v("steps.finishedAt"),
+             "message": v("steps[0].message")},
+            {"stage": "Remediate", "name": v("steps.name"), "action": v("steps.action"), "attempt": attempt,
+             "state": "Succeeded", "approvedBy": v("steps.approvedBy"), "approvedAt": v("steps.approvedAt"),
+             "message": v("steps[1].message")},
+            {"stage": "Announce", "name": v("steps.name"), "action": v("steps.action"), "attempt": attempt,
+             "state": "Succeeded", "message": v("notifications.message")},
+            {"stage": "Escalate", "name": v("steps.name"), "action": v("steps.action"), "attempt": attempt,
+             "state": "Failed", "update": v("steps.update"), "message": v("notifications.message")},
+        ],
+        "timeline": [{"time": v("timeline.time"), "type": v("timeline.type"), "message": v("timeline.message")}],
+    }  # fmt: skip
+    spec = {
+        "summary": v("spec.summary"), "description": v("spec.description"), "severity": v("spec.severity"),
+        "labels": {v("labels.key"): v("labels.value")}, "acknowledgedBy": v("spec.acknowledgedBy"),
+        "target": {"kind": v("target.kind"), "namespace": v("target.namespace"), "name": v("target.name")},
+    }  # fmt: skip
+    incident = {"metadata": {"name": v("metadata.name"), "namespace": v("metadata.namespace")},
+                "spec": {"alert": v("spec.alert"), **spec}, "status": status}  # fmt: skip
+    events = [{"reason": v("event.reason"), "message": v("event.message"), "lastTimestamp": v("event.time"),
+               "count": 2, "metadata": {"uid": "u1"}}]  # fmt: skip
+    return incident, events
+
+
+class _Html(HTMLParser):
+    """What a browser would build from the rendered report: its elements, with their attributes,
+    and the text it shows."""
+
+    def __init__(self, html: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.elements: list[tuple[str, tuple[tuple[str, str | None], ...]]] = []
+        self.rows: list[list[str]] = []
+        self.text: list[str] = []
+        self.in_cell = False
+        self.feed(html)
+        self.close()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.elements.append((tag, tuple(attrs)))
+        if tag == "tr":
+            self.rows.append([])
+        elif tag in ("td", "th"):
+            self.rows[-1].append("")
+            self.in_cell = True
+
+    def handle_endtag(self, tag: str) -> None:
+        self.in_cell = self.in_cell and tag not in ("td", "th")
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+        if self.in_cell:
+            self.rows[-1][-1] += data
+
+    def handle_comment(self, data: str) -> None:
+        self.elements.append(("<!--", ()))
+
+    def handle_decl(self, decl: str) -> None:
+        self.elements.append(("<!", ()))
+
+    def handle_pi(self, data: str) -> None:
+        self.elements.append(("<?", ()))
+
+    def unknown_decl(self, data: str) -> None:
+        self.elements.append(("<![", ()))
+
+    def shown(self) -> str:
+        return _norm("".join(self.text))
+
+
+def _html(text: str) -> _Html:
+    """The report as GitHub renders it: CommonMark, with tables and strikethrough, raw HTML passed."""
+    renderer = MarkdownIt("commonmark", {"html": True}).enable(["table", "strikethrough"])
+    return _Html(renderer.render(text))
+
+
+def _norm(text: str) -> str:
+    """Text as it is shown: a control character is a blank, a run of blanks one space."""
+    return " ".join("".join(" " if unicodedata.category(c) == "Cc" else c for c in text).split())
+
+
+def test_hostile_text_in_every_field_is_shown_as_text_and_builds_no_markup() -> None:
+    placed: dict[str, str] = {}
+    hostile = itertools.cycle(HOSTILE)
+
+    def value(field: str) -> str:
+        if field not in placed:
+            placed[field] = LONG if field == "spec.description" else next(hostile)
+        return placed[field]
+
+    incident, events = _incident(value)
+    page = _html(render(incident, events))
+    plain = _html(render(*_incident(lambda field: field)))
+
+    # The same elements, in the same order, as the report of an incident without markup in it:
+    # no <img>, <script>, <a>, comment or heading came from the data.
+    assert page.elements == plain.elements
+    assert {tag for tag, _ in page.elements} <= {"h1", "h2", "p", "strong", "code", "ul", "ol", "li", "table",
+                                                 "thead", "tbody", "tr", "th", "td"}  # fmt: skip
+    assert not any(attrs for _, attrs in page.elements)
+    # Each value is on the page as the text it is, whole (a table cell shows its first 237 characters).
+    shown = page.shown()
+    for field, text in placed.items():
+        assert _norm(text)[:237] in shown, field
+    assert _norm(LONG) in shown
+    # A | or a line break in a step's message stays in that step's message cell.
+    actions = [row for row in page.rows if len(row) == 8][1:]
+    messages = ("steps[0].message", "steps[1].message", "notifications.message", "notifications.message")
+    assert [row[7] for row in actions] == [clipped(_norm(placed[f]), 240) for f in messages]
+
+
+def test_a_backtick_run_gets_a_longer_fence_and_normal_text_is_left_as_it_is() -> None:
+    text = render(body(RESOLVED, summary="a ``` b", labels={"app": "im", "q": "`x`"}))
+    assert "- **What happened:** alert `InstanceManagerDown`: a \\`\\`\\` b" in text
+    assert "- **Labels:** `app=im`, `` q=`x` ``\n" in text  # its own backtick: a longer fence, a space inside
+    assert "| Remediate | failover | http.request | 1 | Succeeded, approved by alice at 2026-11-27T08:24:59Z |" in text
+    assert "- **health**: GET /health: status 503, expected 200" in text
+
+
+# Arbitrary text, with the pieces of Markdown's and HTML's syntax drawn often.
+SYNTAX = ("`", "``", "\\", "*", "_", "~~", "[", "](", ")", "!", "|", "#", "$", "<", ">", "&", "&lt;", "&#60;",
+          "<img src=x>", "<a href=x>", "</code>", "<!--", "http://e.x", "\n", "\r", "\x00", " ", "    ", "- ", "1. ",
+          "> ", "---", ":")  # fmt: skip
+TEXTS = st.lists(st.sampled_from(SYNTAX) | st.text(max_size=4), min_size=1, max_size=12).map("".join).filter(bool)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.text(min_size=1, max_size=80) | TEXTS)
+def test_any_text_in_any_field_is_shown_as_that_text(text: str) -> None:
+    page = _html(render(*_incident(lambda field: text)))
+    plain = _html(render(*_incident(lambda field: "x")))
+    assert page.elements == plain.elements
+    assert _norm(text) in page.shown()
+    steps = [row for row in page.rows if len(row) == 8][1:]  # the Actions table, without its header
+    assert len(steps) == 4 and all(row[1] == _norm(text) for row in steps)
