@@ -157,6 +157,9 @@ def resolver(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         ("http://[fe80::1]/", "fe80::1"),
         ("http://[fd00:ec2::254]/", "fd00:ec2::254"),
         ("http://[::ffff:a9fe:a9fe]/", "::ffff:a9fe:a9fe"),  # 169.254.169.254, IPv4-mapped
+        ("http://[fd20:ce::254]/", "fd20:ce::254"),  # GCP metadata over IPv6
+        ("http://[fd00:ec2::23]/", "fd00:ec2::23"),  # AWS's instance-services block
+        ("http://168.63.129.16/machine?comp=goalstate", "168.63.129.16"),  # Azure wireserver
     ],
 )
 async def test_link_local_and_metadata_addresses_are_refused(url: str, host: str) -> None:
@@ -177,6 +180,52 @@ async def test_a_name_is_checked_by_the_address_it_resolves_to(monkeypatch: pyte
         f"GET http://{METADATA}/latest/meta-data/iam/: {METADATA} resolves to 169.254.169.254, which is a "
         "link-local or cloud metadata address: refused (start the operator with --allow-link-local to allow it)"
     )
+
+
+@pytest.mark.parametrize(
+    ("host", "why"),
+    [
+        ("[64:ff9b::a9fe:a9fe]", "169.254.169.254 through NAT64, a link-local or cloud metadata address"),
+        ("[::a9fe:a9fe]", "169.254.169.254 through IPv4-compatible, a link-local or cloud metadata address"),
+        ("[2002:a9fe:a9fe::1]", "169.254.169.254 through 6to4, a link-local or cloud metadata address"),
+        ("[::]", "an unspecified address, which reaches the operator's own host"),
+    ],
+)
+async def test_addresses_that_carry_a_refused_one_are_refused(host: str, why: str) -> None:
+    result = await run("http.request", {"url": f"http://{host}/latest/meta-data/", "method": "GET"})
+    address = host.strip("[]")
+    assert not result.ok
+    assert result.message == (
+        f"GET http://{host}/latest/meta-data/: {address} is {why}: refused "
+        "(start the operator with --allow-link-local to allow it)"
+    )
+
+
+async def test_the_unspecified_address_is_refused_though_it_reaches_this_host(
+    listeners: tuple[Listener, Listener],
+) -> None:
+    _, elsewhere = listeners
+    url = f"http://0.0.0.0:{elsewhere.url.rsplit(':', 1)[1]}/health"
+    result = await run("http.check", {"url": url})
+    assert not result.ok
+    assert result.message == (
+        f"GET {url}: 0.0.0.0 is an unspecified address, which reaches the operator's own host: refused "
+        "(start the operator with --allow-link-local to allow it)"
+    )
+    assert elsewhere.requests == []  # before, it got there
+
+
+async def test_an_error_page_that_is_not_json_is_not_quoted() -> None:
+    """http.request shows a bounded, scrubbed excerpt of a 2xx or JSON answer; another kind of
+    error page (a proxy's, or something the url leads to that is not the API) only by its type."""
+    secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEY"
+    server = Listener(answer=(500, "text/html; charset=utf-8", f"<html>{secret}</html>".encode())).start()
+    try:
+        result = await run("http.request", {"url": f"{server.url}/admin", "method": "GET"})
+    finally:
+        server.stop()
+    assert not result.ok and result.message == f"GET {server.url}/admin: status 500, expected 200"
+    assert result.output == {"status": 500, "contentType": "text/html"}
 
 
 async def test_the_flag_lets_link_local_addresses_through() -> None:

@@ -15,9 +15,12 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from typing import Annotated, Any, TypeVar
+from urllib.parse import urlsplit
 
+import httpx
 import pydantic
 
+from runbook_operator.actions import egress
 from runbook_operator.actions.api import (
     Action,
     ActionContext,
@@ -33,6 +36,8 @@ T = TypeVar("T")
 TAIL_CHARS = 1800  # characters of log tail kept in the output (the Incident status keeps ~2 KiB a step)
 MAX_LISTED = 10  # names/IDs listed per kind in a prune's output
 _LINE = 200  # characters of one quoted log line or health-check output
+_EXPLAINED = 300  # characters of the engine's error message quoted
+DOCKER_PORT = 2375  # the engine's plain-HTTP port, when tcp:// names none (as docker's own client assumes)
 _HOST = re.compile(r"^(unix://.+|tcp://[^/\s]+)$")
 _NAME = r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]*$"
 _LABEL = re.compile(r"^[^=\s]+(=.*)?$")
@@ -142,13 +147,45 @@ def _explain(err: BaseException, what: str, params: _Engine, budget: float) -> A
     if isinstance(err, docker.errors.NotFound):
         name = getattr(params, "container", "")
         return ActionFailure(f"{what}: no such container {name!r} on {params.where()}")
-    if isinstance(err, docker.errors.APIError):
-        return ActionFailure(f"{what}: docker engine error {err.status_code}: {err.explanation or err}")
+    api_error = next((e for e in causes if isinstance(e, docker.errors.APIError)), None)
+    if api_error is not None:  # also one met while the client asked the engine's API version
+        return ActionFailure(f"{what}: docker engine error {api_error.status_code}: {_explanation(api_error)}")
     if any(isinstance(e, (requests.exceptions.ConnectionError, OSError)) for e in causes):
         root = causes[-1]
         reason = root.strerror if isinstance(root, OSError) and root.strerror else str(root)
         return ActionFailure(f"{what}: cannot reach the docker engine at {params.where()}: {reason}")
     return ActionFailure(f"{what}: {type(err).__name__}: {err}")
+
+
+def _explanation(err: Any) -> str:
+    """The engine's ``message``; an answer that is not the engine's JSON (``host`` may lead to
+    something that is not a docker engine) is not quoted: its content type only."""
+    response = getattr(err, "response", None)
+    if response is not None and not egress.is_json(response.headers):
+        return f"an answer of {egress.content_type(response.headers)}, not shown"
+    text = " ".join(str(err.explanation or err).split())
+    return text if len(text) <= _EXPLAINED else text[: _EXPLAINED - 1] + "…"
+
+
+async def _pinned(params: _Engine, what: str) -> str | None:
+    """The engine's address for the client: a ``tcp://`` host checked as every HTTP action's is
+    (no link-local, metadata or unspecified address) and pinned to the address checked."""
+    if params.host is None or not params.host.startswith("tcp://"):
+        return params.host
+    split = urlsplit(params.host)
+    try:
+        host, port = split.hostname, split.port or DOCKER_PORT
+    except ValueError:
+        raise ActionFailure(f"{what}: {params.host!r} has no valid port") from None
+    if not host:
+        raise ActionFailure(f"{what}: {params.host!r} names no host")
+    try:
+        address = await egress.checked_address(host, port)
+    except egress.EgressRefused as err:
+        raise ActionFailure(f"{what}: {err}") from None
+    except httpx.ConnectError as err:
+        raise ActionFailure(f"{what}: cannot reach the docker engine at {params.where()}: {err}") from None
+    return f"tcp://[{address}]:{port}" if ":" in address else f"tcp://{address}:{port}"
 
 
 async def _blocking(ctx: ActionContext, fn: Callable[[], T]) -> T:
@@ -160,20 +197,24 @@ async def _blocking(ctx: ActionContext, fn: Callable[[], T]) -> T:
 async def _engine(params: _Engine, ctx: ActionContext, what: str, budget: float, fn: Callable[[Any], T]) -> T:
     """Run ``fn(client)`` in a thread with a client made for this call; failures are an ActionFailure."""
 
-    def work() -> T:
+    def work(base_url: str | None) -> T:
         import docker  # in the thread: the first step's import (~0.2 s) does not hold the event loop
 
-        if params.host is None:
+        if base_url is None:
             client = docker.from_env(timeout=budget)
         else:
-            client = docker.DockerClient(base_url=params.host, timeout=budget)
+            client = docker.DockerClient(base_url=base_url, timeout=budget)
         try:
             return fn(client)
         finally:
             client.close()
 
+    async def call() -> T:
+        base_url = await _pinned(params, what)
+        return await _blocking(ctx, lambda: work(base_url))
+
     try:
-        return await asyncio.wait_for(_blocking(ctx, work), budget)
+        return await asyncio.wait_for(call(), budget)
     except _failures() as err:
         raise _explain(err, what, params, budget) from None
 

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 import httpx
 import pydantic
 
-from runbook_operator.actions import messages, slack
+from runbook_operator.actions import egress, messages, slack
 from runbook_operator.actions.api import (
     Action,
     ActionContext,
@@ -20,7 +20,7 @@ from runbook_operator.actions.api import (
     SecretRef,
     StepResult,
 )
-from runbook_operator.actions.egress import EgressRefused, GuardedTransport
+from runbook_operator.actions.egress import EgressRefused
 
 
 class WebhookParams(Params):
@@ -83,7 +83,7 @@ async def webhook(params: WebhookParams, ctx: ActionContext) -> StepResult:
     body = json.dumps(_slack(ctx, params.text) if params.format == "slack" else doc)
     result = StepResult(False, f"{where}: not sent")
     deadline = asyncio.get_running_loop().time() + ctx.timeout
-    async with httpx.AsyncClient(timeout=ctx.timeout, follow_redirects=False, transport=GuardedTransport()) as client:
+    async with egress.client(timeout=ctx.timeout) as client:
         for attempt in range(params.attempts):
             if attempt and asyncio.get_running_loop().time() + params.backoff >= deadline:
                 # another try would start after the step's timeout: say why the last one failed, not "timed out"

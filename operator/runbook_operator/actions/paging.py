@@ -32,7 +32,7 @@ from urllib.parse import quote
 import httpx
 import pydantic
 
-from runbook_operator.actions import messages
+from runbook_operator.actions import egress, messages
 from runbook_operator.actions.api import (
     Action,
     ActionContext,
@@ -43,7 +43,7 @@ from runbook_operator.actions.api import (
     SecretRef,
     StepResult,
 )
-from runbook_operator.actions.egress import EgressRefused, GuardedTransport
+from runbook_operator.actions.egress import EgressRefused
 from runbook_operator.domain.model import ACKNOWLEDGED, DEFAULT_SEVERITY
 from runbook_operator.domain.wire import clipped
 
@@ -143,7 +143,8 @@ def _target(details: Mapping[str, Any]) -> str:
 
 def _reason(response: httpx.Response, ctx: ActionContext) -> str:
     """What the provider said about a refused request: ``message`` and ``errors`` (PagerDuty:
-    a list; Opsgenie: a map by field), else the body's start; scrubbed, then bounded."""
+    a list; Opsgenie: a map by field), scrubbed, then bounded. Any other answer (an HTML error
+    page, a proxy's text: baseUrl may lead somewhere else) is not quoted: its content type only."""
     try:
         doc = response.json()
     except ValueError:
@@ -157,8 +158,9 @@ def _reason(response: httpx.Response, ctx: ActionContext) -> str:
             parts += [str(e) for e in errors[:ERRORS_SHOWN]]
         elif isinstance(errors, dict):
             parts += [f"{k}: {v}" for k, v in list(errors.items())[:ERRORS_SHOWN]]
-    text = "; ".join(parts) if parts else response.text[:65536].strip()
-    return clipped(messages.printable(ctx.redact(text)), REASON_LIMIT) or "(no explanation)"
+    if not parts:
+        return f"no explanation (an answer of {egress.content_type(response.headers)}, not shown)"
+    return clipped(messages.printable(ctx.redact("; ".join(parts))), REASON_LIMIT) or "(no explanation)"
 
 
 async def _post(
@@ -181,7 +183,7 @@ async def _post(
     margin = min(0.2, ctx.timeout / 10)  # answer before the executor's own timeout does
     content = json.dumps(document)
     last, output = "not sent", dict[str, Any]()
-    async with httpx.AsyncClient(follow_redirects=False, transport=GuardedTransport()) as client:
+    async with egress.client() as client:
         for attempt in range(attempts):
             if attempt:
                 if loop.time() + backoff + margin >= deadline:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import operator
+import re
 import time
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Literal
@@ -19,6 +20,7 @@ from typing import Annotated, Any, Literal
 import httpx
 import pydantic
 
+from runbook_operator.actions import egress, messages
 from runbook_operator.actions.api import (
     Action,
     ActionContext,
@@ -27,8 +29,8 @@ from runbook_operator.actions.api import (
     Language,
     Params,
     StepResult,
-    tls_context,
 )
+from runbook_operator.domain.expressions import is_template
 
 MAX_BODY = 1024 * 1024  # bytes of a Prometheus answer we read; a bigger one is refused
 MAX_POINTS = 11_000  # Prometheus' own limit of points per series in a range query
@@ -36,6 +38,11 @@ MAX_REPORTED = 10  # series listed in the output (the count covers them all)
 SERIES_TEXT = 1500  # characters of series in the output: the Incident status keeps ~2 KiB a step
 MAX_IN_MESSAGE = 5  # series named in the message
 _LABELS_TEXT = 300  # characters of one series' labels kept in the output
+_QUOTED = 300  # characters of Prometheus' own error text quoted in a message
+_TEMPLATE_BLOCK = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.DOTALL)
+_NO_QUERY = (
+    "takes no query (?) or fragment (#): the API's path (/api/v1/query) is added to it, and either would swallow it"
+)
 
 Op = Literal[">", ">=", "<", "<=", "==", "!="]
 _COMPARE: dict[str, Callable[[float, float], bool]] = {
@@ -50,7 +57,8 @@ _COMPARE: dict[str, Callable[[float, float], bool]] = {
 
 class _Check(Params):
     url: Annotated[pydantic.AnyHttpUrl, Language.URL] = pydantic.Field(
-        description="base URL of Prometheus, e.g. http://prometheus:9090 (http or https); comes from the policy"
+        description="base URL of Prometheus, e.g. http://prometheus:9090 (http or https; no query or fragment: "
+        "the API's path is added to it); comes from the policy"
     )
     query: Annotated[str, Language.PROMQL] = pydantic.Field(
         min_length=1, max_length=10_000, description="PromQL expression; incident values only inside quoted strings"
@@ -70,6 +78,23 @@ class _Check(Params):
     timeout: Duration | None = pydantic.Field(
         None, description="bound on the query, e.g. 5s (default: the step's); also sent to Prometheus"
     )
+
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _templated_url_adds_no_query(cls, data: Any) -> Any:
+        """A templated url is only validated when the step runs; its literal text is known now.
+        (Incident values are percent-encoded: only the policy's own text can hold ``?`` or ``#``.)"""
+        url = data.get("url") if isinstance(data, dict) else None
+        if isinstance(url, str) and is_template(url) and re.search(r"[?#]", _TEMPLATE_BLOCK.sub("", url)):
+            raise ValueError(f"url {_NO_QUERY}")
+        return data
+
+    @pydantic.field_validator("url")
+    @classmethod
+    def _no_query(cls, value: pydantic.AnyHttpUrl) -> pydantic.AnyHttpUrl:
+        if value.query is not None or value.fragment is not None:
+            raise ValueError(_NO_QUERY)
+        return value
 
     @pydantic.model_validator(mode="after")
     def _threshold_complete(self) -> _Check:
@@ -109,7 +134,13 @@ def _number(text: Any) -> float:
     try:
         return float(text)  # Prometheus writes "NaN", "+Inf", "-Inf" as strings too
     except (TypeError, ValueError):
-        raise ActionFailure(f"unexpected sample value {text!r}") from None
+        raise ActionFailure(f"unexpected sample value {_short(text)}") from None
+
+
+def _short(value: Any) -> str:
+    """A value from the answer, quoted in a message: its repr, at most 40 characters."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:39] + "…"
 
 
 def _shown(value: float) -> float | str:
@@ -153,13 +184,16 @@ def _reported(series: Sequence[tuple[dict[str, str], float]]) -> list[dict[str, 
 
 
 async def _ask(params: _Check, ctx: ActionContext, path: str, form: dict[str, str]) -> Any:
-    """POST a form to the HTTP API and return its ``data``; every failure is an ActionFailure."""
+    """POST a form to the HTTP API and return its ``data``; every failure is an ActionFailure.
+
+    An answer that is not the API's JSON is never quoted, whatever its status: the step says
+    its status and content type only (the url may lead somewhere that is not Prometheus)."""
     budget = params.budget(ctx)
     where = f"Prometheus at {params.url}"
     form = {**form, "timeout": f"{budget:g}"}  # seconds: Prometheus then gives up on the query too
     try:
         async with (
-            httpx.AsyncClient(timeout=budget, follow_redirects=False, verify=tls_context()) as client,
+            egress.client(timeout=budget) as client,
             client.stream("POST", params.endpoint(path), data=form) as response,
         ):
             body = b""
@@ -169,6 +203,8 @@ async def _ask(params: _Check, ctx: ActionContext, path: str, form: dict[str, st
                     raise ActionFailure(
                         f"{where}: answer larger than {MAX_BODY} bytes; narrow the query (topk, sum by, ...)"
                     )
+    except egress.EgressRefused as err:
+        raise ActionFailure(f"{where}: {err}") from None
     except httpx.TimeoutException:
         raise ActionFailure(f"{where}: no answer within {budget:g}s") from None
     except httpx.HTTPError as err:
@@ -178,14 +214,20 @@ async def _ask(params: _Check, ctx: ActionContext, path: str, form: dict[str, st
     except ValueError:
         doc = None
     if not isinstance(doc, dict) or doc.get("status") not in ("success", "error"):
-        excerpt = body[:200].decode("utf-8", errors="replace")
-        raise ActionFailure(f"{where}: not a Prometheus API answer (HTTP {response.status_code}): {excerpt!r}")
-    if doc["status"] == "error":
         raise ActionFailure(
-            f"{where} refused the query (HTTP {response.status_code}, {doc.get('errorType', 'error')}): "
-            f"{doc.get('error', 'no detail')}"
+            f"{where}: not a Prometheus API answer (HTTP {response.status_code}, "
+            f"{egress.content_type(response.headers)}; not shown)"
         )
+    if doc["status"] == "error":
+        kind, error = _quoted(doc.get("errorType") or "error", ctx, 40), _quoted(doc.get("error") or "no detail", ctx)
+        raise ActionFailure(f"{where} refused the query (HTTP {response.status_code}, {kind}): {error}")
     return doc.get("data")
+
+
+def _quoted(value: Any, ctx: ActionContext, limit: int = _QUOTED) -> str:
+    """Text from an answer, for a message: secrets scrubbed, then made printable and bounded."""
+    text = messages.printable(ctx.redact(str(value)))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _evaluate(
@@ -244,7 +286,7 @@ def _instant(data: Any) -> list[tuple[dict[str, str], float]]:
             "the query returns a range vector (matrix): use prometheus.queryRange or wrap it in a function "
             "such as rate() or max_over_time()"
         )
-    raise ActionFailure(f"unsupported result type {kind!r}: expected an instant vector or a scalar")
+    raise ActionFailure(f"unsupported result type {_short(kind)}: expected an instant vector or a scalar")
 
 
 def _reduce(values: list[float], how: str) -> float:
@@ -271,7 +313,7 @@ def _matrix(data: Any, how: str) -> tuple[list[tuple[dict[str, str], float]], in
     kind = data.get("resultType") if isinstance(data, dict) else None
     result = data.get("result") if isinstance(data, dict) else None
     if kind != "matrix" or not isinstance(result, list):
-        raise ActionFailure(f"unsupported result type {kind!r} for a range query: expected a matrix")
+        raise ActionFailure(f"unsupported result type {_short(kind)} for a range query: expected a matrix")
     series, points = [], 0
     for item in result:
         values = [_number(v[1]) for v in item.get("values") or []]

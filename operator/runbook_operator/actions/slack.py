@@ -24,7 +24,7 @@ from typing import Annotated, Any, Literal
 import httpx
 import pydantic
 
-from runbook_operator.actions import messages
+from runbook_operator.actions import egress, messages
 from runbook_operator.actions.api import (
     Action,
     ActionContext,
@@ -35,7 +35,7 @@ from runbook_operator.actions.api import (
     SecretRef,
     StepResult,
 )
-from runbook_operator.actions.egress import EgressRefused, GuardedTransport
+from runbook_operator.actions.egress import EgressRefused
 
 METHOD = "api/chat.postMessage"
 # ok:false errors worth another try: Slack's own trouble, or "slow down"
@@ -174,7 +174,7 @@ async def slack(params: SlackParams, ctx: ActionContext) -> StepResult:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + ctx.timeout
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json; charset=utf-8"}
-    async with httpx.AsyncClient(follow_redirects=False, transport=GuardedTransport()) as client:
+    async with egress.client() as client:
         poster = _Poster(client, url, headers, params, where, deadline)
         if thread:
             broadcast = _broadcast(params, ctx)
@@ -282,7 +282,7 @@ class _Poster:
             return _Try(StepResult(False, f"{where}: cannot reach {self.url.host}: {type(err).__name__}"), retry=True)
         status = response.status_code
         answer = _json(response)
-        error = str(answer.get("error") or "") or None
+        error = _word(answer.get("error")) or None
         output: dict[str, Any] = {"status": status, **({"error": error} if error else {})}
         if status == 429:
             after = _seconds(response.headers.get("Retry-After"))
@@ -307,7 +307,7 @@ class _Poster:
         output["error"] = error
         hint = HINTS.get(error)
         if error == "missing_scope" and answer.get("needed"):
-            hint = f"the app needs the {answer['needed']} scope"
+            hint = f"the app needs the {_word(answer['needed'])} scope"
         message = f"{where}: {error}" + (f" ({hint})" if hint else "")
         after = _seconds(response.headers.get("Retry-After"))
         return _Try(StepResult(False, message, output), retry=error in RETRIED_ERRORS, retry_after=after, error=error)
@@ -319,6 +319,13 @@ def _json(response: httpx.Response) -> Mapping[str, Any]:
     except ValueError:
         return {}
     return answer if isinstance(answer, dict) else {}
+
+
+def _word(value: Any) -> str:
+    """A code from the answer (``channel_not_found``, a scope), as a message may quote it: one
+    printable line of at most 100 characters, whatever a server that is not Slack put there."""
+    text = " ".join(messages.printable(str(value or "")).split())
+    return text if len(text) <= 100 else text[:99] + "…"
 
 
 def _seconds(value: str | None) -> float | None:

@@ -346,6 +346,20 @@ async def test_a_metadata_address_is_refused_without_trying() -> None:
     assert not result.ok and result.message.startswith("Opsgenie: 169.254.169.254 is a link-local")
 
 
+@pytest.mark.parametrize(("status", "event"), [(503, "status 503"), (400, "trigger refused (status 400)")])
+async def test_an_answer_that_is_not_the_api_s_json_is_not_quoted(status: int, event: str) -> None:
+    secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEY"
+    elsewhere = Listener(answer=(status, "text/html", f"<html><pre>{secret}</pre></html>".encode())).start()
+    try:
+        result = await run("notify.pagerduty", {"baseUrl": elsewhere.url, "routingKeySecretRef": PD_REF,
+                                                "attempts": 1}, context(details()))  # fmt: skip
+    finally:
+        elsewhere.stop()
+    assert not result.ok
+    assert result.message == f"PagerDuty: {event}: no explanation (an answer of text/html, not shown)"
+    assert secret not in str(result)
+
+
 # -- the key stays secret -----------------------------------------------------------------
 
 

@@ -17,6 +17,7 @@ from runbook_operator.actions import ActionContext
 from runbook_operator.actions.docker import cpu_percent, memory_use
 from runbook_operator.domain.lifecycle import OUTPUT_LIMIT
 from tests.fixtures.common import wait_for
+from tests.fixtures.listeners import Listener
 from tests.integration.observability.conftest import IMAGE, DockerEngine, run
 from tests.unit.builders import REGISTRY
 
@@ -117,6 +118,27 @@ async def test_status_timeout(silent_port: int) -> None:
     result = await run("docker.status", {"host": host, "container": "api"}, timeout=0.5)
     assert not result.ok
     assert result.message == f"docker.status api: docker engine at {host} gave no answer within 0.5s"
+
+
+async def test_a_metadata_address_is_refused_before_connecting() -> None:
+    result = await run("docker.status", {"host": "tcp://169.254.169.254:2375", "container": "api"}, timeout=2.0)
+    assert not result.ok
+    assert result.message == (
+        "docker.status api: 169.254.169.254 is a link-local or cloud metadata address: refused "
+        "(start the operator with --allow-link-local to allow it)"
+    )
+
+
+async def test_an_answer_that_is_not_the_engine_s_is_not_quoted() -> None:
+    secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEY"
+    server = Listener(answer=(404, "text/plain", f"no such page; SecretAccessKey={secret}".encode())).start()
+    try:
+        result = await run("docker.status", {"host": server.url.replace("http://", "tcp://"), "container": "api"})
+    finally:
+        server.stop()
+    assert not result.ok
+    assert result.message == "docker.status api: docker engine error 404: an answer of text/plain, not shown"
+    assert secret not in str(result)
 
 
 # -- docker.restart ---------------------------------------------------------------------------------------

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import re
+import socket
+from collections.abc import Iterator
 
 import pytest
 
+from runbook_operator.actions import ActionContext
 from runbook_operator.actions import prometheus as prometheus_actions
 from runbook_operator.actions.api import Language, languages
 from runbook_operator.domain.expressions import render
 from runbook_operator.domain.lifecycle import OUTPUT_LIMIT
+from runbook_operator.engine import hostaliases
+from runbook_operator.engine.executor import run_action
+from tests.fixtures.listeners import Listener
 from tests.integration.observability.conftest import PrometheusServer, run, wait_for
 from tests.unit.builders import REGISTRY
 
@@ -164,7 +171,7 @@ async def test_query_against_something_that_is_not_prometheus(prometheus: Promet
     exporter = f"http://127.0.0.1:{prometheus.exporter.port}"
     result = await run("prometheus.query", {"url": exporter, "query": "up"})
     assert not result.ok
-    assert f"Prometheus at {exporter}/: not a Prometheus API answer (HTTP 501)" in result.message
+    assert result.message == f"Prometheus at {exporter}/: not a Prometheus API answer (HTTP 501, text/html; not shown)"
 
 
 async def test_query_server_down(closed_port: int) -> None:
@@ -248,6 +255,103 @@ async def test_query_range_timeout(silent_port: int) -> None:
     params = {"url": f"http://127.0.0.1:{silent_port}", "query": "up", "range": "5m", "step": "15s", "timeout": "200ms"}
     result = await run("prometheus.queryRange", params)
     assert not result.ok and result.message.endswith("no answer within 0.2s")
+
+
+# -- the egress guard, and what an answer that is not Prometheus' may show (issue 22, finding 4) -----------
+
+SECRET_KEY = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEY"
+CREDENTIALS = json.dumps({"Code": "Success", "Type": "AWS-HMAC", "AccessKeyId": "ASIAEXAMPLEEXAMPLE",
+                          "SecretAccessKey": SECRET_KEY, "Token": "IQoJb3JpZ2luX2VjEXAMPLE"}).encode()  # fmt: skip
+ROLE = "/latest/meta-data/iam/security-credentials/node-role"
+METADATA_NAME = "metadata.cloud.test"
+
+
+@pytest.fixture
+def metadata() -> Iterator[Listener]:
+    """A stand-in metadata server on loopback: the node role's credentials, to every request."""
+    server = Listener(answer=(200, "text/plain", CREDENTIALS)).start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize(
+    ("address", "why"),
+    [
+        ("0.0.0.0", "an unspecified address, which reaches the operator's own host"),  # it does: the stand-in
+        ("169.254.169.254", "a link-local or cloud metadata address"),
+        ("64:ff9b::a9fe:a9fe", "169.254.169.254 through NAT64, a link-local or cloud metadata address"),
+    ],
+)
+async def test_a_name_aliased_to_a_refused_address_reads_no_credentials(
+    metadata: Listener, monkeypatch: pytest.MonkeyPatch, address: str, why: str
+) -> None:
+    """The attack: prometheus.* made its own client, without the guard http.* has; its url led
+    to the metadata server and the step's message quoted the credentials it answered with."""
+    monkeypatch.setattr(socket, "getaddrinfo", socket.getaddrinfo)  # restored after the test
+    hostaliases.install({METADATA_NAME: address})
+    url = f"http://{METADATA_NAME}:{metadata.url.rsplit(':', 1)[1]}{ROLE}"
+    for action, extra in (("prometheus.query", {}), ("prometheus.queryRange", {"range": "5m", "step": "15s"})):
+        result = await run(action, {"url": url, "query": "up", **extra}, timeout=2.0)
+        assert not result.ok
+        assert result.message == (
+            f"Prometheus at {url}: {METADATA_NAME} resolves to {address}, which is {why}: refused "
+            "(start the operator with --allow-link-local to allow it)"
+        )
+        assert SECRET_KEY not in str(result)
+    assert metadata.requests == []  # refused before connecting
+
+
+async def test_the_attack_url_with_a_query_is_refused_before_it_runs(metadata: Listener) -> None:
+    url = f"{metadata.url}{ROLE}?x="  # ?x= would swallow /api/v1/query
+    with pytest.raises(ValueError, match=r"^url: Value error, takes no query \(\?\) or fragment"):
+        await run("prometheus.query", {"url": url, "query": "up"})
+    assert metadata.requests == []
+
+
+@pytest.mark.parametrize(
+    ("status", "kind", "body", "shown"),
+    [
+        (503, "text/plain; charset=utf-8", b"upstream failed: SecretAccessKey=" + SECRET_KEY.encode(), "text/plain"),
+        (403, "application/json", CREDENTIALS, "application/json"),  # JSON, but not the API's shape
+        (200, "text/plain", CREDENTIALS, "text/plain"),
+        (404, "text/html", b"<html><body>" + SECRET_KEY.encode() + b"</body></html>", "text/html"),
+        (500, "text/plain X-Leak: " + SECRET_KEY, b"", "an unreadable content type"),  # the header is theirs too
+    ],
+)
+async def test_an_answer_that_is_not_prometheus_is_never_quoted(
+    status: int, kind: str, body: bytes, shown: str
+) -> None:
+    stand_in = Listener(answer=(status, kind, body)).start()
+    try:
+        result = await run("prometheus.query", {"url": stand_in.url, "query": "up"})
+    finally:
+        stand_in.stop()
+    assert [(method, path) for method, path, _ in stand_in.requests] == [("POST", "/api/v1/query")]
+    assert not result.ok
+    assert (
+        result.message
+        == f"Prometheus at {stand_in.url}/: not a Prometheus API answer (HTTP {status}, {shown}; not shown)"
+    )
+    assert SECRET_KEY not in str(result) and "AccessKeyId" not in str(result)
+
+
+async def test_prometheus_own_error_text_is_scrubbed_and_bounded() -> None:
+    error = {"status": "error", "errorType": "bad_data", "error": "parse error near s3cr3t-t0ken " + "x" * 5000}
+    stand_in = Listener(answer=(400, "application/json", json.dumps(error).encode())).start()
+    ctx = ActionContext("ns", "inc", timeout=5.0, revealed={"s3cr3t-t0ken"})
+    try:
+        result = await run_action(
+            REGISTRY.get("prometheus.query"),
+            REGISTRY.parse("prometheus.query", {"url": stand_in.url, "query": "up"}),
+            ctx,
+        )
+    finally:
+        stand_in.stop()
+    assert not result.ok
+    assert result.message.startswith(
+        f"Prometheus at {stand_in.url}/ refused the query (HTTP 400, bad_data): parse error near ***"
+    )
+    assert "s3cr3t" not in result.message and len(result.message) < 400
 
 
 # -- parameters -------------------------------------------------------------------------------------------
