@@ -20,8 +20,9 @@ The CRDs are read from ``$RUNBOOK_OPERATOR_CRDS``, else from the repository's
 ``crds/`` directory next to the package (``operator/runbook_operator/../../crds``).
 """
 
+from runbook_operator.gitops.loader import InputError
 from runbook_operator.gitops.plan import plan
-from runbook_operator.gitops.schema import InputError, iter_kind, load_crds, load_resources, with_namespace
+from runbook_operator.gitops.schema import iter_kind, load_crds, load_resources, with_namespace
 from runbook_operator.gitops.validate import Report, validate
 
 __all__ = ["InputError", "Report", "iter_kind", "load_crds", "load_resources", "plan", "validate", "with_namespace"]

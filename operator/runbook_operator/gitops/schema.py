@@ -1,9 +1,9 @@
-"""Loading a GitOps repository offline: YAML documents, the CRDs, and the structural-schema
-and CEL-rule checks of the CRDs' ``openAPIV3Schema`` (what the API server checks on apply)."""
+"""Loading a GitOps repository offline: YAML documents (read by :mod:`.loader`, within its
+limits), the CRDs, and the structural-schema and CEL-rule checks of the CRDs'
+``openAPIV3Schema`` (what the API server checks on apply)."""
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import re
@@ -13,19 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import cel
-import yaml
 
 from runbook_operator.domain.resources import GROUP
+from runbook_operator.gitops.loader import InputError, load_documents
 
 KINDS = ("RemediationPolicy", "Incident")
 KUSTOMIZATION_FILES = frozenset({"kustomization.yaml", "kustomization.yml", "Kustomization"})
 CRDS_ENV = "RUNBOOK_OPERATOR_CRDS"
-
-_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-class InputError(Exception):
-    """A file that cannot be read or parsed; the message names the file (and line)."""
 
 
 # -- reading files -------------------------------------------------------------------------
@@ -65,33 +59,6 @@ def yaml_files(paths: Iterable[str | Path]) -> list[Path]:
         else:
             raise InputError(f"{raw}: no such file or directory")
     return found
-
-
-def _plain(value: Any) -> Any:
-    """What the API server would receive as JSON: YAML timestamps become strings, keys strings."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    if isinstance(value, datetime.datetime | datetime.date):
-        return value.isoformat().replace("+00:00", "Z")
-    return value
-
-
-def load_documents(path: Path) -> list[Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(f"{path}: cannot read: {getattr(err, 'strerror', None) or err}") from None
-    try:
-        return [_plain(doc) for doc in yaml.load_all(text, Loader=_Loader) if doc is not None]
-    except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark or err.context_mark
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        column = f" (column {mark.column + 1})" if mark is not None else ""
-        raise InputError(f"{where}: invalid YAML: {err.problem or err.context}{column}") from None
-    except yaml.YAMLError as err:
-        raise InputError(f"{path}: invalid YAML: {err}") from None
 
 
 def resources(path: Path, documents: Iterable[Any]) -> list[Resource]:

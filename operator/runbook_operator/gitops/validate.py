@@ -13,11 +13,10 @@ from runbook_operator.domain.model import (
     ParamValidator,
     parse_policy,
 )
+from runbook_operator.gitops.loader import InputError, load_documents
 from runbook_operator.gitops.schema import (
     Crd,
-    InputError,
     Resource,
-    load_documents,
     resources,
     schema_problems,
     show,
