@@ -47,6 +47,7 @@ def _run(args: argparse.Namespace) -> int:
         prometheus_client.start_http_server(int(port), host or "0.0.0.0")
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat[args.log_format.upper()])
     quiet_loggers(args.verbose)
+    _raise_open_files_limit()
     kopf.run(
         clusterwide=not args.namespace,
         namespaces=args.namespace or (),
@@ -88,6 +89,16 @@ def quiet_loggers(verbose: bool) -> None:
         logging.getLogger(client).setLevel(logging.WARNING)
 
 
+def _raise_open_files_limit() -> None:
+    """The soft RLIMIT_NOFILE up to the hard one, for the whole process: a container's 1,024 is
+    soon spent by connections (the intake's, the API server's); the intake keeps a quarter at most."""
+    from runbook_operator import intake
+
+    before, now = intake.raise_open_files_limit()
+    if now != before:
+        logging.getLogger(__name__).info("open files limit raised from %d to %d", before, now)
+
+
 def _intake_settings(args: argparse.Namespace) -> Any:
     """The intake's settings, or None after saying on stderr why it cannot start."""
     from runbook_operator import intake
@@ -110,10 +121,21 @@ def _intake_settings(args: argparse.Namespace) -> Any:
     if args.intake_max_alerts < 1:
         fail(f"--intake-max-alerts: must be at least 1, got {args.intake_max_alerts}")
         return None
+    if args.intake_max_connections < 1:
+        fail(f"--intake-max-connections: must be at least 1, got {args.intake_max_connections}")
+        return None
+    for flag, value in (("header", args.intake_header_timeout), ("body", args.intake_body_timeout)):
+        if value <= 0:
+            fail(f"--intake-{flag}-timeout: must be more than 0")
+            return None
     opted_in = frozenset(ns for value in args.intake_namespaces or () for ns in value.split(",") if ns)
     watched = frozenset(args.namespace) if args.namespace else None
     options = intake.Options(args.intake_namespace, opted_in, watched, args.intake_max_alerts)
-    return intake.Settings(host, port, token, options, args.intake_max_bytes)
+    return intake.Settings(
+        host, port, token, options, args.intake_max_bytes,
+        header_timeout=args.intake_header_timeout, body_timeout=args.intake_body_timeout,
+        max_connections=args.intake_max_connections,
+    )  # fmt: skip
 
 
 def _actions(args: argparse.Namespace) -> int:
@@ -229,27 +251,29 @@ def _oncall(args: argparse.Namespace) -> int:
 
 
 def _report_from_file(path: str, name: str | None) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
-    """Incidents (and any Events about them) from YAML or JSON: one object, several, or a List."""
-    import yaml
+    """Incidents (and any Events about them) from YAML or JSON: one object, several, or a List.
+    Read as validate and plan read files: the one loader, with its limits (gitops.loader)."""
+    from runbook_operator.gitops.loader import InputError, load_documents, load_stream
 
     try:
-        if path == "-":
-            text = sys.stdin.read()
-        else:
-            with open(path, encoding="utf-8") as file:
-                text = file.read()
-        docs = [d for d in yaml.safe_load_all(text) if isinstance(d, dict)]
-    except (OSError, yaml.YAMLError) as err:
-        raise LookupError(f"{path}: {err}") from None
-    objects = [item for d in docs for item in (d.get("items") or [] if d.get("kind", "").endswith("List") else [d])]
+        docs = [d for d in (load_stream() if path == "-" else load_documents(path)) if isinstance(d, dict)]
+    except InputError as err:
+        raise LookupError(str(err)) from None
+    listed = [d.get("items") if str(d.get("kind")).endswith("List") else [d] for d in docs]
+    objects = [item for items in listed if isinstance(items, list) for item in items if isinstance(item, dict)]
     incidents = [o for o in objects if o.get("kind") == "Incident"]
+
+    def field(obj: dict[str, Any], key: str) -> dict[str, Any]:
+        value = obj.get(key)
+        return value if isinstance(value, dict) else {}
+
     if name is not None:
-        incidents = [o for o in incidents if (o.get("metadata") or {}).get("name") == name]
+        incidents = [o for o in incidents if field(o, "metadata").get("name") == name]
     if not incidents:
         raise LookupError(f"{path}: no Incident" + (f" named {name}" if name else "") + " found")
 
     def about(incident: dict[str, Any], event: dict[str, Any]) -> bool:
-        involved, meta = event.get("involvedObject") or {}, incident.get("metadata") or {}
+        involved, meta = field(event, "involvedObject"), field(incident, "metadata")
         return involved.get("kind") == "Incident" and involved.get("name") == meta.get("name")
 
     events = [o for o in objects if o.get("kind") == "Event"]
@@ -389,6 +413,29 @@ def build_parser() -> argparse.ArgumentParser:
         default=1000,
         metavar="N",
         help="most alerts in one webhook request; a larger one is refused whole with 413 (default 1000)",
+    )
+    run.add_argument(
+        "--intake-header-timeout",
+        type=_duration,
+        default=_duration("10s"),
+        metavar="DURATION",
+        help="close an intake connection whose request line and headers have not arrived within this "
+        "(from connecting, or from the previous answer); default 10s",
+    )
+    run.add_argument(
+        "--intake-body-timeout",
+        type=_duration,
+        default=_duration("30s"),
+        metavar="DURATION",
+        help="answer 408 and close when a webhook body has not arrived within this (default 30s)",
+    )
+    run.add_argument(
+        "--intake-max-connections",
+        type=int,
+        default=256,
+        metavar="N",
+        help="intake connections open at once; the next is answered 503 and closed at once (default 256, "
+        "never more than a quarter of the process's open-files limit)",
     )
     run.add_argument(
         "--host-alias",

@@ -32,6 +32,7 @@ from runbook_operator.engine.reconciler import Clock, Reconciler, utcnow
 
 log = logging.getLogger(__name__)
 REGISTRY = default_registry()
+INTAKE_WORKERS = 4  # the intake's threads (and API connections): a budget apart from the reconciler's 16
 # Kopf passes the index below to every handler by its name; the default only satisfies the handler protocol.
 PolicyIndex = kopf.Index[str, Candidate] | None
 
@@ -51,7 +52,8 @@ class _Runtime:
     metrics: Metrics | None = None  # likewise
     archive_dsn: str | None = None  # likewise: from the env var --archive-dsn-env names; None: no archive
     intake: intake.Settings | None = None  # likewise: the Alertmanager intake, None: off
-    intake_runner: Any = None  # the intake's aiohttp AppRunner while it serves
+    intake_runner: Any = None  # the intake while it serves (intake.Serving)
+    intake_kube: Kube | None = None  # the intake's own client: its threads and connections, not the reconciler's
     lease: LeaseConfig | None = None  # likewise: leader election on this Lease; None: drive from the start
     elector: asyncio.Task[None] | None = None  # the election loop while it runs
     ready: bool = False  # the watches are about to start and the intake serves: /readyz answers 200
@@ -102,9 +104,10 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         runtime.elector = asyncio.create_task(elector.run(), name="leader-election")
     if runtime.intake is not None:
         counters = runtime.metrics.intake() if runtime.metrics is not None else None
+        runtime.intake_kube = Kube.from_environment(workers=INTAKE_WORKERS)
         try:
             runtime.intake_runner = await intake.start(
-                runtime.intake, KubeIncidents(runtime.kube), counters, ready=lambda: runtime.ready
+                runtime.intake, KubeIncidents(runtime.intake_kube), counters, ready=lambda: runtime.ready
             )
         except OSError as err:  # the port is taken, the address is not ours: retrying will not help
             raise kopf.PermanentError(f"cannot serve the Alertmanager intake: {err}") from err
@@ -116,6 +119,9 @@ async def cleanup(**_: Any) -> None:
     if runtime.intake_runner is not None:
         await runtime.intake_runner.cleanup()  # stop taking alerts first
         runtime.intake_runner = None
+    if runtime.intake_kube is not None:
+        runtime.intake_kube.close()
+        runtime.intake_kube = None
     runtime.ready = False
     if runtime.reconciler and runtime.elector is not None:
         await runtime.reconciler.step_down()  # stop driving first, then hand the Lease to a standby at once

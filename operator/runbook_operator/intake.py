@@ -13,11 +13,24 @@ Incident's name comes from the sanitized alert name and the hex fingerprint, not
 Namespaces are walls: an alert's ``namespace`` label is only a wish. The Incident goes there
 only if that namespace opted in (its label ``remediation.ishchat.io/intake: enabled``, or
 ``--intake-namespaces``) and the operator watches it; otherwise to ``--intake-namespace``,
-annotated with why, logged and counted (``runbook_intake_redirected_total``).
+annotated with why, logged and counted (``runbook_intake_redirected_total``). One request
+names at most ``MAX_NAMESPACES`` namespaces; their labels are read at most once each, a few at
+a time, and what was redirected is said in one log line per request.
+
+A resolved alert resolves only an Incident the intake created for that alert: one with the
+intake's label (``CREATED_BY``) and the alert's fingerprint in ``spec.source``. An Incident a
+person created under the same name is left alone, logged and counted (``not_ours``).
+
+The server cannot be held open (:func:`start`): a connection whose request head has not
+arrived within ``--intake-header-timeout`` is closed, a body has ``--intake-body-timeout``,
+and at most ``--intake-max-connections`` (never more than a quarter of the process's file
+descriptors) are open at once; the next is answered 503 and closed at once. The intake's
+Kubernetes calls have threads and connections of their own (see ``handlers.startup``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import hashlib
 import hmac
@@ -25,17 +38,18 @@ import json
 import logging
 import os
 import re
+import resource
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from runbook_operator.domain.resources import API_VERSION
-from runbook_operator.domain.status import timestamp
 
 PATH = "/api/v1/alerts/alertmanager"
 READY_PATH = "/readyz"
@@ -48,6 +62,13 @@ OPT_IN_LABEL = "remediation.ishchat.io/intake"  # a Namespace with this label "e
 REDIRECTED = "remediation.ishchat.io/intake-redirected"  # annotation: why the Incident is not where the alert said
 OPT_IN_TTL = 30.0  # seconds a Namespace's opt-in label is believed before it is read again
 OPT_IN_CACHE = 4096  # namespaces remembered at most (their names come from alerts)
+MAX_NAMESPACES = 64  # distinct namespaces one request may name; Alertmanager groups by namespace, so a few
+OPT_IN_READS = 8  # Namespace reads in flight at once for one request
+HEADER_TIMEOUT = 10.0  # seconds for a request's head (line and headers) to arrive (--intake-header-timeout)
+BODY_TIMEOUT = 30.0  # seconds for its body (--intake-body-timeout)
+MAX_CONNECTIONS = 256  # open at once (--intake-max-connections); never more than a quarter of RLIMIT_NOFILE
+RESOLVE_TRIES = 3  # reads and fenced patches of one Incident another writer keeps moving
+CREATED_BY_LABEL, CREATED_BY = "app.kubernetes.io/created-by", "runbook-operator-intake"  # on every Incident it creates
 log = logging.getLogger(__name__)
 
 # the CRD's limits (crds/remediation.ishchat.io_incidents.yaml)
@@ -80,6 +101,12 @@ class TooManyAlerts(PayloadError):
     status = 413
 
 
+class TooManyNamespaces(PayloadError):
+    """An alert's ``namespace`` label names more distinct namespaces than MAX_NAMESPACES: refused whole."""
+
+    status = 413
+
+
 @dataclass(frozen=True)
 class Options:
     """How alerts map to namespaces, and how many one request may carry."""
@@ -88,6 +115,7 @@ class Options:
     opted_in: frozenset[str] = frozenset()  # --intake-namespaces: opted in without the Namespace label
     watched: frozenset[str] | None = None  # -n: the namespaces the operator watches; None: all
     max_alerts: int = MAX_ALERTS
+    max_namespaces: int = MAX_NAMESPACES  # distinct `namespace` labels in one request
 
 
 @dataclass(frozen=True)
@@ -107,13 +135,14 @@ class AlertAction:
     wanted: str | None  # the alert's `namespace` label (untrusted; see :func:`place`)
     name: str
     spec: Mapping[str, Any] = field(default_factory=dict)  # the Incident's, for firing alerts
+    fingerprint: str = ""  # lowercase hex; a resolved alert resolves only the Incident created for it
 
     def manifest(self, placement: Placement) -> dict[str, Any]:
         """The Incident to create, in the namespace it was placed in."""
         metadata: dict[str, Any] = {
             "name": self.name,
             "namespace": placement.namespace,
-            "labels": {"app.kubernetes.io/created-by": "runbook-operator-intake"},
+            "labels": {CREATED_BY_LABEL: CREATED_BY},
         }
         if placement.reason:
             metadata["annotations"] = {REDIRECTED: placement.why}
@@ -140,6 +169,9 @@ def _stringify(value: Any) -> str:
 
 
 def _time(value: Any, where: str) -> str | None:
+    """``value`` in UTC, to the second, as ``YYYY-MM-DDTHH:MM:SSZ``. A time whose UTC falls
+    outside the years 1 to 9999 (``9999-12-31T23:59:59-23:59``) is refused like any bad time:
+    converting it is an OverflowError, which was a 500 and lost the whole batch."""
     if value is None or value == "":
         return None
     match = _TIME.fullmatch(value) if isinstance(value, str) else None
@@ -147,10 +179,10 @@ def _time(value: Any, where: str) -> str | None:
         if match is None:
             raise ValueError
         zone = "+00:00" if match.group(2) in ("Z", "z") else match.group(2)
-        parsed = datetime.fromisoformat(match.group(1) + zone)
-    except ValueError:
+        utc = datetime.fromisoformat(match.group(1) + zone).astimezone(UTC)
+    except (ValueError, OverflowError):
         raise PayloadError(f"{where}: not an RFC 3339 time") from None
-    return timestamp(parsed)
+    return utc.replace(tzinfo=None).isoformat(timespec="seconds") + "Z"  # the year in 4 digits, as strftime is not
 
 
 def _object(value: Any, where: str, required: bool = True) -> Mapping[str, Any]:
@@ -220,7 +252,7 @@ def _alert(raw: Any, where: str) -> AlertAction:
     wanted = _stringify(wanted) if wanted is not None else None
     name = incident_name(alertname, fingerprint, starts_at)
     if status == "resolved":
-        return AlertAction(False, wanted, name)
+        return AlertAction(False, wanted, name, fingerprint=fingerprint)
 
     spec: dict[str, Any] = {"alert": alertname}
     severity = SEVERITIES.get(str(labels.get("severity", "")).strip().lower())
@@ -237,11 +269,14 @@ def _alert(raw: Any, where: str) -> AlertAction:
     if generator:
         source["generatorURL"] = generator[:GENERATOR_URL_MAX]
     spec["source"] = source
-    return AlertAction(True, wanted, name, spec)
+    return AlertAction(True, wanted, name, spec, fingerprint)
 
 
-def parse_payload(payload: Any, max_alerts: int = MAX_ALERTS) -> list[AlertAction]:
-    """Every alert of a webhook payload as an action; PayloadError (naming the field) if any is bad."""
+def parse_payload(
+    payload: Any, max_alerts: int = MAX_ALERTS, max_namespaces: int = MAX_NAMESPACES
+) -> list[AlertAction]:
+    """Every alert of a webhook payload as an action; PayloadError (naming the field) if any is
+    bad: one bad alert refuses the whole batch, so a 4xx never leaves half of it written."""
     body = _object(payload, "body")
     version = body.get("version")
     if version is None:
@@ -258,7 +293,14 @@ def parse_payload(payload: Any, max_alerts: int = MAX_ALERTS) -> list[AlertActio
             f"alerts: {len(alerts)} in one request, more than the {max_alerts} the intake takes "
             "(--intake-max-alerts); nothing was created. Set max_alerts in Alertmanager's webhook_config"
         )
-    return [_alert(raw, f"alerts[{i}]") for i, raw in enumerate(alerts)]
+    actions = [_alert(raw, f"alerts[{i}]") for i, raw in enumerate(alerts)]
+    named = {action.wanted for action in actions if action.wanted is not None}
+    if len(named) > max_namespaces:
+        raise TooManyNamespaces(
+            f"alerts: their namespace labels name {len(named)} namespaces, more than the {max_namespaces} "
+            "one request may name; nothing was created. Group alerts by namespace in Alertmanager's route"
+        )
+    return actions
 
 
 def _number(text: str) -> str:
@@ -285,7 +327,7 @@ def _deeper_than(value: Any, limit: int) -> bool:
     return False
 
 
-def parse_body(raw: bytes, max_alerts: int = MAX_ALERTS) -> list[AlertAction]:
+def parse_body(raw: bytes, max_alerts: int = MAX_ALERTS, max_namespaces: int = MAX_NAMESPACES) -> list[AlertAction]:
     """The webhook body's actions. Refused before parsing it further: nesting deeper than MAX_DEPTH,
     numbers longer than MAX_NUMBER (a 5,000-digit integer is a ValueError of ``int``), NaN and Infinity."""
     deep = PayloadError(f"body: nested deeper than {MAX_DEPTH} levels")
@@ -302,7 +344,7 @@ def parse_body(raw: bytes, max_alerts: int = MAX_ALERTS) -> list[AlertAction]:
         raise deep from None
     if _deeper_than(payload, MAX_DEPTH):
         raise deep
-    return parse_payload(payload, max_alerts)
+    return parse_payload(payload, max_alerts, max_namespaces)
 
 
 def load_token(path: str | None, environ: Mapping[str, str] = os.environ) -> str | None:
@@ -315,7 +357,65 @@ def load_token(path: str | None, environ: Mapping[str, str] = os.environ) -> str
     return environ.get(TOKEN_ENV, "").strip() or None
 
 
+def created_for(body: Mapping[str, Any], fingerprint: str) -> bool:
+    """Did the intake create this Incident for the alert with ``fingerprint``? Its label
+    ``CREATED_BY_LABEL: CREATED_BY`` and ``spec.source`` (kind Alertmanager, the fingerprint)
+    say so. Only such an Incident may a resolved alert resolve: the name alone has a shape
+    anyone can create (``payments-0123456789abcdef``)."""
+    metadata, spec = body.get("metadata"), body.get("spec")
+    labels = metadata.get("labels") if isinstance(metadata, dict) else None
+    source = spec.get("source") if isinstance(spec, dict) else None
+    return (
+        isinstance(labels, dict)
+        and labels.get(CREATED_BY_LABEL) == CREATED_BY
+        and isinstance(source, dict)
+        and source.get("kind") == "Alertmanager"
+        and isinstance(source.get("fingerprint"), str)
+        and source["fingerprint"].lower() == fingerprint
+    )
+
+
+def summary(counts: Mapping[str, int], shown: int = 5) -> str:
+    """``counts`` (text → how often) as one line: the ``shown`` most frequent, then how many more."""
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    parts = [text if len(ranked) == 1 else f"{text} ({n}x)" for text, n in ranked[:shown]]
+    if len(ranked) > shown:
+        parts.append(f"and {len(ranked) - shown} more")
+    return "; ".join(parts)
+
+
 # -- I/O -----------------------------------------------------------------------------
+
+
+def open_files_budget(wanted: int, nofile: int | None = None) -> int:
+    """How many connections the intake may hold: ``wanted``, but at most a quarter of the soft
+    RLIMIT_NOFILE (``nofile``; None: this process's), so the Kubernetes client, Kopf's watches
+    and its liveness endpoint keep the rest whatever the intake is sent."""
+    if nofile is None:
+        nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if nofile == resource.RLIM_INFINITY or nofile < 0:
+        return max(1, wanted)
+    return max(1, min(wanted, nofile // 4))
+
+
+def raise_open_files_limit() -> tuple[int, int]:
+    """Raise this process's soft RLIMIT_NOFILE to its hard limit (a container's soft limit is
+    often 1,024 under a far higher hard one); (soft before, soft now). Process-wide: called
+    once when the operator starts. A hard limit the kernel will not grant leaves it as it was."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == soft:
+        return soft, soft
+    want = hard
+    if hard == resource.RLIM_INFINITY:  # the kernel grants at most fs.nr_open
+        try:
+            want = int(Path("/proc/sys/fs/nr_open").read_text())
+        except (OSError, ValueError):
+            want = 1 << 20
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    except (ValueError, OSError):
+        return soft, soft
+    return soft, resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 class ApiError(Exception):
@@ -330,8 +430,12 @@ class Incidents(Protocol):
     async def create_incident(self, namespace: str, manifest: Mapping[str, Any]) -> bool:
         """True: created; False: it exists. ApiError otherwise."""
 
-    async def resolve_incident(self, namespace: str, name: str) -> bool:
-        """True: spec.resolved set; False: no such Incident. ApiError otherwise."""
+    async def read_incident(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        """The Incident as the API server has it; None: no such Incident. ApiError otherwise."""
+
+    async def resolve_incident(self, namespace: str, name: str, resource_version: str) -> bool:
+        """Set spec.resolved on the Incident if it is still ``resource_version``: True: done;
+        False: it changed or went away since (409, 404). ApiError otherwise."""
 
     async def namespace_labels(self, name: str) -> Mapping[str, str] | None:
         """The Namespace's labels; None: no such Namespace. ApiError otherwise."""
@@ -373,6 +477,9 @@ class Settings:
     token: str | None  # None only with --intake-insecure
     options: Options = Options()
     max_bytes: int = MAX_BYTES
+    header_timeout: float = HEADER_TIMEOUT  # --intake-header-timeout
+    body_timeout: float = BODY_TIMEOUT  # --intake-body-timeout
+    max_connections: int = MAX_CONNECTIONS  # --intake-max-connections
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -388,10 +495,129 @@ def _error(status: int, message: str) -> web.Response:
 
 
 def _authorized(header: str, token: str | None) -> bool:
+    """Constant-time, on bytes: a header's non-UTF-8 bytes arrive as surrogates and go back as
+    the same bytes (``Bearer \\xff`` was a UnicodeEncodeError, a 500, before the comparison)."""
     if token is None:
         return True
     scheme, _, given = header.partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+    try:
+        presented = given.strip().encode("utf-8", "surrogateescape")
+    except UnicodeError:  # a surrogate no decoder makes
+        return False
+    return scheme.lower() == "bearer" and hmac.compare_digest(presented, token.encode())
+
+
+class _Connection(asyncio.Protocol):
+    """One connection to the intake: aiohttp's protocol inside, a deadline around it.
+
+    aiohttp has no timeout for a request's head: a client that sends half a request line
+    held its connection (and a file descriptor) for as long as it liked. The deadline runs
+    from the moment the connection opens, or the previous request was answered, until the
+    next request's head is parsed (the gate's middleware says so); then the connection is
+    closed. A connection over the gate's limit is answered 503 and closed at once."""
+
+    def __init__(self, gate: _Gate) -> None:
+        self._gate = gate
+        self._inner: asyncio.Protocol | None = None
+        self._transport: asyncio.Transport | None = None
+        self._deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        gate = self._gate
+        if len(gate.open) >= gate.limit:
+            gate.count("too_many_connections")
+            transport.write(_BUSY)
+            transport.close()
+            return
+        assert gate.factory is not None
+        gate.open[transport] = self
+        self._inner = gate.factory()
+        self.wait_for_head()
+        self._inner.connection_made(transport)
+
+    def wait_for_head(self) -> None:
+        self.head_arrived()
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            loop = asyncio.get_running_loop()
+            self._deadline = loop.call_later(self._gate.header_timeout, self._late)
+
+    def head_arrived(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _late(self) -> None:
+        self._deadline = None
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        self._gate.count("header_timeout")
+        if transport.get_write_buffer_size():  # an answer the client does not read
+            transport.abort()
+        else:
+            transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self._inner is not None:
+            self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received() if self._inner is not None else None
+
+    def pause_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.head_arrived()
+        if self._inner is not None:
+            if self._transport is not None:
+                self._gate.open.pop(self._transport, None)
+            self._inner.connection_lost(exc)
+            self._inner = None
+
+
+_BUSY_BODY = b'{"error": "the intake has too many connections open; try again"}'
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+    b"Connection: close\r\nContent-Length: " + str(len(_BUSY_BODY)).encode() + b"\r\n\r\n" + _BUSY_BODY
+)
+
+
+class _Gate:
+    """The intake's connections: the protocol factory for its listening socket, and the
+    middleware that tells a connection its request's head has arrived, then been answered."""
+
+    def __init__(self, limit: int, header_timeout: float, counters: Counters | None) -> None:
+        self.limit, self.header_timeout, self._counters = limit, header_timeout, counters
+        self.factory: Callable[[], asyncio.Protocol] | None = None  # aiohttp's, once its runner is set up
+        self.open: dict[asyncio.BaseTransport, _Connection] = {}
+
+    def __call__(self) -> _Connection:
+        return _Connection(self)
+
+    def count(self, reason: str) -> None:
+        if self._counters is not None:
+            self._counters.rejected(reason)
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        connection = self.open.get(request.transport) if request.transport is not None else None
+        if connection is not None:
+            connection.head_arrived()
+        try:
+            response: web.StreamResponse = await handler(request)
+            return response
+        finally:
+            if connection is not None:
+                connection.wait_for_head()  # the next request on this connection (keep-alive)
 
 
 def build_app(
@@ -399,6 +625,7 @@ def build_app(
     incidents: Incidents,
     counters: Counters | None = None,
     ready: Callable[[], bool] = lambda: True,
+    middlewares: tuple[Any, ...] = (),
 ) -> web.Application:
     """The webhook, and ``GET /readyz`` for the Deployment's readiness probe: 200 once the
     operator watches and the intake serves, so a Service sends alerts only to replicas that
@@ -409,68 +636,185 @@ def build_app(
         if counters is not None:
             {"alert": counters.alert, "rejected": counters.rejected, "redirected": counters.redirected}[kind](value)
 
-    async def placements(actions: list[AlertAction]) -> list[Placement]:
-        """Each action's placement; a namespace's label is read only when the flags do not decide."""
+    async def placements(actions: list[AlertAction], notes: list[str]) -> list[Placement]:
+        """Each action's placement; a namespace's label is read only when the flags do not
+        decide, once per request, OPT_IN_READS at a time."""
         options = settings.options
         first = [place(action.wanted, options) for action in actions]
-        asking = {a.wanted for a, p in zip(actions, first, strict=True) if p.reason == NOT_OPTED_IN and a.wanted}
-        labelled = {namespace for namespace in sorted(asking) if await opt_ins.opted_in(namespace)}
+        asking = sorted(
+            {a.wanted for a, p in zip(actions, first, strict=True) if p.reason == NOT_OPTED_IN and a.wanted}
+        )
+        reads = asyncio.Semaphore(OPT_IN_READS)
+
+        async def read(namespace: str) -> bool:
+            async with reads:
+                return await opt_ins.opted_in(namespace)
+
+        answers = await asyncio.gather(*(read(namespace) for namespace in asking))
+        labelled = {namespace for namespace, yes in zip(asking, answers, strict=True) if yes}
         placed = [place(a.wanted, options, a.wanted in labelled) for a in actions]
+        whys: collections.Counter[str] = collections.Counter()
         for placement in placed:
             if placement.reason:
                 count("redirected", placement.reason)
-        for why, n in collections.Counter(p.why for p in placed if p.reason).items():
-            log.warning("intake: %d alert(s) went to namespace %s: %s", n, options.namespace, why)
+                whys[placement.why] += 1
+        if whys:
+            notes.append(f"{sum(whys.values())} alert(s) went to namespace {options.namespace}: {summary(whys)}")
         return placed
+
+    async def resolve(namespace: str, action: AlertAction) -> str:
+        """Resolve the Incident the intake created for this alert; the result to count."""
+        for _ in range(RESOLVE_TRIES):
+            body = await incidents.read_incident(namespace, action.name)
+            if body is None:
+                return "unknown_resolved"
+            if not created_for(body, action.fingerprint):
+                return "not_ours"
+            spec = body.get("spec")
+            if isinstance(spec, dict) and spec.get("resolved") is True:
+                return "resolved"
+            version = str((body.get("metadata") or {}).get("resourceVersion") or "")
+            if version and await incidents.resolve_incident(namespace, action.name, version):
+                return "resolved"
+        raise ApiError(f"changed by another writer while being resolved, {RESOLVE_TRIES} times", permanent=False)
+
+    async def act(actions: list[AlertAction], placed: list[Placement], notes: list[str]) -> web.Response:
+        results = {"created": 0, "duplicate": 0, "resolved": 0, "unknown_resolved": 0, "not_ours": 0}
+        left_alone: list[str] = []
+        try:
+            for action, placement in zip(actions, placed, strict=True):
+                try:
+                    if action.firing:
+                        done = await incidents.create_incident(placement.namespace, action.manifest(placement))
+                        result = "created" if done else "duplicate"
+                    else:
+                        result = await resolve(placement.namespace, action)
+                except ApiError as err:
+                    count("alert", "failed")
+                    where = f"incident {placement.namespace}/{action.name}"
+                    notes.append(f"{where}: {err}")
+                    # 5xx makes Alertmanager retry the whole batch (idempotent); 4xx does not
+                    return _error(422 if err.permanent else 503, f"{where}: {err}")
+                if result == "not_ours":
+                    left_alone.append(f"{placement.namespace}/{action.name}")
+                results[result] += 1
+                count("alert", result)
+        finally:
+            if left_alone:
+                shown = ", ".join(left_alone[:5]) + (f" and {len(left_alone) - 5} more" if len(left_alone) > 5 else "")
+                notes.append(
+                    f"{len(left_alone)} resolved alert(s) left alone: incident {shown} was not created by the intake "
+                    f"for that alert (no label {CREATED_BY_LABEL}={CREATED_BY} with its fingerprint)"
+                )
+        return web.json_response(results)
 
     async def receive(request: web.Request) -> web.Response:
         if not _authorized(request.headers.get("Authorization", ""), settings.token):
             count("rejected", "unauthorized")
             return _error(401, "missing or wrong bearer token")
         try:
-            raw = await request.read()
+            async with asyncio.timeout(settings.body_timeout):
+                raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
             count("rejected", "too_large")
             return _error(413, f"body: larger than {settings.max_bytes} bytes")
+        except TimeoutError:
+            count("rejected", "body_timeout")
+            response = _error(408, f"body: not received within {settings.body_timeout:g} s")
+            response.force_close()
+            return response
+        except (HttpProcessingError, web.RequestPayloadError, ConnectionError) as err:
+            # a body that does not decode (Content-Encoding, chunks) or a client that went away
+            count("rejected", "malformed")
+            response = _error(400, f"body: cannot be read: {str(err)[:200]}")
+            response.force_close()
+            return response
         try:
-            actions = parse_body(raw, settings.options.max_alerts)
+            actions = parse_body(raw, settings.options.max_alerts, settings.options.max_namespaces)
         except PayloadError as err:
-            count("rejected", "too_many_alerts" if isinstance(err, TooManyAlerts) else "malformed")
+            reason = {TooManyAlerts: "too_many_alerts", TooManyNamespaces: "too_many_namespaces"}.get(type(err))
+            count("rejected", reason or "malformed")
             return _error(err.status, str(err))
+        notes: list[str] = []  # what this request did that people should hear of: one log line
         try:
-            placed = await placements(actions)
-        except ApiError as err:
-            log.warning("intake: reading a Namespace's %s label: %s", OPT_IN_LABEL, err)
-            message = f"reading a Namespace's {OPT_IN_LABEL} label: {err}; nothing was created"
-            return _error(422 if err.permanent else 503, message)
-        results = {"created": 0, "duplicate": 0, "resolved": 0, "unknown_resolved": 0}
-        for action, placement in zip(actions, placed, strict=True):
             try:
-                if action.firing:
-                    done = await incidents.create_incident(placement.namespace, action.manifest(placement))
-                    result = "created" if done else "duplicate"
-                else:
-                    done = await incidents.resolve_incident(placement.namespace, action.name)
-                    result = "resolved" if done else "unknown_resolved"
+                placed = await placements(actions, notes)
             except ApiError as err:
-                count("alert", "failed")
-                where = f"incident {placement.namespace}/{action.name}"
-                log.warning("intake: %s: %s", where, err)
-                # 5xx makes Alertmanager retry the whole batch (idempotent); 4xx does not
-                return _error(422 if err.permanent else 503, f"{where}: {err}")
-            results[result] += 1
-            count("alert", result)
-        return web.json_response(results)
+                notes.append(f"reading a Namespace's {OPT_IN_LABEL} label: {err}")
+                message = f"reading a Namespace's {OPT_IN_LABEL} label: {err}; nothing was created"
+                return _error(422 if err.permanent else 503, message)
+            return await act(actions, placed, notes)
+        finally:
+            if notes:
+                log.warning("intake: %s", "; ".join(notes))
 
     async def readyz(request: web.Request) -> web.Response:
         if ready():
             return web.Response(text="ok\n")
         return web.Response(status=503, text="not ready: the operator is starting or stopping\n")
 
-    app = web.Application(client_max_size=settings.max_bytes)
-    app.router.add_post(PATH, receive)
-    app.router.add_get(READY_PATH, readyz)
+    app = web.Application(client_max_size=settings.max_bytes, middlewares=middlewares)
+    app.router.add_post(PATH, receive, expect_handler=_expect)
+    app.router.add_get(READY_PATH, readyz, expect_handler=_expect)
     return app
+
+
+async def _expect(request: web.Request) -> None:
+    """``Expect: 100-continue`` as aiohttp's own handler; any other value a 417 that does not echo
+    it (aiohttp's put it in the answer, and one that is not UTF-8 was a 500)."""
+    if request.version != HttpVersion11:
+        return
+    if request.headers.get("Expect", "").lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0
+        return
+    raise web.HTTPExpectationFailed(text="unknown Expect: only 100-continue is understood")
+
+
+class _UnparsableRequests(logging.Filter):
+    """aiohttp logs every request it cannot parse (a control character in a header, a bad
+    request line) as an ERROR with a traceback: a line in the operator's log for each line a
+    client sends. Those are counted as ``malformed`` and not logged; its other lines stay."""
+
+    def __init__(self, counters: Counters | None) -> None:
+        super().__init__()
+        self._counters = counters
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], HttpProcessingError):
+            if self._counters is not None:
+                self._counters.rejected("malformed")
+            return False
+        return True
+
+
+SERVER_LOG = log.getChild("http")  # aiohttp's lines about the intake's connections
+
+
+class Serving:
+    """The intake while it serves; ``await serving.cleanup()`` stops it."""
+
+    def __init__(self, runner: web.AppRunner, server: asyncio.Server, gate: _Gate, quiet: _UnparsableRequests) -> None:
+        self._runner, self._server, self._gate, self._quiet = runner, server, gate, quiet
+
+    @property
+    def port(self) -> int:
+        """The port it listens on (port 0 in the settings: the one the kernel chose)."""
+        return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def connections(self) -> int:
+        """Connections open now (those refused at once never count)."""
+        return len(self._gate.open)
+
+    @property
+    def limit(self) -> int:
+        return self._gate.limit
+
+    async def cleanup(self) -> None:
+        self._server.close()  # take no more connections, then close the open ones
+        await self._runner.cleanup()
+        SERVER_LOG.removeFilter(self._quiet)
 
 
 async def start(
@@ -478,15 +822,35 @@ async def start(
     incidents: Incidents,
     counters: Counters | None = None,
     ready: Callable[[], bool] = lambda: True,
-) -> web.AppRunner:
-    """Serve the intake on the running loop; ``await runner.cleanup()`` stops it."""
-    runner = web.AppRunner(build_app(settings, incidents, counters, ready), access_log=None)
+) -> Serving:
+    """Serve the intake on the running loop; ``await serving.cleanup()`` stops it.
+
+    Not through aiohttp's TCPSite: its listening socket takes aiohttp's protocol as it is, and
+    that one waits for a request's head forever. Here every connection goes through a
+    :class:`_Gate` (header deadline, connection limit); the body's deadline is the handler's."""
+    limit = open_files_budget(settings.max_connections)
+    gate = _Gate(limit, settings.header_timeout, counters)
+    app = build_app(settings, incidents, counters, ready, middlewares=(gate.middleware,))
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, logger=SERVER_LOG)
     await runner.setup()
+    quiet = _UnparsableRequests(counters)
+    SERVER_LOG.addFilter(quiet)
     try:
-        await web.TCPSite(runner, settings.host, settings.port).start()
+        gate.factory = runner.server
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(gate, settings.host, settings.port, backlog=128)
     except BaseException:
         await runner.cleanup()
+        SERVER_LOG.removeFilter(quiet)
         raise
     auth = "bearer token" if settings.token else "NO AUTHENTICATION (--intake-insecure)"
-    log.info("Alertmanager intake on http://%s:%d%s (%s)", settings.host, settings.port, PATH, auth)
-    return runner
+    log.info(
+        "Alertmanager intake on http://%s:%d%s (%s; at most %d connections, %g s for a request's head, %g s for "
+        "its body)", settings.host, settings.port, PATH, auth, limit, settings.header_timeout, settings.body_timeout,
+    )  # fmt: skip
+    if limit < settings.max_connections:
+        log.warning(
+            "intake: at most %d connections, not %d: a quarter of the %d files this process may open",
+            limit, settings.max_connections, resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+        )  # fmt: skip
+    return Serving(runner, server, gate, quiet)

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import logging
 import re
+import resource
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from runbook_operator import intake
@@ -345,15 +350,24 @@ class FakeIncidents:
         if key in self.objects:
             return False
         self.objects[key] = json.loads(json.dumps(manifest))
+        self.objects[key]["metadata"]["resourceVersion"] = "1"
         return True
 
-    async def resolve_incident(self, namespace: str, name: str) -> bool:
+    async def read_incident(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        if self.fail:
+            raise self.fail
+        found = self.objects.get((namespace, name))
+        return json.loads(json.dumps(found)) if found is not None else None
+
+    async def resolve_incident(self, namespace: str, name: str, resource_version: str) -> bool:
         if self.fail:
             raise self.fail
         self.writes += 1
-        if (namespace, name) not in self.objects:
-            return False
-        self.objects[namespace, name]["spec"]["resolved"] = True
+        found = self.objects.get((namespace, name))
+        if found is None or found["metadata"].get("resourceVersion") != resource_version:
+            return False  # gone (404) or changed since it was read (409)
+        found["spec"]["resolved"] = True
+        found["metadata"]["resourceVersion"] = str(int(resource_version) + 1)
         return True
 
 
@@ -362,6 +376,16 @@ async def served() -> Any:
     fake, metrics = FakeIncidents(), Metrics(CollectorRegistry())
     settings = intake.Settings("127.0.0.1", 0, "tok", max_bytes=4096)
     client = TestClient(TestServer(intake.build_app(settings, fake, metrics.intake())))
+    await client.start_server()
+    yield client, fake, metrics
+    await client.close()
+
+
+@pytest.fixture
+async def roomy() -> Any:
+    """As ``served``, with the operator's default body limit (1 MiB): room for many alerts."""
+    fake, metrics = FakeIncidents(), Metrics(CollectorRegistry())
+    client = TestClient(TestServer(intake.build_app(intake.Settings("127.0.0.1", 0, "tok"), fake, metrics.intake())))
     await client.start_server()
     yield client, fake, metrics
     await client.close()
@@ -382,13 +406,14 @@ async def test_the_handler_creates_deduplicates_and_resolves(served: Any) -> Non
         "duplicate": 0,
         "resolved": 0,
         "unknown_resolved": 0,
+        "not_ours": 0,
     }
     resp = await client.post(intake.PATH, json=payload(alert()), headers=AUTH)
     assert (await resp.json())["duplicate"] == 1 and len(fake.objects) == 1
     resp = await client.post(
         intake.PATH, json=payload(alert("resolved"), alert("resolved", "ffffffffffffffff")), headers=AUTH
     )
-    assert await resp.json() == {"created": 0, "duplicate": 0, "resolved": 1, "unknown_resolved": 1}
+    assert await resp.json() == {"created": 0, "duplicate": 0, "resolved": 1, "unknown_resolved": 1, "not_ours": 0}
     assert fake.objects["default", REDIS]["spec"]["resolved"] is True
     for result, n in {"created": 1, "duplicate": 1, "resolved": 1, "unknown_resolved": 1}.items():
         assert _count(metrics, "runbook_intake_alerts_total", result=result) == n
@@ -536,3 +561,412 @@ def test_the_cli_refuses_an_intake_without_a_token(
     monkeypatch.delenv("RUNBOOK_INTAKE_TOKEN", raising=False)
     assert cli.main(["run", "--intake-address=127.0.0.1:8082", "--metrics-address="]) == 2
     assert "the Alertmanager intake needs a bearer token" in capsys.readouterr().err
+
+
+# -- issue 22: the intake acts only on what it created, never a 5xx, bounded work per request ---------
+
+
+def _person_made(name: str, namespace: str = "default", **labels: str) -> dict[str, Any]:
+    """An Incident a person created under a name of the intake's shape (kubectl apply)."""
+    return {"apiVersion": "remediation.ishchat.io/v1alpha1", "kind": "Incident",
+            "metadata": {"name": name, "namespace": namespace, "labels": labels, "resourceVersion": "7"},
+            "spec": {"alert": "Payments", "source": {"kind": "Alertmanager", "fingerprint": FP}}}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("labels", "source", "ours"),
+    [
+        ({"app.kubernetes.io/created-by": "runbook-operator-intake"}, {"kind": "Alertmanager", "fingerprint": FP}, True),
+        ({"app.kubernetes.io/created-by": "runbook-operator-intake"}, {"kind": "Alertmanager", "fingerprint": FP.upper()}, True),
+        ({}, {"kind": "Alertmanager", "fingerprint": FP}, False),  # a person's, with the same name and source
+        ({"app.kubernetes.io/created-by": "someone"}, {"kind": "Alertmanager", "fingerprint": FP}, False),
+        ({"app.kubernetes.io/created-by": "runbook-operator-intake"}, {"kind": "Alertmanager", "fingerprint": "f" * 16}, False),
+        ({"app.kubernetes.io/created-by": "runbook-operator-intake"}, {"kind": "Manual", "fingerprint": FP}, False),
+        ({"app.kubernetes.io/created-by": "runbook-operator-intake"}, None, False),
+        ({"app.kubernetes.io/created-by": "runbook-operator-intake"}, {"kind": "Alertmanager", "fingerprint": 7}, False),
+    ],
+)  # fmt: skip
+def test_only_an_incident_with_the_intakes_label_and_the_alerts_fingerprint_is_the_intakes(
+    labels: dict[str, str], source: dict[str, Any] | None, ours: bool
+) -> None:
+    body = {"metadata": {"name": "x", "labels": labels}, "spec": {"alert": "A", "source": source}}
+    assert intake.created_for(body, FP) is ours
+    assert intake.created_for({"metadata": None, "spec": "x"}, FP) is False
+
+
+async def test_a_resolved_alert_leaves_alone_an_incident_a_person_created(
+    served: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`payments-0123456789abcdef`, created by a person, was ResolvedExternally by any resolved alert of that name."""
+    client, fake, metrics = served
+    name = incident_name("Payments", FP)
+    assert name == "payments-0123456789abcdef"
+    fake.objects["default", name] = _person_made(name)
+    resolved = alert("resolved") | {"labels": {"alertname": "Payments"}, "startsAt": ""}
+    resp = await client.post(intake.PATH, json=payload(resolved), headers=AUTH)
+    assert resp.status == 200 and await resp.json() == {
+        "created": 0, "duplicate": 0, "resolved": 0, "unknown_resolved": 0, "not_ours": 1,
+    }  # fmt: skip
+    assert "resolved" not in fake.objects["default", name]["spec"] and fake.writes == 0
+    assert _count(metrics, "runbook_intake_alerts_total", result="not_ours") == 1
+    lines = [r.getMessage() for r in caplog.records if r.name == "runbook_operator.intake"]
+    assert lines == [
+        "intake: 1 resolved alert(s) left alone: incident default/payments-0123456789abcdef was not created by "
+        "the intake for that alert (no label app.kubernetes.io/created-by=runbook-operator-intake with its fingerprint)"
+    ]
+    # the one the intake created itself, for that alert, it still resolves
+    firing = alert() | {"labels": {"alertname": "Payments"}, "startsAt": ""}
+    del fake.objects["default", name]
+    assert (await (await client.post(intake.PATH, json=payload(firing), headers=AUTH)).json())["created"] == 1
+    assert (await (await client.post(intake.PATH, json=payload(resolved), headers=AUTH)).json())["resolved"] == 1
+    assert fake.objects["default", name]["spec"]["resolved"] is True
+
+
+async def test_a_resolve_is_fenced_by_the_version_it_read_and_read_again_when_it_moved(served: Any) -> None:
+    client, fake, _ = served
+    assert (await (await client.post(intake.PATH, json=payload(alert()), headers=AUTH)).json())["created"] == 1
+    reads = 0
+    original = fake.read_incident
+
+    async def moving(namespace: str, name: str) -> Mapping[str, Any] | None:
+        nonlocal reads
+        reads += 1
+        body: Mapping[str, Any] | None = await original(namespace, name)
+        if reads == 1:  # someone writes between the intake's read and its patch
+            fake.objects[namespace, name]["metadata"]["resourceVersion"] = "2"
+        return body
+
+    fake.read_incident = moving
+    resp = await client.post(intake.PATH, json=payload(alert("resolved")), headers=AUTH)
+    assert (await resp.json())["resolved"] == 1 and reads == 2
+    assert fake.objects["default", REDIS]["spec"]["resolved"] is True
+    # an Incident already resolved is not written again
+    writes = fake.writes
+    assert (await (await client.post(intake.PATH, json=payload(alert("resolved")), headers=AUTH)).json())[
+        "resolved"
+    ] == 1
+    assert fake.writes == writes
+
+
+async def _raw(port: int, request: bytes, timeout: float = 5.0) -> bytes:
+    """Send ``request`` as it is, and read the answer until the server closes (or ``timeout``)."""
+    chunks: list[bytes] = []
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        async with asyncio.timeout(timeout):
+            while chunk := await reader.read(65536):
+                chunks.append(chunk)
+                if _complete(b"".join(chunks)):
+                    break
+    except (ConnectionError, TimeoutError):
+        pass  # what came before the server closed or went quiet is the answer
+    finally:
+        writer.close()
+    return b"".join(chunks)
+
+
+def _complete(answer: bytes) -> bool:
+    head, done, body = answer.partition(b"\r\n\r\n")
+    if not done:
+        return False
+    match = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+    return match is not None and len(body) >= int(match.group(1))
+
+
+def _status(answer: bytes) -> int | None:
+    match = re.match(rb"HTTP/1\.[01] (\d{3}) ", answer)
+    return int(match.group(1)) if match else None
+
+
+def _request(headers: bytes, body: bytes, path: bytes = intake.PATH.encode()) -> bytes:
+    return (b"POST " + path + b" HTTP/1.1\r\nHost: intake\r\n" + headers
+            + b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)  # fmt: skip
+
+
+@pytest.fixture
+async def serving() -> Any:
+    """The intake as the operator serves it (intake.start: the gate and its deadlines), on a free port."""
+    fake, metrics = FakeIncidents(), Metrics(CollectorRegistry())
+    settings = intake.Settings("127.0.0.1", 0, "tok", max_bytes=4096, header_timeout=0.3, body_timeout=0.3,
+                               max_connections=4)  # fmt: skip
+    served = await intake.start(settings, fake, metrics.intake())
+    yield served, fake, metrics
+    await served.cleanup()
+
+
+@pytest.mark.parametrize(
+    ("value", "status", "reason"),
+    [(b"Bearer \xff", 401, "unauthorized"), (b"Bearer \xff\xfe", 401, "unauthorized"), (b"\xff tok", 401, "unauthorized"),
+     (b"Bearer tok\xff", 401, "unauthorized"), (b"Bearer \xc3\xa9", 401, "unauthorized"),
+     (b"Bearer \x00", 400, "malformed")],  # a control character: aiohttp's parser refuses the request
+)  # fmt: skip
+async def test_a_bearer_token_that_is_not_ascii_is_a_4xx_not_a_500(
+    serving: Any, caplog: pytest.LogCaptureFixture, value: bytes, status: int, reason: str
+) -> None:
+    served, fake, metrics = serving
+    answer = await _raw(
+        served.port, _request(b"Authorization: " + value + b"\r\n", json.dumps(payload(alert())).encode())
+    )
+    assert _status(answer) == status, answer[:200]
+    assert fake.writes == 0 and _count(metrics, "runbook_intake_rejected_total", reason=reason) == 1
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # no traceback a client can write
+
+
+@pytest.mark.parametrize("starts", ["9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+23:59"])
+def test_a_start_time_outside_the_years_of_a_datetime_in_utc_is_a_400_naming_the_alert(starts: str) -> None:
+    """It was an OverflowError: a 500, which Alertmanager retries for ever, and the valid alert with it lost."""
+    body = json.dumps(payload(alert(), alert(fingerprint="ffffffffffffffff") | {"startsAt": starts})).encode()
+    with pytest.raises(PayloadError) as caught:
+        parse_body(body)
+    assert str(caught.value) == "alerts[1].startsAt: not an RFC 3339 time" and caught.value.status == 400
+
+
+def test_start_times_keep_four_digit_years() -> None:
+    raw = alert() | {"startsAt": "0999-01-01T00:30:00+00:10"}
+    assert parse_payload(payload(raw))[0].spec["source"]["startsAt"] == "0999-01-01T00:20:00Z"
+
+
+async def test_one_bad_alert_in_a_batch_refuses_the_batch_with_a_400_and_writes_nothing(served: Any) -> None:
+    """The choice (README, Alertmanager intake): the whole batch is refused with a 4xx naming the bad
+    alert; Alertmanager logs and counts the failed notification and does not retry it."""
+    client, fake, metrics = served
+    bad = alert(fingerprint="ffffffffffffffff") | {"startsAt": "9999-12-31T23:59:59-23:59"}
+    resp = await client.post(intake.PATH, json=payload(alert(), bad), headers=AUTH)
+    assert resp.status == 400 and await resp.json() == {"error": "alerts[1].startsAt: not an RFC 3339 time"}
+    assert fake.writes == 0 and _count(metrics, "runbook_intake_rejected_total", reason="malformed") == 1
+
+
+def _spread(n: int) -> list[dict[str, Any]]:
+    return [alert(fingerprint=f"{i:010x}aaaaaa", namespace=f"team-{i}") for i in range(n)]
+
+
+async def test_more_namespaces_in_one_request_than_the_limit_are_refused_whole_before_any_read(roomy: Any) -> None:
+    """One request naming 1,000 namespaces made 1,000 sequential GETs and 1,000 warning lines."""
+    client, fake, metrics = roomy
+    resp = await client.post(intake.PATH, json=payload(*_spread(1000)), headers=AUTH)
+    assert resp.status == 413 and await resp.json() == {"error": (
+        "alerts: their namespace labels name 1000 namespaces, more than the 64 one request may name; "
+        "nothing was created. Group alerts by namespace in Alertmanager's route")}  # fmt: skip
+    assert fake.namespace_reads == [] and fake.writes == 0
+    assert _count(metrics, "runbook_intake_rejected_total", reason="too_many_namespaces") == 1
+    with pytest.raises(intake.TooManyNamespaces):
+        parse_payload(payload(*_spread(3)), max_namespaces=2)
+    assert len(parse_payload(payload(*_spread(64)))) == 64
+
+
+async def test_namespace_labels_are_read_once_each_a_few_at_a_time_and_one_line_is_logged(
+    roomy: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    client, fake, metrics = roomy
+    in_flight, most = 0, 0
+    original = fake.namespace_labels
+
+    async def slow(name: str) -> Mapping[str, str] | None:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        await asyncio.sleep(0.02)
+        in_flight -= 1
+        labels: Mapping[str, str] | None = await original(name)
+        return labels
+
+    fake.namespace_labels = slow
+    alerts = _spread(64) + _spread(64)[:10]  # ten namespaces named twice: still one read each
+    alerts[64:] = [a | {"fingerprint": f"{i + 100:010x}bbbbbb"} for i, a in enumerate(alerts[64:])]
+    started = asyncio.get_running_loop().time()
+    resp = await client.post(intake.PATH, json=payload(*alerts), headers=AUTH)
+    elapsed = asyncio.get_running_loop().time() - started
+    assert resp.status == 200 and (await resp.json())["created"] == 74
+    assert sorted(fake.namespace_reads) == sorted(f"team-{i}" for i in range(64))
+    assert most == intake.OPT_IN_READS and elapsed < 64 * 0.02  # concurrent, bounded; sequential took 1.3 s
+    assert _count(metrics, "runbook_intake_redirected_total", reason="not_opted_in") == 74
+    lines = [r.getMessage() for r in caplog.records if r.name == "runbook_operator.intake"]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("intake: 74 alert(s) went to namespace default: the alert names namespace team-")
+    assert lines[0].endswith("and 59 more") and len(lines[0]) < 2000
+
+
+# -- fuzzing: any bytes in headers or body, never a 5xx --------------------------------------------------
+
+JSON_VALUE = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=10), inner, max_size=3),
+    max_leaves=8,
+)
+ALERT_FIELDS = st.fixed_dictionaries(
+    {},
+    optional={
+        "status": st.sampled_from(["firing", "resolved"]) | JSON_VALUE,
+        "labels": st.fixed_dictionaries({"alertname": st.text(max_size=30) | JSON_VALUE},
+                                        optional={"namespace": st.text(max_size=70) | JSON_VALUE,
+                                                  "severity": JSON_VALUE}) | JSON_VALUE,
+        "annotations": st.dictionaries(st.text(max_size=10), JSON_VALUE, max_size=3) | JSON_VALUE,
+        "fingerprint": st.text("0123456789abcdefABCDEF", min_size=6, max_size=66) | JSON_VALUE,
+        "startsAt": st.datetimes().map(lambda d: d.isoformat() + "Z")
+        | st.from_regex(r"\A\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)\Z") | JSON_VALUE,
+        "generatorURL": st.text(max_size=30) | JSON_VALUE,
+    },
+)  # fmt: skip
+BODIES = st.one_of(
+    st.binary(max_size=300),
+    st.builds(
+        lambda alerts: json.dumps({"version": "4", "alerts": alerts}).encode(), st.lists(ALERT_FIELDS, max_size=4)
+    ),
+    st.builds(lambda doc: json.dumps(doc).encode(), JSON_VALUE),
+)
+HEADER_NAMES = st.sampled_from(
+    [
+        b"Authorization",
+        b"Content-Type",
+        b"Content-Encoding",
+        b"Transfer-Encoding",
+        b"Expect",
+        b"Accept",
+        b"X-A",
+        b"Connection",
+        b"Upgrade",
+        b"Host",
+        b"Cookie",
+    ]
+) | st.binary(min_size=1, max_size=20)
+HEADER_VALUES = st.sampled_from(
+    [
+        b"Bearer tok",
+        b"Bearer \xff",
+        b"gzip",
+        b"deflate",
+        b"br",
+        b"zstd",
+        b"chunked",
+        b"100-continue",
+        b"application/json; charset=latin-1",
+        b"upgrade",
+        b"websocket",
+    ]
+) | st.binary(max_size=80)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    headers=st.lists(st.tuples(HEADER_NAMES, HEADER_VALUES), max_size=4),
+    authorized=st.booleans(),
+    body=BODIES,
+)
+def test_no_header_or_body_gets_a_5xx(headers: list[tuple[bytes, bytes]], authorized: bool, body: bytes) -> None:
+    """Any bytes in headers and bodies, through the server the operator runs (intake.start), with a fake store
+    that never fails: every answer is below 500 (or the connection is closed, for a request that cannot be framed)."""
+
+    async def one() -> int | None:
+        fake = FakeIncidents()
+        settings = intake.Settings("127.0.0.1", 0, "tok", max_bytes=4096, header_timeout=1.0, body_timeout=1.0)
+        served = await intake.start(settings, fake)
+        try:
+            lines = b"".join(name + b": " + value + b"\r\n" for name, value in headers)
+            auth = b"Authorization: Bearer tok\r\n" if authorized else b""
+            return _status(await _raw(served.port, _request(auth + lines, body), timeout=3.0))
+        finally:
+            await served.cleanup()
+
+    status = asyncio.run(one())
+    assert status is None or status < 500, (status, headers, body[:200])
+
+
+# -- the server cannot be held open --------------------------------------------------------------------
+
+
+async def test_a_half_sent_request_line_is_closed_after_the_header_timeout(serving: Any) -> None:
+    """3,000 connections that sent part of a request line stayed open for ever (181 s and counting)."""
+    served, _, metrics = serving
+    reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    writer.write(b"POST /api/v1/alerts/alertma")
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # the server closed it
+    assert 0.25 <= loop.time() - started < 1.5
+    writer.close()
+    assert _count(metrics, "runbook_intake_rejected_total", reason="header_timeout") == 1
+    assert served.connections == 0
+
+
+async def test_connections_over_the_limit_are_answered_503_and_closed_at_once(serving: Any) -> None:
+    served, _, metrics = serving
+    held = [await asyncio.open_connection("127.0.0.1", served.port) for _ in range(served.limit)]
+    for _, writer in held:
+        writer.write(b"GET /rea")
+    await asyncio.sleep(0.05)
+    assert served.connections == served.limit == 4
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    answer = await _raw(served.port, b"", timeout=2)
+    assert _status(answer) == 503 and b"too many connections" in answer and loop.time() - started < 0.2
+    assert _count(metrics, "runbook_intake_rejected_total", reason="too_many_connections") == 1
+    for reader, writer in held:  # and the held ones go at their deadline, which frees the places
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+    assert _status(await _raw(served.port, b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")) == 200
+
+
+async def test_the_deadline_starts_again_after_each_answer_on_a_kept_alive_connection(serving: Any) -> None:
+    served, _, _ = serving
+    reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+    for _ in range(3):  # each request well within the deadline, together beyond it
+        writer.write(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
+        assert head.startswith(b"HTTP/1.1 200 ")
+        assert await reader.readexactly(3) == b"ok\n"
+        await asyncio.sleep(0.15)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # idle: closed at the deadline
+    assert loop.time() - started < 0.5
+    writer.close()
+
+
+async def test_a_body_that_does_not_arrive_in_time_is_a_408_and_the_connection_is_closed(serving: Any) -> None:
+    served, fake, metrics = serving
+    reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+    writer.write(b"POST " + intake.PATH.encode() + b" HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer tok\r\n"
+                 b"Content-Length: 100\r\n\r\n{\"version\"")  # fmt: skip
+    answer = await asyncio.wait_for(reader.read(), 5)
+    assert _status(answer) == 408 and b"body: not received within 0.3 s" in answer
+    writer.close()
+    assert fake.writes == 0 and _count(metrics, "runbook_intake_rejected_total", reason="body_timeout") == 1
+
+
+def test_the_intake_holds_at_most_a_quarter_of_the_open_files_limit() -> None:
+    assert intake.open_files_budget(256, 1024) == 256
+    assert intake.open_files_budget(256, 400) == 100
+    assert intake.open_files_budget(256, 2) == 1
+    assert intake.open_files_budget(256, resource.RLIM_INFINITY) == 256
+
+
+def test_the_soft_open_files_limit_is_raised_to_the_hard_one() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard <= 256:
+        pytest.skip(f"the hard limit here is {hard}")
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+        before, now = intake.raise_open_files_limit()
+        assert before == 256 and now > 256
+        assert resource.getrlimit(resource.RLIMIT_NOFILE) == (now, hard)
+        assert intake.raise_open_files_limit() == (now, now)  # already there: nothing to do
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_the_cli_passes_the_intakes_deadlines_and_limit(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from runbook_operator import cli
+
+    monkeypatch.setenv("RUNBOOK_INTAKE_TOKEN", "tok")
+    args = cli.build_parser().parse_args(["run", "--intake-address=:8082", "--intake-header-timeout=500ms",
+                                          "--intake-body-timeout=2s", "--intake-max-connections=9"])  # fmt: skip
+    settings = cli._intake_settings(args)
+    assert (settings.header_timeout, settings.body_timeout, settings.max_connections) == (0.5, 2.0, 9)
+    defaults = cli._intake_settings(cli.build_parser().parse_args(["run", "--intake-address=:8082"]))
+    assert (defaults.header_timeout, defaults.body_timeout, defaults.max_connections) == (10.0, 30.0, 256)
+    for bad in ("--intake-header-timeout=0s", "--intake-max-connections=0"):
+        assert cli._intake_settings(cli.build_parser().parse_args(["run", "--intake-address=:8082", bad])) is None
+    assert "--intake-header-timeout: must be more than 0" in capsys.readouterr().err

@@ -208,7 +208,11 @@ def _consents(listed: str | None, namespace: str, name: str, policy: str | None)
 
 
 class KubeIncidents:
-    """The intake's Incidents (:class:`runbook_operator.intake.Incidents`) through :class:`Kube`."""
+    """The intake's Incidents (:class:`runbook_operator.intake.Incidents`) through :class:`Kube`.
+
+    Give it a :class:`Kube` of its own (``Kube.from_environment(workers=4)``): its threads and
+    connections are then the intake's budget, and a flood of alerts never queues ahead of the
+    reconciler's status writes and Events in the operator's pool."""
 
     def __init__(self, kube: Kube) -> None:
         self._kube = kube
@@ -216,9 +220,20 @@ class KubeIncidents:
     async def create_incident(self, namespace: str, manifest: Mapping[str, Any]) -> bool:
         return await self._translate(self._kube.create(INCIDENTS, namespace, manifest), conflict=False)
 
-    async def resolve_incident(self, namespace: str, name: str) -> bool:
-        patch = {"spec": {"resolved": True}}
-        return await self._translate(self._kube.patch(INCIDENTS, namespace, name, patch), not_found=False)
+    async def read_incident(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        found: dict[str, Any] = {}
+
+        async def read() -> None:
+            found.update(await self._kube.get(INCIDENTS, namespace, name))
+
+        return found if await self._translate(read(), not_found=False) else None
+
+    async def resolve_incident(self, namespace: str, name: str, resource_version: str) -> bool:
+        # fenced: the API server applies it only to the Incident the intake read (409 otherwise)
+        patch = {"metadata": {"resourceVersion": resource_version}, "spec": {"resolved": True}}
+        return await self._translate(
+            self._kube.patch(INCIDENTS, namespace, name, patch), conflict=False, not_found=False
+        )
 
     async def namespace_labels(self, name: str) -> Mapping[str, str] | None:
         labels: dict[str, str] = {}

@@ -43,8 +43,11 @@ class ArchiveMetrics:
 class IntakeMetrics:
     """The Alertmanager intake's counters; registered only when the intake runs."""
 
-    RESULTS = ("created", "duplicate", "resolved", "unknown_resolved", "failed")
-    REASONS = ("unauthorized", "too_large", "too_many_alerts", "malformed")
+    # not_ours: a resolved alert named an Incident the intake did not create for it (left alone)
+    RESULTS = ("created", "duplicate", "resolved", "unknown_resolved", "not_ours", "failed")
+    # too_many_connections, header_timeout: connections refused or closed before a request was read
+    REASONS = ("unauthorized", "too_large", "too_many_alerts", "too_many_namespaces", "malformed",
+               "body_timeout", "header_timeout", "too_many_connections")  # fmt: skip
     REDIRECTS = ("not_a_namespace", "not_watched", "not_opted_in")  # intake.place's reasons
 
     def __init__(self, registry: CollectorRegistry) -> None:
