@@ -54,6 +54,8 @@ _WRITING_FILTERS = frozenset({"string", "pprint", "urlencode", "xmlattr", "escap
 # filters and methods no runbook template needs whose output the budget cannot predict
 _DROPPED_FILTERS = frozenset({"urlize"})  # a target/rel string repeated for every URL in the text
 _REFUSED_METHODS = frozenset({"translate", "maketrans", "expandtabs", "format_map"})
+# every filter _check_filter looks at before it runs; the others are bounded by their result
+_CHECKED_FILTERS = _SIZING_FILTERS | _WRITING_FILTERS | {"join", "replace", "format", "sum", "tojson"}
 _FORMAT_WIDTH = re.compile(r"\d+")
 _FIELD = re.compile(r"%|\{")
 _SMALL = 16  # what an opaque value (a macro, a loop, a generator) writes: its short repr
@@ -90,58 +92,66 @@ class _Budget:
 
     def weigh(self, value: Any) -> tuple[int, int]:
         """The characters ``value`` makes when written out (str, tojson, join), counting a
-        container's items each time they appear, and how deep it nests. Refused past
-        MAX_OUTPUT characters or MAX_DEPTH levels, before anything is written."""
+        container's items each time they appear, and how many levels of containers it nests
+        (0 for a string). Refused past MAX_OUTPUT characters or MAX_DEPTH levels, before
+        anything is written."""
         leaf = _leaf(value)
         if leaf is not None:
             return leaf, 0
-        running, deepest, visited = 0, 0, 0
-        stack: list[tuple[Any, Iterator[Any], int]] = []  # (container, its items, running when it opened)
-        on_path: set[int] = set()
+        known = self._known(value)
+        return known if known is not None else self._weigh(value)
 
-        def push(item: Any) -> None:
-            nonlocal running, deepest
-            leaf = _leaf(item)
-            cached = self.weights.get(id(item))
-            if leaf is not None:
-                running += leaf
-            elif cached is not None and cached[0] is item:
-                running += cached[1]
-                deepest = max(deepest, len(stack) + cached[2])
-                if deepest > MAX_DEPTH:
-                    raise BudgetExceeded(f"a value nested more than {MAX_DEPTH} levels deep")
-            elif id(item) in on_path:  # a namespace holding itself: str() writes it as "..."
-                running += _SMALL
-            else:
-                items = _items(item)
-                if items is None:
-                    running += _SMALL
-                    return
-                stack.append((item, iter(items), running))
-                on_path.add(id(item))
-                running += 2
-                deepest = max(deepest, len(stack))
-                if deepest > MAX_DEPTH:
-                    raise BudgetExceeded(f"a value nested more than {MAX_DEPTH} levels deep")
+    def _known(self, value: Any) -> tuple[int, int] | None:
+        cached = self.weights.get(id(value))
+        return (cached[1], cached[2]) if cached is not None and cached[0] is value else None
 
-        push(value)
+    def _weigh(self, value: Any) -> tuple[int, int]:
+        """Depth first without recursion; each container's (weight, depth) is remembered."""
+        items = _items(value)
+        if items is None:
+            return _SMALL, 0
+        # one frame per open container: [it, its items, running when it opened, its depth so far]
+        frames: list[list[Any]] = [[value, iter(items), 0, 1]]
+        on_path = {id(value)}
+        running, visited, depth = 2, 0, 1
         try:
-            while stack:
-                container, items, opened = stack[-1]
-                item = next(items, _END)
+            while frames:
+                frame = frames[-1]
+                item = next(frame[1], _END)
                 if item is _END:
-                    stack.pop()
+                    frames.pop()
+                    container, _, opened, depth = frame
                     on_path.discard(id(container))
-                    self.weights[id(container)] = (container, running - opened, deepest - len(stack))
+                    self.weights[id(container)] = (container, running - opened, depth)
+                    if frames:
+                        frames[-1][3] = max(frames[-1][3], depth + 1)
                     continue
                 visited += 1
                 running += 1  # a separator
-                push(item)
+                leaf = _leaf(item)
+                known = None if leaf is not None else self._known(item)
+                children = None if leaf is not None or known is not None else _items(item)
+                if leaf is not None:
+                    running += leaf
+                elif known is not None:
+                    running += known[0]
+                    frame[3] = max(frame[3], known[1] + 1)
+                    if len(frames) + known[1] > MAX_DEPTH:
+                        raise BudgetExceeded(f"a value nested more than {MAX_DEPTH} levels deep")
+                elif children is None or id(item) in on_path:  # opaque, or a namespace holding itself
+                    running += _SMALL
+                else:
+                    frames.append([item, iter(children), running, 1])
+                    on_path.add(id(item))
+                    running += 2
+                    if len(frames) > MAX_DEPTH:
+                        raise BudgetExceeded(f"a value nested more than {MAX_DEPTH} levels deep")
                 if running > MAX_OUTPUT:
                     raise BudgetExceeded(f"a value of more than {MAX_OUTPUT} characters")
         finally:
-            self.spend(visited // WEIGHED_PER_OPERATION)
-        return running, deepest
+            if visited >= WEIGHED_PER_OPERATION:
+                self.spend(visited // WEIGHED_PER_OPERATION)
+        return running, depth
 
 
 _END = object()
@@ -425,19 +435,22 @@ class BudgetEnvironment(ImmutableSandboxedEnvironment):
         signature = inspect.signature(fn)
         passed = _PassArg.from_obj(fn) is not None  # jinja passes a context or environment first
 
+        checked = name in _CHECKED_FILTERS
+
         @functools.wraps(fn)  # keeps jinja's pass_context/pass_environment marks
         def bounded(*args: Any, **kwargs: Any) -> Any:
             _spend()
             args = tuple(_materialized(arg) for arg in args)
             kwargs = {key: _materialized(value) for key, value in kwargs.items()}
-            try:
-                arguments = signature.bind(*args, **kwargs).arguments
-            except TypeError:
-                arguments = {}  # the call itself raises the same TypeError, with jinja's message
-            if arguments:
-                if passed:
-                    arguments.pop(next(iter(signature.parameters)), None)
-                _check_filter(name, arguments)
+            if checked:
+                try:
+                    arguments = signature.bind(*args, **kwargs).arguments
+                except TypeError:
+                    arguments = {}  # the call itself raises the same TypeError, with jinja's message
+                if arguments:
+                    if passed:
+                        arguments.pop(next(iter(signature.parameters)), None)
+                    _check_filter(name, arguments)
             return _bounded(fn(*args, **kwargs))
 
         return bounded
