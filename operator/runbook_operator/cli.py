@@ -40,11 +40,11 @@ def _run(args: argparse.Namespace) -> int:
     if args.metrics_address:
         import prometheus_client
 
-        from runbook_operator.engine.metrics import Metrics
+        from runbook_operator.engine import metrics
 
         host, _, port = args.metrics_address.rpartition(":")
-        handlers.runtime.metrics = Metrics(prometheus_client.REGISTRY)
-        prometheus_client.start_http_server(int(port), host or "0.0.0.0")
+        handlers.runtime.metrics = metrics.Metrics(prometheus_client.REGISTRY)
+        metrics.serve(host.strip("[]") or "0.0.0.0", int(port), prometheus_client.REGISTRY)
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat[args.log_format.upper()])
     quiet_loggers(args.verbose)
     _raise_open_files_limit()

@@ -1,14 +1,19 @@
 """The operator's metrics move on transitions, once, whatever restarts happen."""
 
+import socket
+import time
+import urllib.request
 from dataclasses import replace
 from datetime import UTC, datetime
 
-from prometheus_client import CollectorRegistry
+import pytest
+from prometheus_client import CollectorRegistry, Counter
 
 from runbook_lab.demo import DemoService
 from runbook_operator.domain.lifecycle import StepCall
 from runbook_operator.domain.model import Stage, Step
 from runbook_operator.domain.status import EscalationState, Status
+from runbook_operator.engine import metrics
 from runbook_operator.engine.executor import Executor
 from runbook_operator.engine.metrics import Metrics
 from tests.unit.builders import REGISTRY, incident
@@ -83,3 +88,31 @@ async def test_notifications_are_counted_by_channel_and_result_other_steps_are_n
     assert {
         s.labels["channel"] for m in registry.collect() if m.name == "runbook_notifications" for s in m.samples
     } == {"webhook"}
+
+
+# -- the /metrics endpoint cannot be held open (issue 22: every input bounded) ------------------
+
+
+def test_half_open_scrapes_are_closed_at_the_deadline_and_the_excess_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """prometheus_client's server gave every connection a thread that waited for a request line
+    for ever: a flood of half-sent requests held threads and files until the client left."""
+    monkeypatch.setattr(metrics, "SCRAPE_TIMEOUT", 0.5)
+    registry = CollectorRegistry()
+    Counter("probe_total", "a counter to scrape", registry=registry).inc()
+    server = metrics.serve("127.0.0.1", 0, registry, limit=4)
+    port = server.server_address[1]
+    try:
+        held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(12)]
+        for sock in held:
+            sock.sendall(b"GET /metr")  # half a request line, and nothing more
+        started = time.monotonic()
+        closed = [sock.recv(1) == b"" for sock in held]  # b"": the server closed it
+        waited = time.monotonic() - started
+        assert all(closed) and waited < 3, waited  # 8 refused at once, 4 at the 0.5 s deadline
+        for sock in held:
+            sock.close()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+            assert b"probe_total 1.0" in answer.read()  # a scrape after the flood is served
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -7,11 +7,16 @@ from the reconciler when scraped.
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
 from prometheus_client.registry import Collector
 
 from runbook_operator.domain.model import Incident
@@ -201,3 +206,66 @@ class _PhaseCollector(Collector):
             )  # fmt: skip
             tasks.add_metric([], self._tasks())
             yield tasks
+
+
+# -- serving /metrics --------------------------------------------------------------------------
+
+SCRAPE_TIMEOUT = 10.0  # seconds a scrape connection may take to send its request and read the answer
+MAX_SCRAPES = 16  # connections served at once; Prometheus keeps one per target
+
+
+class _Scraper(_SilentHandler):
+    """prometheus_client's handler with a deadline: a connection that sends half a request, drips
+    it a byte at a time, or reads nothing, is shut down SCRAPE_TIMEOUT after it was accepted
+    instead of holding a thread for ever."""
+
+    timeout = SCRAPE_TIMEOUT  # StreamRequestHandler.setup() sets it on the socket (each read and write)
+
+    def setup(self) -> None:
+        self._deadline = threading.Timer(SCRAPE_TIMEOUT, self._expire)
+        self._deadline.daemon = True
+        self._deadline.start()
+        super().setup()
+
+    def _expire(self) -> None:
+        with contextlib.suppress(OSError):  # already closed
+            self.connection.shutdown(socket.SHUT_RDWR)  # the blocked read or write returns at once
+
+    def finish(self) -> None:
+        self._deadline.cancel()
+        super().finish()
+
+
+class BoundedMetricsServer(ThreadingWSGIServer):
+    """The metrics endpoint, as prometheus_client serves it, with at most ``limit`` connections
+    at once: one more is closed at once, so a flood of half-open connections holds at most
+    ``limit`` threads and files for at most SCRAPE_TIMEOUT each."""
+
+    def __init__(self, address: tuple[str, int], limit: int = MAX_SCRAPES) -> None:
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self._slots = threading.BoundedSemaphore(limit)
+        super().__init__(address, _Scraper)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)  # a thread that ends in process_request_thread
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+def serve(host: str, port: int, registry: CollectorRegistry, limit: int = MAX_SCRAPES) -> BoundedMetricsServer:
+    """Serve ``registry`` on http://host:port/metrics from a daemon thread; ``shutdown()`` stops it."""
+    server = BoundedMetricsServer((host, port), limit)
+    server.set_app(make_wsgi_app(registry))
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return server
