@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import sys
+import urllib.parse
 from typing import Any
 
 from runbook_operator import __version__
@@ -37,6 +38,15 @@ def _run(args: argparse.Namespace) -> int:
             return 2
         handlers.runtime.intake = settings
     handlers.runtime.archive_dsn = os.environ.get(args.archive_dsn_env) or None
+    if args.liveness:
+        probe = urllib.parse.urlsplit(args.liveness)
+        if probe.scheme != "http" or not probe.port:
+            print(
+                f"runbook-operator run: --liveness: an http://HOST:PORT/PATH URL, got {args.liveness!r}",
+                file=sys.stderr,
+            )
+            return 2
+        handlers.runtime.liveness = (probe.hostname or "0.0.0.0", probe.port, probe.path or "/healthz")
     if args.metrics_address:
         import prometheus_client
 
@@ -53,7 +63,7 @@ def _run(args: argparse.Namespace) -> int:
         namespaces=args.namespace or (),
         standalone=args.peering is None,
         peering_name=args.peering,
-        liveness_endpoint=args.liveness,
+        liveness_endpoint=None,  # served by handlers.startup through a gate (engine.gate.serve_health)
     )
     return 0
 
@@ -92,9 +102,9 @@ def quiet_loggers(verbose: bool) -> None:
 def _raise_open_files_limit() -> None:
     """The soft RLIMIT_NOFILE up to the hard one, for the whole process: a container's 1,024 is
     soon spent by connections (the intake's, the API server's); the intake keeps a quarter at most."""
-    from runbook_operator import intake
+    from runbook_operator.engine import gate
 
-    before, now = intake.raise_open_files_limit()
+    before, now = gate.raise_open_files_limit()
     if now != before:
         logging.getLogger(__name__).info("open files limit raised from %d to %d", before, now)
 

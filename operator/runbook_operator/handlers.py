@@ -23,6 +23,7 @@ from runbook_operator.domain.matching import Candidate
 from runbook_operator.domain.model import InvalidPolicy, parse_policy
 from runbook_operator.domain.resources import GROUP, INCIDENTS, POLICIES, VERSION
 from runbook_operator.domain.status import ConditionType, Reason
+from runbook_operator.engine import gate
 from runbook_operator.engine.archive import Archive, ArchiveWriter
 from runbook_operator.engine.executor import Executor
 from runbook_operator.engine.kube import Kube, KubeIncidents, KubeLeases
@@ -52,7 +53,9 @@ class _Runtime:
     metrics: Metrics | None = None  # likewise
     archive_dsn: str | None = None  # likewise: from the env var --archive-dsn-env names; None: no archive
     intake: intake.Settings | None = None  # likewise: the Alertmanager intake, None: off
-    intake_runner: Any = None  # the intake while it serves (intake.Serving)
+    intake_runner: Any = None  # the intake while it serves (gate.Listener)
+    liveness: tuple[str, int, str] | None = None  # likewise: host, port and path of the liveness probe
+    health: gate.Listener | None = None  # the liveness endpoint while it serves
     intake_kube: Kube | None = None  # the intake's own client: its threads and connections, not the reconciler's
     lease: LeaseConfig | None = None  # likewise: leader election on this Lease; None: drive from the start
     elector: asyncio.Task[None] | None = None  # the election loop while it runs
@@ -74,6 +77,11 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.watching.inactivity_timeout = 600
+    if runtime.liveness is not None and runtime.health is None:  # first, so it answers while the rest starts
+        try:
+            runtime.health = await gate.serve_health(*runtime.liveness, log.getChild("health"))
+        except OSError as err:
+            raise kopf.PermanentError(f"cannot serve the liveness endpoint: {err}") from err
     runtime.kube = Kube.from_environment()
     executor = Executor(REGISTRY, services=runtime.kube, metrics=runtime.metrics)
     archive = None
@@ -134,6 +142,9 @@ async def cleanup(**_: Any) -> None:
         await runtime.reconciler.stop()  # then flush the Events already decided and the archive
     if runtime.kube:
         runtime.kube.close()
+    if runtime.health is not None:  # last: the probe answers until the operator is done
+        await runtime.health.cleanup()
+        runtime.health = None
 
 
 @kopf.index(GROUP, VERSION, POLICIES)

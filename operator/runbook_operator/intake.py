@@ -50,6 +50,7 @@ from aiohttp import HttpVersion11, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from runbook_operator.domain.resources import API_VERSION
+from runbook_operator.engine import gate
 
 PATH = "/api/v1/alerts/alertmanager"
 READY_PATH = "/readyz"
@@ -387,37 +388,6 @@ def summary(counts: Mapping[str, int], shown: int = 5) -> str:
 # -- I/O -----------------------------------------------------------------------------
 
 
-def open_files_budget(wanted: int, nofile: int | None = None) -> int:
-    """How many connections the intake may hold: ``wanted``, but at most a quarter of the soft
-    RLIMIT_NOFILE (``nofile``; None: this process's), so the Kubernetes client, Kopf's watches
-    and its liveness endpoint keep the rest whatever the intake is sent."""
-    if nofile is None:
-        nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    if nofile == resource.RLIM_INFINITY or nofile < 0:
-        return max(1, wanted)
-    return max(1, min(wanted, nofile // 4))
-
-
-def raise_open_files_limit() -> tuple[int, int]:
-    """Raise this process's soft RLIMIT_NOFILE to its hard limit (a container's soft limit is
-    often 1,024 under a far higher hard one); (soft before, soft now). Process-wide: called
-    once when the operator starts. A hard limit the kernel will not grant leaves it as it was."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == soft:
-        return soft, soft
-    want = hard
-    if hard == resource.RLIM_INFINITY:  # the kernel grants at most fs.nr_open
-        try:
-            want = int(Path("/proc/sys/fs/nr_open").read_text())
-        except (OSError, ValueError):
-            want = 1 << 20
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-    except (ValueError, OSError):
-        return soft, soft
-    return soft, resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-
-
 class ApiError(Exception):
     """A Kubernetes API failure; ``permanent``: retrying the same request will not help."""
 
@@ -505,119 +475,6 @@ def _authorized(header: str, token: str | None) -> bool:
     except UnicodeError:  # a surrogate no decoder makes
         return False
     return scheme.lower() == "bearer" and hmac.compare_digest(presented, token.encode())
-
-
-class _Connection(asyncio.Protocol):
-    """One connection to the intake: aiohttp's protocol inside, a deadline around it.
-
-    aiohttp has no timeout for a request's head: a client that sends half a request line
-    held its connection (and a file descriptor) for as long as it liked. The deadline runs
-    from the moment the connection opens, or the previous request was answered, until the
-    next request's head is parsed (the gate's middleware says so); then the connection is
-    closed. A connection over the gate's limit is answered 503 and closed at once."""
-
-    def __init__(self, gate: _Gate) -> None:
-        self._gate = gate
-        self._inner: asyncio.Protocol | None = None
-        self._transport: asyncio.Transport | None = None
-        self._deadline: asyncio.TimerHandle | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-        gate = self._gate
-        if len(gate.open) >= gate.limit:
-            gate.count("too_many_connections")
-            transport.write(_BUSY)
-            transport.close()
-            return
-        assert gate.factory is not None
-        gate.open[transport] = self
-        self._inner = gate.factory()
-        self.wait_for_head()
-        self._inner.connection_made(transport)
-
-    def wait_for_head(self) -> None:
-        self.head_arrived()
-        transport = self._transport
-        if transport is not None and not transport.is_closing():
-            loop = asyncio.get_running_loop()
-            self._deadline = loop.call_later(self._gate.header_timeout, self._late)
-
-    def head_arrived(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
-
-    def _late(self) -> None:
-        self._deadline = None
-        transport = self._transport
-        if transport is None or transport.is_closing():
-            return
-        self._gate.count("header_timeout")
-        if transport.get_write_buffer_size():  # an answer the client does not read
-            transport.abort()
-        else:
-            transport.close()
-
-    def data_received(self, data: bytes) -> None:
-        if self._inner is not None:
-            self._inner.data_received(data)
-
-    def eof_received(self) -> bool | None:
-        return self._inner.eof_received() if self._inner is not None else None
-
-    def pause_writing(self) -> None:
-        if self._inner is not None:
-            self._inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        if self._inner is not None:
-            self._inner.resume_writing()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.head_arrived()
-        if self._inner is not None:
-            if self._transport is not None:
-                self._gate.open.pop(self._transport, None)
-            self._inner.connection_lost(exc)
-            self._inner = None
-
-
-_BUSY_BODY = b'{"error": "the intake has too many connections open; try again"}'
-_BUSY = (
-    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
-    b"Connection: close\r\nContent-Length: " + str(len(_BUSY_BODY)).encode() + b"\r\n\r\n" + _BUSY_BODY
-)
-
-
-class _Gate:
-    """The intake's connections: the protocol factory for its listening socket, and the
-    middleware that tells a connection its request's head has arrived, then been answered."""
-
-    def __init__(self, limit: int, header_timeout: float, counters: Counters | None) -> None:
-        self.limit, self.header_timeout, self._counters = limit, header_timeout, counters
-        self.factory: Callable[[], asyncio.Protocol] | None = None  # aiohttp's, once its runner is set up
-        self.open: dict[asyncio.BaseTransport, _Connection] = {}
-
-    def __call__(self) -> _Connection:
-        return _Connection(self)
-
-    def count(self, reason: str) -> None:
-        if self._counters is not None:
-            self._counters.rejected(reason)
-
-    @web.middleware
-    async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        connection = self.open.get(request.transport) if request.transport is not None else None
-        if connection is not None:
-            connection.head_arrived()
-        try:
-            response: web.StreamResponse = await handler(request)
-            return response
-        finally:
-            if connection is not None:
-                connection.wait_for_head()  # the next request on this connection (keep-alive)
 
 
 def build_app(
@@ -771,50 +628,7 @@ async def _expect(request: web.Request) -> None:
     raise web.HTTPExpectationFailed(text="unknown Expect: only 100-continue is understood")
 
 
-class _UnparsableRequests(logging.Filter):
-    """aiohttp logs every request it cannot parse (a control character in a header, a bad
-    request line) as an ERROR with a traceback: a line in the operator's log for each line a
-    client sends. Those are counted as ``malformed`` and not logged; its other lines stay."""
-
-    def __init__(self, counters: Counters | None) -> None:
-        super().__init__()
-        self._counters = counters
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], HttpProcessingError):
-            if self._counters is not None:
-                self._counters.rejected("malformed")
-            return False
-        return True
-
-
 SERVER_LOG = log.getChild("http")  # aiohttp's lines about the intake's connections
-
-
-class Serving:
-    """The intake while it serves; ``await serving.cleanup()`` stops it."""
-
-    def __init__(self, runner: web.AppRunner, server: asyncio.Server, gate: _Gate, quiet: _UnparsableRequests) -> None:
-        self._runner, self._server, self._gate, self._quiet = runner, server, gate, quiet
-
-    @property
-    def port(self) -> int:
-        """The port it listens on (port 0 in the settings: the one the kernel chose)."""
-        return int(self._server.sockets[0].getsockname()[1])
-
-    @property
-    def connections(self) -> int:
-        """Connections open now (those refused at once never count)."""
-        return len(self._gate.open)
-
-    @property
-    def limit(self) -> int:
-        return self._gate.limit
-
-    async def cleanup(self) -> None:
-        self._server.close()  # take no more connections, then close the open ones
-        await self._runner.cleanup()
-        SERVER_LOG.removeFilter(self._quiet)
 
 
 async def start(
@@ -822,27 +636,13 @@ async def start(
     incidents: Incidents,
     counters: Counters | None = None,
     ready: Callable[[], bool] = lambda: True,
-) -> Serving:
-    """Serve the intake on the running loop; ``await serving.cleanup()`` stops it.
-
-    Not through aiohttp's TCPSite: its listening socket takes aiohttp's protocol as it is, and
-    that one waits for a request's head forever. Here every connection goes through a
-    :class:`_Gate` (header deadline, connection limit); the body's deadline is the handler's."""
-    limit = open_files_budget(settings.max_connections)
-    gate = _Gate(limit, settings.header_timeout, counters)
-    app = build_app(settings, incidents, counters, ready, middlewares=(gate.middleware,))
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, logger=SERVER_LOG)
-    await runner.setup()
-    quiet = _UnparsableRequests(counters)
-    SERVER_LOG.addFilter(quiet)
-    try:
-        gate.factory = runner.server
-        loop = asyncio.get_running_loop()
-        server = await loop.create_server(gate, settings.host, settings.port, backlog=128)
-    except BaseException:
-        await runner.cleanup()
-        SERVER_LOG.removeFilter(quiet)
-        raise
+) -> gate.Listener:
+    """Serve the intake on the running loop, through a :class:`gate.Gate` (header deadline,
+    connection limit; the body's deadline is the handler's); ``await listener.cleanup()`` stops it."""
+    limit = gate.open_files_budget(settings.max_connections)
+    guard = gate.Gate("the intake", limit, settings.header_timeout, counters.rejected if counters else None)
+    app = build_app(settings, incidents, counters, ready, middlewares=(guard.middleware,))
+    listener = await gate.serve(app, settings.host, settings.port, guard, SERVER_LOG)
     auth = "bearer token" if settings.token else "NO AUTHENTICATION (--intake-insecure)"
     log.info(
         "Alertmanager intake on http://%s:%d%s (%s; at most %d connections, %g s for a request's head, %g s for "
@@ -853,4 +653,4 @@ async def start(
             "intake: at most %d connections, not %d: a quarter of the %d files this process may open",
             limit, settings.max_connections, resource.getrlimit(resource.RLIMIT_NOFILE)[0],
         )  # fmt: skip
-    return Serving(runner, server, gate, quiet)
+    return listener

@@ -7,7 +7,6 @@ import hashlib
 import json
 import logging
 import re
-import resource
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -932,27 +931,6 @@ async def test_a_body_that_does_not_arrive_in_time_is_a_408_and_the_connection_i
     assert _status(answer) == 408 and b"body: not received within 0.3 s" in answer
     writer.close()
     assert fake.writes == 0 and _count(metrics, "runbook_intake_rejected_total", reason="body_timeout") == 1
-
-
-def test_the_intake_holds_at_most_a_quarter_of_the_open_files_limit() -> None:
-    assert intake.open_files_budget(256, 1024) == 256
-    assert intake.open_files_budget(256, 400) == 100
-    assert intake.open_files_budget(256, 2) == 1
-    assert intake.open_files_budget(256, resource.RLIM_INFINITY) == 256
-
-
-def test_the_soft_open_files_limit_is_raised_to_the_hard_one() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and hard <= 256:
-        pytest.skip(f"the hard limit here is {hard}")
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
-        before, now = intake.raise_open_files_limit()
-        assert before == 256 and now > 256
-        assert resource.getrlimit(resource.RLIMIT_NOFILE) == (now, hard)
-        assert intake.raise_open_files_limit() == (now, now)  # already there: nothing to do
-    finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def test_the_cli_passes_the_intakes_deadlines_and_limit(
