@@ -49,10 +49,7 @@ REFUSED = tuple(
         ("168.63.129.16/32", METADATA),  # Azure's wireserver (VM agent, extensions, certificates)
         ("100.100.100.200/32", METADATA),  # Alibaba Cloud's metadata
         ("fe80::/10", METADATA),  # IPv6 link-local
-        (
-            "fd00:ec2::/32",
-            METADATA,
-        ),  # AWS's block for instance services over IPv6: metadata ::254, DNS ::253, time ::123
+        ("fd00:ec2::/32", METADATA),  # AWS's instance services over IPv6: metadata ::254, DNS ::253, time ::123
         ("fd20:ce::254/128", METADATA),  # GCP's metadata over IPv6 (only this address: VPCs get ULAs from fd20::/20)
         ("0.0.0.0/8", UNSPECIFIED),  # "this host on this network": a connection to 0.0.0.0 reaches the local host
         ("::/128", UNSPECIFIED),
