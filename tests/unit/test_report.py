@@ -385,9 +385,21 @@ def _html(text: str) -> _Html:
     return _Html(renderer.render(text))
 
 
+BIDI = "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+
+
 def _norm(text: str) -> str:
-    """Text as it is shown: a control character is a blank, a run of blanks one space."""
-    return " ".join("".join(" " if unicodedata.category(c) == "Cc" else c for c in text).split())
+    """Text as it is shown: a control or bidirectional character is a blank, a run of blanks one space."""
+    return " ".join("".join(" " if unicodedata.category(c) == "Cc" or c in BIDI else c for c in text).split())
+
+
+def test_bidirectional_controls_cannot_reorder_what_the_report_shows() -> None:
+    """ "Trojan Source": U+202E shows the text after it reversed, so `resolved\u202e...` could
+    read as something else in a rendered report or a Slack message."""
+    disguised = "approved by \u202eecila\u202c \u2066admin\u2069 \u200fok"
+    text = render(*_incident(lambda field: disguised))
+    assert not set(BIDI) & set(text)
+    assert "approved by ecila admin ok" in _html(text).shown()
 
 
 def test_hostile_text_in_every_field_is_shown_as_text_and_builds_no_markup() -> None:
