@@ -192,6 +192,36 @@ def test_two_replicas_without_leader_election_are_refused_by_name(helm: Helm) ->
     assert not [a for a in args if a.startswith("--leader-elect")]
 
 
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [
+        ("replicaCount=two", "at '/replicaCount': got string, want integer"),
+        ("replicas=2", "additional properties 'replicas' not allowed"),  # a typo of replicaCount
+        ("leaderElection.leaseDuration=15", "at '/leaderElection/leaseDuration': got number, want string"),
+        ("leaderElection.retryPeriod=2 seconds", "at '/leaderElection/retryPeriod'"),
+        ("image.pullPolicy=Sometimes", "at '/image/pullPolicy': value must be one of"),
+        ("watchNamespaces[0]=Not_A_Namespace", "at '/watchNamespaces/0'"),
+        ("extraArgs[0]=rm", "at '/extraArgs/0'"),
+        ("monitoring.serviceMonitor.enable=true", "additional properties 'enable' not allowed"),
+        ("intake.tokenSecret.key=", "at '/intake/tokenSecret/key'"),
+    ],
+)
+def test_wrong_values_are_refused_on_install_naming_the_key(helm: Helm, value: str, said: str) -> None:
+    """values.schema.json: Helm checks it on install, upgrade, lint and template."""
+    for command in (("template", RELEASE), ("lint", "--strict")):
+        proc = helm(*command, str(CHART), f"--set={value}", check=False)
+        assert proc.returncode != 0, (command, proc.stdout)
+        assert said in proc.stderr + proc.stdout, (command, proc.stderr, proc.stdout)
+
+
+def test_the_image_tag_defaults_to_the_charts_app_version(helm: Helm) -> None:
+    app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+    deployment = by_kind_and_name(helm.template())["Deployment", "runbook-operator"]
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == f"runbook-operator:{app_version}"
+    tagged = by_kind_and_name(helm.template("--set=image.tag=dev-1"))["Deployment", "runbook-operator"]
+    assert tagged["spec"]["template"]["spec"]["containers"][0]["image"] == "runbook-operator:dev-1"
+
+
 # -- on the control plane -------------------------------------------------------------------------
 
 
