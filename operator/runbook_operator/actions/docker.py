@@ -31,6 +31,7 @@ from runbook_operator.actions.api import (
     Params,
     StepResult,
 )
+from runbook_operator.domain.wire import clipped
 
 T = TypeVar("T")
 TAIL_CHARS = 1800  # characters of log tail kept in the output (the Incident status keeps ~2 KiB a step)
@@ -163,8 +164,7 @@ def _explanation(err: Any) -> str:
     response = getattr(err, "response", None)
     if response is not None and not egress.is_json(response.headers):
         return f"an answer of {egress.content_type(response.headers)}, not shown"
-    text = " ".join(str(err.explanation or err).split())
-    return text if len(text) <= _EXPLAINED else text[: _EXPLAINED - 1] + "…"
+    return clipped(" ".join(str(err.explanation or err).split()), _EXPLAINED)
 
 
 async def _pinned(params: _Engine, what: str) -> str | None:

@@ -31,6 +31,7 @@ from runbook_operator.actions.api import (
     StepResult,
 )
 from runbook_operator.domain.expressions import is_template
+from runbook_operator.domain.wire import clipped
 
 MAX_BODY = 1024 * 1024  # bytes of a Prometheus answer we read; a bigger one is refused
 MAX_POINTS = 11_000  # Prometheus' own limit of points per series in a range query
@@ -139,8 +140,7 @@ def _number(text: Any) -> float:
 
 def _short(value: Any) -> str:
     """A value from the answer, quoted in a message: its repr, at most 40 characters."""
-    text = repr(value)
-    return text if len(text) <= 40 else text[:39] + "…"
+    return clipped(repr(value), 40)
 
 
 def _shown(value: float) -> float | str:
@@ -226,8 +226,7 @@ async def _ask(params: _Check, ctx: ActionContext, path: str, form: dict[str, st
 
 def _quoted(value: Any, ctx: ActionContext, limit: int = _QUOTED) -> str:
     """Text from an answer, for a message: secrets scrubbed, then made printable and bounded."""
-    text = messages.printable(ctx.redact(str(value)))
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return clipped(messages.printable(ctx.redact(str(value))), limit)
 
 
 def _evaluate(

@@ -36,6 +36,7 @@ from runbook_operator.actions.api import (
     StepResult,
 )
 from runbook_operator.actions.egress import EgressRefused
+from runbook_operator.domain.wire import clipped
 
 METHOD = "api/chat.postMessage"
 # ok:false errors worth another try: Slack's own trouble, or "slow down"
@@ -324,8 +325,7 @@ def _json(response: httpx.Response) -> Mapping[str, Any]:
 def _word(value: Any) -> str:
     """A code from the answer (``channel_not_found``, a scope), as a message may quote it: one
     printable line of at most 100 characters, whatever a server that is not Slack put there."""
-    text = " ".join(messages.printable(str(value or "")).split())
-    return text if len(text) <= 100 else text[:99] + "…"
+    return clipped(" ".join(messages.printable(str(value or "")).split()), 100)
 
 
 def _seconds(value: str | None) -> float | None:

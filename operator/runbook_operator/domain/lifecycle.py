@@ -327,9 +327,10 @@ def _scan(p: Progress, ctx: Context, steps: Sequence[Step], stage: Stage, attemp
             continue
         if record is not None and record.state == StepState.RUNNING.value:
             params = _render(ctx, p.status, step)
-            if record.approvedDigest and consent.digest(step.action, params) != record.approvedDigest:
+            digest = consent.digest(step.action, params)
+            if record.approvedDigest and digest != record.approvedDigest:
                 return _consent(p, ctx, step, attempt, params)  # changed since approved: ask again
-            if step.requires_approval and not step.notifies and not _approval_holds(ctx, step, record, params):
+            if step.requires_approval and not step.notifies and not _approval_holds(ctx, step, record, digest):
                 p.emit(
                     WARNING,
                     Reason.APPROVAL_MISSING,
@@ -419,12 +420,12 @@ def _consent(p: Progress, ctx: Context, step: Step, attempt: int, params: dict[s
     return _await_approval(p, ctx, step, record)
 
 
-def _approval_holds(ctx: Context, step: Step, record: StepRecord, params: dict[str, Any]) -> bool:
+def _approval_holds(ctx: Context, step: Step, record: StepRecord, digest: str) -> bool:
     """Does the record of a step that needs approval hold one: the approval the operator wrote
     into it when the step started, still answering the request it names (spec.approvals, which
-    the API server guards), for exactly these parameters? Status alone proves nothing."""
+    the API server guards), for exactly these parameters (``digest``)? Status alone proves nothing."""
     request = record.approvalRequest
-    if request is None or record.approvedDigest != consent.digest(step.action, params):
+    if request is None or record.approvedDigest != digest:
         return False
     approval = consent.answer(ctx.incident.approvals, step.name, record.attempt, request.nonce)
     return approval is not None and approval.by == record.approvedBy

@@ -330,23 +330,22 @@ class _Generator(CodeGenerator):
             self.write(", ")
         self.write("))")
 
-    def visit_List(self, node: nodes.List, frame: Frame) -> None:
+    def _bounded_literal(self, visit: Callable[[Any, Frame], None], node: nodes.Expr, frame: Frame) -> None:
         self.write("environment.bounded(")
-        super().visit_List(node, frame)
+        visit(node, frame)
         self.write(")")
 
+    def visit_List(self, node: nodes.List, frame: Frame) -> None:
+        self._bounded_literal(super().visit_List, node, frame)
+
     def visit_Dict(self, node: nodes.Dict, frame: Frame) -> None:
-        self.write("environment.bounded(")
-        super().visit_Dict(node, frame)
-        self.write(")")
+        self._bounded_literal(super().visit_Dict, node, frame)
 
     def visit_Tuple(self, node: nodes.Tuple, frame: Frame) -> None:
         if node.ctx != "load":  # an assignment's target
             super().visit_Tuple(node, frame)
             return
-        self.write("environment.bounded(")
-        super().visit_Tuple(node, frame)
-        self.write(")")
+        self._bounded_literal(super().visit_Tuple, node, frame)
 
     def _output_child_pre(self, node: nodes.Expr, frame: Frame, finalize: Any) -> None:
         self.write("environment.written(")

@@ -16,7 +16,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
+from prometheus_client.exposition import ThreadingWSGIServer, _get_best_family, _SilentHandler
 from prometheus_client.registry import Collector
 
 from runbook_operator.domain.model import Incident
@@ -242,9 +242,9 @@ class BoundedMetricsServer(ThreadingWSGIServer):
     ``limit`` threads and files for at most SCRAPE_TIMEOUT each."""
 
     def __init__(self, address: tuple[str, int], limit: int = MAX_SCRAPES) -> None:
-        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.address_family, host = _get_best_family(*address)  # type: ignore[no-untyped-call]  # as prometheus_client picks it
         self._slots = threading.BoundedSemaphore(limit)
-        super().__init__(address, _Scraper)
+        super().__init__((host, address[1]), _Scraper)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self._slots.acquire(blocking=False):

@@ -25,6 +25,8 @@ from typing import IO, Any
 
 import yaml
 
+from runbook_operator.domain.wire import clipped
+
 MAX_BYTES = 4 * 1024 * 1024
 MAX_DEPTH = 100
 MAX_NODES = 250_000
@@ -47,7 +49,7 @@ class _Loader(_Base):  # type: ignore[misc]
             raise
         except (ValueError, TypeError, KeyError, OverflowError):
             value = node.value if isinstance(node.value, str) else ""
-            shown = repr(value if len(value) <= 40 else value[:40] + "...")
+            shown = repr(clipped(value, 43))
             problem = f"cannot read {shown} as {node.tag.rsplit(':', 1)[-1]}"
             raise yaml.constructor.ConstructorError(None, None, problem, node.start_mark) from None
 
