@@ -20,7 +20,9 @@ wrapper kwok
 (cd "$here/kwok" && go get -tool "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION" && go mod tidy)
 
 # k8s.io/kubernetes requires its staging modules as v0.0.0; replace each one
-# with the published v0.<minor>.<patch> and copy its godebug line.
+# with the published v0.<minor>.<patch> and copy its godebug line. kubelet and
+# kube-proxy are tools here too (built by tools/node/build.sh), so this one pin
+# governs the Kubernetes version of the control plane and of the node alike.
 wrapper kubernetes
 kgomod=$(go mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
@@ -31,7 +33,7 @@ staging="v0.${KUBERNETES_VERSION#v1.}"
     grep -E '^\s*k8s\.io/[a-z0-9-]+ v0\.0\.0(\s|$)' "$kgomod" | awk -v v="$staging" '{printf "replace %s => %s %s\n", $1, $1, v}'
 } >>"$here/kubernetes/go.mod"
 (cd "$here/kubernetes" &&
-    for cmd in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+    for cmd in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy; do
         go get -tool "k8s.io/kubernetes/cmd/$cmd@$KUBERNETES_VERSION"
     done && go mod tidy)
 echo "pinned: etcd $ETCD_VERSION, kubernetes $KUBERNETES_VERSION, kwok $KWOK_VERSION"

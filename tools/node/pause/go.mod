@@ -1,0 +1,3 @@
+module runbook-operator/node/pause
+
+go 1.25.0
