@@ -1,44 +1,35 @@
 """The Dockerfile builds, offline, an image that runs the operator read-only as uid 65532.
 
-The image is built once for the module, on a base made from this machine's Python
-(see conftest.py), with ``--network none`` and the wheels from the build context.
+The image is built once for the module by :func:`runbook_lab.images.operator_image`, on a
+base made from this machine's Python (see conftest.py), with ``--network none`` and the
+wheels from the build context; a second call is a cache hit that starts nothing.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import tarfile
 import time
 import tomllib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.image.conftest import IMAGE, ROOT, DockerCli
+from runbook_lab import images
+from runbook_lab.dockerd import DockerCli
+from runbook_lab.images import Image, operator_image
+from tests.integration.image.conftest import ROOT
 
 SIZE_LIMIT_MB = 400
 ACTION_FAMILIES = ("http", "kubernetes", "docker", "prometheus", "postgres", "redis", "notify")
 
 
 @pytest.fixture(scope="module")
-def image(docker_cli: DockerCli, python_base: str, build_context: Path) -> Iterator[str]:
-    started = time.monotonic()
-    docker_cli(
-        "build",
-        "--network",
-        "none",
-        "--build-arg",
-        f"BASE_IMAGE={python_base}",
-        "--build-arg",
-        "WHEELS=prebuilt",
-        "--tag",
-        IMAGE,
-        str(build_context),
-        timeout=900,
-    )
-    print(f"image built in {time.monotonic() - started:.1f}s")
-    yield IMAGE
+def image(operator_build: Image) -> str:
+    return operator_build.ref
 
 
 def run(docker_cli: DockerCli, image: str, *args: str, entrypoint: str | None = None, user: str | None = None) -> str:
@@ -106,3 +97,38 @@ def test_size(docker_cli: DockerCli, image: str, capsys: pytest.CaptureFixture[s
     with capsys.disabled():
         print(f"\n{image}: {size_mb:.1f} MB")
     assert size_mb < SIZE_LIMIT_MB
+
+
+def test_is_named_for_the_chart_with_the_key_in_its_tag(operator_build: Image) -> None:
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    key = images.operator_key(ROOT)
+    assert operator_build.ref == f"runbook-operator:{version}-{key[:12]}"
+    assert (operator_build.repository, operator_build.tag) == ("runbook-operator", f"{version}-{key[:12]}")
+    assert operator_build.archive.name == f"runbook-operator-{key}.tar"
+    with tarfile.open(operator_build.archive) as archive:  # `docker save`: what ctr images import reads too
+        manifest = json.load(archive.extractfile("manifest.json"))  # type: ignore[arg-type]
+    assert manifest[0]["RepoTags"] == [operator_build.ref]
+
+
+def test_a_second_call_is_a_cache_hit_that_starts_nothing(
+    operator_build: Image, image_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_process(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError(f"a cache hit started a process: {args}")
+
+    monkeypatch.setattr(subprocess, "Popen", no_process)  # dockerd, docker, pip, ldd: nothing
+    started = time.monotonic()
+    again = operator_image(image_cache)
+    elapsed = time.monotonic() - started
+    assert again == operator_build
+    assert elapsed < 1.0, f"a cache hit took {elapsed:.2f}s"
+
+
+def test_the_command_line_prints_ref_and_archive(operator_build: Image, image_cache: Path) -> None:
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "runbook_lab.images", "operator", "--cache", str(image_cache)],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert done.stdout == f"{operator_build.ref} {operator_build.archive}\n"
+    assert time.monotonic() - started < 10
