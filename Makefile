@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 CLUSTER_DIR := .cluster
 
-.PHONY: system run demo test test-unit test-integration test-e2e test-reliability lint fmt docs cluster cluster-down env controlplane helm clean bench bench-smoke
+.PHONY: system run demo test test-unit test-integration test-e2e test-reliability lint fmt docs cluster cluster-down env controlplane node helm clean bench bench-smoke
 
 $(BIN)/.installed: pyproject.toml lab/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,21 +21,27 @@ system:
 controlplane: system
 	@tools/controlplane/build.sh >/dev/null
 
+## Build the pinned real-node binaries once (kubelet, kube-proxy, CoreDNS, pause; cached outside the checkout).
+node: system
+	@tools/node/build.sh >/dev/null
+
 ## Build the pinned helm once (cached outside the checkout), for the chart's tests.
 helm: system
 	@tools/helm/build.sh >/dev/null
 
-## The local ISH Chat lab (control plane, PostgreSQL, Redis, Prometheus, Alertmanager, simulated ISH Chat,
-## the runbook pack) with the operator in the foreground. Ctrl-C stops it.
-run: system $(BIN)/.installed
-	@tools/run-local.sh
+## The local ISH Chat lab (control plane and a real node, PostgreSQL, Redis, Prometheus, Alertmanager,
+## ISH Chat, the runbook pack) with the operator installed in the cluster from its own image by the Helm
+## chart; `make run OPERATOR=host` runs it as a host process instead (debugging). Ctrl-C stops the lab.
+OPERATOR ?= cluster
+run: system $(BIN)/.installed controlplane helm
+	@OPERATOR=$(OPERATOR) tools/run-local.sh
 
 ## In a second shell while `make run` runs: inject the twelve faults, follow the incidents, print a summary.
 demo: $(BIN)/.installed
 	@$(BIN)/python -m runbook_lab demo --dir .lab
 
 ## Unit, integration (real PostgreSQL, Redis, Prometheus, Docker, control plane) and end-to-end tests.
-test: $(BIN)/.installed controlplane helm
+test: $(BIN)/.installed controlplane node helm
 	$(BIN)/pytest
 
 test-unit: $(BIN)/.installed
@@ -44,7 +50,7 @@ test-unit: $(BIN)/.installed
 test-integration: $(BIN)/.installed controlplane
 	$(BIN)/pytest tests/integration
 
-test-e2e: $(BIN)/.installed controlplane helm
+test-e2e: $(BIN)/.installed controlplane node helm
 	$(BIN)/pytest tests/e2e
 
 ## Crashes, API server restarts, outages, bad input, churn, RBAC (also part of `make test`).
@@ -75,13 +81,14 @@ fmt: $(BIN)/.installed
 	$(BIN)/ruff check --fix operator lab tests
 	$(BIN)/ruff format operator lab tests
 
-## Start (or reuse) the local control plane; kubeconfig in .cluster/kubeconfig.
+## Start (or reuse) the local control plane and, where the machine allows, a real node (RUNBOOK_LAB_NODE=kwok:
+## kwok's fake node only); kubeconfig in .cluster/kubeconfig.
 cluster: $(BIN)/.installed controlplane
-	@$(BIN)/python -m runbook_lab.controlplane up $(CLUSTER_DIR) --bin "$$(tools/controlplane/build.sh)"
+	@tools/cluster.sh up $(CLUSTER_DIR)
 
-## Stop exactly the processes `make cluster` started.
+## Stop the real node (undoing every host-wide change) and exactly the processes `make cluster` started.
 cluster-down: $(BIN)/.installed
-	@$(BIN)/python -m runbook_lab.controlplane down $(CLUSTER_DIR) --bin "$$(tools/controlplane/build.sh)"
+	@tools/cluster.sh down $(CLUSTER_DIR)
 
 ## Print the exports for a shell: eval "$$(make -s env)"
 env: controlplane

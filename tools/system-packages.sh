@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The system packages `make run`, `make test` and .ci/run need: the real servers the lab and
 # the tests start themselves (PostgreSQL, Redis, Prometheus, Alertmanager, a Docker engine,
-# a static busybox for the test images), and Go to build the control plane.
+# a static busybox for the test images), what a real node needs beside containerd (the CNI plugins,
+# iptables, iproute2, conntrack), and Go to build the control plane and the node.
 #
 # Installs what is missing with apt on Debian/Ubuntu, as root or through sudo; anywhere else
 # (or without root and sudo) it stops with one line naming what is missing and how to get it.
@@ -22,6 +23,11 @@ declare -A provides=(
     [prometheus-alertmanager]=prometheus-alertmanager
     [docker.io]=dockerd
     [busybox-static]=/bin/busybox
+    # the real node (lab/runbook_lab/node.py): containerd and runc come with docker.io
+    [containernetworking-plugins]=/usr/lib/cni/bridge
+    [iptables]=iptables
+    [iproute2]=ip
+    [conntrack]=conntrack
 )
 GO_MIN=1.25
 

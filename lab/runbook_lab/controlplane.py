@@ -29,6 +29,14 @@ from typing import Any
 
 ADMIN_USER = "admin"
 NODE_NAME = "kwok-node-0"
+SERVICE_CIDR = "10.0.0.0/24"
+KWOK_CIDR = "10.77.0.0/16"  # kwok's fake pod IPs: apart from the Services' and a real node's pods
+# the identities a real node's processes (runbook_lab.node) authenticate as: user, groups
+NODE_IDENTITIES = {
+    "kubelet": ("system:node:localhost", "system:nodes"),  # the Node authorizer's naming
+    "kube-proxy": ("system:kube-proxy", ""),  # bound to system:node-proxier by default
+    "coredns": ("system:coredns", ""),  # bound by runbook_lab.node to a read-only role
+}
 BIND_ATTEMPTS = 3
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 
@@ -48,6 +56,7 @@ class State:
     api_port: int
     token: str
     pids: dict[str, int] = field(default_factory=dict)
+    node_tokens: dict[str, str] = field(default_factory=dict)  # NODE_IDENTITIES' bearer tokens
     args: dict[str, list[str]] = field(default_factory=dict)  # each component's command line, to restart it
 
     @property
@@ -83,7 +92,8 @@ class ControlPlane:
         self.down()
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "logs").mkdir(exist_ok=True)
-        self.state = State(api_port=free_port(), token=secrets.token_hex(16))
+        tokens = {name: secrets.token_hex(16) for name in NODE_IDENTITIES}
+        self.state = State(api_port=free_port(), token=secrets.token_hex(16), node_tokens=tokens)
         try:
             self._start_all(timeout)
         except BaseException:
@@ -97,7 +107,7 @@ class ControlPlane:
             for name in reversed(COMPONENTS):
                 pid = state.pids.get(name)
                 if pid and self._owns(pid, name):
-                    _terminate(pid)
+                    terminate(pid)
         for leftover in ("etcd-data", "state.json", "kubeconfig"):
             path = self.root / leftover
             if path.is_dir():
@@ -110,7 +120,7 @@ class ControlPlane:
         state = self.state
         if not state or not all(self._owns(state.pids.get(n, 0), n) for n in COMPONENTS):
             return False
-        return self._ready()
+        return self.ready()
 
     # -- one component (restart tests: the API server or etcd going away and coming back) --
     def stop_component(self, name: str, kill: bool = False) -> None:
@@ -123,7 +133,7 @@ class ControlPlane:
             os.kill(pid, signal.SIGKILL)
             _reap(pid)
         else:
-            _terminate(pid)
+            terminate(pid)
 
     def start_component(self, name: str, timeout: float = 60.0) -> None:
         """Start a stopped component again with its first command line: same ports, same data."""
@@ -132,7 +142,7 @@ class ControlPlane:
             raise ControlPlaneError(f"{name} is already running")
         self._spawn(name, *self.state.args[name])
         if name == "kube-apiserver":
-            self._wait(self._ready, timeout, "kube-apiserver /readyz after a restart")
+            self._wait(self.ready, timeout, "kube-apiserver /readyz after a restart")
 
     # -- internals -----------------------------------------------------------
     def _load(self) -> State | None:
@@ -147,7 +157,7 @@ class ControlPlane:
 
     def _owns(self, pid: int, name: str) -> bool:
         try:
-            return os.readlink(f"/proc/{pid}/exe") == str(self.bin / name) and _alive(pid)
+            return os.readlink(f"/proc/{pid}/exe") == str(self.bin / name) and alive(pid)
         except OSError:
             return False
 
@@ -177,7 +187,12 @@ class ControlPlane:
                 check=True,
                 capture_output=True,
             )
-        (pki / "tokens.csv").write_text(f'{st.token},{ADMIN_USER},{ADMIN_USER},"system:masters"\n')
+        lines = [f'{st.token},{ADMIN_USER},{ADMIN_USER},"system:masters"']
+        for name, (user, groups) in NODE_IDENTITIES.items():
+            lines.append(f"{st.node_tokens[name]},{user},{user}" + (f',"{groups}"' if groups else ""))
+        (pki / "tokens.csv").write_text("\n".join(lines) + "\n")
+        (pki / "tokens.csv").chmod(0o600)
+        _kubelet_client_pki(pki)
         etcd_port, peer_port = free_port(), free_port()
         etcd_url = f"http://127.0.0.1:{etcd_port}"
         self._spawn(
@@ -202,11 +217,14 @@ class ControlPlane:
             "--service-account-issuer=https://kubernetes.default.svc",
             f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}",
-            "--service-cluster-ip-range=10.0.0.0/24",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--authorization-mode=Node,RBAC",
+            # what the API server shows a real node's kubelet (logs, exec); the kubelet trusts only this CA
+            f"--kubelet-client-certificate={pki / 'kubelet-client.crt'}",
+            f"--kubelet-client-key={pki / 'kubelet-client.key'}",
             "--allow-privileged=true",
         )
-        self._wait(self._ready, timeout, "kube-apiserver /readyz")
+        self._wait(self.ready, timeout, "kube-apiserver /readyz")
         self._write_kubeconfig()
         kubeconfig = str(self.kubeconfig)
         self._spawn(
@@ -229,7 +247,9 @@ class ControlPlane:
         self._spawn(
             "kwok",
             f"--kubeconfig={kubeconfig}",
-            "--manage-all-nodes=true",
+            # only its own fake node: a real node (runbook_lab.node) is the kubelet's
+            "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+            f"--cidr={KWOK_CIDR}",
             # renew the node Lease like a kubelet, or the node lifecycle controller marks the
             # node NotReady after ~50 s and every pod on it Ready=False for good
             "--node-lease-duration-seconds=40",
@@ -252,7 +272,7 @@ class ControlPlane:
         self.kubeconfig.write_text(json.dumps(config, indent=2))
         self.kubeconfig.chmod(0o600)
 
-    def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
+    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
         assert self.state
         context = ssl.create_default_context(cafile=str(self.root / "pki" / "apiserver.crt"))
         data = json.dumps(body).encode() if body is not None else None
@@ -266,14 +286,14 @@ class ControlPlane:
         except urllib.error.HTTPError as err:
             return err.code, {}
 
-    def _ready(self) -> bool:
+    def ready(self) -> bool:
         try:
-            return self._request("GET", "/readyz")[0] == 200
+            return self.request("GET", "/readyz")[0] == 200
         except (OSError, ssl.SSLError):
             return False
 
     def _default_service_account(self) -> bool:
-        return self._request("GET", "/api/v1/namespaces/default/serviceaccounts/default")[0] == 200
+        return self.request("GET", "/api/v1/namespaces/default/serviceaccounts/default")[0] == 200
 
     def _create_node(self) -> None:
         node = {
@@ -286,7 +306,7 @@ class ControlPlane:
             },
             "spec": {},
         }
-        code, _ = self._request("POST", "/api/v1/nodes", node)
+        code, _ = self.request("POST", "/api/v1/nodes", node)
         if code not in (201, 409):
             raise ControlPlaneError(f"creating node {NODE_NAME} answered HTTP {code}")
 
@@ -296,14 +316,31 @@ class ControlPlane:
             if probe():
                 return
             for name, pid in (self.state.pids if self.state else {}).items():
-                if not _alive(pid):
+                if not alive(pid):
                     log = (self.root / "logs" / f"{name}.log").read_text(errors="replace")[-2000:]
                     raise ControlPlaneError(f"{name} exited while waiting for {what}:\n{log}")
             time.sleep(0.25)
         raise ControlPlaneError(f"timed out after {timeout:g}s waiting for {what}")
 
 
-def _terminate(pid: int, grace: float = 10.0) -> None:
+def _kubelet_client_pki(pki: Path) -> None:
+    """A CA a real node's kubelet trusts for client certificates, and the API server's certificate from it."""
+    if (pki / "kubelet-client.crt").exists():
+        return
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650", "-subj", "/CN=runbook-lab-kubelet-ca",
+            "-keyout", str(pki / "kubelet-ca.key"), "-out", str(pki / "kubelet-ca.crt"))  # fmt: skip
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/O=system:masters/CN=kube-apiserver-kubelet-client",
+            "-keyout", str(pki / "kubelet-client.key"), "-out", str(pki / "kubelet-client.csr"))  # fmt: skip
+    openssl("x509", "-req", "-in", str(pki / "kubelet-client.csr"), "-CA", str(pki / "kubelet-ca.crt"),
+            "-CAkey", str(pki / "kubelet-ca.key"), "-CAcreateserial", "-days", "3650",
+            "-out", str(pki / "kubelet-client.crt"))  # fmt: skip
+
+
+def terminate(pid: int, grace: float = 10.0) -> None:
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
@@ -313,7 +350,7 @@ def _terminate(pid: int, grace: float = 10.0) -> None:
         try:
             waited, _ = os.waitpid(pid, os.WNOHANG)
         except ChildProcessError:  # not our child: poll its existence instead
-            waited = 0 if Path(f"/proc/{pid}").exists() and _alive(pid) else pid
+            waited = 0 if Path(f"/proc/{pid}").exists() and alive(pid) else pid
         if waited == pid:
             return
         time.sleep(0.1)
@@ -328,12 +365,12 @@ def _reap(pid: int, grace: float = 10.0) -> None:
             if os.waitpid(pid, os.WNOHANG)[0] == pid:
                 return
         except ChildProcessError:
-            if not _alive(pid):
+            if not alive(pid):
                 return
         time.sleep(0.05)
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
     except OSError:

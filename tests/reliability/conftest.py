@@ -30,21 +30,23 @@ class GateServer:
     ``/fail/NAME``: 500. Any method; JSON bodies are kept per path.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        """``host``: where it listens (the real node's pods reach the host at its bridge address)."""
         self.calls: Counter[str] = Counter()
         self.bodies: dict[str, list[Any]] = {}
         self.waiting: Counter[str] = Counter()
         self._shut: dict[str, threading.Event] = {}
         self._done: set[str] = set()
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server = ThreadingHTTPServer((host, 0), self._handler())
         self._server.daemon_threads = True
         self._server.request_queue_size = 128
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_port}"
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
 
     def shut(self, name: str) -> None:
         self._shut[name] = threading.Event()

@@ -23,7 +23,22 @@ BIN = Path(sys.executable).parent
 NOT_SOURCES = (".git", ".venv", ".cluster", ".lab", "build", "dist", "wheels", "*.egg-info", "__pycache__", ".*_cache")
 NOT_SOURCES += (".hypothesis",)
 # the lab's modules (lab/runbook_lab/): process managers, the simulator, the demo service, the scenarios
-LAB_MODULES = {"controlplane", "services", "kubelet", "ishchat", "demo", "lab", "scenarios", "speed", "commands"}
+LAB_MODULES = {
+    "controlplane",
+    "services",
+    "kubelet",
+    "ishchat",
+    "demo",
+    "lab",
+    "scenarios",
+    "speed",
+    "commands",
+    "node",
+    "incluster",
+    "images",
+    "dockerd",
+    "workload",
+}
 LAB_COMMANDS = {"lab", "demo", "demo-server"}
 
 
