@@ -8,6 +8,7 @@ own ``runbook-operator`` command.
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import time
@@ -17,15 +18,20 @@ from typing import Any
 
 import httpx
 
-from runbook_lab import scenarios
+from runbook_lab import incluster, scenarios
+from runbook_lab.controlplane import ControlPlane
 from runbook_lab.demo import serve_forever
+from runbook_lab.ishchat import SERVICES as ISHCHAT_SERVICES
 from runbook_lab.lab import FAULTS, NAMESPACE, ONCALL_GROUP, ONCALL_USER, Lab, running_lab
+from runbook_lab.node import Node
 from runbook_operator import cli
 from runbook_operator.domain.resources import GROUP, INCIDENTS, VERSION
 
 
-def lab(directory: Path, kubeconfig: Path, kubectl: Path) -> int:
-    """Bring the lab up, run the operator in the foreground until Ctrl-C, then stop everything."""
+def lab(
+    directory: Path, kubeconfig: Path, kubectl: Path, node: Node | None = None, helm: incluster.Helm | None = None
+) -> int:
+    """Bring the lab up, run the operator (in the cluster, or in the foreground) until Ctrl-C, then stop everything."""
 
     def interrupted(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
@@ -33,7 +39,7 @@ def lab(directory: Path, kubeconfig: Path, kubectl: Path) -> int:
     signal.signal(signal.SIGTERM, interrupted)
     signal.signal(signal.SIGINT, interrupted)  # also when started in the background, where SIGINT is ignored
     started = time.monotonic()
-    the_lab = Lab(directory, kubeconfig, kubectl, quiet=False)
+    the_lab = Lab(directory, kubeconfig, kubectl, quiet=False, node=node, helm=helm)
     try:
         the_lab.up()
         assert the_lab.prometheus is not None and the_lab.alertmanager is not None
@@ -45,9 +51,16 @@ def lab(directory: Path, kubeconfig: Path, kubectl: Path) -> int:
             f"      export KUBECONFIG={kubeconfig} PATH={kubectl.parent}:{Path(sys.executable).parent}:$PATH\n"
             f"      kubectl get incidents -n {NAMESPACE} -w\n"
             f"      kubectl runbook approve INCIDENT STEP -n {NAMESPACE}   # what AwaitingApproval waits for\n"
-            "==> the operator's log follows (Ctrl-C stops the operator and the whole lab)",
+            + (
+                f"      kubectl logs -n {incluster.NAMESPACE} -l app.kubernetes.io/name=runbook-operator -f --prefix\n"
+                "==> the operator runs in the cluster (Ctrl-C uninstalls it and stops the lab)"
+                if the_lab.in_cluster_intake
+                else "==> the operator's log follows (Ctrl-C stops the operator and the whole lab)"
+            ),
             flush=True,
         )
+        if the_lab.operator is None:  # in the cluster: wait for Ctrl-C
+            signal.pause()
         assert the_lab.operator is not None
         code = the_lab.operator.wait()
         print(f"==> the operator exited ({code}); stopping the lab", file=sys.stderr)
@@ -79,6 +92,18 @@ def demo(directory: Path, faults: list[str] | None, timeout: float) -> int:
         return items
 
     control = httpx.Client(base_url=state["control"], timeout=30)
+    core = kubernetes.client.CoreV1Api(api.api_client)
+
+    def containers() -> dict[str, dict[str, str]]:
+        """ISH Chat workload -> pod -> the id of its running container."""
+        found: dict[str, dict[str, str]] = {}
+        raw: Any = core.list_namespaced_pod(NAMESPACE, _preload_content=False)
+        for pod in json.loads(raw.data)["items"]:
+            app = (pod["metadata"].get("labels") or {}).get("app", "")
+            statuses = pod.get("status", {}).get("containerStatuses") or []
+            if app in ISHCHAT_SERVICES and statuses and "running" in (statuses[0].get("state") or {}):
+                found.setdefault(app, {})[pod["metadata"]["name"]] = statuses[0].get("containerID", "")
+        return found
 
     def inject(fault: str) -> None:
         control.post(f"/lab/faults/{fault}").raise_for_status()
@@ -106,14 +131,24 @@ def demo(directory: Path, faults: list[str] | None, timeout: float) -> int:
             continue
         print(f"{_now()}  wave {number}: {', '.join(chosen)}", flush=True)
         before = [item["metadata"]["name"] for item in incidents()]
+        running_before = containers()
         played = scenarios.play(
             chosen, inject, incidents, timeout=timeout, ignore=before, on_change=changed, approve=approve
         )
+        if state.get("node"):  # which real containers each scenario's restarts replaced
+            running_after = containers()
+            for outcome in played.values():
+                for workload in scenarios.restarted(outcome, running_before):
+                    outcome.replaced[workload] = scenarios.replacements(running_before, running_after, workload)
         outcomes += played.values()
         control.post("/lab/clear").raise_for_status()
         print(f"{_now()}  wave {number} done; faults cleared", flush=True)
     print()
     print(scenarios.table(outcomes))
+    if state.get("node"):
+        replaced = scenarios.replaced_table(outcomes)
+        print("\ncontainers the operator's restarts replaced on the real node (old → new):")
+        print(replaced or "  none")
     missed = [o.alert for o in outcomes if not o.ok]
     print(f"\n{len(outcomes) - len(missed)}/{len(outcomes)} scenarios ended as the runbook expects", end="")
     print(f"; not: {', '.join(missed)}" if missed else "")
@@ -130,7 +165,16 @@ def _now() -> str:
 
 
 def _lab(args: argparse.Namespace) -> int:
-    return lab(Path(args.dir), Path(args.kubeconfig), Path(args.kubectl))
+    node = helm = None
+    if args.node:
+        plane = ControlPlane(Path(args.node).parent, Path(args.kubectl).parent)
+        node = Node(Path(args.node), plane)
+        if not node.running():
+            print(f"no real node runs from {args.node}: start it with `make cluster`", file=sys.stderr)
+            return 2
+    if node is not None and args.helm:
+        helm = incluster.Helm(Path(args.helm), Path(args.dir).resolve().parent / ".lab-helm", Path(args.kubeconfig))
+    return lab(Path(args.dir), Path(args.kubeconfig), Path(args.kubectl), node, helm)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -158,6 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     lab_cmd.add_argument("--dir", default=".lab", help="where the lab keeps its data and state (default .lab)")
     lab_cmd.add_argument("--kubeconfig", required=True, help="the (local) cluster the lab's workloads run in")
     lab_cmd.add_argument("--kubectl", required=True, help="the kubectl binary to apply with")
+    lab_cmd.add_argument("--node", help="a real node's directory (make cluster: .cluster/node): ISH Chat runs there")
+    lab_cmd.add_argument(
+        "--helm", help="with --node: the helm binary; the operator is installed in the cluster by its chart"
+    )
     lab_cmd.set_defaults(func=_lab)
 
     demo_cmd = sub.add_parser(

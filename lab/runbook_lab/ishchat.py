@@ -11,6 +11,10 @@ so PromQL's ``rate()`` and ``histogram_quantile()`` see what they would in produ
 The exporters (cAdvisor's ``container_*`` per pod, node_exporter's filesystem, and
 postgres/redis ``*_up`` from probes the lab passes in) listen on one more address.
 
+With ``serve_services=False`` the three services do not listen here: each runs as a container
+(:mod:`.workload`) that forwards its calls to this world through :meth:`IshChat.world_request`
+(``/world/SERVICE/...`` on the lab's control address, :func:`world_route`).
+
 Faults change the state (:meth:`IshChat.inject`); the runbook's remediations undo them
 through the same endpoints the runbook calls, or through the cluster (the lab's kubelet
 calls :meth:`IshChat.restarted` and :meth:`IshChat.set_pods`). Nothing here trusts a request
@@ -33,6 +37,9 @@ BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 2.5, 5.0, 10.0)
 MEMORY_LIMIT = 512 * 2**20
 DISK_SIZE = 100 * 2**30
 EXPORTER_PORTS = {"kubelet": 10255, "node": 9100, "postgres": 9187, "redis": 9121}
+WORLD_PREFIX = "/world/"  # the world's side of the services' containers (world_route)
+JSON = "application/json"
+METRICS_TYPE = "text/plain; version=0.0.4"
 CPU_CORES = {"instance-manager": 0.6, "intelligent-router": 0.5, "load-balancer": 0.2}  # healthy, per workload
 DISK_USED = 0.55  # healthy share of the node's root filesystem
 STRATEGY = "round_robin"  # the load balancer's strategy until someone changes it
@@ -103,9 +110,12 @@ class IshChat:
         addresses: dict[str, str],
         exporters_host: str,
         probes: dict[str, Callable[[], str]] | None = None,
+        serve_services: bool = True,
     ) -> None:
-        """``addresses``: service name → IP; ``probes``: exporter job → a function returning its metrics text."""
+        """``addresses``: service name → IP; ``probes``: exporter job → a function returning its metrics text;
+        ``serve_services``: listen on the services' addresses (False: containers forward to world_request)."""
         self.addresses, self.exporters_host = addresses, exporters_host
+        self.serve_services = serve_services
         self.probes = probes or {}
         self.lock = threading.RLock()
         self.providers = {name: Provider(model) for name, model in PROVIDERS.items()}
@@ -124,7 +134,7 @@ class IshChat:
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> IshChat:
-        for service in SERVICES:
+        for service in SERVICES if self.serve_services else ():
             self._listen(service)
         for job, port in EXPORTER_PORTS.items():
             self._serve(f"exporter-{job}", self.exporters_host, port, _exporter_handler(self, job))
@@ -189,7 +199,8 @@ class IshChat:
             if workload in self.down:
                 self.down.discard(workload)
                 self.faults.discard(f"{workload}-down")
-                self._listen(workload)
+                if self.serve_services:
+                    self._listen(workload)
 
     def set_pods(self, pods: dict[str, list[str]]) -> None:
         with self.lock:
@@ -210,6 +221,20 @@ class IshChat:
 
     def memory_ratio(self, workload: str) -> float:
         return 0.95 if workload == "instance-manager" and "high-memory-usage" in self.faults else 0.35
+
+    def world_request(self, service: str, method: str, path: str, body: Any) -> tuple[int, Any, str]:
+        """A service container's call (:mod:`.workload`): (status, payload, content type).
+
+        ``GET /metrics`` is the service's metrics text, ``GET /state`` what its process should
+        feel (``{"memory_ratio": r}``), anything else an admin call (:meth:`handle`).
+        """
+        if service not in SERVICES:
+            return 404, {"error": f"unknown service {service!r}"}, JSON
+        if method == "GET" and path == "/metrics":
+            return 200, self.metrics(service), METRICS_TYPE
+        if method == "GET" and path == "/state":
+            return 200, {"memory_ratio": self.memory_ratio(service)}, JSON
+        return (*self.handle(service, method, path, body), JSON)
 
     def handle(self, service: str, method: str, path: str, body: Any) -> tuple[int, Any]:
         """One admin API call: (status, JSON answer)."""
@@ -382,6 +407,12 @@ def samples(name: str, rows: Iterable[tuple[dict[str, str], float]], kind: str =
     return "\n".join([*_family(name, kind, name), *(_sample(name, value, **labels) for labels, value in rows)])
 
 
+def world_route(sim: IshChat, method: str, target: str, body: Any) -> tuple[int, Any, str]:
+    """``target`` is ``/world/SERVICE/PATH`` (a request line's): :meth:`IshChat.world_request`."""
+    service, slash, rest = target.removeprefix(WORLD_PREFIX).partition("/")
+    return sim.world_request(service, method, slash + rest or "/", body)
+
+
 class Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 64
@@ -399,7 +430,7 @@ class JsonHandler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
-    def reply(self, code: int, payload: Any, content_type: str = "application/json") -> None:
+    def reply(self, code: int, payload: Any, content_type: str = JSON) -> None:
         body = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
         self.send_response(code)
         self.send_header("Content-Type", content_type)
@@ -420,7 +451,7 @@ def _service_handler(sim: IshChat, service: str) -> type[BaseHTTPRequestHandler]
     class Handler(JsonHandler):
         def do_GET(self) -> None:
             if self.path == "/metrics":
-                self.reply(200, sim.metrics(service), "text/plain; version=0.0.4")
+                self.reply(200, sim.metrics(service), METRICS_TYPE)
             else:
                 self.reply(*sim.handle(service, "GET", self.path, None))
 
@@ -434,7 +465,7 @@ def _exporter_handler(sim: IshChat, job: str) -> type[BaseHTTPRequestHandler]:
     class Handler(JsonHandler):
         def do_GET(self) -> None:
             if self.path == "/metrics":
-                self.reply(200, sim.metrics(job), "text/plain; version=0.0.4")
+                self.reply(200, sim.metrics(job), METRICS_TYPE)
             else:
                 self.reply(404, {"error": "only /metrics here"})
 

@@ -31,6 +31,8 @@ import socket
 import subprocess
 import sys
 import threading
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,10 +42,12 @@ import psycopg
 import urllib3
 import yaml
 
-from runbook_lab import ishchat, speed
+from runbook_lab import images, incluster, ishchat, speed
+from runbook_lab import workload as workload_server
 from runbook_lab.controlplane import NODE_NAME, free_port
 from runbook_lab.demo import DemoService
 from runbook_lab.kubelet import LogServer
+from runbook_lab.node import Node, placement
 from runbook_lab.services import Alertmanager, Postgres, Prometheus, Redis, Server
 from runbook_operator.actions.api import CONSENT_ANNOTATION
 
@@ -76,6 +80,10 @@ PORTS = {
     "lab.ishchat.svc": (CONTROL_PORT, *ishchat.EXPORTER_PORTS.values()),
 }
 EXAMPLES_PORT = 18080
+EXAMPLES_HOST = "demo.default.svc"  # manifests/examples/ name it; the demo endpoint listens on 127.0.0.1
+# on a real node: the host's servers, reached from pods through a selector-less Service each
+HOST_SERVICES = ("postgres.ishchat.svc", "redis.ishchat.svc", "prometheus.monitoring.svc",
+                 "alertmanager.monitoring.svc", "lab.ishchat.svc")  # fmt: skip
 WORKLOADS = {  # name -> (kind, replicas)
     "instance-manager": ("Deployment", 2),
     "intelligent-router": ("Deployment", 2),
@@ -139,10 +147,22 @@ class Lab:
         factor: float = speed.FACTOR,
         quiet: bool = True,
         examples: bool = True,
+        node: Node | None = None,
+        helm: incluster.Helm | None = None,
     ) -> None:
-        """``examples``: also serve the endpoint manifests/examples/ remediates, on 127.0.0.1:18080."""
+        """``examples``: also serve the endpoint manifests/examples/ remediates, on 127.0.0.1:18080.
+
+        ``node``: a real node (:mod:`.node`): the ISH Chat services run there as containers of the lab's
+        image, and with ``helm`` the operator too, installed by its chart from its own image; without
+        ``helm`` it runs as a host process (``make run OPERATOR=host``). Without ``node``, kwok plays
+        the pods and the lab's kubelet plays their restarts.
+        """
         self.root, self.kubeconfig, self.kubectl = root.resolve(), kubeconfig, kubectl
         self.factor, self.quiet, self.with_examples = factor, quiet, examples
+        self.node, self.helm = node, helm
+        self.service_ips: dict[str, str] = {}  # in-cluster name -> its Service's IP (real node)
+        self.crashed: set[str] = set()  # ISH Chat workloads whose containers a fault broke (real node)
+        self.in_cluster_intake = ""
         self.subnet = ""
         self.token = secrets.token_hex(24)
         self.db_password = secrets.token_hex(12)
@@ -177,10 +197,16 @@ class Lab:
 
     @property
     def intake_url(self) -> str:
-        return f"http://127.0.0.1:{self.intake_port}/api/v1/alerts/alertmanager"
+        return self.in_cluster_intake or f"http://127.0.0.1:{self.intake_port}/api/v1/alerts/alertmanager"
+
+    @property
+    def real(self) -> bool:
+        return self.node is not None
 
     def host_aliases(self) -> list[str]:
-        return [f"{name}={self.ip(name)}" for name in HOSTS]
+        """For an operator on the host: the ISH Chat Services' IPs on a real node, else the lab's stand-ins."""
+        aliases = [f"{name}={self.service_ips.get(name) or self.ip(name)}" for name in HOSTS]
+        return [*aliases, f"{EXAMPLES_HOST}=127.0.0.1"]
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -209,17 +235,26 @@ class Lab:
         self._say("PostgreSQL and Redis up")
         probes = {"postgres": self._postgres_metrics, "redis": self._redis_metrics}
         self.sim = ishchat.IshChat(
-            {name: self.ip(f"{name}.ishchat.svc") for name in ishchat.SERVICES}, self.ip("lab.ishchat.svc"), probes
+            {name: self.ip(f"{name}.ishchat.svc") for name in ishchat.SERVICES},
+            self.ip("lab.ishchat.svc"),
+            probes,
+            serve_services=not self.real,  # on a real node each service is a container that asks the world
         ).start()
         self._control = _serve_control(self)
         self.intake_port, self.metrics_port = free_port(), free_port()
         token_file = self.root / "intake-token"
         token_file.write_text(self.token)
         token_file.chmod(0o600)
-        self._start_monitoring(token_file)
-        self._say("simulated ISH Chat, Prometheus and Alertmanager up")
+        if not self.real:
+            self._start_monitoring(token_file)
+            self._say("simulated ISH Chat, Prometheus and Alertmanager up")
         applied = self._apply_cluster()
         self._say(f"namespace {NAMESPACE}: workloads, secrets and the {applied} policies applied")
+        if self.real and self.helm is not None:
+            self._install_operator()
+        if self.real:
+            self._start_monitoring(token_file)
+            self._say("Prometheus (scraping the ISH Chat Services) and Alertmanager up")
         pki = self.kubeconfig.parent / "pki"  # a ControlPlane's; the API server does not verify kubelets here
         if (pki / "apiserver.crt").exists():
             self.log_server = LogServer(pki / "apiserver.crt", pki / "apiserver.key", self._pod_logs).start()
@@ -227,12 +262,15 @@ class Lab:
         self._kubelet.start()
         if self.with_examples and _free("127.0.0.1", EXAMPLES_PORT):
             self.examples = DemoService("127.0.0.1", EXAMPLES_PORT).start()
-        self._start_operator(token_file, operator_output)
+        if not (self.real and self.helm is not None):
+            self._start_operator(token_file, operator_output)
         self._write_state()
 
     def down(self) -> None:
         self._stopping.set()
         self._slow_stop.set()
+        if self.in_cluster_intake and self.helm is not None:
+            incluster.uninstall(self.helm)  # its pods would otherwise keep acting on a lab that is gone
         if self.operator is not None and self.operator.poll() is None:
             self.operator.terminate()
             try:
@@ -269,6 +307,8 @@ class Lab:
             "prometheus": self.prometheus.url if self.prometheus else "",
             "alertmanager": self.alertmanager.url if self.alertmanager else "",
             "pid": os.getpid(),
+            "node": self.real,
+            "operator": "cluster" if self.in_cluster_intake else "host",
         }
         (self.root / "lab.json").write_text(json.dumps(state, indent=2))
 
@@ -333,9 +373,12 @@ class Lab:
         prom_root.mkdir(parents=True, exist_ok=True)
         (prom_root / "rules.yml").write_text(yaml.safe_dump({"groups": groups}, sort_keys=False))
         lab, (am_host, am_port) = self.ip("lab.ishchat.svc"), self.address(ALERTMANAGER)
-        jobs = {
-            f"ish-chat-{name}": f"{self.ip(f'{name}.ishchat.svc')}:{port}" for name, port in ishchat.SERVICES.items()
+        # on a real node: the Services, which kube-proxy translates to the pods from this host too
+        where = {
+            name: self.service_ips.get(f"{name}.ishchat.svc") or self.ip(f"{name}.ishchat.svc")
+            for name in ishchat.SERVICES
         }
+        jobs = {f"ish-chat-{name}": f"{where[name]}:{port}" for name, port in ishchat.SERVICES.items()}
         jobs |= {job: f"{lab}:{port}" for job, port in ishchat.EXPORTER_PORTS.items()}
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"},
@@ -385,13 +428,25 @@ class Lab:
             "crd/incidents.remediation.ishchat.io", "crd/remediationpolicies.remediation.ishchat.io",
         )  # fmt: skip
         docs: list[dict[str, Any]] = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}]
+        image = ""
+        if self.node is not None:
+            lab_image = images.lab_image()
+            self.node.import_image(lab_image.archive)
+            image = lab_image.ref
+            docs.append({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "monitoring"}})
+            docs += [_host_service(name, PORTS[name][0]) for name in HOST_SERVICES]
+            docs.append(_host_service(EXAMPLES_HOST, EXAMPLES_PORT))
         for name, (kind, replicas) in WORKLOADS.items():
+            if image and name in ishchat.SERVICES:
+                docs += _service_workload(name, replicas, image, f"http://lab.{NAMESPACE}.svc:{CONTROL_PORT}")
+                continue
             docs.append(_workload(name, kind, replicas))
             if kind == "StatefulSet":
-                docs.append(_headless_service(name))
+                docs.append(_headless_service(f"{name}-pods" if image else name, name))
         docs.append(_approvers(ONCALL_GROUP))
         docs.append(_secret("ishchat-postgres", {"password": self.db_password}))
-        docs.append(_secret("ishchat-notify", {"webhook": f"{self.control_url}/hooks/on-call"}))
+        hooks = f"http://lab.{NAMESPACE}.svc:{CONTROL_PORT}" if self.helm is not None else self.control_url
+        docs.append(_secret("ishchat-notify", {"webhook": f"{hooks}/hooks/on-call"}))
         policies = self.policies()
         docs += policies
         self.kube("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": docs}))
@@ -399,7 +454,38 @@ class Lab:
         self.kube("delete", "incidents", "--all", "-n", NAMESPACE, "--wait=false")
         for name, (kind, _) in WORKLOADS.items():
             self.kube("rollout", "status", f"{kind.lower()}/{name}", "-n", NAMESPACE, "--timeout=120s")
+        if self.node is not None:
+            self._expose()
         return len(policies)
+
+    def _expose(self) -> None:
+        """Note each Service's IP; pods reach the host's servers through theirs (a DNAT rule on the node)."""
+        assert self.node is not None
+        for name in (*HOST_SERVICES, *(f"{s}.{NAMESPACE}.svc" for s in ishchat.SERVICES)):
+            service, namespace = name.split(".")[:2]
+            found = json.loads(self.kube("get", "service", service, "-n", namespace, "-o", "json").stdout)
+            self.service_ips[name] = found["spec"]["clusterIP"]
+        for name in HOST_SERVICES:
+            self.node.expose(self.service_ips[name], PORTS[name][0], self.ip(name), PORTS[name][0])
+        demo = json.loads(self.kube("get", "service", "demo", "-n", "default", "-o", "json").stdout)
+        self.node.expose(demo["spec"]["clusterIP"], EXAMPLES_PORT, "127.0.0.1", EXAMPLES_PORT)
+
+    def _install_operator(self) -> None:
+        """The operator as users run it: its image, the chart, two replicas, its ServiceAccount and RBAC."""
+        assert self.node is not None and self.helm is not None
+        started = time.monotonic()
+        image = images.operator_image()
+        self._say(f"operator image {image.ref} ready in {time.monotonic() - started:.1f}s")
+        self.kube("apply", "-n", NAMESPACE, "-k", str(ROOT / "manifests" / "namespace-access"))
+        values = [
+            f"--set=intake.defaultNamespace={NAMESPACE}",
+            "--set-json=intake.namespaces=" + json.dumps([NAMESPACE]),
+            "--set-json=extraArgs=" + json.dumps(["--log-format=plain", "--resolved-ttl=never"]),
+        ]
+        started = time.monotonic()
+        incluster.install(self.helm, self.kubectl, self.node, image, values=values, token=self.token)
+        self.in_cluster_intake = incluster.intake_url(self.kubectl, self.kubeconfig)
+        self._say(f"operator installed by its Helm chart in {time.monotonic() - started:.1f}s: 2 replicas on the node")
 
     def _kubelet_loop(self) -> None:
         """Poll the workloads: a new restartedAt brings the service back; pods feed cAdvisor metrics."""
@@ -480,6 +566,8 @@ class Lab:
         if server is not None:
             if not server.running:
                 server.start()
+        elif self.real:
+            self.crashed.discard(name)  # the node's kubelet replaced the broken containers itself
         elif self.sim is not None:
             self.sim.restarted(name)
 
@@ -508,12 +596,26 @@ class Lab:
             self.postgres.stop()
         elif fault == "redis-down" and self.redis:
             self.redis.stop()
+        elif self.real and fault.removesuffix("-down") in ishchat.SERVICES:
+            self._crash(fault.removesuffix("-down"))
         elif fault == "postgresql-slow-queries":
             self._slow_stop.clear()
             self._slow = threading.Thread(target=self._slow_queries, name="lab-slow-queries", daemon=True)
             self._slow.start()
         elif self.sim is not None:
             self.sim.inject(fault)
+
+    def _crash(self, workload: str) -> None:
+        """Break the request loop of every container of ``workload`` (only replacing them brings it back)."""
+        pods = json.loads(self.kube("get", "pods", "-n", NAMESPACE, "-l", f"app={workload}", "-o", "json").stdout)
+        port = ishchat.SERVICES[workload] + workload_server.FAULT_OFFSET
+        for pod in pods["items"]:
+            ip = pod.get("status", {}).get("podIP")
+            if ip and not pod["metadata"].get("deletionTimestamp"):
+                request = urllib.request.Request(f"http://{ip}:{port}/fault/crash", data=b"", method="POST")
+                with contextlib.suppress(OSError), urllib.request.urlopen(request, timeout=5):
+                    pass
+        self.crashed.add(workload)
 
     def clear(self) -> None:
         """Undo every fault: servers back, slow queries stopped and forgotten, the simulation healthy."""
@@ -528,6 +630,10 @@ class Lab:
                 admin.execute("SELECT pg_stat_statements_reset()")
         if self.sim is not None:
             self.sim.clear()
+        for name in sorted(self.crashed):  # containers the operator did not replace
+            self.kube("rollout", "restart", f"deployment/{name}", "-n", NAMESPACE)
+            self.kube("rollout", "status", f"deployment/{name}", "-n", NAMESPACE, "--timeout=120s")
+        self.crashed.clear()
         for name, (kind, replicas) in WORKLOADS.items():  # undo a scale-out
             self.kube("scale", f"{kind.lower()}/{name}", "-n", NAMESPACE, f"--replicas={replicas}")
 
@@ -592,13 +698,61 @@ def _workload(name: str, kind: str, replicas: int) -> dict[str, Any]:
     }
 
 
-def _headless_service(name: str) -> dict[str, Any]:
+def _headless_service(name: str, app: str | None = None) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {"name": name, "namespace": NAMESPACE},
-        "spec": {"clusterIP": "None", "selector": {"app": name}, "ports": [{"port": 1, "name": "lab"}]},
+        "spec": {"clusterIP": "None", "selector": {"app": app or name}, "ports": [{"port": 1, "name": "lab"}]},
     }
+
+
+def _host_service(name: str, port: int) -> dict[str, Any]:
+    """A Service without selector for a server on the host, as a cluster names a managed database."""
+    service, namespace = name.split(".")[:2]
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": service, "namespace": namespace, "labels": {"app.kubernetes.io/part-of": "runbook-lab"}},
+        "spec": {"ports": [{"name": f"p{port}", "port": port, "targetPort": port}]},
+    }
+
+
+def _service_workload(name: str, replicas: int, image: str, world: str) -> list[dict[str, Any]]:
+    """An ISH Chat service as a Deployment of the lab's image on the real node, behind its ClusterIP Service."""
+    port = ishchat.SERVICES[name]
+    container = {
+        "name": name,
+        "image": image,
+        "imagePullPolicy": "Never",
+        "command": ["python3", "-m", "runbook_lab.workload", name, "--world", world],
+        "ports": [{"name": "http", "containerPort": port}],
+        "resources": {"limits": {"cpu": "1", "memory": "512Mi"}, "requests": {"cpu": "10m", "memory": "32Mi"}},
+        "securityContext": {"runAsUser": 65532, "runAsNonRoot": True, "readOnlyRootFilesystem": True,
+                            "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+    }  # fmt: skip
+    labels = {"app": name, "app.kubernetes.io/part-of": "ish-chat"}
+    return [
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name, "namespace": NAMESPACE, "labels": {"app": name}},
+            "spec": {
+                "replicas": replicas,
+                "selector": {"matchLabels": {"app": name}},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {**placement(), "terminationGracePeriodSeconds": 2, "containers": [container]},
+                },
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name, "namespace": NAMESPACE},
+            "spec": {"selector": {"app": name}, "ports": [{"name": "http", "port": port, "targetPort": port}]},
+        },
+    ]
 
 
 def _approvers(group: str) -> dict[str, Any]:
@@ -636,6 +790,8 @@ def _serve_control(lab: Lab) -> Any:
                 self.reply(200, lab.state() | {"available": FAULTS})
             elif self.path == "/hooks":
                 self.reply(200, [{"hook": name, "body": body} for name, body in lab.hooks])
+            elif self.path.startswith(ishchat.WORLD_PREFIX):
+                self.world(None)
             else:
                 self.reply(404, {"error": f"no route {self.path}"})
 
@@ -654,8 +810,18 @@ def _serve_control(lab: Lab) -> Any:
             elif self.path == "/lab/clear":
                 lab.clear()
                 self.reply(200, {"cleared": True})
+            elif self.path.startswith(ishchat.WORLD_PREFIX):
+                self.world(body)
             else:
                 self.reply(404, {"error": f"no route {self.path}"})
+
+        def world(self, body: Any) -> None:
+            """A service container's call (runbook_lab.workload) to the simulated world."""
+            sim = lab.sim
+            if sim is None:
+                self.reply(503, {"error": "no world yet"})
+            else:
+                self.reply(*ishchat.world_route(sim, self.command, self.path, body))
 
     server = ishchat.Server((lab.ip("lab.ishchat.svc"), CONTROL_PORT), Handler)
     threading.Thread(target=server.serve_forever, args=(0.1,), name="lab-control", daemon=True).start()

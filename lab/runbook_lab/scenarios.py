@@ -53,6 +53,8 @@ class Outcome:
     settled_after: float | None = None  # seconds from injection
     phases: list[str] = field(default_factory=list)
     approved: bool | None = None  # on-call approved its step of APPROVALS (False: the approval failed)
+    # on a real node: workload -> [(old container id, new container id)] its restarts replaced
+    replaced: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
 
     @property
     def phase(self) -> str:
@@ -133,6 +135,36 @@ def _observe(
                 continue  # it settles where the approved step leads
         if phase in SETTLED and outcome.settled_after is None:
             outcome.settled_after = time.monotonic() - outcome.injected
+
+
+def restarted(outcome: Outcome, workloads: Iterable[str]) -> list[str]:
+    """The workloads (of ``workloads``) a succeeded rollout restart of this scenario's Incident named."""
+    steps = ((outcome.incident or {}).get("status") or {}).get("steps") or []
+    said = [s.get("message", "") for s in steps if s.get("action") == "kubernetes.rolloutRestart"
+            and s.get("state") == "Succeeded"]  # fmt: skip
+    return sorted(w for w in workloads if any(f"/{w} " in message for message in said))
+
+
+def replacements(before: Mapping[str, Mapping[str, str]], after: Mapping[str, Mapping[str, str]], workload: str
+                 ) -> list[tuple[str, str]]:  # fmt: skip
+    """Old → new container ids of a workload between two looks (pod -> container id), oldest pods first."""
+    old = sorted(set(before.get(workload, {}).values()) - set(after.get(workload, {}).values()))
+    new = sorted(set(after.get(workload, {}).values()) - set(before.get(workload, {}).values()))
+    return list(zip(old, new, strict=False))
+
+
+def replaced_table(outcomes: Iterable[Outcome]) -> str:
+    """One line per scenario whose restarts replaced real containers: old → new ids (12 characters)."""
+
+    def short(container: str) -> str:
+        return container.rpartition("://")[2][:12]
+
+    lines = []
+    for o in outcomes:
+        for workload, pairs in sorted(o.replaced.items()):
+            ids = ", ".join(f"{short(a)} → {short(b)}" for a, b in pairs) or "none replaced"
+            lines.append(f"  {o.alert:<22} {workload:<19} {ids}")
+    return "\n".join(lines)
 
 
 def table(outcomes: Iterable[Outcome]) -> str:
