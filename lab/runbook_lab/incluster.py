@@ -83,8 +83,10 @@ def install(
     kube = _kubectl(kubectl, helm.kubeconfig)
     kube("create", "namespace", namespace, check=False)
     existing = kube("-n", namespace, "get", "secret", INTAKE_SECRET, "-o", "json", check=False)
-    if token is None and existing.returncode == 0:
-        token = base64.b64decode(json.loads(existing.stdout)["data"]["token"]).decode()
+    found = existing.returncode == 0
+    before = base64.b64decode(json.loads(existing.stdout)["data"]["token"]).decode() if found else None
+    if token is None and before is not None:
+        token = before
     else:
         token = token or secrets.token_hex(32)
         secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": INTAKE_SECRET, "namespace": namespace},
@@ -94,6 +96,8 @@ def install(
         "upgrade", "--install", RELEASE, str(CHART), "-n", namespace, *node_values(image), *values,
         "--wait", f"--timeout={int(timeout)}s", timeout=timeout + 30,
     )  # fmt: skip
+    if before is not None and before != token:  # the operator reads its token at start
+        kube("-n", namespace, "rollout", "restart", f"deployment/{RELEASE}")
     kube("-n", namespace, "rollout", "status", f"deployment/{RELEASE}", f"--timeout={int(timeout)}s")
     return token
 

@@ -47,7 +47,7 @@ from runbook_lab import workload as workload_server
 from runbook_lab.controlplane import NODE_NAME, free_port
 from runbook_lab.demo import DemoService
 from runbook_lab.kubelet import LogServer
-from runbook_lab.node import Node, placement
+from runbook_lab.node import POD_CIDR, Node, placement
 from runbook_lab.services import Alertmanager, Postgres, Prometheus, Redis, Server
 from runbook_operator.actions.api import CONSENT_ANNOTATION
 
@@ -227,7 +227,8 @@ class Lab:
         self.root.mkdir(parents=True)
         self.subnet = pick_subnet()
         self._say(f"lab addresses {self.subnet}.1-8")
-        self.postgres = Postgres(self.root / "postgres", *self.address("postgres.ishchat.svc"))
+        clients = (POD_CIDR,) if self.real else ()
+        self.postgres = Postgres(self.root / "postgres", *self.address("postgres.ishchat.svc"), clients=clients)
         self.postgres.init(DATABASE, DB_USER, self.db_password)
         self._seed_database()
         self.redis = Redis(self.root / "redis", *self.address("redis.ishchat.svc"))
@@ -250,8 +251,6 @@ class Lab:
             self._say("simulated ISH Chat, Prometheus and Alertmanager up")
         applied = self._apply_cluster()
         self._say(f"namespace {NAMESPACE}: workloads, secrets and the {applied} policies applied")
-        if self.real and self.helm is not None:
-            self._install_operator()
         if self.real:
             self._start_monitoring(token_file)
             self._say("Prometheus (scraping the ISH Chat Services) and Alertmanager up")
@@ -421,8 +420,11 @@ class Lab:
     def _apply_cluster(self) -> int:
         """Apply the CRDs, the consent policy, namespace, workloads, Secrets, on-call's approver role and
         the pack; the number of policies applied."""
-        self.kube("apply", "-k", str(ROOT / "crds"))
-        self.kube("apply", "-k", str(ROOT / "manifests" / "consent"))
+        if self.helm is not None:  # the chart installs the CRDs and the admission policies itself
+            self._install_operator()
+        else:
+            self.kube("apply", "-k", str(ROOT / "crds"))
+            self.kube("apply", "-k", str(ROOT / "manifests" / "consent"))
         self.kube(
             "wait", "--for=condition=Established", "--timeout=60s",
             "crd/incidents.remediation.ishchat.io", "crd/remediationpolicies.remediation.ishchat.io",
@@ -476,15 +478,23 @@ class Lab:
         started = time.monotonic()
         image = images.operator_image()
         self._say(f"operator image {image.ref} ready in {time.monotonic() - started:.1f}s")
+        self.kube("create", "namespace", NAMESPACE, check=False)
         self.kube("apply", "-n", NAMESPACE, "-k", str(ROOT / "manifests" / "namespace-access"))
         values = [
             f"--set=intake.defaultNamespace={NAMESPACE}",
             "--set-json=intake.namespaces=" + json.dumps([NAMESPACE]),
             "--set-json=extraArgs=" + json.dumps(["--log-format=plain", "--resolved-ttl=never"]),
+            # what a lab with a host operator applied with kubectl on this cluster before, the release takes over
+            "--take-ownership",
+            "--force-conflicts",
         ]
         started = time.monotonic()
         incluster.install(self.helm, self.kubectl, self.node, image, values=values, token=self.token)
         self.in_cluster_intake = incluster.intake_url(self.kubectl, self.kubeconfig)
+        self.kube(
+            "wait", "--for=condition=Established", "--timeout=60s",
+            "crd/incidents.remediation.ishchat.io", "crd/remediationpolicies.remediation.ishchat.io",
+        )  # fmt: skip
         self._say(f"operator installed by its Helm chart in {time.monotonic() - started:.1f}s: 2 replicas on the node")
 
     def _kubelet_loop(self) -> None:

@@ -106,9 +106,12 @@ class Postgres(Server):
     name = "postgres"
     stop_signal = signal.SIGINT  # fast shutdown: ends the sessions, then exits
 
-    def __init__(self, root: Path, host: str, port: int = 5432) -> None:
+    def __init__(self, root: Path, host: str, port: int = 5432, clients: tuple[str, ...] = ()) -> None:
+        """``clients``: networks besides loopback whose connections authenticate by password (a real
+        node's pods: their traffic reaches the loopback address through a DNAT rule, from their own IP)."""
         super().__init__(root, host, port)
         self.data = root / "data"
+        self.clients = clients
         self.user, self.uid, self.gid = _owner()
 
     def popen_options(self) -> dict[str, Any]:
@@ -128,6 +131,8 @@ class Postgres(Server):
             )
             if done.returncode:
                 raise ServerError(f"initdb failed: {done.stderr.decode(errors='replace')[-1500:]}")
+            with (self.data / "pg_hba.conf").open("a") as hba:
+                hba.writelines(f"host all all {network} scram-sha-256\n" for network in self.clients)
         self.start()
         role_sql, db_sql = psycopg.sql.Identifier(role), psycopg.sql.Identifier(database)
         with self.superuser() as admin:
