@@ -311,16 +311,23 @@ class ControlPlane:
             raise ControlPlaneError(f"creating node {NODE_NAME} answered HTTP {code}")
 
     def _wait(self, probe: Any, timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if probe():
-                return
-            for name, pid in (self.state.pids if self.state else {}).items():
-                if not alive(pid):
-                    log = (self.root / "logs" / f"{name}.log").read_text(errors="replace")[-2000:]
-                    raise ControlPlaneError(f"{name} exited while waiting for {what}:\n{log}")
-            time.sleep(0.25)
-        raise ControlPlaneError(f"timed out after {timeout:g}s waiting for {what}")
+        wait_while_alive(probe, timeout, what, self.state.pids if self.state else {}, self.root / "logs")
+
+
+def wait_while_alive(
+    probe: Any, timeout: float, what: str, pids: dict[str, int], logs: Path, error: type[Exception] = ControlPlaneError
+) -> None:
+    """Poll ``probe`` until true; fail at once, with the end of its log, when a process of ``pids`` exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if probe():
+            return
+        for name, pid in pids.items():
+            if not alive(pid):
+                log = (logs / f"{name}.log").read_text(errors="replace")[-3000:]
+                raise error(f"{name} exited while waiting for {what}:\n{log}")
+        time.sleep(0.2)
+    raise error(f"timed out after {timeout:g}s waiting for {what}")
 
 
 def _kubelet_client_pki(pki: Path) -> None:

@@ -114,7 +114,7 @@ def _wait(ready: Callable[[], bool], proc: subprocess.Popen[bytes], log: Path, t
     raise DockerError(f"timed out after {timeout:g}s waiting for {what}: {log.read_text(errors='replace')[-3000:]}")
 
 
-def _stop(proc: subprocess.Popen[bytes], grace: float = 30.0) -> None:
+def stop(proc: subprocess.Popen[bytes], grace: float = 30.0) -> None:
     """Stop one process we started, by its pid: TERM, then KILL if it does not go."""
     if proc.poll() is None:
         proc.terminate()
@@ -180,7 +180,7 @@ def containerd(prefix: str = "ctrd-", timeout: float = 60.0) -> Iterator[Contain
         yield daemon
     finally:
         if daemon.proc is not None:
-            _stop(daemon.proc)
+            stop(daemon.proc)
         for pid in _shims(daemon.address):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -209,7 +209,7 @@ def docker_host(answers: Callable[[str], bool] | None = None, prefix: str = "doc
             _wait(lambda: probe(host), proc, log_path, 60, "dockerd")
             yield host, True
         finally:
-            _stop(proc)
+            stop(proc)
             _drop_empty_cgroups()
             _unmount_under(workdir)
             shutil.rmtree(workdir, ignore_errors=True)

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from runbook_lab import images
-from runbook_lab.controlplane import KWOK_CIDR, SERVICE_CIDR, ControlPlane, alive, terminate
+from runbook_lab.controlplane import KWOK_CIDR, SERVICE_CIDR, ControlPlane, alive, terminate, wait_while_alive
 
 NODE_NAME = "localhost"  # the API server reaches a kubelet by its hostname first: 127.0.0.1
 BRIDGE = "rbo0"
@@ -456,43 +456,71 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     # -- stop ----------------------------------------------------------------------------------
 
     def _down(self) -> None:
-        """Undo everything a node of this directory did, even a half-started one; idempotent."""
+        """Undo everything a node of this directory did, even a half-started one; idempotent.
+
+        Every step is tried even when an earlier one failed (a teardown that stops halfway leaves
+        more behind); what failed is raised together at the end, and a later `down` tries again.
+        """
         state = self.state or self._load()
-        with contextlib.suppress(urllib.error.URLError, OSError, AssertionError):
-            if self.plane.state and self.plane.ready():
-                self.plane.request("DELETE", f"/api/v1/nodes/{NODE_NAME}")
+        errors: list[str] = []
+
+        def attempt(what: str, step: Any, *args: Any) -> None:
+            try:
+                step(*args)
+            except Exception as err:
+                errors.append(f"{what}: {err}")
+
+        def stop_processes() -> None:
+            if state is not None:
+                for name in ("coredns", "kube-proxy", "kubelet"):
+                    if self._owns(name):
+                        terminate(state.pids[name])
+
+        def stop_containerd() -> None:
+            if state is not None and self._owns("containerd"):
+                terminate(state.pids["containerd"])
+
+        attempt("the Node object", self._delete_node_object)
+        attempt("stopping the node's processes", stop_processes)
+        attempt("killing the pods' processes", self._kill_pods)
+        attempt("killing the shims", self._kill_shims)
+        attempt("stopping containerd", stop_containerd)
+        attempt("unmounting", self._unmount)
+        attempt("removing cgroups", self._remove_cgroups)
+        attempt("iptables", self._remove_rules)
+        attempt("the bridge", self._remove_bridge)
         if state is not None:
-            for name in ("coredns", "kube-proxy", "kubelet"):
-                if self._owns(name):
-                    terminate(state.pids[name])
-        self._kill_pods()
-        self._kill_shims()
-        if state is not None and self._owns("containerd"):
-            terminate(state.pids["containerd"])
-        self._unmount()
-        self._remove_cgroups()
-        if (self.bin / "kube-proxy").exists() and _iptables_has_chain("nat", "KUBE-SERVICES"):
-            _run(str(self.bin / "kube-proxy"), "--cleanup", "--v=0", check=False)
-        _remove_chains(KUBELET_CHAINS)
-        _remove_chains((GUARD, DNAT))
-        if Path(f"/sys/class/net/{BRIDGE}").exists():
-            for veth in os.listdir(f"/sys/class/net/{BRIDGE}/brif"):
-                _run("ip", "link", "del", veth, check=False)
-            _run("ip", "link", "del", BRIDGE, check=False)
-        if state is not None:
-            self._restore_hardcoded(state)
+            attempt("hard-coded paths", self._restore_hardcoded, state)
             for key, value in state.sysctls.items():
-                with contextlib.suppress(OSError):
-                    _write_sysctl(key, value)
+                attempt(f"sysctl {key}", _write_sysctl, key, value)
+        if errors:
+            raise NodeError("the node was not fully torn down (run `down` again): " + "; ".join(errors))
         with contextlib.suppress(OSError, ValueError):
             if json.loads(LOCK.read_text()).get("root") == str(self.root):
                 LOCK.unlink()
         shutil.rmtree(self.root, ignore_errors=True)
         self.state = None
 
+    def _delete_node_object(self) -> None:
+        with contextlib.suppress(urllib.error.URLError, OSError):
+            if self.plane.state and self.plane.ready():
+                self.plane.request("DELETE", f"/api/v1/nodes/{NODE_NAME}")
+
+    def _remove_rules(self) -> None:
+        if (self.bin / "kube-proxy").exists() and _iptables_has_chain("nat", "KUBE-SERVICES"):
+            _run(str(self.bin / "kube-proxy"), "--cleanup", "--v=0", check=False)
+        _remove_chains(KUBELET_CHAINS)
+        _remove_chains((GUARD, DNAT))
+
+    def _remove_bridge(self) -> None:
+        if Path(f"/sys/class/net/{BRIDGE}").exists():
+            for veth in os.listdir(f"/sys/class/net/{BRIDGE}/brif"):
+                _run("ip", "link", "del", veth, check=False)
+            _run("ip", "link", "del", BRIDGE)
+
     def _kill_pods(self) -> None:
         """Every process in the node's pod cgroups (containers outlive a stopped kubelet)."""
-        for _ in range(50):
+        for _ in range(150):  # 15 s: a process in uninterruptible sleep dies when its I/O returns
             pids = {pid for _, root in self._cgroup_roots() for pid in _cgroup_pids(root)}
             if not pids:
                 return
@@ -609,16 +637,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             return False
 
     def _wait(self, probe: Any, timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if probe():
-                return
-            for name, pid in (self.state.pids if self.state else {}).items():
-                if not alive(pid):
-                    log = (self.root / "logs" / f"{name}.log").read_text(errors="replace")[-3000:]
-                    raise NodeError(f"{name} exited while waiting for {what}:\n{log}")
-            time.sleep(0.2)
-        raise NodeError(f"timed out after {timeout:g}s waiting for {what}")
+        wait_while_alive(probe, timeout, what, self.state.pids if self.state else {}, self.root / "logs", NodeError)
 
 
 # -- host-wide helpers ---------------------------------------------------------------------------
@@ -681,12 +700,12 @@ def _write_sysctl(key: str, value: str) -> None:
 
 
 def _cgroup_pids(root: Path) -> set[int]:
-    if not root.is_dir():
-        return set()
+    """Pids in ``root`` and below; cgroups that vanish meanwhile (the kubelet or runc removing them) are skipped."""
     pids: set[int] = set()
-    for procs in root.rglob("cgroup.procs"):
-        with contextlib.suppress(OSError, ValueError):
-            pids |= {int(line) for line in procs.read_text().split()}
+    for directory, _, files in os.walk(root):  # os.walk ignores directories that disappear under it
+        if "cgroup.procs" in files:
+            with contextlib.suppress(OSError, ValueError):
+                pids |= {int(line) for line in (Path(directory) / "cgroup.procs").read_text().split()}
     return pids
 
 
@@ -718,7 +737,7 @@ def leftovers(root: Path, bin_dir: Path) -> list[str]:
     found = []
     binaries = {str(bin_dir / n) for n in ("kubelet", "kube-proxy", "coredns")}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         with contextlib.suppress(OSError):
             exe = os.readlink(entry / "exe")

@@ -8,7 +8,6 @@ that ``down`` put every bit of it back.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -123,9 +122,10 @@ def real_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealNode]:
         helm = incluster.Helm(_build("tools/helm/build.sh"), root / "helm", plane.kubeconfig)
         yield RealNode(plane, node, kubectl, before, helm)
     finally:
-        with contextlib.suppress(Exception):
-            node.down()
-        plane.down()
+        try:
+            node.down()  # a failure here fails the session: what it left behind is named
+        finally:
+            plane.down()
 
 
 @pytest.fixture(scope="session")

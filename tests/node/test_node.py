@@ -83,7 +83,9 @@ def test_a_pod_runs_a_real_container_on_the_real_node(served: Kubectl) -> None:
 
 def test_services_and_cluster_dns_work_from_inside_and_from_the_host(served: Kubectl) -> None:
     service_ip = served.get("service", "web", NS)["spec"]["clusterIP"]
-    assert http_get(service_ip, 80, "/").startswith(b"HTTP/1.0 200")  # kube-proxy's rules, from the host
+    # kube-proxy's rules, from the host (programmed a moment after the Service appears; refused until then)
+    answer = wait_for(lambda: http_get(service_ip, 80, "/"), 30, "the Service from the host", ignoring=(OSError,))
+    assert answer.startswith(b"HTTP/1.0 200")
     out = in_pod(
         served,
         f"""

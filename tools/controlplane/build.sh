@@ -20,68 +20,17 @@ if [ -f "$bin/.complete" ]; then
 fi
 mkdir -p "$bin"
 log() { echo "[controlplane] $*" >&2; }
-minutes() { if [ "$1" -lt 90 ]; then echo "$1 s"; else echo "$((($1 + 30) / 60)) min"; fi; }
+# shellcheck source=../gobuild.sh
+. "$here/../gobuild.sh"
 start=$SECONDS
-step=0
-steps=3
-
-# build LABEL DIR OUTPUT LDFLAGS PACKAGE... — `go build -v` names each package as it
-# compiles it; against the number the build needs (`go list -deps`) that is the progress.
-build() {
-    local label=$1 dir=$2 out=$3 ldflags=$4 total rc
-    shift 4
-    step=$((step + 1))
-    log "[$step/$steps] $label: resolving modules (the first time this downloads them)"
-    local modcache ticker errs
-    modcache=$(go env GOMODCACHE)
-    errs=$(mktemp)
-    (while sleep 20; do log "[$step/$steps] $label: still downloading modules ($(du -sm "$modcache" 2>/dev/null | cut -f1) MB in the module cache)"; done) &
-    ticker=$!
-    if ! total=$(cd "$dir" && go list -deps "$@" 2>"$errs" | wc -l); then
-        kill "$ticker" 2>/dev/null
-        grep -v '^go: downloading' "$errs" >&2
-        rm -f "$errs"
-        log "[$step/$steps] $label: resolving modules failed"
-        exit 1
-    fi
-    kill "$ticker" 2>/dev/null
-    rm -f "$errs"
-    log "[$step/$steps] $label: compiling up to $total packages"
-    set +o pipefail
-    (cd "$dir" && go build -v -trimpath -ldflags "$ldflags" -o "$out" "$@" 2>&1) | {
-        local t0=$SECONDS last=$SECONDS n=0 line elapsed
-        while IFS= read -r line; do
-            # a package path has no blank and no colon; anything else is a message: show it
-            if [[ $line == "go: downloading "* ]]; then continue; fi
-            if [[ $line == *[[:space:]:]* ]]; then echo "$line" >&2; continue; fi
-            n=$((n + 1))
-            if [ $((SECONDS - last)) -ge 20 ] && [ "$n" -lt "$total" ]; then
-                last=$SECONDS elapsed=$((SECONDS - t0))
-                log "[$step/$steps] $label: $n/$total packages ($((100 * n / total))%)," \
-                    "$(minutes "$elapsed") so far, about $(minutes $((elapsed * (total - n) / n))) left"
-            fi
-        done
-    }
-    rc=${PIPESTATUS[0]}
-    set -o pipefail
-    if [ "$rc" -ne 0 ]; then
-        log "[$step/$steps] $label: go build failed (exit $rc)"
-        exit "$rc"
-    fi
-    log "[$step/$steps] $label: done"
-}
+export step=0 steps=3  # read by build (gobuild.sh)
 
 log "building the control plane once (about 14 min on 2 cores, most of it kube-apiserver; cached in $cache)"
 build "etcd $ETCD_VERSION" "$here/etcd" "$bin/etcd" "" go.etcd.io/etcd/server/v3
 build "kwok $KWOK_VERSION" "$here/kwok" "$bin/kwok" "" sigs.k8s.io/kwok/cmd/kwok
 
 # Stamp the version, or clients see v0.0.0 and some refuse to talk.
-minor=${KUBERNETES_VERSION#v1.}; minor=${minor%%.*}
-ldflags=""
-for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-    ldflags+=" -X $p.gitVersion=$KUBERNETES_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor"
-    ldflags+=" -X $p.gitTreeState=clean -X $p.buildDate=1970-01-01T00:00:00Z"
-done
+ldflags=$(kube_ldflags "$KUBERNETES_VERSION")
 build "kube-apiserver, kube-controller-manager, kube-scheduler, kubectl $KUBERNETES_VERSION" \
     "$here/kubernetes" "$bin/" "$ldflags" \
     k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
