@@ -182,6 +182,9 @@ class _ApiFailure(ActionFailure):
         return self.reason in ("forbidden", "unauthorized", "timeout", "unreachable")
 
 
+SCALE_ATTEMPTS = 5  # reads and conditional writes of a scale before a conflict fails the step
+
+
 @dataclass(frozen=True)
 class _KindInfo:
     noun: str  # as messages and kubectl name it
@@ -445,26 +448,37 @@ async def scale(params: ScaleParams, ctx: ActionContext) -> StepResult:
     info = _KINDS[params.kind]
     where = cluster.where(info.noun, params.name)
     resource, path = f"{info.plural}/scale", f"{info.path}/scale"
-    current_scale = await cluster.request("get", resource, where, "GET", path, params.name)
-    current = (current_scale.get("spec") or {}).get("replicas") or 0
-    requested = params.replicas if params.replicas is not None else current + (params.by or 0)
-    target = min(max(requested, params.min_replicas), params.max_replicas)
-    clamped = ""
-    if target != requested:
-        bound = "max" if requested > params.max_replicas else "min"
-        clamped = f" (asked for {requested}, clamped to {bound} {target})"
-    output = {"from": current, "to": target, "requested": requested, "clamped": bool(clamped)}
-    if target == current:
-        return StepResult(True, f"{where} already has {current} replicas{clamped}", output)
-    # the resourceVersion makes a relative change fail instead of racing another writer
-    patch = {
-        "metadata": {"resourceVersion": current_scale["metadata"]["resourceVersion"]},
-        "spec": {"replicas": target},
-    }
-    await cluster.request(
-        "patch", resource, where, "PATCH", path, params.name, body=patch, content_type="application/merge-patch+json"
-    )
-    return StepResult(True, f"{where} scaled from {current} to {target} replicas{clamped}", output)
+    attempt = 0
+    while True:
+        attempt += 1
+        current_scale = await cluster.request("get", resource, where, "GET", path, params.name)
+        current = (current_scale.get("spec") or {}).get("replicas") or 0
+        requested = params.replicas if params.replicas is not None else current + (params.by or 0)
+        target = min(max(requested, params.min_replicas), params.max_replicas)
+        clamped = ""
+        if target != requested:
+            bound = "max" if requested > params.max_replicas else "min"
+            clamped = f" (asked for {requested}, clamped to {bound} {target})"
+        output = {"from": current, "to": target, "requested": requested, "clamped": bool(clamped)}
+        if target == current:
+            return StepResult(True, f"{where} already has {current} replicas{clamped}", output)
+        # the resourceVersion makes a relative change fail instead of racing another writer; the
+        # controllers write the workload's status all through a rollout, so on a conflict the
+        # change is computed again from what is there now (client-go's RetryOnConflict)
+        patch = {
+            "metadata": {"resourceVersion": current_scale["metadata"]["resourceVersion"]},
+            "spec": {"replicas": target},
+        }
+        try:
+            await cluster.request(
+                "patch", resource, where, "PATCH", path, params.name, body=patch,
+                content_type="application/merge-patch+json",
+            )  # fmt: skip
+        except _ApiFailure as failure:
+            if failure.reason != "conflict" or attempt == SCALE_ATTEMPTS:
+                raise
+            continue
+        return StepResult(True, f"{where} scaled from {current} to {target} replicas{clamped}", output)
 
 
 # -- kubernetes.podLogs ------------------------------------------------------------

@@ -1,5 +1,6 @@
 """kubernetes.workloadStatus, rolloutRestart and scale on real Deployments and StatefulSets."""
 
+import asyncio
 import json
 import re
 from datetime import UTC, datetime, timedelta
@@ -171,6 +172,38 @@ async def test_scale_a_statefulset_down_clamped_to_min(kubectl: Kubectl, namespa
     assert kubectl.get("statefulset", "db", namespace)["spec"]["replicas"] == 1
     wait_ready(kubectl, namespace, "StatefulSet", "db", 1)
     wait_for(lambda: pod_names(kubectl, namespace, "app=db") == {"db-0"}, 30, "db-1 to go")
+
+
+async def test_relative_scales_while_another_writer_changes_the_workload_all_count_once(
+    kubectl: Kubectl, namespace: str, admin: Kube
+) -> None:
+    """Controllers write a workload's status all through a rollout (the real node showed it: a scale
+    right after a restart met a 409). Each conflict is computed again from what is there, never lost
+    and never applied twice: twelve steps of +1 against a writer changing the Deployment end at +12."""
+    create(kubectl, namespace, deployment("web", 1), ready=False)
+    stop = asyncio.Event()
+
+    async def other_writer() -> int:
+        writes = 0
+        while not stop.is_set():
+            await asyncio.to_thread(
+                kubectl, "annotate", "deployment/web", "-n", namespace, f"touched={writes}", "--overwrite"
+            )
+            writes += 1
+        return writes
+
+    writer = asyncio.create_task(other_writer())
+    try:
+        results = [
+            await run("kubernetes.scale", {"name": "web", "by": 1, "max": 50}, namespace, admin) for _ in range(12)
+        ]
+    finally:
+        stop.set()
+        writes = await writer
+    assert all(r.ok for r in results), [r.message for r in results if not r.ok]
+    assert [r.output["to"] for r in results] == list(range(2, 14))
+    assert kubectl.get("deployment", "web", namespace)["spec"]["replicas"] == 13
+    assert writes >= 5  # the other writer really wrote meanwhile
 
 
 async def test_scale_to_the_current_count_changes_nothing(kubectl: Kubectl, namespace: str, admin: Kube) -> None:
