@@ -593,7 +593,13 @@ def _lab_distributions() -> list[importlib.metadata.Distribution]:
 
 
 def _editable_packages(dist: importlib.metadata.Distribution) -> list[Path] | None:
-    """The package directories of an editable install (``pip install -e``), None for a regular one."""
+    """The package directories of an editable install (``pip install -e``), None for a regular one.
+
+    The lab itself always comes from the sources beside this module: an earlier setuptools build
+    leaves ``lab/runbook_lab.egg-info`` in the checkout, which a relative ``sys.path`` entry can make
+    the distribution importlib finds first (without the editable install's marks)."""
+    if _canonical(dist.metadata["Name"]) == "runbook-lab":
+        return [Path(__file__).resolve().parent]
     direct = json.loads(dist.read_text("direct_url.json") or "{}")
     if not direct.get("dir_info", {}).get("editable"):
         return None
@@ -670,6 +676,8 @@ def lab_image(out_dir: Path | None = None) -> Image:
         site = root / "usr/local/lib" / PYTHON / "site-packages"
         for dist, packages in pure:
             _install(dist, packages, site)
+        if not (site / "runbook_lab" / "workload.py").is_file():  # an image without it would only fail in a pod
+            raise ImageError(f"the lab image has no runbook_lab package (looked in {site})")
         # ours only: the dependencies' would cost 17 s and 16 MB more (kubernetes alone is 75 MB of sources)
         _compile([site / package.name for _, packages in pure for package in packages or []], root)
         env = {"LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}

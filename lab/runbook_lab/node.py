@@ -65,6 +65,8 @@ SYSCTLS = ("vm/overcommit_memory", "kernel/panic", "kernel/panic_on_oops", "net/
 HARDCODED = (Path("/run/containerd/s"), Path("/var/lib/cni/results"), Path("/var/log/containers"))
 # iptables chains the kubelet makes in every table it touches, IPv4 and IPv6
 KUBELET_CHAINS = ("KUBE-FIREWALL", "KUBE-KUBELET-CANARY", "KUBE-IPTABLES-HINT")
+# kube-proxy's canaries outlive `kube-proxy --cleanup` when it stopped before its first full sync
+PROXY_CANARIES = ("KUBE-PROXY-CANARY",)
 GUARD, DNAT = "RBO-GUARD", "RBO-DNAT"  # ours: filter (FORWARD, OUTPUT) and nat (PREROUTING)
 PROCESSES = ("containerd", "kubelet", "kube-proxy", "coredns")
 CONTAINERD, CTR = Path("/usr/bin/containerd"), Path("/usr/bin/ctr")
@@ -507,9 +509,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
                 self.plane.request("DELETE", f"/api/v1/nodes/{NODE_NAME}")
 
     def _remove_rules(self) -> None:
-        if (self.bin / "kube-proxy").exists() and _iptables_has_chain("nat", "KUBE-SERVICES"):
+        if (self.bin / "kube-proxy").exists():
             _run(str(self.bin / "kube-proxy"), "--cleanup", "--v=0", check=False)
-        _remove_chains(KUBELET_CHAINS)
+        _remove_chains((*KUBELET_CHAINS, *PROXY_CANARIES))
         _remove_chains((GUARD, DNAT))
 
     def _remove_bridge(self) -> None:
@@ -750,7 +752,7 @@ def leftovers(root: Path, bin_dir: Path) -> list[str]:
         found.append(f"link {BRIDGE}")
     for v6 in (False, True):
         for table in ("filter", "nat", "mangle"):
-            for chain in (*KUBELET_CHAINS, GUARD, DNAT, "KUBE-SERVICES", "KUBE-POSTROUTING"):
+            for chain in (*KUBELET_CHAINS, *PROXY_CANARIES, GUARD, DNAT, "KUBE-SERVICES", "KUBE-POSTROUTING"):
                 if _iptables_has_chain(table, chain, v6):
                     found.append(f"ip{'6' if v6 else ''}tables -t {table} chain {chain}")
     for hierarchy in Path("/sys/fs/cgroup").iterdir():

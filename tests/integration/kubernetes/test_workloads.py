@@ -203,7 +203,7 @@ async def test_relative_scales_while_another_writer_changes_the_workload_all_cou
     assert all(r.ok for r in results), [r.message for r in results if not r.ok]
     assert [r.output["to"] for r in results] == list(range(2, 14))
     assert kubectl.get("deployment", "web", namespace)["spec"]["replicas"] == 13
-    assert writes >= 5  # the other writer really wrote meanwhile
+    assert writes >= 2  # the other writer really wrote meanwhile
 
 
 async def test_scale_to_the_current_count_changes_nothing(kubectl: Kubectl, namespace: str, admin: Kube) -> None:
