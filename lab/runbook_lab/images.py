@@ -593,22 +593,23 @@ def _lab_distributions() -> list[importlib.metadata.Distribution]:
 
 
 def _editable_packages(dist: importlib.metadata.Distribution) -> list[Path] | None:
-    """The package directories of an editable install (``pip install -e``), None for a regular one.
+    """The package directories of a distribution that runs from its sources (``pip install -e``, or
+    the ``*.egg-info`` an earlier setuptools build left beside them), None for an installed one.
 
-    The lab itself always comes from the sources beside this module: an earlier setuptools build
-    leaves ``lab/runbook_lab.egg-info`` in the checkout, which a relative ``sys.path`` entry can make
-    the distribution importlib finds first (without the editable install's marks)."""
-    if _canonical(dist.metadata["Name"]) == "runbook-lab":
-        return [Path(__file__).resolve().parent]
-    direct = json.loads(dist.read_text("direct_url.json") or "{}")
-    if not direct.get("dir_info", {}).get("editable"):
-        return None
+    Judged by where its packages are imported from, not by its metadata: the checkout's leftover
+    ``lab/runbook_lab.egg-info`` has no WHEEL and no editable mark, and when importlib finds it
+    first, the lab was left out of the lab image as "not pure Python"."""
+    tops = (dist.read_text("top_level.txt") or "").split() or [_canonical(dist.metadata["Name"]).replace("-", "_")]
+    site = Path(str(dist.locate_file(""))).resolve()
     packages = []
-    for top in (dist.read_text("top_level.txt") or "").split():
+    for top in tops:
         spec = importlib.util.find_spec(top)
         if spec is None or not spec.submodule_search_locations:
-            raise ImageError(f"{dist.metadata['Name']}: cannot find its package {top!r}")
-        packages.append(Path(next(iter(spec.submodule_search_locations))))
+            return None  # a module, or not importable: treat it as installed
+        location = Path(next(iter(spec.submodule_search_locations))).resolve()
+        if location.is_relative_to(site) and "site-packages" in location.parts:
+            return None
+        packages.append(location)
     return packages
 
 
