@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import http.client
 import json
 import os
 import shlex
@@ -218,7 +219,7 @@ class Node:
                     (path / knob).write_text((path.parent / knob).read_text())
         self._write_kubeconfigs()
         self._start_containerd(timeout)
-        self._import(images.pause_archive(self.bin / "pause"))
+        self.import_image(images.pause_archive(self.bin / "pause"))
         self._write_cni()
         self._start_kubelet()
         self._wait(self._ready, timeout, "the node to be Ready")
@@ -306,12 +307,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     def _ctr(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return _run(str(CTR), "--address", str(self.socket), "--namespace", "k8s.io", *args, check=check)
 
-    def _import(self, archive: Path) -> None:
-        self._ctr("images", "import", "--no-unpack", str(archive))
-
     def import_image(self, archive: Path) -> None:
         """Make an image archive (OCI or `docker save`) available to the node's pods (imagePullPolicy: Never)."""
-        self._import(archive)
+        self._ctr("images", "import", "--no-unpack", str(archive))
 
     def expose(self, service_ip: str, port: int, host: str, host_port: int) -> None:
         """Pods reach a host process on a loopback address through a Service's IP: one DNAT rule on the
@@ -628,8 +626,6 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
     def _dns_ready(self) -> bool:
-        import http.client
-
         host, port = COREDNS_HEALTH.split(":")
         try:
             conn = http.client.HTTPConnection(host, int(port), timeout=1)
