@@ -260,10 +260,9 @@ def test_a_rolling_upgrade_with_50_incidents_open_loses_none_and_doubles_none(
         old, process = leader_of(kubectl, replicas)
         replicas.start()
         process.terminate()
-        # only that it happens: its time is measured by the SIGTERM test. 60 s, not 30: once, under a
-        # full .ci/run on 2 cores, the Lease had no new holder within 30 s (the old leader's stop, with
-        # 50 calls held open, and a replica just started); the lease itself is 15 s
-        handed_over(kubectl, replicas, old, 60)
+        # only that it happens, its time is measured by the SIGTERM test; a stop that took 60 s here was
+        # a verify step that did not take its cancel (test_a_cancel_that_meets_the_end_of_a_try_...)
+        handed_over(kubectl, replicas, old, 30)
         replicas.running.pop(old).stop()
     gates.open("roll")
     wait_for(lambda: all(statuses(kubectl, namespace).get(n, {}).get("phase") == "Resolved" for n in names), 120,

@@ -1,5 +1,6 @@
 """The catalog: its reference page, plug-ins through entry points, secrets, redaction and how actions fail."""
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -144,3 +145,24 @@ async def test_a_secret_that_cannot_be_read_fails_the_step_saying_which(what: st
 
     result = await run(Action("t.read", SecretParams, reads, "reads"), {"token": {"name": "admin-api", "key": "token"}})
     assert result == StepResult(False, message)
+
+
+async def test_a_cancel_that_meets_the_end_of_a_try_stops_the_retries() -> None:
+    """The rolling-upgrade failure: a leader stepping down cancels every step; one whose try
+    had just returned must stop too. asyncio.wait_for on 3.11 returned that try's result and
+    dropped the cancel, so the step went on retrying for a minute and held the Lease with it."""
+    tries = 0
+
+    async def fails_as_the_cancel_comes(params: EchoParams, ctx: ActionContext) -> StepResult:
+        nonlocal tries
+        tries += 1
+        asyncio.get_running_loop().call_soon(running.cancel)  # after this try returns, before the step resumes
+        return StepResult(False, "not yet")
+
+    action = Action("t.flaky", EchoParams, fails_as_the_cancel_comes, "fails")
+    step = Step("s", Stage.VERIFY, action.name, {"word": "w"}, retries=5, backoff=0.01)
+    executor = Executor(Registry([action]))
+    running = asyncio.create_task(executor.run(incident(), StepCall(step, 1, {"word": "w"})))
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    assert tries == 1

@@ -214,7 +214,8 @@ async def _engine(params: _Engine, ctx: ActionContext, what: str, budget: float,
         return await _blocking(ctx, lambda: work(base_url))
 
     try:
-        return await asyncio.wait_for(call(), budget)
+        async with asyncio.timeout(budget):
+            return await call()
     except _failures() as err:
         raise _explain(err, what, params, budget) from None
 

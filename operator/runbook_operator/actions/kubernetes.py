@@ -236,7 +236,8 @@ class _Cluster:
             raise silent
         call = functools.partial(fn, *args, **kwargs, _request_timeout=left)  # frees the thread, too
         try:
-            return await asyncio.wait_for(self._services.run_blocking(call), left)
+            async with asyncio.timeout(left):
+                return await self._services.run_blocking(call)
         except TimeoutError:
             raise silent from None
         except ApiException as err:

@@ -73,8 +73,9 @@ class Executor:
         for attempt in range(step.retries + 1):
             if attempt:
                 await self._sleep(step.backoff)
-            try:
-                result = await asyncio.wait_for(run_action(action, params, ctx), timeout)
+            try:  # asyncio.timeout, not wait_for: on 3.11 wait_for loses a cancel that meets the action's end
+                async with asyncio.timeout(timeout):
+                    result = await run_action(action, params, ctx)
             except TimeoutError:
                 result = _timed_out(action, ctx)
             if result.ok:

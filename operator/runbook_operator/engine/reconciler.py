@@ -451,10 +451,15 @@ class Reconciler:
 
     @staticmethod
     async def _sleep(worker: _Worker, seconds: float | None) -> None:
+        """Until ``seconds`` pass or the worker is woken (a newer version, a peer's move), and
+        the wakeup consumed: every caller reads what is new next, and a wakeup left set would
+        turn its loop into a spin (one that rereads the Incident from the API server)."""
         if seconds is not None and seconds <= 0:
             return
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(worker.wakeup.wait(), seconds)
+            async with asyncio.timeout(seconds):  # not wait_for: on 3.11 it can drop a cancel
+                await worker.wakeup.wait()
+        worker.wakeup.clear()
 
 
 def _key(record: StepRecord) -> tuple[str, str, int, int | None]:
