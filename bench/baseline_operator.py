@@ -8,7 +8,7 @@ a 3-step policy (one when it starts, one per finished step). It runs no actions,
 matches no policy and posts no Events of its own.
 
 The status patches go through the synchronous ``kubernetes`` client in a thread
-pool, the way runbook-operator's ``engine/kube.py`` writes them, so both pay the
+pool, the way runbook-operator's ``adapters/kube.py`` writes them, so both pay the
 same client cost per write. What Kopf adds on top is the floor Kopf itself sets
 for a change-detecting handler: one PATCH of the ``last-handled-configuration``
 annotation after the handler succeeds (no finalizer: there is no on.delete

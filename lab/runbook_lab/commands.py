@@ -24,8 +24,8 @@ from runbook_lab.demo import serve_forever
 from runbook_lab.ishchat import SERVICES as ISHCHAT_SERVICES
 from runbook_lab.lab import FAULTS, NAMESPACE, ONCALL_GROUP, ONCALL_USER, Lab, running_lab
 from runbook_lab.node import Node
-from runbook_operator import cli
 from runbook_operator.domain.resources import GROUP, INCIDENTS, VERSION
+from runbook_operator.entrypoints import cli
 
 
 def lab(

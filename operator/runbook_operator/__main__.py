@@ -1,3 +1,3 @@
-from runbook_operator.cli import main
+from runbook_operator.entrypoints.cli import main
 
 raise SystemExit(main())

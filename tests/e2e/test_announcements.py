@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from runbook_lab.demo import DemoService
-from runbook_operator import cli, report
+from runbook_operator.domain import report
+from runbook_operator.entrypoints import cli
 from tests.e2e.conftest import ROOT, Kubectl, OperatorProcess
 from tests.e2e.test_consent import failover_policy
 from tests.e2e.test_foundation import awaiting, incident, settled

@@ -21,8 +21,8 @@ import pytest
 import yaml
 
 from runbook_lab.controlplane import ControlPlane
-from runbook_operator.cli import build_parser
-from runbook_operator.engine.leader import LeaseConfig
+from runbook_operator.adapters.lease import LeaseConfig
+from runbook_operator.entrypoints.cli import build_parser
 from tests.fixtures.cluster import ROOT, Kubectl
 from tests.fixtures.common import wait_for
 

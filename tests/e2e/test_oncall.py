@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from runbook_lab.demo import DemoService
-from runbook_operator import cli
+from runbook_operator.entrypoints import cli
 from tests.e2e.conftest import ROOT, Kubectl, OperatorProcess
 from tests.e2e.test_consent import approvals, failover_policy
 from tests.e2e.test_foundation import awaiting, conditions, incident, settled

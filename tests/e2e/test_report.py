@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from runbook_lab.demo import DemoService
-from runbook_operator import cli
+from runbook_operator.entrypoints import cli
 from tests.e2e.conftest import Kubectl, OperatorProcess
 from tests.e2e.test_foundation import demo_policy, incident, settled
 from tests.fixtures.cluster import ONCALL

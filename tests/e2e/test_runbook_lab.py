@@ -26,8 +26,8 @@ import pytest
 from runbook_lab import scenarios
 from runbook_lab.controlplane import ControlPlane
 from runbook_lab.lab import NAMESPACE, ONCALL_GROUP, ONCALL_USER, Lab
-from runbook_operator import cli
-from runbook_operator.actions import messages
+from runbook_operator.actions.notify import messages
+from runbook_operator.entrypoints import cli
 from tests.fixtures.cluster import ROOT
 from tests.fixtures.common import wait_for
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from runbook_lab.demo import DemoService
-from runbook_operator import cli
+from runbook_operator.entrypoints import cli
 from tests.e2e.conftest import ROOT, Kubectl, OperatorProcess
 from tests.e2e.test_foundation import demo_policy, incident, settled
 from tests.fixtures.listeners import Listener

@@ -32,9 +32,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from runbook_lab.controlplane import ADMIN_USER
-from runbook_operator import cli
 from runbook_operator.domain import expressions
 from runbook_operator.domain.substitution import Language
+from runbook_operator.entrypoints import cli
 from tests.fixtures.cluster import Kubectl
 from tests.fixtures.common import wait_for
 from tests.fixtures.operator import OperatorProcess

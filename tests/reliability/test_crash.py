@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from runbook_operator import cli
+from runbook_operator.entrypoints import cli
 from tests.fixtures.cluster import ONCALL, Kubectl
 from tests.fixtures.common import wait_for
 from tests.fixtures.operator import OperatorProcess

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from runbook_operator import handlers
 from runbook_operator.domain.conditions import Condition, dump, find, load, set_condition
+from runbook_operator.entrypoints import handlers
 
 T0 = datetime(2026, 11, 27, 8, 0, tzinfo=UTC)
 

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from runbook_operator.actions import ActionContext, egress
+from runbook_operator.adapters import hostaliases
 from runbook_operator.domain.model import InvalidPolicy, parse_policy
-from runbook_operator.engine import hostaliases
 from runbook_operator.engine.executor import run_action
 from tests.unit.builders import REGISTRY, policy_body
 

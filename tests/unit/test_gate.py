@@ -1,4 +1,4 @@
-"""engine.gate: listeners that cannot be held open, and the process's file budget (issue 22).
+"""adapters.gate: listeners that cannot be held open, and the process's file budget (issue 22).
 
 Real sockets on loopback: a flood of half-sent requests against the liveness endpoint, as the
 red team's against the intake (whose own gate tests are in test_intake.py).
@@ -14,7 +14,7 @@ import urllib.request
 
 import pytest
 
-from runbook_operator.engine import gate
+from runbook_operator.adapters import gate
 
 
 def test_a_listener_holds_at_most_a_quarter_of_the_open_files_limit() -> None:

@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 import yaml
 
-from runbook_operator.cli import main
+from runbook_operator.entrypoints.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 API = "remediation.ishchat.io/v1alpha1"

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 import redis.asyncio
 
-from runbook_operator.engine import hostaliases
+from runbook_operator.adapters import hostaliases
 
 ALIAS = "service.ishchat.svc"
 

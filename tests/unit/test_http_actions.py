@@ -8,8 +8,8 @@ import pytest
 from runbook_lab.demo import DemoService
 from runbook_operator.actions import ActionContext, egress
 from runbook_operator.actions.registry import Registry
+from runbook_operator.adapters import hostaliases
 from runbook_operator.domain.results import StepResult
-from runbook_operator.engine import hostaliases
 from runbook_operator.engine.executor import run_action
 from tests.fixtures.listeners import Listener
 from tests.fixtures.secrets import Secrets

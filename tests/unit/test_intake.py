@@ -17,9 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from runbook_operator import intake
-from runbook_operator.engine.metrics import Metrics
-from runbook_operator.intake import (
+from runbook_operator.adapters import intake
+from runbook_operator.adapters.intake import (
     ApiError,
     Options,
     PayloadError,
@@ -29,6 +28,7 @@ from runbook_operator.intake import (
     parse_payload,
     place,
 )
+from runbook_operator.adapters.metrics import Metrics
 
 FP = "0123456789abcdef"
 EPISODE = hashlib.sha256(b"2026-11-27T09:00:00Z").hexdigest()[:6]  # alert()'s startsAt, to the second
@@ -555,7 +555,7 @@ async def test_readyz_answers_503_until_the_operator_is_ready_and_200_after() ->
 def test_the_cli_refuses_an_intake_without_a_token(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from runbook_operator import cli
+    from runbook_operator.entrypoints import cli
 
     monkeypatch.delenv("RUNBOOK_INTAKE_TOKEN", raising=False)
     assert cli.main(["run", "--intake-address=127.0.0.1:8082", "--metrics-address="]) == 2
@@ -608,7 +608,7 @@ async def test_a_resolved_alert_leaves_alone_an_incident_a_person_created(
     }  # fmt: skip
     assert "resolved" not in fake.objects["default", name]["spec"] and fake.writes == 0
     assert _count(metrics, "runbook_intake_alerts_total", result="not_ours") == 1
-    lines = [r.getMessage() for r in caplog.records if r.name == "runbook_operator.intake"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "runbook_operator.adapters.intake"]
     assert lines == [
         "intake: 1 resolved alert(s) left alone: incident default/payments-0123456789abcdef was not created by "
         "the intake for that alert (no label app.kubernetes.io/created-by=runbook-operator-intake with its fingerprint)"
@@ -780,7 +780,7 @@ async def test_namespace_labels_are_read_once_each_a_few_at_a_time_and_one_line_
     assert sorted(fake.namespace_reads) == sorted(f"team-{i}" for i in range(64))
     assert most == intake.OPT_IN_READS and elapsed < 64 * 0.02  # concurrent, bounded; sequential took 1.3 s
     assert _count(metrics, "runbook_intake_redirected_total", reason="not_opted_in") == 74
-    lines = [r.getMessage() for r in caplog.records if r.name == "runbook_operator.intake"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "runbook_operator.adapters.intake"]
     assert len(lines) == 1, lines
     assert lines[0].startswith("intake: 74 alert(s) went to namespace default: the alert names namespace team-")
     assert lines[0].endswith("and 59 more") and len(lines[0]) < 2000
@@ -936,7 +936,7 @@ async def test_a_body_that_does_not_arrive_in_time_is_a_408_and_the_connection_i
 def test_the_cli_passes_the_intakes_deadlines_and_limit(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from runbook_operator import cli
+    from runbook_operator.entrypoints import cli
 
     monkeypatch.setenv("RUNBOOK_INTAKE_TOKEN", "tok")
     args = cli.build_parser().parse_args(["run", "--intake-address=:8082", "--intake-header-timeout=500ms",

@@ -62,7 +62,7 @@ def test_rules_and_alertmanager_config_at_lab_speed() -> None:
 
 
 def test_the_whole_pack_at_lab_speed_still_validates(tmp_path: Path) -> None:
-    from runbook_operator.cli import main
+    from runbook_operator.entrypoints.cli import main
 
     for path in sorted(PACK.glob("*.yaml")):
         doc = yaml.safe_load(path.read_text())

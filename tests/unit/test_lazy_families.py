@@ -24,9 +24,9 @@ HEAVY = (
 STARTED = f"""
 import contextlib, io, json, sys
 import kubernetes
-from runbook_operator import handlers  # what `runbook-operator run` imports
-from runbook_operator.cli import main
-from runbook_operator.engine.kube import Kube
+from runbook_operator.entrypoints import handlers  # what `runbook-operator run` imports
+from runbook_operator.entrypoints.cli import main
+from runbook_operator.adapters.kube import Kube
 
 Kube(kubernetes.client.ApiClient(), workers=1).close()
 with contextlib.redirect_stdout(io.StringIO()) as out:

@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from runbook_operator.engine import leader
-from runbook_operator.engine.leader import JITTER, LeaderElector, LeaseConfig, LeaseConflict, default_identity
-from runbook_operator.engine.metrics import Metrics
+from runbook_operator.adapters import lease as leader
+from runbook_operator.adapters.lease import JITTER, LeaderElector, LeaseConfig, LeaseConflict, default_identity
+from runbook_operator.adapters.metrics import Metrics
 
 NS, NAME = "runbook-operator", "runbook-operator"
 FAR_FUTURE = "2100-01-01T00:00:00.000000Z"  # a holder whose wall clock runs 74 years ahead
@@ -213,7 +213,7 @@ def foreign(holder: str = "other_0001", **spec: Any) -> dict[str, Any]:
 async def test_a_replica_creates_and_takes_a_missing_lease(
     time: FakeTime, leases: FakeLeases, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="runbook_operator.engine.leader")
+    caplog.set_level(logging.INFO, logger="runbook_operator.adapters.lease")
     a = Replica("a_00000001", leases, time)
     async with running(a):
         assert a.leading and a.started == [1000.0]
@@ -241,7 +241,7 @@ async def test_a_lease_expires_by_local_observation_even_if_its_renew_time_is_in
     time: FakeTime, leases: FakeLeases, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The holder stopped renewing; its renewTime is its own (skewed) wall clock, ignored."""
-    caplog.set_level(logging.INFO, logger="runbook_operator.engine.leader")
+    caplog.set_level(logging.INFO, logger="runbook_operator.adapters.lease")
     leases.put(foreign())
     a = Replica("a_00000001", leases, time)
     async with running(a):
@@ -310,7 +310,7 @@ async def test_a_leader_that_cannot_renew_stops_before_another_can_take_over(
 ) -> None:
     """A's API calls fail (or never answer); B sees the same store. A must stop leading
     within the renew deadline of its last renewal, and B start only after that."""
-    caplog.set_level(logging.INFO, logger="runbook_operator.engine.leader")
+    caplog.set_level(logging.INFO, logger="runbook_operator.adapters.lease")
     view = Cut(leases)
     a, b = Replica("a_00000001", view, time), Replica("b_00000002", leases, time)
     async with running(a), running(b):
@@ -333,7 +333,7 @@ async def test_a_leader_that_cannot_renew_stops_before_another_can_take_over(
 async def test_a_leader_whose_lease_was_taken_stops_at_its_next_renewal(
     time: FakeTime, leases: FakeLeases, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="runbook_operator.engine.leader")
+    caplog.set_level(logging.INFO, logger="runbook_operator.adapters.lease")
     a = Replica("a_00000001", leases, time)
     async with running(a):
         leases.put(foreign("intruder_01"))
@@ -465,7 +465,7 @@ def test_the_default_identity_is_the_pod_name_and_a_random_suffix(monkeypatch: p
 def test_the_cli_needs_a_lease_namespace_and_a_sane_config(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from runbook_operator import cli
+    from runbook_operator.entrypoints import cli
 
     monkeypatch.delenv("POD_NAMESPACE", raising=False)
     args = cli.build_parser().parse_args(["run", "--leader-elect"])

@@ -10,12 +10,12 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter
 
 from runbook_lab.demo import DemoService
+from runbook_operator.adapters import metrics
+from runbook_operator.adapters.metrics import Metrics
 from runbook_operator.domain.lifecycle import StepCall
 from runbook_operator.domain.model import Stage, Step
 from runbook_operator.domain.status import EscalationState, Status
-from runbook_operator.engine import metrics
 from runbook_operator.engine.executor import Executor
-from runbook_operator.engine.metrics import Metrics
 from tests.unit.builders import REGISTRY, incident
 
 STARTED = Status(phase="Remediating", severity="Critical", startedAt="2026-11-27T08:00:00Z")

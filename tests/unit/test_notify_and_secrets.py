@@ -11,10 +11,10 @@ from runbook_lab.demo import DemoService
 from runbook_operator.actions import Action, ActionContext, Params, SecretRef
 from runbook_operator.actions.catalog import default_registry
 from runbook_operator.actions.registry import Registry
+from runbook_operator.adapters.kube import _consents
 from runbook_operator.domain.lifecycle import StepCall
 from runbook_operator.domain.model import Stage, Step
 from runbook_operator.engine.executor import Executor, run_action
-from runbook_operator.engine.kube import _consents
 from tests.fixtures.secrets import Secrets
 from tests.unit.builders import REGISTRY, incident
 
@@ -203,7 +203,7 @@ async def test_an_action_that_raises_a_secret_is_logged_scrubbed(caplog: pytest.
 @pytest.mark.parametrize("verbose", [False, True])
 def test_http_clients_never_log_request_urls_even_when_verbose(verbose: bool) -> None:
     """httpx logs `HTTP Request: POST <url>` at INFO; a webhook URL from a Secret is a credential."""
-    from runbook_operator import cli
+    from runbook_operator.entrypoints import cli
 
     loggers = [logging.getLogger(name) for name in ("httpx", "httpcore", "kopf.objects")]
     before = [logger.level for logger in loggers]

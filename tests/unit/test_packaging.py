@@ -77,7 +77,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Wheel:
 def test_the_wheel_holds_only_the_operator_package(wheel: Wheel) -> None:
     tops = {PurePosixPath(name).parts[0] for name in wheel.files}
     assert {top for top in tops if not top.endswith(".dist-info")} == {"runbook_operator"}, sorted(tops)
-    for module in ("__init__.py", "__main__.py", "cli.py", "handlers.py", "py.typed"):
+    for module in ("__init__.py", "__main__.py", "entrypoints/cli/__init__.py", "entrypoints/handlers.py", "py.typed"):
         assert f"runbook_operator/{module}" in wheel.files, module
     assert any(name.startswith("runbook_operator/actions/") for name in wheel.files)
     assert any(name.startswith("runbook_operator/engine/") for name in wheel.files)

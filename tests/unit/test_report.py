@@ -16,9 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from markdown_it import MarkdownIt
 
-from runbook_operator import cli
+from runbook_operator.domain.report import merge_timeline, render
 from runbook_operator.domain.wire import clipped
-from runbook_operator.report import merge_timeline, render
+from runbook_operator.entrypoints import cli
 
 SECTIONS = (
     "## Summary",

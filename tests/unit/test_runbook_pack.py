@@ -14,9 +14,9 @@ import pytest
 import yaml
 
 from runbook_operator.actions.catalog import default_registry
-from runbook_operator.cli import main
 from runbook_operator.domain.matching import select_policy
 from runbook_operator.domain.model import Incident, Policy, Stage, parse_policy
+from runbook_operator.entrypoints.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 PACK = ROOT / "manifests" / "runbooks" / "ish-chat"

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from runbook_operator.cli import main
+from runbook_operator.entrypoints.cli import main
 from runbook_operator.gitops import loader
 from runbook_operator.gitops.loader import MAX_BYTES, MAX_DEPTH, InputError, load_documents, load_stream
 

@@ -12,12 +12,13 @@ import logging
 from importlib.metadata import entry_points
 from typing import Any
 
-from runbook_operator.actions import docker, email, http, kubernetes, notify, paging, postgres, prometheus, redis, slack
+from runbook_operator.actions import docker, http, kubernetes, postgres, prometheus, redis
 from runbook_operator.actions.api import Action
+from runbook_operator.actions.notify import email, paging, slack, webhook
 from runbook_operator.actions.registry import Registry
 
 ENTRY_POINT_GROUP = "runbook_operator.actions"
-BUILTIN: tuple[Action[Any], ...] = (*http.ACTIONS, *notify.ACTIONS, *kubernetes.ACTIONS, *docker.ACTIONS,
+BUILTIN: tuple[Action[Any], ...] = (*http.ACTIONS, *webhook.ACTIONS, *kubernetes.ACTIONS, *docker.ACTIONS,
                                     *prometheus.ACTIONS, *postgres.ACTIONS, *redis.ACTIONS, *slack.ACTIONS,
                                     *paging.ACTIONS, *email.ACTIONS)  # fmt: skip
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 import httpx
 import pydantic
 
-from runbook_operator.actions import egress, messages
+from runbook_operator.actions import egress
 from runbook_operator.actions.api import (
     Action,
     ActionContext,
@@ -31,7 +31,7 @@ from runbook_operator.actions.api import (
     StepResult,
 )
 from runbook_operator.domain.expressions import is_template
-from runbook_operator.domain.wire import clipped
+from runbook_operator.domain.wire import clipped, printable
 
 MAX_BODY = 1024 * 1024  # bytes of a Prometheus answer we read; a bigger one is refused
 MAX_POINTS = 11_000  # Prometheus' own limit of points per series in a range query
@@ -226,7 +226,7 @@ async def _ask(params: _Check, ctx: ActionContext, path: str, form: dict[str, st
 
 def _quoted(value: Any, ctx: ActionContext, limit: int = _QUOTED) -> str:
     """Text from an answer, for a message: secrets scrubbed, then made printable and bounded."""
-    return clipped(messages.printable(ctx.redact(str(value))), limit)
+    return clipped(printable(ctx.redact(str(value))), limit)
 
 
 def _evaluate(

@@ -1,8 +1,9 @@
 """How status values are spelled in the API's JSON: timestamps, loading only known fields, and
-text cut to a bound."""
+text cut to a bound or made printable."""
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Collection, Mapping
 from dataclasses import fields
 from datetime import UTC, datetime
@@ -20,6 +21,17 @@ def parse_timestamp(text: str) -> datetime:
 def clipped(text: str, limit: int) -> str:
     """``text``, or its first ``limit - 3`` characters and "..." when it is longer than ``limit``."""
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# bidirectional controls: they reorder how the text around them is shown ("Trojan Source"),
+# so alert text could make a message or report read differently from what it holds
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def printable(text: str) -> str:
+    """Control characters (CR and LF among them) and bidirectional controls as spaces: for
+    one-line fields, headers and the report."""
+    return "".join(" " if c in _BIDI or unicodedata.category(c) == "Cc" else c for c in text)
 
 
 def known(kind: type, raw: Mapping[str, Any], exclude: Collection[str] = ()) -> dict[str, Any]:

@@ -20,9 +20,9 @@ import pydantic
 
 from runbook_operator.actions.api import Action, ActionContext, ActionFailure, Services, StepResult
 from runbook_operator.actions.registry import Registry
+from runbook_operator.adapters.metrics import Metrics
 from runbook_operator.domain.lifecycle import StepCall
 from runbook_operator.domain.model import Incident, Step
-from runbook_operator.engine.metrics import Metrics
 
 log = logging.getLogger(__name__)
 NOTIFY = "notify."  # the notification channels' family: counted by channel

@@ -34,16 +34,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+from runbook_operator.adapters.archive import TERMINAL, ArchiveRecord, ArchiveWriter
+from runbook_operator.adapters.kube import Conflict
+from runbook_operator.adapters.metrics import Metrics
 from runbook_operator.domain.lifecycle import Event, Peer, StepCall, complete, decide
 from runbook_operator.domain.matching import Candidate, PolicySet
 from runbook_operator.domain.model import Incident, Policy, Stage, Step
 from runbook_operator.domain.progress import announcement_view
 from runbook_operator.domain.results import StepResult
 from runbook_operator.domain.status import Phase, Status, StepRecord, StepState, parse_timestamp
-from runbook_operator.engine.archive import TERMINAL, ArchiveRecord, ArchiveWriter
 from runbook_operator.engine.executor import Executor
-from runbook_operator.engine.kube import Conflict
-from runbook_operator.engine.metrics import Metrics
 
 log = logging.getLogger(__name__)
 Body = Mapping[str, Any]
@@ -110,7 +110,7 @@ class Reconciler:
         self._leading = True  # False: a standby, which keeps every Incident it sees but drives none
         self._seen: dict[str, Body] = {}  # uid -> latest version, kept while standing by
 
-    # -- leadership (engine.leader calls these) ------------------------------
+    # -- leadership (adapters.lease calls these) ------------------------------
     @property
     def leading(self) -> bool:
         return self._leading
@@ -483,7 +483,7 @@ def _short(err: Exception) -> str:
 
 
 def _details(incident: Incident, status: Status, call: StepCall) -> dict[str, Any]:
-    """What a notification says about the incident (actions.messages reads it)."""
+    """What a notification says about the incident (actions.notify.messages reads it)."""
     announcing = status.announcing() if call.step.stage is Stage.ANNOUNCE else None
     return incident.view(status.severity) | {
         "uid": incident.uid,

@@ -17,14 +17,14 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from runbook_lab.demo import DemoService
-from runbook_operator import cli
 from runbook_operator.actions.catalog import default_registry
+from runbook_operator.adapters.archive import SCHEMA_VERSION, Archive, ArchiveRecord, ArchiveWriter, where
+from runbook_operator.adapters.metrics import Metrics
 from runbook_operator.domain.model import Incident
 from runbook_operator.domain.status import Condition, Finding, Status, timestamp
-from runbook_operator.engine.archive import SCHEMA_VERSION, Archive, ArchiveRecord, ArchiveWriter, where
 from runbook_operator.engine.executor import Executor
-from runbook_operator.engine.metrics import Metrics
 from runbook_operator.engine.reconciler import Reconciler
+from runbook_operator.entrypoints import cli
 from tests.integration.databases.conftest import PG_PASSWORD, PostgresServer
 from tests.unit.test_reconciler import MemoryCluster, demo_policy
 
@@ -174,7 +174,7 @@ async def test_the_writer_keeps_records_through_a_real_outage(
 
     postgres.server.stop()  # a real outage: the server goes away (fast shutdown)
     try:
-        caplog.set_level(logging.WARNING, "runbook_operator.engine.archive")
+        caplog.set_level(logging.WARNING, "runbook_operator.adapters.archive")
         for i in range(5):
             writer.enqueue(record(f"during-{i}"))
         writer.enqueue(record("during-0", attempts=7))  # the same incident again: one record, its latest state

@@ -62,7 +62,9 @@ def test_lists_the_action_catalog(docker_cli: DockerCli, image: str) -> None:
 
 def test_imports_the_operator_read_only(docker_cli: DockerCli, image: str) -> None:
     """What `run` loads before it talks to a cluster (Kopf, the Kubernetes client) imports without writing."""
-    out = run(docker_cli, image, "-c", "import runbook_operator.handlers, kopf; print('ok')", entrypoint="python3")
+    out = run(
+        docker_cli, image, "-c", "import runbook_operator.entrypoints.handlers, kopf; print('ok')", entrypoint="python3"
+    )
     assert out.strip() == "ok"
 
 

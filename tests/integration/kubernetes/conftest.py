@@ -22,9 +22,9 @@ from runbook_lab.controlplane import NODE_NAME, ControlPlane
 from runbook_lab.kubelet import LogServer
 from runbook_operator.actions import ActionContext
 from runbook_operator.actions.catalog import default_registry
+from runbook_operator.adapters.kube import Kube
 from runbook_operator.domain.results import StepResult
 from runbook_operator.engine.executor import run_action
-from runbook_operator.engine.kube import Kube
 from tests.fixtures.cluster import ROOT, Kubectl, wait_for
 
 REGISTRY = default_registry()

@@ -9,7 +9,7 @@ import kubernetes
 import pytest
 
 from runbook_operator.actions.api import CONSENT_ANNOTATION
-from runbook_operator.engine.kube import COMPONENT, Kube
+from runbook_operator.adapters.kube import COMPONENT, Kube
 from tests.fixtures.cluster import Kubectl
 
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from runbook_operator.engine.kube import Kube, KubeLeases
-from runbook_operator.engine.leader import JITTER, LeaderElector, LeaseConfig, LeaseConflict
+from runbook_operator.adapters.kube import Kube, KubeLeases
+from runbook_operator.adapters.lease import JITTER, LeaderElector, LeaseConfig, LeaseConflict
 
 LEASE = 3.0
 RENEW = 2.0

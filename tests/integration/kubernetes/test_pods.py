@@ -2,7 +2,7 @@
 
 import json
 
-from runbook_operator.engine.kube import Kube
+from runbook_operator.adapters.kube import Kube
 from tests.fixtures.cluster import Kubectl, wait_for
 from tests.integration.kubernetes.conftest import (
     FakeKubelet,

@@ -5,7 +5,7 @@ from typing import Any
 import pytest
 import yaml
 
-from runbook_operator.engine.kube import Kube
+from runbook_operator.adapters.kube import Kube
 from tests.fixtures.cluster import Kubectl
 from tests.integration.kubernetes.conftest import (
     NAMESPACE_ACCESS,

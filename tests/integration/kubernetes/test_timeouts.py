@@ -6,10 +6,10 @@ from typing import Any
 import kubernetes
 import pytest
 
+from runbook_operator.adapters.kube import Kube
 from runbook_operator.domain.lifecycle import StepCall
 from runbook_operator.domain.model import Stage, Step
 from runbook_operator.engine.executor import Executor
-from runbook_operator.engine.kube import Kube
 from tests.integration.kubernetes.conftest import REGISTRY, Hung
 from tests.unit.builders import incident
 

@@ -5,7 +5,7 @@ import json
 import re
 from datetime import UTC, datetime, timedelta
 
-from runbook_operator.engine.kube import Kube
+from runbook_operator.adapters.kube import Kube
 from tests.fixtures.cluster import Kubectl, wait_for
 from tests.integration.kubernetes.conftest import (
     RESTARTED_AT,

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from runbook_operator.engine.metrics import Metrics
+from runbook_operator.adapters.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[3]
 MONITORING = ROOT / "manifests/monitoring"

@@ -12,7 +12,7 @@ import pytest
 
 from runbook_operator.actions import ActionContext
 from runbook_operator.actions.api import languages
-from runbook_operator.actions.email import EmailParams
+from runbook_operator.actions.notify.email import EmailParams
 from runbook_operator.domain.expressions import check_templates
 from runbook_operator.domain.lifecycle import StepCall
 from runbook_operator.domain.model import InvalidPolicy, Stage, Step, parse_policy

@@ -12,9 +12,9 @@ import pytest
 from runbook_operator.actions import ActionContext
 from runbook_operator.actions import prometheus as prometheus_actions
 from runbook_operator.actions.api import Language, languages
+from runbook_operator.adapters import hostaliases
 from runbook_operator.domain.expressions import render
 from runbook_operator.domain.lifecycle import OUTPUT_LIMIT
-from runbook_operator.engine import hostaliases
 from runbook_operator.engine.executor import run_action
 from tests.fixtures.listeners import Listener
 from tests.integration.observability.conftest import PrometheusServer, run, wait_for

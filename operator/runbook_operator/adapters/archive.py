@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:  # psycopg (~10 MB) is imported only when an archive is configured
     import psycopg
 
+from runbook_operator.adapters.metrics import ArchiveMetrics
 from runbook_operator.domain.model import Incident
 from runbook_operator.domain.status import Phase, Status, parse_timestamp
-from runbook_operator.engine.metrics import ArchiveMetrics
 
 log = logging.getLogger(__name__)
 

@@ -41,7 +41,6 @@ from typing import Annotated, Any, Literal
 import httpx
 import pydantic
 
-from runbook_operator.actions import messages
 from runbook_operator.actions.api import (
     Action,
     ActionContext,
@@ -54,7 +53,8 @@ from runbook_operator.actions.api import (
     tls_context,
 )
 from runbook_operator.actions.egress import EgressRefused, checked_address
-from runbook_operator.domain.wire import clipped
+from runbook_operator.actions.notify import messages
+from runbook_operator.domain.wire import clipped, printable
 
 MAX_RECIPIENTS = 50
 SUBJECT_MAX = 250
@@ -154,7 +154,7 @@ def _parsed(value: str) -> Address:
 
 def one_line(text: str) -> str:
     """Header text: control characters (CR and LF first) become spaces, runs of space one."""
-    return clipped(" ".join(messages.printable(text).split()), SUBJECT_MAX)
+    return clipped(" ".join(printable(text).split()), SUBJECT_MAX)
 
 
 def thread_ids(ctx: ActionContext, details: Mapping[str, Any], content: str) -> tuple[str, str]:

@@ -24,7 +24,7 @@ from typing import Annotated, Any, Literal
 import httpx
 import pydantic
 
-from runbook_operator.actions import egress, messages
+from runbook_operator.actions import egress
 from runbook_operator.actions.api import (
     Action,
     ActionContext,
@@ -36,7 +36,8 @@ from runbook_operator.actions.api import (
     StepResult,
 )
 from runbook_operator.actions.egress import EgressRefused
-from runbook_operator.domain.wire import clipped
+from runbook_operator.actions.notify import messages
+from runbook_operator.domain.wire import clipped, printable
 
 METHOD = "api/chat.postMessage"
 # ok:false errors worth another try: Slack's own trouble, or "slow down"
@@ -325,7 +326,7 @@ def _json(response: httpx.Response) -> Mapping[str, Any]:
 def _word(value: Any) -> str:
     """A code from the answer (``channel_not_found``, a scope), as a message may quote it: one
     printable line of at most 100 characters, whatever a server that is not Slack put there."""
-    return clipped(" ".join(messages.printable(str(value or "")).split()), 100)
+    return clipped(" ".join(printable(str(value or "")).split()), 100)
 
 
 def _seconds(value: str | None) -> float | None:

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
-from runbook_operator.engine.metrics import LeaderMetrics
+from runbook_operator.adapters.metrics import LeaderMetrics
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -49,8 +49,8 @@ from typing import Any, Protocol
 from aiohttp import HttpVersion11, web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from runbook_operator.adapters import gate
 from runbook_operator.domain.resources import API_VERSION
-from runbook_operator.engine import gate
 
 PATH = "/api/v1/alerts/alertmanager"
 READY_PATH = "/readyz"

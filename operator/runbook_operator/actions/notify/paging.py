@@ -32,7 +32,7 @@ from urllib.parse import quote
 import httpx
 import pydantic
 
-from runbook_operator.actions import egress, messages
+from runbook_operator.actions import egress
 from runbook_operator.actions.api import (
     Action,
     ActionContext,
@@ -44,8 +44,9 @@ from runbook_operator.actions.api import (
     StepResult,
 )
 from runbook_operator.actions.egress import EgressRefused
+from runbook_operator.actions.notify import messages
 from runbook_operator.domain.model import ACKNOWLEDGED, DEFAULT_SEVERITY
-from runbook_operator.domain.wire import clipped
+from runbook_operator.domain.wire import clipped, printable
 
 CLIENT = "runbook-operator"
 REASON_LIMIT = 300  # of a provider's explanation quoted in a failed step's message
@@ -160,7 +161,7 @@ def _reason(response: httpx.Response, ctx: ActionContext) -> str:
             parts += [f"{k}: {v}" for k, v in list(errors.items())[:ERRORS_SHOWN]]
     if not parts:
         return f"no explanation (an answer of {egress.content_type(response.headers)}, not shown)"
-    return clipped(messages.printable(ctx.redact("; ".join(parts))), REASON_LIMIT) or "(no explanation)"
+    return clipped(printable(ctx.redact("; ".join(parts))), REASON_LIMIT) or "(no explanation)"
 
 
 async def _post(

@@ -15,8 +15,8 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
+from runbook_operator.adapters.kube import Incidents, Refused
 from runbook_operator.domain import consent
-from runbook_operator.engine.kube import Incidents, Refused
 
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_.-]+")
 

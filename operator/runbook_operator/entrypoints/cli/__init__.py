@@ -16,9 +16,9 @@ from runbook_operator import __version__
 def _run(args: argparse.Namespace) -> int:
     import kopf
 
-    from runbook_operator import handlers  # registers the handlers
     from runbook_operator.actions import egress
-    from runbook_operator.engine import hostaliases
+    from runbook_operator.adapters import hostaliases
+    from runbook_operator.entrypoints import handlers  # registers the handlers
 
     try:
         hostaliases.install(hostaliases.parse(args.host_alias or ()))
@@ -50,7 +50,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.metrics_address:
         import prometheus_client
 
-        from runbook_operator.engine import metrics
+        from runbook_operator.adapters import metrics
 
         host, _, port = args.metrics_address.rpartition(":")
         handlers.runtime.metrics = metrics.Metrics(prometheus_client.REGISTRY)
@@ -63,14 +63,14 @@ def _run(args: argparse.Namespace) -> int:
         namespaces=args.namespace or (),
         standalone=args.peering is None,
         peering_name=args.peering,
-        liveness_endpoint=None,  # served by handlers.startup through a gate (engine.gate.serve_health)
+        liveness_endpoint=None,  # served by handlers.startup through a gate (adapters.gate.serve_health)
     )
     return 0
 
 
 def _lease_config(args: argparse.Namespace) -> Any:
     """The Lease to elect a leader on, or None after saying on stderr what is wrong."""
-    from runbook_operator.engine.leader import LeaseConfig, default_identity
+    from runbook_operator.adapters.lease import LeaseConfig, default_identity
 
     namespace = args.leader_elect_namespace or os.environ.get("POD_NAMESPACE")
     if not namespace:
@@ -102,7 +102,7 @@ def quiet_loggers(verbose: bool) -> None:
 def _raise_open_files_limit() -> None:
     """The soft RLIMIT_NOFILE up to the hard one, for the whole process: a container's 1,024 is
     soon spent by connections (the intake's, the API server's); the intake keeps a quarter at most."""
-    from runbook_operator.engine import gate
+    from runbook_operator.adapters import gate
 
     before, now = gate.raise_open_files_limit()
     if now != before:
@@ -111,7 +111,7 @@ def _raise_open_files_limit() -> None:
 
 def _intake_settings(args: argparse.Namespace) -> Any:
     """The intake's settings, or None after saying on stderr why it cannot start."""
-    from runbook_operator import intake
+    from runbook_operator.adapters import intake
 
     def fail(message: str) -> None:
         print(f"runbook-operator run: {message}", file=sys.stderr)
@@ -199,7 +199,7 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from runbook_operator import report
+    from runbook_operator.domain import report
 
     if args.name is None and args.filename is None:
         print(f"{args.prog} report: give an incident NAME or -f FILE", file=sys.stderr)
@@ -223,14 +223,14 @@ def _report(args: argparse.Namespace) -> int:
 
 def _client(args: argparse.Namespace) -> Any:
     """A client as the caller (kubeconfig, context, impersonation) and the namespace to act in."""
-    from runbook_operator.engine import kube
+    from runbook_operator.adapters import kube
 
     return kube.api_client(kube.Connection(args.namespace, args.kubeconfig, args.context, args.as_user, args.as_group))
 
 
 def _report_from_cluster(args: argparse.Namespace) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The Incident and its Events, read with the current kubeconfig (or in-cluster config)."""
-    from runbook_operator.engine.kube import Incidents, Refused
+    from runbook_operator.adapters.kube import Incidents, Refused
 
     try:
         incidents = Incidents(*_client(args))
@@ -241,8 +241,8 @@ def _report_from_cluster(args: argparse.Namespace) -> tuple[dict[str, Any], list
 
 def _oncall(args: argparse.Namespace) -> int:
     """approve, ack, resolve: as the authenticated caller; a refusal is one line on stderr, exit 1."""
-    from runbook_operator import oncall
-    from runbook_operator.engine.kube import Incidents, Refused, whoami
+    from runbook_operator.adapters.kube import Incidents, Refused, whoami
+    from runbook_operator.entrypoints import oncall
 
     try:
         client, namespace = _client(args)
@@ -322,7 +322,7 @@ def _stats(args: argparse.Namespace) -> int:
     import asyncio
     from datetime import timedelta
 
-    from runbook_operator.engine.archive import AlertStats, Archive, stats_table
+    from runbook_operator.adapters.archive import AlertStats, Archive, stats_table
 
     dsn = os.environ.get(args.dsn_env)
     if not dsn:

@@ -19,9 +19,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from runbook_operator.actions.messages import printable
 from runbook_operator.domain.status import timestamp
-from runbook_operator.domain.wire import clipped
+from runbook_operator.domain.wire import clipped, printable
 
 # Event and timeline timestamps differ by the time it takes to write status and post the Event.
 _SAME_ENTRY_SECONDS = 60.0

@@ -88,7 +88,7 @@ class IntakeMetrics:
 
 
 class LeaderMetrics:
-    """Leader election (engine.leader); registered only when election runs."""
+    """Leader election (adapters.lease); registered only when election runs."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.leader = Gauge("runbook_leader", "1 while this replica holds the leader Lease (drives Incidents), else 0",

@@ -10,7 +10,6 @@ announcement, ``announcement``: ``{phase, number, at, reason, message}``.
 
 from __future__ import annotations
 
-import unicodedata
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,17 +34,6 @@ def details(ctx: ActionContext) -> dict[str, Any]:
     """The step's ``ctx.details``, with at least the incident's name and namespace (a step run
     outside the engine, e.g. in a test, has none)."""
     return {"name": ctx.incident, "namespace": ctx.namespace, **(ctx.details or {})}
-
-
-# bidirectional controls: they reorder how the text around them is shown ("Trojan Source"),
-# so alert text could make a message or report read differently from what it holds
-_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
-
-
-def printable(text: str) -> str:
-    """Control characters (CR and LF among them) and bidirectional controls as spaces: for
-    one-line fields, headers and the report."""
-    return "".join(" " if c in _BIDI or unicodedata.category(c) == "Cc" else c for c in text)
 
 
 def occasion(details: Mapping[str, Any]) -> str:

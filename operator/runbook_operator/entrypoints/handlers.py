@@ -16,19 +16,18 @@ from typing import Any
 
 import kopf
 
-from runbook_operator import intake
 from runbook_operator.actions.catalog import default_registry
+from runbook_operator.adapters import gate, intake
+from runbook_operator.adapters.archive import Archive, ArchiveWriter
+from runbook_operator.adapters.kube import Kube, KubeIncidents, KubeLeases
+from runbook_operator.adapters.lease import LeaderElector, LeaseConfig
+from runbook_operator.adapters.metrics import Metrics
 from runbook_operator.domain import conditions
 from runbook_operator.domain.matching import Candidate
 from runbook_operator.domain.model import InvalidPolicy, parse_policy
 from runbook_operator.domain.resources import GROUP, INCIDENTS, POLICIES, VERSION
 from runbook_operator.domain.status import ConditionType, Reason
-from runbook_operator.engine import gate
-from runbook_operator.engine.archive import Archive, ArchiveWriter
 from runbook_operator.engine.executor import Executor
-from runbook_operator.engine.kube import Kube, KubeIncidents, KubeLeases
-from runbook_operator.engine.leader import LeaderElector, LeaseConfig
-from runbook_operator.engine.metrics import Metrics
 from runbook_operator.engine.reconciler import Clock, Reconciler, utcnow
 
 log = logging.getLogger(__name__)

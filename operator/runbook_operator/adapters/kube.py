@@ -25,9 +25,9 @@ import kubernetes
 import urllib3
 
 from runbook_operator.actions.api import CONSENT_ANNOTATION
+from runbook_operator.adapters.intake import ApiError
+from runbook_operator.adapters.lease import LeaseConflict
 from runbook_operator.domain.resources import GROUP, INCIDENTS, VERSION
-from runbook_operator.engine.leader import LeaseConflict
-from runbook_operator.intake import ApiError
 
 COMPONENT = "runbook-operator"
 _SECRET = "/api/v1/namespaces/{namespace}/secrets/{name}"
@@ -208,7 +208,7 @@ def _consents(listed: str | None, namespace: str, name: str, policy: str | None)
 
 
 class KubeIncidents:
-    """The intake's Incidents (:class:`runbook_operator.intake.Incidents`) through :class:`Kube`.
+    """The intake's Incidents (:class:`runbook_operator.adapters.intake.Incidents`) through :class:`Kube`.
 
     Give it a :class:`Kube` of its own (``Kube.from_environment(workers=4)``): its threads and
     connections are then the intake's budget, and a flood of alerts never queues ahead of the
@@ -260,7 +260,7 @@ class KubeIncidents:
 
 
 class KubeLeases:
-    """Leader election's Leases (:class:`runbook_operator.engine.leader.Leases`) through :class:`Kube`.
+    """Leader election's Leases (:class:`runbook_operator.adapters.lease.Leases`) through :class:`Kube`.
 
     Objects go both ways as the API server's own JSON, not through ``CoordinationV1Api``:
     that client turns a body into a ``V1Lease`` and writes its times back with

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 import httpx
 import pydantic
 
-from runbook_operator.actions import egress, messages, slack
+from runbook_operator.actions import egress
 from runbook_operator.actions.api import (
     Action,
     ActionContext,
@@ -21,6 +21,7 @@ from runbook_operator.actions.api import (
     StepResult,
 )
 from runbook_operator.actions.egress import EgressRefused
+from runbook_operator.actions.notify import messages, slack
 
 
 class WebhookParams(Params):
