@@ -1,4 +1,5 @@
-"""The Alertmanager intake: payload → Incident manifests, names, errors, and the HTTP handler with fakes."""
+"""The Alertmanager intake: payload → Incident manifests, names, errors (domain.alerts), and the
+HTTP handler with fakes (adapters.intake)."""
 
 from __future__ import annotations
 
@@ -18,17 +19,18 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from runbook_operator.adapters import intake
-from runbook_operator.adapters.intake import (
-    ApiError,
+from runbook_operator.adapters.kube import ApiError
+from runbook_operator.adapters.metrics import Metrics
+from runbook_operator.domain.alerts import (
     Options,
     PayloadError,
     Placement,
+    TooManyAlerts,
     incident_name,
     parse_body,
     parse_payload,
     place,
 )
-from runbook_operator.adapters.metrics import Metrics
 
 FP = "0123456789abcdef"
 EPISODE = hashlib.sha256(b"2026-11-27T09:00:00Z").hexdigest()[:6]  # alert()'s startsAt, to the second
@@ -267,14 +269,14 @@ def test_the_nesting_alertmanager_sends_is_fine() -> None:
 def test_more_alerts_than_the_limit_are_refused_whole() -> None:
     alerts = [alert(fingerprint=f"{i:010x}aaaaaa") for i in range(1001)]
     assert len(parse_payload(payload(*alerts[:1000]))) == 1000
-    with pytest.raises(intake.TooManyAlerts) as caught:
+    with pytest.raises(TooManyAlerts) as caught:
         parse_payload(payload(*alerts))
     assert caught.value.status == 413
     assert str(caught.value) == (
         "alerts: 1001 in one request, more than the 1000 the intake takes (--intake-max-alerts); "
         "nothing was created. Set max_alerts in Alertmanager's webhook_config"
     )
-    with pytest.raises(intake.TooManyAlerts, match="more than the 2 the intake takes"):
+    with pytest.raises(TooManyAlerts, match="more than the 2 the intake takes"):
         parse_body(json.dumps(payload(*alerts[:3])).encode(), max_alerts=2)
 
 

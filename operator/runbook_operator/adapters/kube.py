@@ -25,7 +25,6 @@ import kubernetes
 import urllib3
 
 from runbook_operator.actions.api import CONSENT_ANNOTATION
-from runbook_operator.adapters.intake import ApiError
 from runbook_operator.adapters.lease import LeaseConflict
 from runbook_operator.domain.resources import GROUP, INCIDENTS, VERSION
 
@@ -37,6 +36,14 @@ log = logging.getLogger(__name__)
 
 class Conflict(Exception):
     """A fenced write found the object changed since the version it was decided from (HTTP 409)."""
+
+
+class ApiError(Exception):
+    """A Kubernetes API failure; ``permanent``: retrying the same request will not help."""
+
+    def __init__(self, message: str, permanent: bool) -> None:
+        super().__init__(message)
+        self.permanent = permanent
 
 
 class Kube:

@@ -53,7 +53,7 @@ class IntakeMetrics:
     # too_many_connections, header_timeout: connections refused or closed before a request was read
     REASONS = ("unauthorized", "too_large", "too_many_alerts", "too_many_namespaces", "malformed",
                "body_timeout", "header_timeout", "too_many_connections")  # fmt: skip
-    REDIRECTS = ("not_a_namespace", "not_watched", "not_opted_in")  # intake.place's reasons
+    REDIRECTS = ("not_a_namespace", "not_watched", "not_opted_in")  # domain.alerts.place's reasons
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.alerts = Counter(

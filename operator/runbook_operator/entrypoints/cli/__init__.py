@@ -112,6 +112,7 @@ def _raise_open_files_limit() -> None:
 def _intake_settings(args: argparse.Namespace) -> Any:
     """The intake's settings, or None after saying on stderr why it cannot start."""
     from runbook_operator.adapters import intake
+    from runbook_operator.domain.alerts import Options
 
     def fail(message: str) -> None:
         print(f"runbook-operator run: {message}", file=sys.stderr)
@@ -140,7 +141,7 @@ def _intake_settings(args: argparse.Namespace) -> Any:
             return None
     opted_in = frozenset(ns for value in args.intake_namespaces or () for ns in value.split(",") if ns)
     watched = frozenset(args.namespace) if args.namespace else None
-    options = intake.Options(args.intake_namespace, opted_in, watched, args.intake_max_alerts)
+    options = Options(args.intake_namespace, opted_in, watched, args.intake_max_alerts)
     return intake.Settings(
         host, port, token, options, args.intake_max_bytes,
         header_timeout=args.intake_header_timeout, body_timeout=args.intake_body_timeout,
