@@ -939,14 +939,17 @@ def test_the_cli_passes_the_intakes_deadlines_and_limit(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from runbook_operator.entrypoints import cli
+    from runbook_operator.entrypoints.cli import run as run_command
 
     monkeypatch.setenv("RUNBOOK_INTAKE_TOKEN", "tok")
     args = cli.build_parser().parse_args(["run", "--intake-address=:8082", "--intake-header-timeout=500ms",
                                           "--intake-body-timeout=2s", "--intake-max-connections=9"])  # fmt: skip
-    settings = cli._intake_settings(args)
+    settings = run_command.intake_settings(args)
     assert (settings.header_timeout, settings.body_timeout, settings.max_connections) == (0.5, 2.0, 9)
-    defaults = cli._intake_settings(cli.build_parser().parse_args(["run", "--intake-address=:8082"]))
+    defaults = run_command.intake_settings(cli.build_parser().parse_args(["run", "--intake-address=:8082"]))
     assert (defaults.header_timeout, defaults.body_timeout, defaults.max_connections) == (10.0, 30.0, 256)
     for bad in ("--intake-header-timeout=0s", "--intake-max-connections=0"):
-        assert cli._intake_settings(cli.build_parser().parse_args(["run", "--intake-address=:8082", bad])) is None
+        assert (
+            run_command.intake_settings(cli.build_parser().parse_args(["run", "--intake-address=:8082", bad])) is None
+        )
     assert "--intake-header-timeout: must be more than 0" in capsys.readouterr().err

@@ -466,19 +466,20 @@ def test_the_cli_needs_a_lease_namespace_and_a_sane_config(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from runbook_operator.entrypoints import cli
+    from runbook_operator.entrypoints.cli import run as run_command
 
     monkeypatch.delenv("POD_NAMESPACE", raising=False)
     args = cli.build_parser().parse_args(["run", "--leader-elect"])
-    assert cli._lease_config(args) is None
+    assert run_command.lease_config(args) is None
     assert "--leader-elect needs --leader-elect-namespace or $POD_NAMESPACE" in capsys.readouterr().err
     args = cli.build_parser().parse_args(
         ["run", "--leader-elect", "--leader-elect-namespace=ops", "--leader-elect-renew-deadline=20s"]
     )
-    assert cli._lease_config(args) is None
+    assert run_command.lease_config(args) is None
     assert "renew" in capsys.readouterr().err
     monkeypatch.setenv("POD_NAMESPACE", "runbook-operator")
     monkeypatch.setenv("POD_NAME", "runbook-operator-7d9f-abcde")
-    config = cli._lease_config(cli.build_parser().parse_args(["run", "--leader-elect"]))
+    config = run_command.lease_config(cli.build_parser().parse_args(["run", "--leader-elect"]))
     assert (config.namespace, config.name, config.lease_duration, config.renew_deadline, config.retry_period) == (
         "runbook-operator", "runbook-operator", 15.0, 10.0, 2.0,
     )  # fmt: skip

@@ -203,14 +203,14 @@ async def test_an_action_that_raises_a_secret_is_logged_scrubbed(caplog: pytest.
 @pytest.mark.parametrize("verbose", [False, True])
 def test_http_clients_never_log_request_urls_even_when_verbose(verbose: bool) -> None:
     """httpx logs `HTTP Request: POST <url>` at INFO; a webhook URL from a Secret is a credential."""
-    from runbook_operator.entrypoints import cli
+    from runbook_operator.entrypoints.cli import run as run_command
 
     loggers = [logging.getLogger(name) for name in ("httpx", "httpcore", "kopf.objects")]
     before = [logger.level for logger in loggers]
     try:
         for logger in loggers:
             logger.setLevel(logging.NOTSET)
-        cli.quiet_loggers(verbose)
+        run_command.quiet_loggers(verbose)
         assert not loggers[0].isEnabledFor(logging.INFO) and not loggers[1].isEnabledFor(logging.INFO)
         assert (loggers[2].level == logging.WARNING) is not verbose
     finally:

@@ -11,7 +11,7 @@ import pytest
 
 from runbook_operator.adapters.kube import Refused
 from runbook_operator.domain import consent
-from runbook_operator.entrypoints.oncall import approve, describe, waiting_step
+from runbook_operator.entrypoints.cli.oncall import approve, describe, waiting_step
 
 
 def served(phase: str = "AwaitingApproval", **record: Any) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from runbook_operator.domain.status import Condition, Finding, Status, timestamp
 from runbook_operator.engine.executor import Executor
 from runbook_operator.engine.reconciler import Reconciler
 from runbook_operator.entrypoints import cli
+from runbook_operator.entrypoints.cli import arguments
 from tests.integration.databases.conftest import PG_PASSWORD, PostgresServer
 from tests.unit.test_reconciler import MemoryCluster, demo_policy
 
@@ -322,13 +323,13 @@ def test_the_stats_command_never_shows_the_dsn(
     ("text", "seconds"), [("7d", 7 * 86400), ("1d12h", 36 * 3600), ("12h", 12 * 3600), ("90m", 5400), ("30s", 30)]
 )
 def test_stats_since_accepts_days(text: str, seconds: float) -> None:
-    assert cli._since(text) == seconds
+    assert arguments.since(text) == seconds
 
 
 @pytest.mark.parametrize("text", ["", "7", "d", "7d7d", "1w", "0d", "-1d"])
 def test_stats_since_rejects_nonsense(text: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError):
-        cli._since(text)
+        arguments.since(text)
 
 
 def test_run_reads_the_dsn_from_the_named_env_var() -> None:

@@ -4,19 +4,20 @@ Also installed as the kubectl plugin ``kubectl-runbook`` (``kubectl runbook appr
 Who you are comes from the API server (a SelfSubjectReview), never from a flag; the
 admission policy in ``manifests/consent`` checks it again. ``approve`` shows the exact
 request the operator made (action, round, rendered parameters, digest), asks before it
-agrees, and appends one approval naming that request's round and nonce with a JSON patch.
-"""
+agrees, and appends one approval naming that request's round and nonce with a JSON patch."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
-from runbook_operator.adapters.kube import Incidents, Refused
+from runbook_operator.adapters.kube import Incidents, Refused, whoami
 from runbook_operator.domain import consent
+from runbook_operator.entrypoints.cli.arguments import client
 
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_.-]+")
 
@@ -136,3 +137,39 @@ def ask(question: str) -> bool:
         return input(question).strip().lower() in ("y", "yes")
     except EOFError:
         return False
+
+
+def add(sub: Any, cluster: argparse.ArgumentParser) -> None:
+    approving = sub.add_parser(
+        "approve",
+        parents=[cluster],
+        help="approve the step an incident waits for, as yourself (shows the action and parameters, then asks)",
+    )
+    approving.add_argument("name", metavar="INCIDENT")
+    approving.add_argument("step", metavar="STEP", help="the step waiting in AwaitingApproval")
+    approving.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    approving.set_defaults(func=run)
+    acking = sub.add_parser("ack", parents=[cluster], help="acknowledge an incident as yourself (spec.acknowledgedBy)")
+    acking.add_argument("name", metavar="INCIDENT")
+    acking.set_defaults(func=run)
+    resolving = sub.add_parser("resolve", parents=[cluster], help="mark an incident over (spec.resolved: true)")
+    resolving.add_argument("name", metavar="INCIDENT")
+    resolving.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """approve, ack, resolve: as the authenticated caller; a refusal is one line on stderr, exit 1."""
+    try:
+        api, namespace = client(args)
+        incidents = Incidents(api, namespace)
+        if args.command == "approve":
+            confirm = None if args.yes else ask
+            approve(incidents, whoami(api), args.name, args.step, confirm)
+        elif args.command == "ack":
+            acknowledge(incidents, whoami(api), args.name)
+        else:
+            resolve(incidents, args.name)
+    except Refused as err:
+        print(f"{args.prog} {args.command}: {err}", file=sys.stderr)
+        return 1
+    return 0
