@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 from datetime import UTC, datetime, timedelta
 from typing import Any
-
-import pytest
 
 from runbook_operator.domain.conditions import Condition, dump, find, load, set_condition
 from runbook_operator.entrypoints import handlers
@@ -77,22 +76,16 @@ def _policy(generation: int, status: dict[str, Any] | None = None) -> dict[str, 
     }
 
 
-@pytest.fixture
-def wired(monkeypatch: pytest.MonkeyPatch) -> _Kube:
+async def test_the_policy_handler_writes_ready_with_the_injected_clock_once() -> None:
     kube = _Kube()
-    monkeypatch.setattr(handlers.runtime, "kube", kube)
-    monkeypatch.setattr(handlers.runtime, "reconciler", _Reconciler())
-    monkeypatch.setattr(handlers.runtime, "clock", lambda: T0)
-    return kube
-
-
-async def test_the_policy_handler_writes_ready_with_the_injected_clock_once(wired: _Kube) -> None:
-    await handlers.policy_event({"type": "ADDED"}, _policy(2), "ns")  # type: ignore[arg-type]
-    (plural, _, name, status) = wired.patches[0]
+    runtime = handlers.Runtime(handlers.Config(clock=lambda: T0), kube=kube, reconciler=_Reconciler())  # type: ignore[arg-type]
+    memo = handlers.memo(runtime)
+    await handlers.policy_event({"type": "ADDED"}, _policy(2), "ns", memo)  # type: ignore[arg-type]
+    (plural, _, name, status) = kube.patches[0]
     assert (plural, name, status["observedGeneration"]) == ("remediationpolicies", "p", 2)
     assert status["conditions"] == [{"type": "Ready", "status": "True", "reason": "Valid",
                                      "message": "the policy is valid", "lastTransitionTime": "2026-11-27T08:00:00Z",
                                      "observedGeneration": 2}]  # fmt: skip
-    assert wired.events == [("Normal", "Valid", "the policy is valid")]
-    await handlers.policy_event({"type": "MODIFIED"}, _policy(2, status), "ns")  # type: ignore[arg-type]
-    assert len(wired.patches) == 1  # unchanged: no write, no Event
+    assert kube.events == [("Normal", "Valid", "the policy is valid")]
+    await handlers.policy_event({"type": "MODIFIED"}, _policy(2, status), "ns", copy.copy(memo))  # type: ignore[arg-type]
+    assert len(kube.patches) == 1  # unchanged: no write, no Event

@@ -11,12 +11,13 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
 
 from runbook_operator.actions.catalog import default_registry
+from runbook_operator.actions.registry import Registry
 from runbook_operator.adapters import gate, intake
 from runbook_operator.adapters.archive import Archive, ArchiveWriter
 from runbook_operator.adapters.kube import Kube, KubeIncidents, KubeLeases
@@ -31,90 +32,108 @@ from runbook_operator.engine.executor import Executor
 from runbook_operator.engine.reconciler import Clock, Reconciler, utcnow
 
 log = logging.getLogger(__name__)
-REGISTRY = default_registry()
 INTAKE_WORKERS = 4  # the intake's threads (and API connections): a budget apart from the reconciler's 16
 # Kopf passes the index below to every handler by its name; the default only satisfies the handler protocol.
 PolicyIndex = kopf.Index[str, Candidate] | None
 
 
-@dataclass
-class _Runtime:
-    """What the handlers share; built on startup, torn down on cleanup.
+@dataclass(frozen=True)
+class Config:
+    """How the operator runs, from the command line (``entrypoints.cli.run``)."""
 
-    Incident tasks outlive the handler call that started them, so the policy
-    index Kopf passes to handlers is kept here for them to read.
+    resolved_ttl: float | None = 24 * 3600.0  # delete resolved incidents after; None: never
+    metrics: Metrics | None = None  # served by the command; None: not counted
+    archive_dsn: str | None = None  # from the env var --archive-dsn-env names; None: no archive
+    intake: intake.Settings | None = None  # the Alertmanager intake; None: off
+    liveness: tuple[str, int, str] | None = None  # host, port and path of the liveness probe
+    lease: LeaseConfig | None = None  # leader election on this Lease; None: drive from the start
+    clock: Clock = utcnow  # the reconciler's and the policy handler's time
+
+
+@dataclass
+class Runtime:
+    """What the handlers share, reached through Kopf's memo (:func:`memo`): built on startup,
+    torn down on cleanup. Kopf gives each resource object a shallow copy of the memo, so
+    this object is one of its values, never the memo itself: every copy refers to it.
+
+    Incident tasks outlive the handler call that started them, so the policy index Kopf
+    passes to handlers is kept here for them to read.
     """
 
-    clock: Clock = utcnow  # the reconciler's and the policy handler's time
+    config: Config = field(default_factory=Config)
+    registry: Registry = field(default_factory=default_registry)
     kube: Kube | None = None
     reconciler: Reconciler | None = None
-    resolved_ttl: float | None = 24 * 3600.0  # set by the CLI before Kopf starts
-    metrics: Metrics | None = None  # likewise
-    archive_dsn: str | None = None  # likewise: from the env var --archive-dsn-env names; None: no archive
-    intake: intake.Settings | None = None  # likewise: the Alertmanager intake, None: off
-    intake_runner: Any = None  # the intake while it serves (gate.Listener)
-    liveness: tuple[str, int, str] | None = None  # likewise: host, port and path of the liveness probe
-    health: gate.Listener | None = None  # the liveness endpoint while it serves
     intake_kube: Kube | None = None  # the intake's own client: its threads and connections, not the reconciler's
-    lease: LeaseConfig | None = None  # likewise: leader election on this Lease; None: drive from the start
+    intake_runner: gate.Listener | None = None  # the intake while it serves
+    health: gate.Listener | None = None  # the liveness endpoint while it serves
     elector: asyncio.Task[None] | None = None  # the election loop while it runs
     ready: bool = False  # the watches are about to start and the intake serves: /readyz answers 200
     policies: PolicyIndex = None
 
+    def candidates(self, namespace: str) -> Sequence[Candidate]:
+        return list(self.policies.get(namespace, ())) if self.policies is not None else []
 
-runtime = _Runtime()
+
+def memo(runtime: Runtime) -> kopf.Memo:
+    """The memo to run Kopf with: its handlers find ``runtime`` in it."""
+    return kopf.Memo(runtime=runtime)
 
 
-def _candidates(namespace: str) -> Sequence[Candidate]:
-    index = runtime.policies
-    return list(index.get(namespace, ())) if index is not None else []
+def _runtime(memo: kopf.Memo) -> Runtime:
+    runtime = memo.get("runtime")
+    if not isinstance(runtime, Runtime):
+        raise TypeError("Kopf runs these handlers with handlers.memo(Runtime(...))")
+    return runtime
 
 
 @kopf.on.startup()
-async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    runtime = _runtime(memo)
+    config = runtime.config
     settings.posting.level = logging.WARNING  # our own Events carry the story; Kopf only posts its errors
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.watching.inactivity_timeout = 600
-    if runtime.liveness is not None and runtime.health is None:  # first, so it answers while the rest starts
+    if config.liveness is not None and runtime.health is None:  # first, so it answers while the rest starts
         try:
-            runtime.health = await gate.serve_health(*runtime.liveness, log.getChild("health"))
+            runtime.health = await gate.serve_health(*config.liveness, log.getChild("health"))
         except OSError as err:
             raise kopf.PermanentError(f"cannot serve the liveness endpoint: {err}") from err
     runtime.kube = Kube.from_environment()
-    executor = Executor(REGISTRY, services=runtime.kube, metrics=runtime.metrics)
+    executor = Executor(runtime.registry, services=runtime.kube, metrics=config.metrics)
     archive = None
-    if runtime.archive_dsn:
+    if config.archive_dsn:
         archive = ArchiveWriter(
-            Archive(runtime.archive_dsn), runtime.metrics.archive() if runtime.metrics is not None else None
+            Archive(config.archive_dsn), config.metrics.archive() if config.metrics is not None else None
         )
         log.info("archiving finished incidents to %s", archive.archive.where)  # never the DSN itself
         archive.start()  # migrates the schema, retrying in the background while the database is down
     reconciler = Reconciler(
         runtime.kube,
         executor,
-        _candidates,
-        clock=runtime.clock,
-        resolved_ttl=runtime.resolved_ttl,
-        metrics=runtime.metrics,
+        runtime.candidates,
+        clock=config.clock,
+        resolved_ttl=config.resolved_ttl,
+        metrics=config.metrics,
         archive=archive,
     )
-    if runtime.metrics is not None:
-        runtime.metrics.watch(reconciler.phases, lambda: reconciler.tasks)
+    if config.metrics is not None:
+        config.metrics.watch(reconciler.phases, lambda: reconciler.tasks)
     runtime.reconciler = reconciler
-    if runtime.lease is not None:  # a standby until the Lease is ours; the watches fill it meanwhile
+    if config.lease is not None:  # a standby until the Lease is ours; the watches fill it meanwhile
         reconciler.stand_by()
         elector = LeaderElector(
-            KubeLeases(runtime.kube), runtime.lease, on_started=reconciler.lead, on_stopped=reconciler.step_down,
-            metrics=runtime.metrics.leader() if runtime.metrics is not None else None,
+            KubeLeases(runtime.kube), config.lease, on_started=reconciler.lead, on_stopped=reconciler.step_down,
+            metrics=config.metrics.leader() if config.metrics is not None else None,
         )  # fmt: skip
         runtime.elector = asyncio.create_task(elector.run(), name="leader-election")
-    if runtime.intake is not None:
-        counters = runtime.metrics.intake() if runtime.metrics is not None else None
+    if config.intake is not None:
+        counters = config.metrics.intake() if config.metrics is not None else None
         runtime.intake_kube = Kube.from_environment(workers=INTAKE_WORKERS)
         try:
             runtime.intake_runner = await intake.start(
-                runtime.intake, KubeIncidents(runtime.intake_kube), counters, ready=lambda: runtime.ready
+                config.intake, KubeIncidents(runtime.intake_kube), counters, ready=lambda: runtime.ready
             )
         except OSError as err:  # the port is taken, the address is not ours: retrying will not help
             raise kopf.PermanentError(f"cannot serve the Alertmanager intake: {err}") from err
@@ -122,7 +141,8 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
 
 
 @kopf.on.cleanup()
-async def cleanup(**_: Any) -> None:
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    runtime = _runtime(memo)
     if runtime.intake_runner is not None:
         await runtime.intake_runner.cleanup()  # stop taking alerts first
         runtime.intake_runner = None
@@ -147,12 +167,15 @@ async def cleanup(**_: Any) -> None:
 
 
 @kopf.index(GROUP, VERSION, POLICIES)
-def policies(namespace: str | None, body: kopf.Body, **_: Any) -> dict[str | None, Candidate]:
-    return {namespace: parse_policy(body, REGISTRY.check)}
+def policies(namespace: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict[str | None, Candidate]:
+    return {namespace: parse_policy(body, _runtime(memo).registry.check)}
 
 
 @kopf.on.event(GROUP, VERSION, INCIDENTS)
-async def incident_event(event: kopf.RawEvent, body: kopf.Body, policies: PolicyIndex = None, **_: Any) -> None:
+async def incident_event(
+    event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, policies: PolicyIndex = None, **_: Any
+) -> None:
+    runtime = _runtime(memo)
     runtime.policies = policies
     assert runtime.reconciler is not None
     if event.get("type") == "DELETED":
@@ -163,21 +186,29 @@ async def incident_event(event: kopf.RawEvent, body: kopf.Body, policies: Policy
 
 @kopf.on.event(GROUP, VERSION, POLICIES)
 async def policy_event(
-    event: kopf.RawEvent, body: kopf.Body, namespace: str | None, policies: PolicyIndex = None, **_: Any
+    event: kopf.RawEvent,
+    body: kopf.Body,
+    namespace: str | None,
+    memo: kopf.Memo,
+    policies: PolicyIndex = None,
+    **_: Any,
 ) -> None:
+    runtime = _runtime(memo)
     runtime.policies = policies
     assert runtime.reconciler is not None and runtime.kube is not None and namespace is not None
     if event.get("type") == "DELETED":
         runtime.reconciler.wake_namespace(namespace)
         return
-    parsed = parse_policy(body, REGISTRY.check)
+    parsed = parse_policy(body, runtime.registry.check)
     if isinstance(parsed, InvalidPolicy):
         ok, reason, message = False, Reason.INVALID_POLICY, parsed.error
     else:
         ok, reason, message = True, Reason.VALID, "the policy is valid"
     generation = int(body["metadata"].get("generation") or 0)
     current = conditions.load((body.get("status") or {}).get("conditions"))
-    updated = conditions.set_condition(current, ConditionType.READY, ok, reason, message, runtime.clock(), generation)
+    updated = conditions.set_condition(
+        current, ConditionType.READY, ok, reason, message, runtime.config.clock(), generation
+    )
     if updated == current:
         return
     await runtime.kube.patch_status(

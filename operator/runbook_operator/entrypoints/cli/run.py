@@ -160,18 +160,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"runbook-operator run: {err}", file=sys.stderr)
         return 2
     egress.allow_link_local(args.allow_link_local)
-    handlers.runtime.resolved_ttl = args.resolved_ttl
+    lease = intake = liveness = metrics = None
     if args.leader_elect:
         lease = lease_config(args)
         if lease is None:
             return 2
-        handlers.runtime.lease = lease
     if args.intake_address:
-        settings = intake_settings(args)
-        if settings is None:
+        intake = intake_settings(args)
+        if intake is None:
             return 2
-        handlers.runtime.intake = settings
-    handlers.runtime.archive_dsn = os.environ.get(args.archive_dsn_env) or None
     if args.liveness:
         probe = urllib.parse.urlsplit(args.liveness)
         if probe.scheme != "http" or not probe.port:
@@ -180,15 +177,23 @@ def run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
-        handlers.runtime.liveness = (probe.hostname or "0.0.0.0", probe.port, probe.path or "/healthz")
+        liveness = (probe.hostname or "0.0.0.0", probe.port, probe.path or "/healthz")
     if args.metrics_address:
         import prometheus_client
 
-        from runbook_operator.adapters import metrics
+        from runbook_operator.adapters import metrics as served
 
         host, _, port = args.metrics_address.rpartition(":")
-        handlers.runtime.metrics = metrics.Metrics(prometheus_client.REGISTRY)
-        metrics.serve(host.strip("[]") or "0.0.0.0", int(port), prometheus_client.REGISTRY)
+        metrics = served.Metrics(prometheus_client.REGISTRY)
+        served.serve(host.strip("[]") or "0.0.0.0", int(port), prometheus_client.REGISTRY)
+    config = handlers.Config(
+        resolved_ttl=args.resolved_ttl,
+        metrics=metrics,
+        archive_dsn=os.environ.get(args.archive_dsn_env) or None,
+        intake=intake,
+        liveness=liveness,
+        lease=lease,
+    )
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat[args.log_format.upper()])
     quiet_loggers(args.verbose)
     _raise_open_files_limit()
@@ -198,6 +203,7 @@ def run(args: argparse.Namespace) -> int:
         standalone=args.peering is None,
         peering_name=args.peering,
         liveness_endpoint=None,  # served by handlers.startup through a gate (adapters.gate.serve_health)
+        memo=handlers.memo(handlers.Runtime(config)),
     )
     return 0
 
