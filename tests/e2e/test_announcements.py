@@ -47,7 +47,7 @@ def secret(namespace: str, name: str, key: str, value: str) -> dict[str, Any]:
 
 
 def announce(slack: SlackReceiver, pagerduty: PagerDuty) -> list[dict[str, Any]]:
-    """The README's example: every change people act on in the incident's Slack thread; a page
+    """The example in docs/oncall.md: every change people act on in the incident's Slack thread; a page
     only once a person is needed, acknowledged and resolved with it."""
     return [
         {"phases": ["Diagnosing", "AwaitingApproval", "Acknowledged", "Resolved"], "notify": [

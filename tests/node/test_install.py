@@ -1,4 +1,4 @@
-"""The README's install section, run by bash as written, on the real node.
+"""The install section of docs/install.md, run by bash as written, on the real node.
 
 The only additions: the image is present under the chart's default tag (`runbook-operator:0.1.0`,
 the appVersion; a registry or `kind load` would put it there), and `helm install` gets the real
@@ -26,11 +26,11 @@ pytestmark = pytest.mark.e2e
 
 
 def install_block() -> str:
-    """The README's first shell block under "Install, upgrade and monitor", up to the kustomize way."""
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index("## Install, upgrade and monitor") :]
+    """The first shell block under "Helm or kustomize" in docs/install.md, up to the kustomize way."""
+    text = (ROOT / "docs" / "install.md").read_text()
+    section = text[text.index("## Helm or kustomize") :]
     block = re.search(r"```sh\n(.*?)```", section, re.DOTALL)
-    assert block, "no shell block in the README's install section"
+    assert block, "no shell block in docs/install.md's install section"
     return block.group(1).split("# kustomize")[0]
 
 

@@ -729,7 +729,7 @@ def test_start_times_keep_four_digit_years() -> None:
 
 
 async def test_one_bad_alert_in_a_batch_refuses_the_batch_with_a_400_and_writes_nothing(served: Any) -> None:
-    """The choice (README, Alertmanager intake): the whole batch is refused with a 4xx naming the bad
+    """The choice (docs/intake.md): the whole batch is refused with a 4xx naming the bad
     alert; Alertmanager logs and counts the failed notification and does not retry it."""
     client, fake, metrics = served
     bad = alert(fingerprint="ffffffffffffffff") | {"startsAt": "9999-12-31T23:59:59-23:59"}

@@ -9,7 +9,7 @@ import pytest
 
 from runbook_lab.demo import DemoService
 from runbook_operator.actions.catalog import default_registry
-from runbook_operator.engine import reconciler as engine
+from runbook_operator.engine import events, reconciler
 from runbook_operator.engine.executor import Executor
 from runbook_operator.engine.reconciler import Reconciler
 from tests.unit.builders import demo_policy, incident_body
@@ -58,11 +58,11 @@ async def run(cluster: SlowEvents, url: str, names: list[str], per_incident: int
 async def test_events_trail_in_order_a_few_at_a_time_and_are_flushed_on_stop(
     service: DemoService, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger=engine.__name__)
+    caplog.set_level(logging.INFO, logger=reconciler.__name__)
     cluster = SlowEvents(delay=0.05)
     names = [f"i{n}" for n in range(12)]
     await run(cluster, service.url, names, per_incident=4)
-    assert cluster.most_in_flight <= engine.EVENT_POSTS
+    assert cluster.most_in_flight <= events.EVENT_POSTS
     decided = [r.getMessage().split(": ")[:2] for r in caplog.records if r.getMessage().startswith("incident ns/")]
     for name in names:
         expected = [reason for who, reason in decided if who == f"incident ns/{name}"]

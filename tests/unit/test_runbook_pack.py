@@ -240,7 +240,7 @@ def test_critical_and_high_policies_announce_to_on_call_and_the_readmes_paging_e
         assert isinstance(policy, Policy), policy
         steps = [s.name for phase in ("Diagnosing", "Resolved") for s in policy.announced(phase, severity)]
         assert steps == (["announce-on-call"] * 2 if severity in ("Critical", "High") else []), alert
-    section = (ROOT / "README.md").read_text().split("## On-call communication", 1)[1]
+    section = (ROOT / "docs" / "oncall.md").read_text().split("## On-call communication", 1)[1]
     example = yaml.safe_load(re.search(r"```yaml\n(.*?)```", section, re.S).group(1))  # type: ignore[union-attr]
     body = yaml.safe_load((PACK / "instance-manager-down.yaml").read_text())
     body["spec"]["announce"] = example["spec"]["announce"]

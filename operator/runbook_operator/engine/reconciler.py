@@ -6,12 +6,8 @@ until a time or until the Incident changes. Watch events only refresh the latest
 object and wake the task, so no finalizer or annotation is ever written.
 All progress is in ``.status``; a new operator process resumes from it.
 
-Events are posted after the status write that carries them, in order per incident,
-but off the incident's path: a background lane posts at most ``EVENT_POSTS`` at a
-time, so under an alert storm status writes (what ``kubectl get`` and the core
-read) never queue behind Events in the API client's thread pool, and incidents
-move on while their Events trail (Events are best effort; status has them too).
-Likewise, at most ``LATER_WRITES`` writes of incidents already under way are in
+Events are posted after the status write that carries them, off the incident's
+path (``engine.events``). Likewise, at most ``LATER_WRITES`` writes of incidents already under way are in
 flight at once: an incident's first status write (the operator has seen it and
 matched a policy) never queues behind the progress of hundreds of others.
 
@@ -31,7 +27,7 @@ import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from runbook_operator.adapters.archive import TERMINAL, ArchiveRecord, ArchiveWriter
@@ -39,23 +35,20 @@ from runbook_operator.adapters.kube import Conflict
 from runbook_operator.adapters.metrics import Metrics
 from runbook_operator.domain.lifecycle import Event, Peer, StepCall, complete, decide
 from runbook_operator.domain.matching import Candidate, PolicySet
-from runbook_operator.domain.model import Incident, Policy, Stage, Step
+from runbook_operator.domain.model import Incident, Stage, Step
 from runbook_operator.domain.progress import announcement_view
 from runbook_operator.domain.results import StepResult
-from runbook_operator.domain.status import Phase, Status, StepRecord, StepState, parse_timestamp
+from runbook_operator.domain.status import Phase, Status, StepRecord, parse_timestamp
+from runbook_operator.engine import fencing
+from runbook_operator.engine.events import EventLane, short
 from runbook_operator.engine.executor import Executor
 
 log = logging.getLogger(__name__)
 Body = Mapping[str, Any]
 Clock = Callable[[], datetime]
 RETRY_DELAY = 5.0  # after an API error, try the write again this much later
-EVENT_POSTS = 4  # Events in flight at once, of the Kube adapter's 16 threads; the rest is for status writes
 LATER_WRITES = 10  # status writes in flight at once for incidents that have a status; first writes are not held
 NONCE_BYTES = 8  # an approval request's nonce: 16 hex digits, unguessable before the request exists
-STOP_GRACE = 5.0  # on stop, seconds to let Events already decided reach the API server
-CLAIM_SLACK = 5.0  # beyond a step's own bound, before another operator's claim counts as abandoned
-CLAIM_BOUND = 300.0  # the bound of a claimed step the policies no longer name
-RUNNING = StepState.RUNNING.value
 
 
 def utcnow() -> datetime:
@@ -104,9 +97,8 @@ class Reconciler:
         self._book: dict[str, tuple[str, Peer]] = {}  # uid -> (target, peer view)
         self._tasks: set[asyncio.Task[None]] = set()  # every incident task not yet done (a leak shows here)
         self._policy_sets: dict[str, PolicySet] = {}  # namespace -> its policies, indexed while they stay the same
-        self._event_slots = asyncio.Semaphore(EVENT_POSTS)
+        self._events = EventLane(cluster)
         self._write_slots = asyncio.Semaphore(LATER_WRITES)
-        self._posting: dict[str, asyncio.Task[None]] = {}  # uid -> the task posting its latest Events
         self._leading = True  # False: a standby, which keeps every Incident it sees but drives none
         self._seen: dict[str, Body] = {}  # uid -> latest version, kept while standing by
 
@@ -219,11 +211,7 @@ class Reconciler:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        posting = list(self._posting.values())
-        if posting:
-            _, late = await asyncio.wait(posting, timeout=STOP_GRACE)
-            for task in late:
-                task.cancel()
+        await self._events.close()
         if self._archive is not None:
             await self._archive.close()
 
@@ -294,7 +282,7 @@ class Reconciler:
                         status, events = complete(fresh, *unrecorded, self._clock())
                         pending = list(events)
                     else:  # another writer moved the status: its record wins, ours is dropped undone
-                        fresh = await self._stand_aside_while_claimed(worker, fresh, written)
+                        fresh = await fencing.stand_aside_while_claimed(self._fenced(worker), fresh, written)
                         status, pending = fresh, []
                     written, unrecorded = fresh, None
                     self._phases[uid] = status.phase
@@ -340,7 +328,7 @@ class Reconciler:
                         self._ttl,
                     )
                 except Exception as err:  # gone already, or no permission: it stays, and says why in the log
-                    log.warning("incident %s/%s: TTL delete failed: %s", meta["namespace"], meta["name"], _short(err))
+                    log.warning("incident %s/%s: TTL delete failed: %s", meta["namespace"], meta["name"], short(err))
         if self._workers.get(uid) is worker:
             self._workers.pop(uid, None)
             self._finished.add(uid)
@@ -360,60 +348,35 @@ class Reconciler:
             )  # fmt: skip
             return _Outcome.CONFLICT
         except Exception as err:  # API down, object gone, RBAC: keep the state, try again later
-            log.warning("incident %s/%s: status write failed: %s", meta["namespace"], meta["name"], _short(err))
+            log.warning("incident %s/%s: status write failed: %s", meta["namespace"], meta["name"], short(err))
             return _Outcome.FAILED
         worker.version = version
         for event in events:
             log.info("incident %s/%s: %s: %s", meta["namespace"], meta["name"], event.reason, event.message)
         if events:
-            self._post_later(meta["uid"], body, events)
+            self._events.post_later(meta["uid"], body, events)
         return _Outcome.WRITTEN
 
-    async def _stand_aside_while_claimed(self, worker: _Worker, fresh: Status, written: Status) -> Status:
-        """Stand aside while the other writer keeps claiming steps: one that finishes a claimed
-        step claims the next in the same write, and that claim is as alive as the first, not a
-        dead operator's (taking it as interrupted would skip a destructive step it is running).
-        A claim already waited out (outlived its bounds) is left to the core as interrupted."""
-        waited: set[tuple[tuple[str, str, int, int | None], str | None]] = set()
-        claims = _claims(fresh, written)
-        while claims and self._workers.get(worker.body["metadata"]["uid"]) is worker:
-            waited |= {(_key(r), r.startedAt) for r in claims}
-            fresh = await self._stand_aside(worker, claims, fresh)
-            claims = [r for r in _claims(fresh, written) if (_key(r), r.startedAt) not in waited]
-        return fresh
-
-    async def _stand_aside(self, worker: _Worker, claims: list[StepRecord], status: Status) -> Status:
-        """Wait while another operator runs the steps it claimed (a write of ours lost to its
-        claim, so it is alive); the status once it has finished them, or once they have run
-        longer than their timeouts and retries allow (it died: the core treats them as
-        interrupted, as after a crash)."""
+    def _fenced(self, worker: _Worker) -> fencing.Incident:
+        """What standing aside needs of this incident's task (engine.fencing)."""
         meta = worker.body["metadata"]
-        running = {_key(r): r.startedAt for r in claims}
-        deadline = max(self._claim_deadline(worker, status, r) for r in claims)
-        log.info(
-            "incident %s/%s: another operator is running %s; standing aside until it finishes",
-            meta["namespace"], meta["name"], ", ".join(sorted(r.name for r in claims)),
-        )  # fmt: skip
-        while self._workers.get(worker.body["metadata"]["uid"]) is worker:
-            left = (deadline - self._clock()).total_seconds()
-            if left <= 0:
-                log.warning("incident %s/%s: the other operator's steps outlived their bounds", meta["namespace"],
-                            meta["name"])  # fmt: skip
-                break
-            await self._sleep(worker, left)
-            fresh = await self._reread(worker)
-            if fresh is not None:
-                status = fresh
-                if not any(running.get(_key(r)) == r.startedAt for r in fresh.steps if r.state == RUNNING):
-                    break
-        return status
+        namespace = meta.get("namespace", "")
 
-    def _claim_deadline(self, worker: _Worker, status: Status, record: StepRecord) -> datetime:
-        """When a step claimed at ``startedAt`` must have ended: its timeouts and backoffs, plus slack."""
-        step = _policy_step(self._policies(worker.body["metadata"].get("namespace", "")), status, record)
-        bound = self._executor.time_bound(step) if step is not None else CLAIM_BOUND
-        started = parse_timestamp(record.startedAt) if record.startedAt else self._clock()
-        return started + timedelta(seconds=bound + CLAIM_SLACK)
+        def deadline(status: Status, record: StepRecord) -> datetime:
+            step = fencing.policy_step(self._policies(namespace), status, record)
+            bound = self._executor.time_bound(step) if step is not None else None
+            return fencing.claim_deadline(record, bound, self._clock())
+
+        async def reread() -> Status | None:
+            return await self._reread(worker)
+
+        async def wait(seconds: float) -> None:
+            await self._sleep(worker, seconds)
+
+        return fencing.Incident(
+            f"{namespace}/{meta['name']}", lambda: self._workers.get(meta["uid"]) is worker, wait, reread, deadline,
+            self._clock,
+        )  # fmt: skip
 
     async def _reread(self, worker: _Worker) -> Status | None:
         """The Incident as it is now, after a fenced write lost; None when it cannot be read."""
@@ -421,33 +384,10 @@ class Reconciler:
         try:
             fresh = await self._cluster.get("incidents", meta["namespace"], meta["name"])
         except Exception as err:
-            log.warning("incident %s/%s: cannot read it again: %s", meta["namespace"], meta["name"], _short(err))
+            log.warning("incident %s/%s: cannot read it again: %s", meta["namespace"], meta["name"], short(err))
             return None
         worker.body, worker.version = fresh, fresh["metadata"].get("resourceVersion")
         return Status.from_dict(fresh.get("status"))
-
-    def _post_later(self, uid: str, body: Body, events: list[Event]) -> None:
-        """Post the Events in the background, after the incident's earlier ones."""
-        task = asyncio.create_task(self._post(self._posting.get(uid), body, events), name=f"events/{uid}")
-        self._posting[uid] = task
-        task.add_done_callback(lambda done: self._posting.pop(uid) if self._posting.get(uid) is done else None)
-
-    async def _post(self, previous: asyncio.Task[None] | None, body: Body, events: list[Event]) -> None:
-        if previous is not None:
-            await asyncio.wait([previous])  # keeps their order; its outcome is its own
-        meta = body["metadata"]
-        async with self._event_slots:
-            for event in events:
-                try:
-                    await self._cluster.post_event(body, event.type, event.reason, event.message)
-                except Exception as err:  # Events are best effort; the timeline in status has them too
-                    log.warning(
-                        "incident %s/%s: event %s not posted: %s",
-                        meta["namespace"],
-                        meta["name"],
-                        event.reason,
-                        _short(err),
-                    )
 
     @staticmethod
     async def _sleep(worker: _Worker, seconds: float | None) -> None:
@@ -460,26 +400,6 @@ class Reconciler:
             async with asyncio.timeout(seconds):  # not wait_for: on 3.11 it can drop a cancel
                 await worker.wakeup.wait()
         worker.wakeup.clear()
-
-
-def _key(record: StepRecord) -> tuple[str, str, int, int | None]:
-    return (record.stage, record.name, record.attempt, record.update)
-
-
-def _claims(fresh: Status, ours: Status) -> list[StepRecord]:
-    """Steps that are Running in ``fresh`` but were not in what we last wrote: another writer's."""
-    mine = {_key(r) for r in ours.steps if r.state == RUNNING}
-    return [r for r in fresh.steps if r.state == RUNNING and _key(r) not in mine]
-
-
-def _policy_step(candidates: Sequence[Candidate], status: Status, record: StepRecord) -> Step | None:
-    policy = next((c for c in candidates if c.name == status.policy), None)
-    return policy.step(record.name) if isinstance(policy, Policy) else None
-
-
-def _short(err: Exception) -> str:
-    text = str(err).splitlines()[0] if str(err) else type(err).__name__
-    return text[:300]
 
 
 def _details(incident: Incident, status: Status, call: StepCall) -> dict[str, Any]:
