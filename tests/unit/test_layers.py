@@ -27,7 +27,7 @@ def lint(package_root: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
 def test_the_product_keeps_every_contract(tmp_path: Path) -> None:
     result = lint(ROOT / "operator", tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "Contracts: 5 kept, 0 broken." in result.stdout
+    assert "Contracts: 6 kept, 0 broken." in result.stdout
 
 
 LAYERS = "The layers, each importing only those below it"
@@ -36,7 +36,8 @@ LAYERS = "The layers, each importing only those below it"
 @pytest.mark.parametrize(
     ("module", "line", "contract"),
     [
-        ("domain/lifecycle.py", "from runbook_operator.actions import api", LAYERS),  # the core reaches up
+        ("domain/lifecycle/decide.py", "from runbook_operator.actions import api", LAYERS),  # the core reaches up
+        ("domain/lifecycle/records.py", "from runbook_operator.domain.lifecycle import decide", "The state machine's modules"),
         ("actions/http.py", "from runbook_operator.adapters import metrics", LAYERS),
         ("adapters/kube.py", "from runbook_operator.engine import executor", LAYERS),
         ("engine/executor.py", "from runbook_operator.entrypoints import cli", LAYERS),
@@ -67,4 +68,4 @@ def test_a_broken_layer_fails_the_lint(tmp_path: Path, module: str, line: str, c
     assert result.returncode == 1, result.stdout
     broken = result.stdout.split("Broken contracts")[1]
     assert contract in " ".join(broken.split()), result.stdout
-    assert "Contracts: 4 kept, 1 broken." in result.stdout
+    assert "Contracts: 5 kept, 1 broken." in result.stdout
