@@ -562,7 +562,8 @@ def alert_latency(cluster: Cluster, workdir: Path, demo_url: str, singles: int, 
 def _matching_inputs(incidents: int, policies: int, seed: int) -> tuple[list[Any], list[Any]]:
     """``policies`` valid candidates in one namespace and ``incidents`` random incidents for them."""
     from runbook_operator.actions.catalog import default_registry
-    from runbook_operator.domain.model import Incident, Policy, parse_policy
+    from runbook_operator.domain.model import Incident, Policy
+    from runbook_operator.domain.parsing import parse_policy
 
     registry = default_registry()
     rng = random.Random(seed)

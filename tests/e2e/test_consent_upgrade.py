@@ -24,7 +24,8 @@ import yaml
 from runbook_lab.controlplane import ControlPlane
 from runbook_operator.actions.catalog import default_registry
 from runbook_operator.domain.lifecycle import decide
-from runbook_operator.domain.model import Incident, parse_policy
+from runbook_operator.domain.model import Incident
+from runbook_operator.domain.parsing import parse_policy
 from runbook_operator.domain.status import Status
 from runbook_operator.entrypoints import cli
 from tests.fixtures.cluster import ROOT, Kubectl, enforces_consent

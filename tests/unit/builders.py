@@ -3,7 +3,8 @@
 from typing import Any
 
 from runbook_operator.actions.catalog import default_registry
-from runbook_operator.domain.model import Incident, InvalidPolicy, Policy, parse_policy
+from runbook_operator.domain.model import Incident, InvalidPolicy, Policy
+from runbook_operator.domain.parsing import parse_policy
 
 REGISTRY = default_registry()
 

@@ -13,7 +13,8 @@ import pytest
 
 from runbook_operator.actions import ActionContext, egress
 from runbook_operator.adapters import hostaliases
-from runbook_operator.domain.model import InvalidPolicy, parse_policy
+from runbook_operator.domain.model import InvalidPolicy
+from runbook_operator.domain.parsing import parse_policy
 from runbook_operator.engine.executor import run_action
 from tests.unit.builders import REGISTRY, policy_body
 

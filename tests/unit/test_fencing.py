@@ -19,7 +19,8 @@ from runbook_operator.actions import Action, ActionContext, Params, StepResult
 from runbook_operator.actions.catalog import default_registry
 from runbook_operator.actions.registry import Registry
 from runbook_operator.adapters.kube import Conflict
-from runbook_operator.domain.model import Policy, parse_policy
+from runbook_operator.domain.model import Policy
+from runbook_operator.domain.parsing import parse_policy
 from runbook_operator.domain.status import Status
 from runbook_operator.engine.executor import Executor
 from runbook_operator.engine.reconciler import Reconciler

@@ -37,7 +37,11 @@ LAYERS = "The layers, each importing only those below it"
     ("module", "line", "contract"),
     [
         ("domain/lifecycle/decide.py", "from runbook_operator.actions import api", LAYERS),  # the core reaches up
-        ("domain/lifecycle/records.py", "from runbook_operator.domain.lifecycle import decide", "The state machine's modules"),
+        (
+            "domain/lifecycle/records.py",
+            "from runbook_operator.domain.lifecycle import decide",
+            "The state machine's modules",
+        ),
         ("actions/http.py", "from runbook_operator.adapters import metrics", LAYERS),
         ("adapters/kube.py", "from runbook_operator.engine import executor", LAYERS),
         ("engine/executor.py", "from runbook_operator.entrypoints import cli", LAYERS),

@@ -15,7 +15,8 @@ import yaml
 
 from runbook_operator.actions.catalog import default_registry
 from runbook_operator.domain.matching import select_policy
-from runbook_operator.domain.model import Incident, Policy, Stage, parse_policy
+from runbook_operator.domain.model import Incident, Policy, Stage
+from runbook_operator.domain.parsing import parse_policy
 from runbook_operator.entrypoints.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]

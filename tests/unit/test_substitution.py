@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 
 from runbook_operator.actions.api import languages
 from runbook_operator.domain.expressions import check_templates, render
-from runbook_operator.domain.model import InvalidPolicy, parse_policy
+from runbook_operator.domain.model import InvalidPolicy
+from runbook_operator.domain.parsing import parse_policy
 from runbook_operator.domain.substitution import Language
 from tests.unit.builders import REGISTRY, policy_body
 

@@ -25,7 +25,8 @@ from runbook_operator.adapters.lease import LeaderElector, LeaseConfig
 from runbook_operator.adapters.metrics import Metrics
 from runbook_operator.domain import conditions
 from runbook_operator.domain.matching import Candidate
-from runbook_operator.domain.model import InvalidPolicy, parse_policy
+from runbook_operator.domain.model import InvalidPolicy
+from runbook_operator.domain.parsing import parse_policy
 from runbook_operator.domain.resources import GROUP, INCIDENTS, POLICIES, VERSION
 from runbook_operator.domain.status import ConditionType, Reason
 from runbook_operator.engine.executor import Executor

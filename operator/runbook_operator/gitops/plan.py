@@ -21,13 +21,12 @@ from runbook_operator.domain.model import (
     RESPONSE_TIME,
     Incident,
     InvalidPolicy,
-    ParamValidator,
     Policy,
     Stage,
     Step,
     default_escalation,
-    parse_policy,
 )
+from runbook_operator.domain.parsing import ParamValidator, parse_policy
 from runbook_operator.domain.progress import NO_ANNOUNCEMENT
 from runbook_operator.domain.substitution import Language
 from runbook_operator.gitops.schema import show

@@ -8,11 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runbook_operator.domain.model import (
-    InvalidPolicy,
-    ParamValidator,
-    parse_policy,
-)
+from runbook_operator.domain.model import InvalidPolicy
+from runbook_operator.domain.parsing import ParamValidator, parse_policy
 from runbook_operator.gitops.loader import InputError, load_documents
 from runbook_operator.gitops.schema import (
     Crd,

@@ -15,7 +15,8 @@ from runbook_operator.actions.api import ActionContext
 from runbook_operator.actions.catalog import default_registry
 from runbook_operator.domain.expressions import check_templates
 from runbook_operator.domain.lifecycle import StepCall
-from runbook_operator.domain.model import Incident, InvalidPolicy, Stage, Step, parse_policy
+from runbook_operator.domain.model import Incident, InvalidPolicy, Stage, Step
+from runbook_operator.domain.parsing import parse_policy
 from runbook_operator.domain.results import StepResult
 from runbook_operator.engine.executor import Executor, run_action
 from tests.fixtures.listeners import Listener
