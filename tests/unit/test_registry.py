@@ -166,3 +166,15 @@ async def test_a_cancel_that_meets_the_end_of_a_try_stops_the_retries() -> None:
     with pytest.raises(asyncio.CancelledError):
         await running
     assert tries == 1
+
+
+def test_the_notification_family_is_the_notify_package_and_nothing_else() -> None:
+    """One definition: an action is a notification (counted by channel) exactly when it is
+    named notify.<channel>, and those are the actions the actions/notify/ modules define."""
+    from runbook_operator.actions.catalog import BUILTIN
+    from runbook_operator.domain.model import channel
+
+    for action in BUILTIN:
+        in_package = action.run.__module__.startswith("runbook_operator.actions.notify.")
+        assert (channel(action.name) is not None) == in_package, action.name
+    assert {channel(a.name) for a in BUILTIN} - {None} == {"webhook", "slack", "pagerduty", "opsgenie", "email"}

@@ -32,6 +32,14 @@ DEFAULT_ANNOUNCED = {
 }
 
 
+NOTIFY = "notify."  # the notification family: an action named notify.<channel> sends to <channel>
+
+
+def channel(action: str) -> str | None:
+    """The channel a notification action sends to (``notify.slack``: ``slack``); None for another family."""
+    return action.removeprefix(NOTIFY) if action.startswith(NOTIFY) else None
+
+
 class Stage(enum.StrEnum):
     DIAGNOSE = "Diagnose"
     REMEDIATE = "Remediate"
@@ -110,7 +118,8 @@ class Step:
 
     @property
     def notifies(self) -> bool:
-        """An escalation's or an announcement's step: runs once, never waits for approval."""
+        """A step of an escalation level or an announcement, whatever its action (usually one of
+        the notification family, :func:`channel`): runs once, never waits for approval."""
         return self.stage in (Stage.ESCALATE, Stage.ANNOUNCE)
 
 

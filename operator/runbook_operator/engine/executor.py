@@ -22,10 +22,9 @@ from runbook_operator.actions.api import Action, ActionContext, ActionFailure, S
 from runbook_operator.actions.registry import Registry
 from runbook_operator.adapters.metrics import Metrics
 from runbook_operator.domain.lifecycle import StepCall
-from runbook_operator.domain.model import Incident, Step
+from runbook_operator.domain.model import Incident, Step, channel
 
 log = logging.getLogger(__name__)
-NOTIFY = "notify."  # the notification channels' family: counted by channel
 Sleep = Callable[[float], Awaitable[None]]
 
 
@@ -84,8 +83,8 @@ class Executor:
             result = StepResult(False, f"{result.message} (after {step.retries + 1} tries)", result.output)
         if self._metrics is not None:
             self._metrics.action(step.action, result.ok, time.monotonic() - started)
-            if step.action.startswith(NOTIFY):
-                self._metrics.notification(step.action.removeprefix(NOTIFY), result.ok)
+            if (sent_to := channel(step.action)) is not None:
+                self._metrics.notification(sent_to, result.ok)
         return _redacted(result, ctx)
 
 
