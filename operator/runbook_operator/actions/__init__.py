@@ -7,30 +7,5 @@ The names come from ``actions.api``; the built-in families live in the modules b
 ``actions.catalog.default_registry()`` gathers the families and the installed plug-ins.
 """
 
-from runbook_operator.actions.api import (
-    Action,
-    ActionContext,
-    ActionFailure,
-    Duration,
-    ErrorScan,
-    Language,
-    Params,
-    SecretRef,
-    Services,
-    StepResult,
-    tls_context,
-)
-
-__all__ = [
-    "Action",
-    "ActionContext",
-    "ActionFailure",
-    "Duration",
-    "ErrorScan",
-    "Language",
-    "Params",
-    "SecretRef",
-    "Services",
-    "StepResult",
-    "tls_context",
-]
+from runbook_operator.actions.api import *  # noqa: F403  (the names api.__all__ lists, one list)
+from runbook_operator.actions.api import __all__ as __all__

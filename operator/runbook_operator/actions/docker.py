@@ -20,17 +20,8 @@ from urllib.parse import urlsplit
 import httpx
 import pydantic
 
-from runbook_operator.actions import egress
-from runbook_operator.actions.api import (
-    Action,
-    ActionContext,
-    ActionFailure,
-    Duration,
-    ErrorScan,
-    Language,
-    Params,
-    StepResult,
-)
+from runbook_operator.actions import api, egress
+from runbook_operator.actions.api import Action, ActionContext, ActionFailure, Params, StepResult
 from runbook_operator.domain.wire import clipped
 
 T = TypeVar("T")
@@ -45,7 +36,7 @@ _LABEL = re.compile(r"^[^=\s]+(=.*)?$")
 
 
 class _Engine(Params):
-    host: Annotated[str | None, Language.LITERAL] = pydantic.Field(
+    host: Annotated[str | None, api.Language.LITERAL] = pydantic.Field(
         None,
         description="Docker engine: unix:///path/to/docker.sock or tcp://host:port "
         "(default: DOCKER_HOST, else the local socket)",
@@ -63,7 +54,7 @@ class _Engine(Params):
 
 
 class _Container(_Engine):
-    container: Annotated[str, Language.NAME] = pydantic.Field(
+    container: Annotated[str, api.Language.NAME] = pydantic.Field(
         min_length=1, max_length=253, pattern=_NAME, description="container name or ID, as `docker ps` shows it"
     )
 
@@ -79,14 +70,14 @@ class RestartParams(_Container):
         le=600,
         description="seconds to wait for the container to stop before it is killed (docker restart -t)",
     )
-    settle: Duration | None = pydantic.Field(
+    settle: api.Duration | None = pydantic.Field(
         None, description="wait this long after the restart, then check it still runs (catches a crash loop), e.g. 5s"
     )
 
 
-class LogsParams(_Container, ErrorScan):
+class LogsParams(_Container, api.ErrorScan):
     tail: int = pydantic.Field(200, ge=1, le=10_000, description="lines read from the end of the log")
-    since: Duration | None = pydantic.Field(None, description="only lines written in this last period, e.g. 5m")
+    since: api.Duration | None = pydantic.Field(None, description="only lines written in this last period, e.g. 5m")
 
 
 class StatsParams(_Container):
@@ -111,7 +102,7 @@ class PruneParams(_Engine):
         False, alias="all", description="remove every unused image, not just dangling ones (docker system prune -a)"
     )
     volumes: bool = pydantic.Field(False, description="also remove unused volumes (docker system prune --volumes)")
-    labels: Annotated[list[str], Language.NAME] = pydantic.Field(
+    labels: Annotated[list[str], api.Language.NAME] = pydantic.Field(
         default_factory=list,
         max_length=20,
         description="only remove objects carrying all these labels, key or key=value (--filter label=...)",

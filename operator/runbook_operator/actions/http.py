@@ -8,17 +8,8 @@ from typing import Annotated, Any, Literal
 import httpx
 import pydantic
 
-from runbook_operator.actions import egress
-from runbook_operator.actions.api import (
-    Action,
-    ActionContext,
-    ActionFailure,
-    Duration,
-    Language,
-    Params,
-    SecretRef,
-    StepResult,
-)
+from runbook_operator.actions import api, egress
+from runbook_operator.actions.api import Action, ActionContext, ActionFailure, Params, StepResult
 from runbook_operator.actions.egress import EgressRefused
 
 MAX_BODY = 64 * 1024  # bytes of a response we read; the rest is ignored
@@ -27,11 +18,13 @@ _EXCERPT = 200
 
 
 class _Target(Params):
-    url: Annotated[pydantic.AnyHttpUrl, Language.URL] = pydantic.Field(
+    url: Annotated[pydantic.AnyHttpUrl, api.Language.URL] = pydantic.Field(
         description="absolute http(s) URL; comes from the policy"
     )
     expect_status: int = pydantic.Field(200, alias="expectStatus", ge=100, le=599, description="expected HTTP status")
-    timeout: Duration | None = pydantic.Field(None, description="bound on the request, e.g. 5s (default: the step's)")
+    timeout: api.Duration | None = pydantic.Field(
+        None, description="bound on the request, e.g. 5s (default: the step's)"
+    )
 
     def budget(self, ctx: ActionContext) -> float:
         return min(self.timeout, ctx.timeout) if self.timeout is not None else ctx.timeout
@@ -50,7 +43,7 @@ class RequestParams(_Target):
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = pydantic.Field("POST", description="HTTP method")
     json_body: Any = pydantic.Field(None, alias="json", description="JSON body to send")
     headers: dict[str, str] = pydantic.Field(default_factory=dict, description="extra request headers")
-    headers_from_secrets: dict[str, SecretRef] = pydantic.Field(
+    headers_from_secrets: dict[str, api.SecretRef] = pydantic.Field(
         default_factory=dict,
         alias="headersFromSecrets",
         description="headers whose values come from Secrets, e.g. Authorization: {name: admin-api, key: token}",

@@ -17,15 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import pydantic
 
-from runbook_operator.actions.api import (
-    Action,
-    ActionContext,
-    ActionFailure,
-    Language,
-    Params,
-    SecretRef,
-    StepResult,
-)
+from runbook_operator.actions.api import Action, ActionContext, ActionFailure, Language, Params, SecretRef, StepResult
 
 if TYPE_CHECKING:
     import psycopg

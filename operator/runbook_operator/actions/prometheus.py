@@ -21,15 +21,7 @@ import httpx
 import pydantic
 
 from runbook_operator.actions import egress
-from runbook_operator.actions.api import (
-    Action,
-    ActionContext,
-    ActionFailure,
-    Duration,
-    Language,
-    Params,
-    StepResult,
-)
+from runbook_operator.actions.api import Action, ActionContext, ActionFailure, Duration, Language, Params, StepResult
 from runbook_operator.domain.expressions import is_template
 from runbook_operator.domain.wire import clipped, printable
 

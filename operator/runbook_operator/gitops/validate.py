@@ -11,14 +11,7 @@ from typing import Any
 from runbook_operator.domain.model import InvalidPolicy
 from runbook_operator.domain.parsing import ParamValidator, parse_policy
 from runbook_operator.gitops.loader import InputError, load_documents
-from runbook_operator.gitops.schema import (
-    Crd,
-    Resource,
-    resources,
-    schema_problems,
-    show,
-    yaml_files,
-)
+from runbook_operator.gitops.schema import Crd, Resource, resources, schema_problems, show, yaml_files
 
 
 def _field(message: str) -> str:

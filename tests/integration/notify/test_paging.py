@@ -20,13 +20,7 @@ from runbook_operator.domain.parsing import parse_policy
 from runbook_operator.domain.results import StepResult
 from runbook_operator.engine.executor import Executor, run_action
 from tests.fixtures.listeners import Listener
-from tests.fixtures.paging import (
-    Opsgenie,
-    PagerDuty,
-    opsgenie_action_errors,
-    opsgenie_create_errors,
-    pagerduty_errors,
-)
+from tests.fixtures.paging import Opsgenie, PagerDuty, opsgenie_action_errors, opsgenie_create_errors, pagerduty_errors
 from tests.fixtures.secrets import Secrets
 from tests.unit.builders import incident, policy_body
 

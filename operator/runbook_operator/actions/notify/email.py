@@ -41,17 +41,8 @@ from typing import Annotated, Any, Literal
 import httpx
 import pydantic
 
-from runbook_operator.actions.api import (
-    Action,
-    ActionContext,
-    ActionFailure,
-    Duration,
-    Language,
-    Params,
-    SecretRef,
-    StepResult,
-    tls_context,
-)
+from runbook_operator.actions import api
+from runbook_operator.actions.api import Action, ActionContext, ActionFailure, Params, StepResult
 from runbook_operator.actions.egress import EgressRefused, checked_address
 from runbook_operator.actions.notify import messages
 from runbook_operator.domain.wire import clipped, printable
@@ -88,33 +79,33 @@ EmailAddress = Annotated[str, pydantic.AfterValidator(_address)]
 
 
 class EmailParams(Params):
-    host: Annotated[str, Language.LITERAL] = pydantic.Field(
+    host: Annotated[str, api.Language.LITERAL] = pydantic.Field(
         min_length=1, max_length=253, description="SMTP server (relay) host name or IP address"
     )
-    port: Annotated[int | None, Language.LITERAL] = pydantic.Field(
+    port: Annotated[int | None, api.Language.LITERAL] = pydantic.Field(
         None, ge=1, le=65535, description="server port (default 587; 465 with tls: tls)"
     )
-    tls: Annotated[Literal["starttls", "tls", "none"], Language.LITERAL] = pydantic.Field(
+    tls: Annotated[Literal["starttls", "tls", "none"], api.Language.LITERAL] = pydantic.Field(
         "starttls",
         description="starttls: the server must offer STARTTLS, else nothing is sent; tls: implicit TLS (port 465); "
         "none: plain text, only without credentials",
     )
-    sender: Annotated[EmailAddress, Language.LITERAL] = pydantic.Field(
+    sender: Annotated[EmailAddress, api.Language.LITERAL] = pydantic.Field(
         alias="from", description="sender address, e.g. 'Runbook <runbook@example.com>'"
     )
-    to: Annotated[list[EmailAddress], Language.LITERAL] = pydantic.Field(
+    to: Annotated[list[EmailAddress], api.Language.LITERAL] = pydantic.Field(
         min_length=1, max_length=MAX_RECIPIENTS, description="recipient addresses (1 to 50)"
     )
-    cc: Annotated[list[EmailAddress], Language.LITERAL] = pydantic.Field(
+    cc: Annotated[list[EmailAddress], api.Language.LITERAL] = pydantic.Field(
         default_factory=list, max_length=MAX_RECIPIENTS, description="copy recipients (up to 50)"
     )
-    username_secret_ref: SecretRef | None = pydantic.Field(
+    username_secret_ref: api.SecretRef | None = pydantic.Field(
         None, alias="usernameSecretRef", description="Secret key holding the SMTP username (AUTH, only over TLS)"
     )
-    password_secret_ref: SecretRef | None = pydantic.Field(
+    password_secret_ref: api.SecretRef | None = pydantic.Field(
         None, alias="passwordSecretRef", description="Secret key holding the SMTP password"
     )
-    ca_secret_ref: SecretRef | None = pydantic.Field(
+    ca_secret_ref: api.SecretRef | None = pydantic.Field(
         None, alias="caSecretRef", description="Secret key holding a PEM CA bundle to trust instead of the system's"
     )
     subject: str | None = pydantic.Field(
@@ -124,7 +115,7 @@ class EmailParams(Params):
     attempts: int = pydantic.Field(
         3, ge=1, le=10, description="tries on connection errors, timeouts and 4xx replies (never on 5xx)"
     )
-    backoff: Duration = pydantic.Field(1.0, description="wait between tries, e.g. 1s")
+    backoff: api.Duration = pydantic.Field(1.0, description="wait between tries, e.g. 1s")
 
     @pydantic.model_validator(mode="after")
     def _consistent(self) -> EmailParams:
@@ -280,7 +271,7 @@ def deliver(d: Delivery) -> Outcome:
         if timeout <= 0:
             raise TimeoutError("the step's time is up")
         if d.mode == "tls":
-            smtp = _PinnedTLS(d.host, d.address, timeout, d.context or tls_context())
+            smtp = _PinnedTLS(d.host, d.address, timeout, d.context or api.tls_context())
         else:
             smtp = _Pinned(d.host, d.address, timeout)
         smtp.connect(d.host, d.port)
@@ -377,7 +368,7 @@ def classify(stage: str, err: Exception) -> Outcome:
 # -- the action ---------------------------------------------------------------------------------
 
 
-async def _ca_context(ref: SecretRef, ctx: ActionContext, where: str) -> ssl.SSLContext:
+async def _ca_context(ref: api.SecretRef, ctx: ActionContext, where: str) -> ssl.SSLContext:
     """A TLS context that trusts the PEM bundle in the Secret, and only it. A CA certificate is
     public and many lines long, so it is read past ctx.secret's one-line credential check."""
     try:
@@ -418,7 +409,9 @@ async def send(params: EmailParams, ctx: ActionContext) -> StepResult:
         )
     context: ssl.SSLContext | None = None
     if params.tls != "none":
-        context = tls_context() if params.ca_secret_ref is None else await _ca_context(params.ca_secret_ref, ctx, where)
+        context = (
+            api.tls_context() if params.ca_secret_ref is None else await _ca_context(params.ca_secret_ref, ctx, where)
+        )
     message = compose(params, ctx)
     recipients = tuple(dict.fromkeys(email.utils.parseaddr(a)[1] for a in (*params.to, *params.cc)))
     # a little before the step's timeout, so a silent server is told as such, not as a timeout

@@ -32,17 +32,8 @@ from urllib.parse import quote
 import httpx
 import pydantic
 
-from runbook_operator.actions import egress
-from runbook_operator.actions.api import (
-    Action,
-    ActionContext,
-    ActionFailure,
-    Duration,
-    Language,
-    Params,
-    SecretRef,
-    StepResult,
-)
+from runbook_operator.actions import api, egress
+from runbook_operator.actions.api import Action, ActionContext, ActionFailure, Params, StepResult
 from runbook_operator.actions.egress import EgressRefused
 from runbook_operator.actions.notify import messages
 from runbook_operator.domain.model import ACKNOWLEDGED, DEFAULT_SEVERITY
@@ -62,7 +53,7 @@ OG_PRIORITY = {"Critical": "P1", "High": "P2", "Medium": "P3", "Low": "P4"}
 OG_LIMITS = {"message": 130, "alias": 512, "description": 15000, "entity": 512, "source": 100, "user": 100,
              "note": 25000, "tag": 50, "tags": 20, "details": 8000}  # fmt: skip
 
-BaseUrl = Annotated[pydantic.AnyHttpUrl, Language.LITERAL]
+BaseUrl = Annotated[pydantic.AnyHttpUrl, api.Language.LITERAL]
 
 
 ATTEMPTS_DOC = "tries on connection errors, timeouts, 429 and 5xx answers, within the step's timeout"
@@ -78,7 +69,7 @@ class _PagingParams(Params):
 
 
 class PagerDutyParams(_PagingParams):
-    routing_key_secret_ref: SecretRef = pydantic.Field(
+    routing_key_secret_ref: api.SecretRef = pydantic.Field(
         alias="routingKeySecretRef",
         description="the Events API v2 integration key (routing key) of the service to page, from a Secret",
     )
@@ -98,11 +89,11 @@ class PagerDutyParams(_PagingParams):
     )
     component: str | None = pydantic.Field(None, description="payload.component (default: the target's name)")
     attempts: int = pydantic.Field(3, ge=1, le=10, description=ATTEMPTS_DOC)
-    backoff: Duration = pydantic.Field(1.0, description="wait between tries, e.g. 1s")
+    backoff: api.Duration = pydantic.Field(1.0, description="wait between tries, e.g. 1s")
 
 
 class OpsgenieParams(_PagingParams):
-    api_key_secret_ref: SecretRef = pydantic.Field(
+    api_key_secret_ref: api.SecretRef = pydantic.Field(
         alias="apiKeySecretRef", description="the API key of an Opsgenie API integration, from a Secret"
     )
     base_url: BaseUrl = pydantic.Field(
@@ -120,7 +111,7 @@ class OpsgenieParams(_PagingParams):
         default_factory=list, max_length=16, description="tags to add to the alert's own (each cut to 50 characters)"
     )
     attempts: int = pydantic.Field(3, ge=1, le=10, description=ATTEMPTS_DOC)
-    backoff: Duration = pydantic.Field(1.0, description="wait between tries, e.g. 1s")
+    backoff: api.Duration = pydantic.Field(1.0, description="wait between tries, e.g. 1s")
 
 
 # -- shared -------------------------------------------------------------------------------

@@ -24,17 +24,8 @@ from typing import Annotated, Any, Literal
 import httpx
 import pydantic
 
-from runbook_operator.actions import egress
-from runbook_operator.actions.api import (
-    Action,
-    ActionContext,
-    ActionFailure,
-    Duration,
-    Language,
-    Params,
-    SecretRef,
-    StepResult,
-)
+from runbook_operator.actions import api, egress
+from runbook_operator.actions.api import Action, ActionContext, ActionFailure, Params, StepResult
 from runbook_operator.actions.egress import EgressRefused
 from runbook_operator.actions.notify import messages
 from runbook_operator.domain.wire import clipped, printable
@@ -64,12 +55,12 @@ _CHANNEL = re.compile(r"#?[A-Za-z0-9][A-Za-z0-9._-]{0,79}")
 
 
 class SlackParams(Params):
-    channel: Annotated[str, Language.LITERAL] = pydantic.Field(
+    channel: Annotated[str, api.Language.LITERAL] = pydantic.Field(
         min_length=1,
         max_length=81,
         description="channel to post to: its ID (C0123456789, best: survives renames) or #name; the app must be in it",
     )
-    token_secret_ref: SecretRef = pydantic.Field(
+    token_secret_ref: api.SecretRef = pydantic.Field(
         alias="tokenSecretRef", description="the Slack app's bot token (xoxb-...), with the chat:write scope"
     )
     text: str | None = pydantic.Field(
@@ -81,7 +72,7 @@ class SlackParams(Params):
         description="also show a reply in the incident's thread in the channel; auto: when the incident "
         "is resolved or escalated",
     )
-    base_url: Annotated[pydantic.AnyHttpUrl, Language.LITERAL] = pydantic.Field(
+    base_url: Annotated[pydantic.AnyHttpUrl, api.Language.LITERAL] = pydantic.Field(
         pydantic.AnyHttpUrl("https://slack.com"),
         alias="baseUrl",
         description="where Slack's Web API is (a proxy or a test double); the token is sent there",
@@ -89,7 +80,7 @@ class SlackParams(Params):
     attempts: int = pydantic.Field(
         3, ge=1, le=10, description="tries on connection errors, 5xx, 429 and Slack's transient errors"
     )
-    backoff: Duration = pydantic.Field(1.0, description="wait between tries, e.g. 1s (a 429's Retry-After wins)")
+    backoff: api.Duration = pydantic.Field(1.0, description="wait between tries, e.g. 1s (a 429's Retry-After wins)")
 
     @pydantic.field_validator("channel")
     @classmethod

@@ -9,32 +9,23 @@ from typing import Annotated, Any, Literal
 import httpx
 import pydantic
 
-from runbook_operator.actions import egress
-from runbook_operator.actions.api import (
-    Action,
-    ActionContext,
-    ActionFailure,
-    Duration,
-    Language,
-    Params,
-    SecretRef,
-    StepResult,
-)
+from runbook_operator.actions import api, egress
+from runbook_operator.actions.api import Action, ActionContext, ActionFailure, Params, StepResult
 from runbook_operator.actions.egress import EgressRefused
 from runbook_operator.actions.notify import messages, slack
 
 
 class WebhookParams(Params):
-    url: Annotated[pydantic.AnyHttpUrl | None, Language.URL] = pydantic.Field(
+    url: Annotated[pydantic.AnyHttpUrl | None, api.Language.URL] = pydantic.Field(
         None, description="webhook URL written in the policy"
     )
-    url_secret_ref: SecretRef | None = pydantic.Field(
+    url_secret_ref: api.SecretRef | None = pydantic.Field(
         None, alias="urlSecretRef", description="the webhook URL from a Secret (Slack URLs are credentials)"
     )
     format: Literal["slack", "json"] = pydantic.Field("json", description="slack: {text}; json: the incident document")
     text: str | None = pydantic.Field(None, description="a message to lead with (may template incident fields)")
     attempts: int = pydantic.Field(3, ge=1, le=10, description="tries on connection errors and 5xx answers")
-    backoff: Duration = pydantic.Field(1.0, description="wait between tries, e.g. 1s")
+    backoff: api.Duration = pydantic.Field(1.0, description="wait between tries, e.g. 1s")
 
     @pydantic.model_validator(mode="after")
     def _one_url(self) -> WebhookParams:

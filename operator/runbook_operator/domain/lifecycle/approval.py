@@ -9,11 +9,7 @@ from typing import Any
 
 from runbook_operator.domain import consent
 from runbook_operator.domain.lifecycle.records import bounded, claim
-from runbook_operator.domain.model import (
-    DEFAULT_SEVERITY,
-    RESPONSE_TIME,
-    Step,
-)
+from runbook_operator.domain.model import DEFAULT_SEVERITY, RESPONSE_TIME, Step
 from runbook_operator.domain.progress import WARNING, Context, Progress, StepCall
 from runbook_operator.domain.status import (
     ApprovalRequest,

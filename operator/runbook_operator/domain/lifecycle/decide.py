@@ -11,22 +11,9 @@ from datetime import datetime, timedelta
 from runbook_operator.domain.lifecycle.stages import Peer, advance
 from runbook_operator.domain.lifecycle.steps import announcements, escalation_notify
 from runbook_operator.domain.matching import Candidate, select_policy
-from runbook_operator.domain.model import (
-    ACKNOWLEDGED,
-    DEFAULT_SEVERITY,
-    RESPONSE_TIME,
-    Incident,
-    InvalidPolicy,
-    Policy,
-)
+from runbook_operator.domain.model import ACKNOWLEDGED, DEFAULT_SEVERITY, RESPONSE_TIME, Incident, InvalidPolicy, Policy
 from runbook_operator.domain.progress import NORMAL, Context, Decision, Progress
-from runbook_operator.domain.status import (
-    ConditionType,
-    Phase,
-    Reason,
-    Status,
-    timestamp,
-)
+from runbook_operator.domain.status import ConditionType, Phase, Reason, Status, timestamp
 
 
 def decide(

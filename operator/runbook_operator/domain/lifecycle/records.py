@@ -10,10 +10,7 @@ from typing import Any
 
 from runbook_operator.domain import expressions
 from runbook_operator.domain.consent import Approval
-from runbook_operator.domain.model import (
-    Stage,
-    Step,
-)
+from runbook_operator.domain.model import Stage, Step
 from runbook_operator.domain.progress import NORMAL, WARNING, Context, Event, Progress, StepCall
 from runbook_operator.domain.results import StepResult
 from runbook_operator.domain.status import (

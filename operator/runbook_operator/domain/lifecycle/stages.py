@@ -9,12 +9,7 @@ from datetime import datetime, timedelta
 
 from runbook_operator.domain.lifecycle.records import STAGE_PHASE
 from runbook_operator.domain.lifecycle.steps import outcome, scan
-from runbook_operator.domain.model import (
-    DEFAULT_SEVERITY,
-    Incident,
-    Policy,
-    Stage,
-)
+from runbook_operator.domain.model import DEFAULT_SEVERITY, Incident, Policy, Stage
 from runbook_operator.domain.progress import Context, Decision, Progress
 from runbook_operator.domain.status import (
     ConditionType,

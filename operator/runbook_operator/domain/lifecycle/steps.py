@@ -10,18 +10,9 @@ from dataclasses import replace
 from runbook_operator.domain import consent, escalation, expressions
 from runbook_operator.domain.lifecycle.approval import approval_holds, consent_to
 from runbook_operator.domain.lifecycle.records import claim, compact, render, resumed, settle_unrun, skip
-from runbook_operator.domain.model import (
-    DEFAULT_SEVERITY,
-    Stage,
-    Step,
-)
+from runbook_operator.domain.model import DEFAULT_SEVERITY, Stage, Step
 from runbook_operator.domain.progress import WARNING, Context, Decision, Progress, StepCall
-from runbook_operator.domain.status import (
-    Phase,
-    Reason,
-    StepRecord,
-    StepState,
-)
+from runbook_operator.domain.status import Phase, Reason, StepRecord, StepState
 
 
 def scan(p: Progress, ctx: Context, steps: Sequence[Step], stage: Stage, attempt: int) -> StepCall | StepRecord | None:
