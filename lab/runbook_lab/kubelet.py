@@ -10,24 +10,24 @@ The API server does not verify kubelet certificates here, so its own serving pai
 
 from __future__ import annotations
 
-import http.server
 import ssl
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+from runbook_lab.served import QuietHandler, Served
+
 Logs = Callable[[str, str, str], "str | None"]
 
 
-class LogServer:
+class LogServer(Served):
     def __init__(self, cert: Path, key: Path, source: Logs, host: str = "127.0.0.1") -> None:
         self.source = source
         self.requests: list[tuple[str, dict[str, list[str]]]] = []
         server = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 url = urlparse(self.path)
                 query = parse_qs(url.query)
@@ -52,25 +52,9 @@ class LogServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer((host, 0), Handler)
-        self.server.daemon_threads = True
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(str(cert), str(key))
-        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
-        self.host, self.port = host, self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, name="lab-kubelet-logs", daemon=True)
-
-    def start(self) -> LogServer:
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.thread.join()
-        self.server.server_close()
+        super().__init__(Handler, host, tls=context, name="lab-kubelet-logs")
 
     def node_status(self) -> dict[str, Any]:
         """The node status patch that sends the API server's log requests here."""

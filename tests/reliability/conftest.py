@@ -11,18 +11,19 @@ import json
 import threading
 from collections import Counter
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
 
+from runbook_lab.served import QuietHandler, Served
 from tests.fixtures.cluster import Kubectl
 
 API = "remediation.ishchat.io/v1alpha1"
 TERMINAL = ("Resolved", "Escalated")
 
 
-class GateServer:
+class GateServer(Served):
     """An HTTP endpoint that counts every call by path and answers as told.
 
     ``/gate/NAME[/...]``: 200, but while the gate NAME is shut the call blocks until it opens;
@@ -38,15 +39,7 @@ class GateServer:
         self._shut: dict[str, threading.Event] = {}
         self._done: set[str] = set()
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer((host, 0), self._handler())
-        self._server.daemon_threads = True
-        self._server.request_queue_size = 128
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        super().__init__(self._handler(), host, poll=0.05, backlog=128)
 
     def shut(self, name: str) -> None:
         self._shut[name] = threading.Event()
@@ -84,10 +77,7 @@ class GateServer:
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         gate = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
+        class Handler(QuietHandler):
             def _serve(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
@@ -109,14 +99,9 @@ class GateServer:
 
         return Handler
 
-    def start(self) -> GateServer:
-        self._thread.start()
-        return self
-
     def stop(self) -> None:
         self.open_all()
-        self._server.shutdown()
-        self._server.server_close()
+        super().stop()
 
 
 @pytest.fixture

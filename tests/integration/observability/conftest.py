@@ -25,7 +25,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ import docker.errors
 import pytest
 
 from runbook_lab.controlplane import free_port
+from runbook_lab.served import QuietHandler, Served
 from runbook_lab.services import Prometheus
 from runbook_operator.actions import ActionContext
 from runbook_operator.domain.results import StepResult
@@ -59,7 +60,7 @@ async def run(name: str, params: dict[str, Any], timeout: float = 10.0) -> StepR
 # -- the exporter Prometheus scrapes ------------------------------------------------------------------------
 
 
-class Exporter:
+class Exporter(Served):
     """ISH Chat's metrics, some fixed, some the tests change; counters grow at every scrape."""
 
     def __init__(self) -> None:
@@ -70,14 +71,12 @@ class Exporter:
         self.healthy = {"openai": 3.0, "anthropic": 1.0}  # ish_chat_instances_healthy, a gauge tests may set
         self.requests = 0
         self.buckets = {"0.1": 0, "0.5": 0, "1": 0, "2.5": 0, "+Inf": 0}
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        super().__init__(self._handler())
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         exporter = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 if self.path != "/metrics":
                     self.send_error(404, "no such page")
@@ -88,9 +87,6 @@ class Exporter:
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
 
         return Handler
 
@@ -123,15 +119,6 @@ class Exporter:
                 f"ish_chat_scrapes {self.scrapes}",
             ]
         return "\n".join(lines) + "\n"
-
-    def start(self) -> Exporter:
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join()
 
 
 @dataclass

@@ -59,7 +59,27 @@ BaseUrl = Annotated[pydantic.AnyHttpUrl, api.Language.LITERAL]
 ATTEMPTS_DOC = "tries on connection errors, timeouts, 429 and 5xx answers, within the step's timeout"
 
 
+def _base_url(default: str, api_name: str, eu: str) -> Any:
+    return pydantic.Field(
+        default,  # a str, made a URL by validate_default
+        alias="baseUrl",
+        validate_default=True,
+        description=f"the {api_name}'s address; {eu} for an EU account",
+    )
+
+
+def _event(resolve: str, opened: str, open_: str) -> Any:
+    return pydantic.Field(
+        "auto",
+        description=f"auto: {resolve} when announcing Resolved, acknowledge when announcing Acknowledged (both only "
+        f"if this incident {opened}), else {open_}",
+    )
+
+
 class _PagingParams(Params):
+    attempts: int = pydantic.Field(3, ge=1, le=10, description=ATTEMPTS_DOC)
+    backoff: api.Duration = pydantic.Field(1.0, description="wait between tries, e.g. 1s")
+
     @pydantic.field_validator("base_url", check_fields=False)
     @classmethod
     def _plain_base(cls, value: pydantic.AnyHttpUrl) -> pydantic.AnyHttpUrl:
@@ -73,45 +93,23 @@ class PagerDutyParams(_PagingParams):
         alias="routingKeySecretRef",
         description="the Events API v2 integration key (routing key) of the service to page, from a Secret",
     )
-    base_url: BaseUrl = pydantic.Field(
-        "https://events.pagerduty.com",  # a str, made a URL by validate_default
-        alias="baseUrl",
-        validate_default=True,
-        description="the Events API's address; https://events.eu.pagerduty.com for an EU account",
-    )
-    event: Literal["auto", "trigger", "acknowledge", "resolve"] = pydantic.Field(
-        "auto",
-        description="auto: resolve when announcing Resolved, acknowledge when announcing Acknowledged (both only if "
-        "this incident paged the service), else trigger",
-    )
+    base_url: BaseUrl = _base_url("https://events.pagerduty.com", "Events API", "https://events.eu.pagerduty.com")
+    event: Literal["auto", "trigger", "acknowledge", "resolve"] = _event("resolve", "paged the service", "trigger")
     source: str | None = pydantic.Field(
         None, description="payload.source (default: the target kind/namespace/name, else namespace/incident)"
     )
     component: str | None = pydantic.Field(None, description="payload.component (default: the target's name)")
-    attempts: int = pydantic.Field(3, ge=1, le=10, description=ATTEMPTS_DOC)
-    backoff: api.Duration = pydantic.Field(1.0, description="wait between tries, e.g. 1s")
 
 
 class OpsgenieParams(_PagingParams):
     api_key_secret_ref: api.SecretRef = pydantic.Field(
         alias="apiKeySecretRef", description="the API key of an Opsgenie API integration, from a Secret"
     )
-    base_url: BaseUrl = pydantic.Field(
-        "https://api.opsgenie.com",  # a str, made a URL by validate_default
-        alias="baseUrl",
-        validate_default=True,
-        description="the Alert API's address; https://api.eu.opsgenie.com for an EU account",
-    )
-    event: Literal["auto", "create", "acknowledge", "close"] = pydantic.Field(
-        "auto",
-        description="auto: close when announcing Resolved, acknowledge when announcing Acknowledged (both only if "
-        "this incident created the alert), else create",
-    )
+    base_url: BaseUrl = _base_url("https://api.opsgenie.com", "Alert API", "https://api.eu.opsgenie.com")
+    event: Literal["auto", "create", "acknowledge", "close"] = _event("close", "created the alert", "create")
     tags: list[str] = pydantic.Field(
         default_factory=list, max_length=16, description="tags to add to the alert's own (each cut to 50 characters)"
     )
-    attempts: int = pydantic.Field(3, ge=1, le=10, description=ATTEMPTS_DOC)
-    backoff: api.Duration = pydantic.Field(1.0, description="wait between tries, e.g. 1s")
 
 
 # -- shared -------------------------------------------------------------------------------
