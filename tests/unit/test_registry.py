@@ -75,7 +75,7 @@ class FakeServices:
         assert (namespace, name, key) == ("ns", "admin-api", "token")
         return "s3cr3t-value"
 
-    def api_client(self) -> Any:
+    async def rest(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError
 
     async def run_blocking(self, fn: Any, *args: Any) -> Any:

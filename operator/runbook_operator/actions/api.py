@@ -143,7 +143,23 @@ class Services(Protocol):
         """The value, if the Secret consents to ``policy`` (:data:`CONSENT_ANNOTATION`)."""
         ...
 
-    def api_client(self) -> Any: ...
+    async def rest(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, str],
+        *,
+        query: Mapping[str, Any] | None = None,
+        body: Any = None,
+        content_type: str | None = None,
+        text: bool = False,
+        request_timeout: float | None = None,
+    ) -> Any:
+        """One Kubernetes API request (``path``'s ``{placeholders}`` from ``params``) as the operator:
+        the JSON answer, or with ``text`` the answer as text; a non-2xx answer raises the client's
+        ``ApiException``."""
+        ...
+
     async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T: ...
 
 

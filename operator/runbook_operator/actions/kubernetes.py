@@ -2,25 +2,22 @@
 ``kubectl logs`` and ``kubectl delete pod``.
 
 Every action works in the incident's namespace only (there is no namespace
-parameter), with the operator's API client. The ``kubernetes`` client is blocking:
-every call runs in the engine's thread pool (``ctx.services.run_blocking``) and is
-bounded by the step's timeout, both on the event loop and on the wire. The operator's
+parameter), as the operator: every call goes through the Kube adapter's one REST call
+(``ctx.services.rest``, in the engine's thread pool) and is bounded by the step's
+timeout, both on the event loop and on the wire. The operator's
 ServiceAccount needs the Role in ``manifests/namespace-access`` in that namespace;
 a missing grant is reported with the verb and resource it lacks.
 
-Calls go to the REST paths through the ``ApiClient``, and objects come back as the API
-server's JSON (camelCase keys), not through ``AppsV1Api``/``CoreV1Api``: importing those
-and their models costs the operator ~23 MB and ~1 s of CPU, and every answer would be
-parsed into models again.
+Calls go to the REST paths, and objects come back as the API server's JSON (camelCase
+keys), not through ``AppsV1Api``/``CoreV1Api``: importing those and their models costs the
+operator ~23 MB and ~1 s of CPU, and every answer would be parsed into models again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, Self
@@ -220,35 +217,9 @@ class _Cluster:
         self._services = ctx.services
         self._timeout = ctx.timeout
         self._deadline = time.monotonic() + ctx.timeout * _BUDGET_SHARE
-        self._client = ctx.services.api_client()
 
     def where(self, noun: str, name: str) -> str:
         return f"{noun} {self.ns}/{name}"
-
-    async def call(
-        self, verb: str, resource: str, subject: str | None, fn: Callable[..., Any], *args: Any, **kwargs: Any
-    ) -> Any:
-        """``fn(*args, **kwargs)`` in the thread pool; failures become :class:`_ApiFailure` naming verb and resource."""
-        what = f"{verb} {resource} in namespace {self.ns}"
-        silent = _ApiFailure(f"{what}: no answer from the API server within the step's {self._timeout:g}s", "timeout")
-        left = self._deadline - time.monotonic()
-        if left <= 0:
-            raise silent
-        call = functools.partial(fn, *args, **kwargs, _request_timeout=left)  # frees the thread, too
-        try:
-            async with asyncio.timeout(left):
-                return await self._services.run_blocking(call)
-        except TimeoutError:
-            raise silent from None
-        except ApiException as err:
-            raise self._explain(err, verb, resource, subject) from None
-        except urllib3.exceptions.MaxRetryError as err:
-            if isinstance(err.reason, urllib3.exceptions.TimeoutError):
-                raise silent from None
-            unreachable = f"{what}: cannot reach the API server: {type(err.reason).__name__}"
-            raise _ApiFailure(unreachable, "unreachable") from None
-        except (urllib3.exceptions.HTTPError, OSError) as err:
-            raise _ApiFailure(f"{what}: cannot reach the API server: {type(err).__name__}", "unreachable") from None
 
     async def request(
         self,
@@ -263,26 +234,33 @@ class _Cluster:
         content_type: str | None = None,
         text: bool = False,
     ) -> Any:
-        """One REST call through :meth:`call`: ``path`` in the incident's namespace, ``{name}`` filled
-        in. The API server's JSON, or with ``text`` its answer as text (a log); a non-2xx answer
-        raises the ``ApiException`` the typed client raises, so :meth:`_explain` words it the same."""
-        client = self._client
+        """One REST call through the operator's Kube adapter (``Services.rest``): ``path`` in the
+        incident's namespace, ``{name}`` filled in, within the step's deadline. The API server's
+        JSON, or with ``text`` its answer as text (a log); failures become :class:`_ApiFailure`
+        naming verb and resource."""
+        what = f"{verb} {resource} in namespace {self.ns}"
+        silent = _ApiFailure(f"{what}: no answer from the API server within the step's {self._timeout:g}s", "timeout")
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise silent
         params = {"namespace": self.ns} | ({} if name is None else {"name": name})
-        headers = {"Accept": "application/json"} | ({} if content_type is None else {"Content-Type": content_type})
-
-        def send(_request_timeout: float) -> Any:
-            request = client.param_serialize(
-                method, path, path_params=params, query_params=list((query or {}).items()),
-                header_params=headers, body=body, auth_settings=["BearerToken"],
-            )  # fmt: skip
-            response = client.call_api(*request, _request_timeout=_request_timeout)
-            response.read()
-            if not 200 <= response.status <= 299:
-                ApiException.from_response(http_resp=response, body=None, data=None)  # raises
-            answer = response.data.decode()
-            return answer if text else json.loads(answer)
-
-        return await self.call(verb, resource, subject, send)
+        try:
+            async with asyncio.timeout(left):
+                return await self._services.rest(
+                    method, path, params, query=query, body=body, content_type=content_type, text=text,
+                    request_timeout=left,  # frees the thread, too
+                )  # fmt: skip
+        except TimeoutError:
+            raise silent from None
+        except ApiException as err:
+            raise self._explain(err, verb, resource, subject) from None
+        except urllib3.exceptions.MaxRetryError as err:
+            if isinstance(err.reason, urllib3.exceptions.TimeoutError):
+                raise silent from None
+            unreachable = f"{what}: cannot reach the API server: {type(err.reason).__name__}"
+            raise _ApiFailure(unreachable, "unreachable") from None
+        except (urllib3.exceptions.HTTPError, OSError) as err:
+            raise _ApiFailure(f"{what}: cannot reach the API server: {type(err).__name__}", "unreachable") from None
 
     def _explain(self, err: ApiException, verb: str, resource: str, subject: str | None) -> _ApiFailure:
         target = subject or f"{resource} in namespace {self.ns}"

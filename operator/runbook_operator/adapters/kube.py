@@ -80,30 +80,51 @@ class Kube:
         request_timeout: float | None = None,
         answer: bool = True,
         pool: ThreadPoolExecutor | None = None,
+        *,
+        query: Mapping[str, Any] | None = None,
+        content_type: str | None = "application/json",
+        text: bool = False,
     ) -> Any:
         """One request to ``path`` (its ``{placeholders}`` from ``params``) in the pool: the API
-        server's JSON (None without ``answer``: not even parsed); a non-2xx answer raises the
-        ``ApiException`` the typed classes raise. ``request_timeout`` bounds it on the wire."""
+        server's JSON, or with ``text`` its answer as text (None without ``answer``: not even
+        read as either); a non-2xx answer raises the ``ApiException`` the typed classes raise.
+        ``request_timeout`` bounds it on the wire."""
         client = self._client
+        headers = {"Accept": "application/json"} | ({"Content-Type": content_type} if content_type else {})
 
         def call() -> Any:
             request = client.param_serialize(
-                method, path, path_params=dict(params), body=body, auth_settings=["BearerToken"],
-                header_params={"Accept": "application/json", "Content-Type": "application/json"},
+                method, path, path_params=dict(params), query_params=list((query or {}).items()), body=body,
+                header_params=headers, auth_settings=["BearerToken"],
             )  # fmt: skip
             response: Any = client.call_api(*request, _request_timeout=request_timeout)
             response.read()
             if not 200 <= response.status <= 299:
                 kubernetes.client.ApiException.from_response(http_resp=response, body=None, data=None)  # raises
-            return json.loads(response.data) if answer else None
+            if not answer:
+                return None
+            return response.data.decode() if text else json.loads(response.data)
 
         if pool is None:
             return await self._call(call)
         return await asyncio.get_running_loop().run_in_executor(pool, call)
 
     # -- what actions may use (the Services protocol) ------------------------------
-    def api_client(self) -> kubernetes.client.ApiClient:
-        return self._client
+    async def rest(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, str],
+        *,
+        query: Mapping[str, Any] | None = None,
+        body: Any = None,
+        content_type: str | None = None,
+        text: bool = False,
+        request_timeout: float | None = None,
+    ) -> Any:
+        return await self._rest(
+            method, path, params, body, request_timeout, query=query, content_type=content_type, text=text
+        )
 
     async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
         return await self._call(fn, *args)

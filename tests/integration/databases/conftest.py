@@ -43,7 +43,7 @@ class FakeServices:
         except KeyError:
             raise LookupError(f"secret {namespace}/{name} has no key {key!r}") from None
 
-    def api_client(self) -> Any:
+    async def rest(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError
 
     async def run_blocking(self, fn: Callable[..., Any], *args: Any) -> Any:

@@ -175,18 +175,17 @@ async def run(action: str, params: dict[str, Any], namespace: str, services: Any
 
 
 class Hung:
-    """Services whose thread pool never answers (a hung API server, seen from the event loop)."""
+    """Services whose API calls never answer (a hung API server, seen from the event loop)."""
 
-    def __init__(self, client: Any) -> None:
-        self.client = client
+    def __init__(self) -> None:
         self.calls = 0
 
-    def api_client(self) -> Any:
-        return self.client
-
-    async def run_blocking(self, fn: Any, *args: Any) -> Any:
+    async def rest(self, *args: Any, **kwargs: Any) -> Any:
         self.calls += 1
         await asyncio.Event().wait()
+
+    async def run_blocking(self, fn: Any, *args: Any) -> Any:
+        raise AssertionError("kubernetes.* actions call the API through rest()")
 
     async def read_secret(self, namespace: str, name: str, key: str, policy: str | None) -> str:
         raise AssertionError("kubernetes.* actions read no secrets")

@@ -42,7 +42,7 @@ async def test_a_silent_api_server(silent: Kube, action: str, params: dict[str, 
 
 @pytest.mark.parametrize(("action", "params", "call"), CASES)
 async def test_a_thread_pool_that_never_answers(action: str, params: dict[str, Any], call: str) -> None:
-    hung = Hung(kubernetes.client.ApiClient(kubernetes.client.Configuration()))
+    hung = Hung()
     result, took = await execute(hung, action, params, 0.3)
     assert not result.ok
     assert result.message == f"{call} in namespace {NS}: no answer from the API server within the step's 0.3s"
@@ -51,7 +51,7 @@ async def test_a_thread_pool_that_never_answers(action: str, params: dict[str, A
 
 async def test_the_executor_still_bounds_a_step_without_a_deadline_of_its_own() -> None:
     """Retries do not stretch one attempt: each try gets the step's timeout again, and says so."""
-    hung = Hung(kubernetes.client.ApiClient(kubernetes.client.Configuration()))
+    hung = Hung()
     step = Step("s", Stage.DIAGNOSE, "kubernetes.workloadStatus", {"name": "web"}, timeout=0.2, retries=1, backoff=0)
     started = time.monotonic()
     result = await Executor(REGISTRY, services=hung).run(incident(namespace=NS), StepCall(step, 1, step.params))

@@ -398,7 +398,7 @@ class PoolServices:
     async def read_secret(self, namespace: str, name: str, key: str, policy: str | None) -> str:
         raise AssertionError("docker.* reads no secrets")
 
-    def api_client(self) -> Any:
+    async def rest(self, *args: Any, **kwargs: Any) -> Any:
         raise AssertionError("docker.* needs no cluster")
 
     async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
