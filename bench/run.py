@@ -504,7 +504,7 @@ class AlertRun:
 
 def alert_latency(cluster: Cluster, workdir: Path, demo_url: str, singles: int, burst: int) -> AlertRun:
     """runbook-operator with its intake: Alertmanager webhook POST -> Incident -> the remediate step's request."""
-    from runbook_operator.adapters.intake import incident_name
+    from runbook_operator.domain.alerts import incident_name
 
     namespace = f"bench-alerts-{os.getpid() % 10000}"
     cluster.namespace(namespace)

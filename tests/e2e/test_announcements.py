@@ -21,7 +21,6 @@ from tests.fixtures.common import wait_for
 from tests.fixtures.paging import PagerDuty
 from tests.fixtures.slack import TOKEN, SlackReceiver
 
-pytestmark = pytest.mark.e2e
 CONSENT = "remediation.ishchat.io/policies"
 ROUTING_KEY = "R0UT1NGKEY0123456789abcdef012345"
 CHANNEL = "C0123456789"

@@ -12,10 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from bench.run import OPERATORS, PHASES, matching_benchmark, render, run_all, write_report
-
-pytestmark = pytest.mark.e2e
 
 SIZE = 10
 SINGLES, BURST = 2, 5

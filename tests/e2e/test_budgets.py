@@ -11,13 +11,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import pytest
-
 from runbook_lab.demo import DemoService
 from tests.e2e.conftest import Kubectl, OperatorProcess
 from tests.e2e.test_foundation import demo_policy, incident, settled
 
-pytestmark = pytest.mark.e2e
 HOSTILE_INCIDENTS = 10
 LOOPS = "{% for a in incident.labels.big %}{% for b in incident.labels.big %}{% for c in incident.labels.big %}"
 TEMPLATE = f"http://127.0.0.1:1/{LOOPS}{{{{ c }}}}{{% endfor %}}{{% endfor %}}{{% endfor %}}"

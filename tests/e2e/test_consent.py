@@ -20,7 +20,6 @@ from runbook_operator.domain import consent
 from tests.e2e.conftest import SA, Kubectl, OperatorProcess, wait_for
 from tests.e2e.test_foundation import awaiting, conditions, demo_policy, incident, settled
 
-pytestmark = pytest.mark.e2e
 REFUSED = "ValidatingAdmissionPolicy 'runbook-operator-consent' with binding 'runbook-operator-consent' denied request"
 
 

@@ -31,7 +31,6 @@ from runbook_operator.entrypoints import cli
 from tests.fixtures.cluster import ROOT, Kubectl, enforces_consent
 from tests.fixtures.common import wait_for
 
-pytestmark = pytest.mark.e2e
 CRD = ROOT / "crds" / "remediation.ishchat.io_incidents.yaml"
 
 

@@ -21,7 +21,6 @@ from tests.e2e.test_consent import failover_policy
 from tests.e2e.test_foundation import approval_commands, awaiting, incident, settled
 from tests.fixtures.cluster import enforces_consent
 
-pytestmark = pytest.mark.e2e
 BINDING = "validatingadmissionpolicybinding/runbook-operator-consent"
 
 

@@ -15,7 +15,6 @@ from runbook_lab.demo import DemoService
 from tests.e2e.conftest import ROOT, SA, Kubectl, OperatorProcess, wait_for
 
 API = "remediation.ishchat.io/v1alpha1"
-pytestmark = pytest.mark.e2e
 
 
 def incident(name: str, namespace: str, alert: str = "InstanceManagerDown", **spec: Any) -> dict[str, Any]:

@@ -26,8 +26,6 @@ from runbook_operator.entrypoints.cli import build_parser
 from tests.fixtures.cluster import ROOT, Kubectl
 from tests.fixtures.common import wait_for
 
-pytestmark = pytest.mark.e2e
-
 CHART = ROOT / "charts/runbook-operator"
 RELEASE = NAMESPACE = "runbook-operator"  # as in manifests/, so the two renderings compare
 EVERY_OPTION = (

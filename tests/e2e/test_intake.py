@@ -32,7 +32,6 @@ import yaml
 from runbook_lab.controlplane import free_port
 from tests.e2e.conftest import SA, Kubectl, OperatorProcess, wait_for
 
-pytestmark = pytest.mark.e2e
 ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
 OPT_IN = "remediation.ishchat.io/intake=enabled"
 FALLBACK = "default"  # the session operator's --intake-namespace

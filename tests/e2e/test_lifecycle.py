@@ -6,14 +6,11 @@ import json
 import time
 from typing import Any
 
-import pytest
-
 from runbook_lab.demo import DemoService
 from runbook_operator.domain import consent
 from tests.e2e.conftest import Kubectl, OperatorProcess, wait_for
 from tests.e2e.test_foundation import approval_commands, awaiting, conditions, demo_policy, incident, settled
 
-pytestmark = pytest.mark.e2e
 TARGET = {"kind": "Deployment", "name": "instance-manager"}
 
 

@@ -15,7 +15,6 @@ from runbook_lab.demo import DemoService
 from tests.e2e.conftest import ROOT, Kubectl, OperatorProcess, wait_for
 from tests.e2e.test_foundation import conditions, demo_policy, incident, settled
 
-pytestmark = pytest.mark.e2e
 POLICY = "runbook-operator-incident-scope"
 TARGET = {"kind": "Deployment", "name": "instance-manager"}
 

@@ -22,7 +22,6 @@ from tests.e2e.test_consent import approvals, failover_policy
 from tests.e2e.test_foundation import awaiting, conditions, incident, settled
 from tests.fixtures.cluster import ONCALL
 
-pytestmark = pytest.mark.e2e
 BIN = Path(sys.executable).parent
 
 

@@ -13,8 +13,6 @@ from tests.e2e.conftest import Kubectl, OperatorProcess
 from tests.e2e.test_foundation import demo_policy, incident, settled
 from tests.fixtures.cluster import ONCALL
 
-pytestmark = pytest.mark.e2e
-
 
 def body_sections(text: str) -> str:
     """The report without its Timeline (Events add lines there that a file does not have)."""

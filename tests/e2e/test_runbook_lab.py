@@ -31,8 +31,6 @@ from runbook_operator.entrypoints import cli
 from tests.fixtures.cluster import ROOT
 from tests.fixtures.common import wait_for
 
-pytestmark = pytest.mark.e2e
-
 
 @dataclass
 class Wave:

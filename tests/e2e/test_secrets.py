@@ -14,7 +14,6 @@ from tests.e2e.conftest import ROOT, Kubectl, OperatorProcess
 from tests.e2e.test_foundation import demo_policy, incident, settled
 from tests.fixtures.listeners import Listener
 
-pytestmark = pytest.mark.e2e
 TOKEN = "Bearer tok-9f8e7d6c5b4a"
 CONSENT = "remediation.ishchat.io/policies"
 

@@ -12,7 +12,6 @@ import os
 import re
 import subprocess
 
-import pytest
 import yaml
 
 from runbook_lab import incluster
@@ -21,8 +20,6 @@ from runbook_lab.node import CTR, placement
 from tests.fixtures.cluster import ROOT
 from tests.fixtures.common import wait_for
 from tests.node.conftest import RealNode
-
-pytestmark = pytest.mark.e2e
 
 
 def install_block() -> str:

@@ -21,8 +21,6 @@ from runbook_lab import ishchat, scenarios
 from runbook_lab.lab import NAMESPACE, Lab
 from tests.node.conftest import RealNode
 
-pytestmark = pytest.mark.e2e
-
 
 @pytest.fixture(scope="module")
 def lab(real_node: RealNode) -> Iterator[Lab]:

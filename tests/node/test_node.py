@@ -16,7 +16,6 @@ from tests.fixtures.cluster import Kubectl
 from tests.fixtures.common import wait_for
 from tests.node.conftest import RealNode, container_ids, rolled_out, wait_ids_change
 
-pytestmark = pytest.mark.e2e
 NS = "node-tests"
 SERVER = textwrap.dedent("""
     import http.server, os, sys

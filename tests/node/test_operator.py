@@ -34,7 +34,6 @@ from tests.fixtures.common import wait_for
 from tests.node.conftest import RealNode, container_ids, rolled_out, wait_ids_change
 from tests.reliability.conftest import GateServer, incident, policy, statuses, step
 
-pytestmark = pytest.mark.e2e
 OPERATOR_NS = incluster.NAMESPACE
 APP = "team-app"
 SELECTOR = "app.kubernetes.io/name=runbook-operator"

@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import time
 
-import pytest
-
 from runbook_lab.node import leftovers, owner
 from tests.node.conftest import HostSnapshot, RealNode
-
-pytestmark = pytest.mark.e2e
 
 
 def test_down_undoes_every_host_wide_change_and_a_new_node_starts_after(real_node: RealNode) -> None:

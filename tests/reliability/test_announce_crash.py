@@ -5,14 +5,10 @@ from __future__ import annotations
 
 import time
 
-import pytest
-
 from tests.fixtures.cluster import Kubectl
 from tests.fixtures.common import wait_for
 from tests.fixtures.operator import OperatorProcess
 from tests.reliability.conftest import GateServer, incident, policy, record, statuses, step
-
-pytestmark = pytest.mark.e2e
 
 
 def test_an_announcement_cut_off_by_kill_9_is_not_sent_again_and_the_next_one_is_sent_once(

@@ -23,7 +23,6 @@ from tests.fixtures.common import wait_for
 from tests.fixtures.operator import OperatorProcess, service_account_kubeconfig
 from tests.reliability.conftest import GateServer, conditions, incident, policy, statuses, step
 
-pytestmark = pytest.mark.e2e
 OUTAGE = 8.0  # seconds without an API server: longer than the reconciler's 5 s retry of a failed write
 
 

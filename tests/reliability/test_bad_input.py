@@ -50,7 +50,6 @@ from tests.reliability.conftest import (
     step,
 )
 
-pytestmark = pytest.mark.e2e
 GROUP, VERSION = API.split("/")
 EXAMPLES = 60
 FUZZ = settings(

@@ -17,7 +17,6 @@ import pytest
 from runbook_lab import controlplane
 from tests.fixtures.cluster import ROOT
 
-pytestmark = pytest.mark.e2e
 CONTROLLER_MANAGER_PORT = 4  # free_port()'s 4th answer: API server, etcd client, etcd peer, then this
 
 

@@ -10,15 +10,11 @@ from __future__ import annotations
 
 import time
 
-import pytest
-
 from runbook_operator.entrypoints import cli
 from tests.fixtures.cluster import ONCALL, Kubectl
 from tests.fixtures.common import wait_for
 from tests.fixtures.operator import OperatorProcess
 from tests.reliability.conftest import GateServer, conditions, incident, policy, record, statuses, step
-
-pytestmark = pytest.mark.e2e
 
 
 def check(url: str, **extra: object) -> dict[str, object]:

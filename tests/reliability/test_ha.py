@@ -23,7 +23,6 @@ from tests.fixtures.common import wait_for
 from tests.fixtures.operator import OperatorProcess
 from tests.reliability.conftest import GateServer, incident, policy, statuses, step
 
-pytestmark = pytest.mark.e2e
 LEASE = ("runbook-operator", "runbook-operator")  # namespace, name: the Deployment's
 ELECT = ("--leader-elect", f"--leader-elect-namespace={LEASE[0]}")
 TERMINAL = ("Resolved", "Escalated")

@@ -19,14 +19,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kubernetes
-import pytest
 
 from tests.fixtures.cluster import Kubectl
 from tests.fixtures.common import wait_for
 from tests.fixtures.operator import OperatorProcess
 from tests.reliability.conftest import API, log_errors
 
-pytestmark = pytest.mark.e2e
 TOTAL = int(os.environ.get("RELIABILITY_INCIDENTS", "5000"))
 WAVE = int(os.environ.get("RELIABILITY_WAVE", "500"))
 GROUP, VERSION = API.split("/")

@@ -31,7 +31,6 @@ from tests.fixtures.common import silent, wait_for
 from tests.fixtures.operator import OperatorProcess
 from tests.reliability.conftest import GateServer, conditions, incident, log_errors, policy, record, statuses, step
 
-pytestmark = pytest.mark.e2e
 TIMEOUT, RETRIES, BACKOFF = 2.0, 1, 0.2
 PG_PASSWORD, REDIS_PASSWORD, HOOK_TOKEN = "pg-outage-5e1f0c", "rd-outage-77a2b9", "hook-outage-c0ffee42"
 REFUSED = re.compile(r"refused|connect", re.IGNORECASE)

@@ -12,14 +12,10 @@ from __future__ import annotations
 
 import socket
 
-import pytest
-
 from tests.fixtures.cluster import ROOT, Kubectl
 from tests.fixtures.common import silent, wait_for
 from tests.fixtures.operator import OperatorProcess
 from tests.reliability.conftest import incident, policy, policy_ready, record, statuses, step
-
-pytestmark = pytest.mark.e2e
 
 
 def test_a_missing_permission_is_named_in_status_and_events_and_granting_it_fixes_it(

@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 from runbook_operator.adapters import intake
 from runbook_operator.adapters.kube import ApiError
 from runbook_operator.adapters.metrics import Metrics
+from runbook_operator.domain import alerts
 from runbook_operator.domain.alerts import (
     Options,
     PayloadError,
@@ -482,7 +483,7 @@ async def test_a_deeply_nested_body_is_a_400_not_a_500(served: Any) -> None:
 
 async def test_alerts_go_only_to_namespaces_that_opted_in(served: Any, caplog: pytest.LogCaptureFixture) -> None:
     client, fake, metrics = served
-    fake.namespaces["shop"] = {intake.OPT_IN_LABEL: "enabled"}
+    fake.namespaces["shop"] = {alerts.OPT_IN_LABEL: "enabled"}
     shop, system = alert(namespace="shop"), alert(fingerprint="ffffffffffffffff", namespace="kube-system")
     resp = await client.post(intake.PATH, json=payload(shop, system), headers=AUTH)
     assert resp.status == 200 and (await resp.json())["created"] == 2
@@ -506,12 +507,12 @@ async def test_a_namespace_label_counts_within_the_cache_time() -> None:
     fake, now = FakeIncidents(), [0.0]
     opt_ins = intake.OptIns(fake, clock=lambda: now[0])
     assert await opt_ins.opted_in("shop") is False
-    fake.namespaces["shop"] = {intake.OPT_IN_LABEL: "enabled"}
+    fake.namespaces["shop"] = {alerts.OPT_IN_LABEL: "enabled"}
     now[0] = intake.OPT_IN_TTL - 1
     assert await opt_ins.opted_in("shop") is False and fake.namespace_reads == ["shop"]
     now[0] = intake.OPT_IN_TTL
     assert await opt_ins.opted_in("shop") is True
-    fake.namespaces["shop"] = {intake.OPT_IN_LABEL: "yes"}  # only "enabled" opts in
+    fake.namespaces["shop"] = {alerts.OPT_IN_LABEL: "yes"}  # only "enabled" opts in
     now[0] = 2 * intake.OPT_IN_TTL
     assert await opt_ins.opted_in("shop") is False
     assert await opt_ins.opted_in("gone") is False  # no such Namespace
@@ -591,8 +592,8 @@ def test_only_an_incident_with_the_intakes_label_and_the_alerts_fingerprint_is_t
     labels: dict[str, str], source: dict[str, Any] | None, ours: bool
 ) -> None:
     body = {"metadata": {"name": "x", "labels": labels}, "spec": {"alert": "A", "source": source}}
-    assert intake.created_for(body, FP) is ours
-    assert intake.created_for({"metadata": None, "spec": "x"}, FP) is False
+    assert alerts.created_for(body, FP) is ours
+    assert alerts.created_for({"metadata": None, "spec": "x"}, FP) is False
 
 
 async def test_a_resolved_alert_leaves_alone_an_incident_a_person_created(
@@ -775,12 +776,10 @@ async def test_namespace_labels_are_read_once_each_a_few_at_a_time_and_one_line_
     fake.namespace_labels = slow
     alerts = _spread(64) + _spread(64)[:10]  # ten namespaces named twice: still one read each
     alerts[64:] = [a | {"fingerprint": f"{i + 100:010x}bbbbbb"} for i, a in enumerate(alerts[64:])]
-    started = asyncio.get_running_loop().time()
     resp = await client.post(intake.PATH, json=payload(*alerts), headers=AUTH)
-    elapsed = asyncio.get_running_loop().time() - started
     assert resp.status == 200 and (await resp.json())["created"] == 74
     assert sorted(fake.namespace_reads) == sorted(f"team-{i}" for i in range(64))
-    assert most == intake.OPT_IN_READS and elapsed < 64 * 0.02  # concurrent, bounded; sequential took 1.3 s
+    assert most == intake.OPT_IN_READS  # concurrent, and bounded
     assert _count(metrics, "runbook_intake_redirected_total", reason="not_opted_in") == 74
     lines = [r.getMessage() for r in caplog.records if r.name == "runbook_operator.adapters.intake"]
     assert len(lines) == 1, lines

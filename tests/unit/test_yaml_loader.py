@@ -11,7 +11,6 @@ import io
 import re
 import subprocess
 import sys
-import time
 import tracemalloc
 from pathlib import Path
 
@@ -68,14 +67,12 @@ def written(tmp_path: Path, name: str, text: str) -> Path:
 def test_an_alias_bomb_is_refused_at_its_first_anchors_in_bounded_time_and_memory(tmp_path: Path) -> None:
     bomb = written(tmp_path, "bomb.yaml", BOMB)
     tracemalloc.start()
-    started = time.perf_counter()
     with pytest.raises(InputError) as refused:
         load_documents(bomb)
-    took = time.perf_counter() - started
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert str(refused.value) == f"{bomb}{BOMB_ERROR}"
-    assert took < 1.0 and peak < 2**20, (took, peak)
+    assert peak < 2**20, peak  # expanded, it would be gigabytes (and take minutes)
 
 
 def test_nesting_is_capped_before_anything_recurses(tmp_path: Path) -> None:
@@ -238,9 +235,7 @@ def test_each_command_refuses_a_hostile_file_in_one_line_under_a_memory_limit(
 ) -> None:
     path = written(tmp_path, f"{attack}.yaml", BOMB if attack == "bomb" else DEEP)
     argv = ["prlimit", f"--as={MEMORY_LIMIT}", "--", sys.executable, "-m", "runbook_operator", *_command(command, path)]
-    started = time.monotonic()
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=ROOT)
-    took = time.monotonic() - started
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30, cwd=ROOT)  # expanded: a hang
     assert "Traceback" not in done.stderr, done.stderr[-2000:]
     said = done.stdout.splitlines() if command == "validate" else done.stderr.splitlines()
     prefix = "" if command == "validate" else f"runbook-operator {command}: "
@@ -251,4 +246,3 @@ def test_each_command_refuses_a_hostile_file_in_one_line_under_a_memory_limit(
     else:
         assert len(said) == 1 and done.stdout == ""
     assert done.returncode == (1 if command == "report" else 2)
-    assert took < 30, took

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
-from runbook_operator.adapters.intake import MAX_ALERTS, SEVERITIES
 from runbook_operator.adapters.intake import PATH as INTAKE_PATH
+from runbook_operator.domain.alerts import MAX_ALERTS, SEVERITIES
 
 ROOT = Path(__file__).resolve().parents[3]
 PACK = ROOT / "manifests/runbooks/ish-chat"

@@ -20,7 +20,7 @@ from runbook_operator.domain.model import Stage, Step
 from runbook_operator.engine.executor import Executor
 from tests.unit.builders import incident
 
-PAGE = Path(__file__).resolve().parents[2] / "docs/actions.md"
+PAGE = Path(__file__).resolve().parents[3] / "docs/actions.md"
 FILE_BLOCK = re.compile(r"^`([\w.-]+)`:\n\n```\w+\n(.*?)^```$", re.MULTILINE | re.DOTALL)
 
 

@@ -8,9 +8,11 @@ from typing import Any
 import pytest
 
 from runbook_operator.actions.api import Language
+from runbook_operator.actions.catalog import default_registry
 from runbook_operator.actions.kubernetes import restart_timestamp
 from runbook_operator.domain.model import Traits
-from tests.integration.kubernetes.conftest import REGISTRY
+
+REGISTRY = default_registry()
 
 KUBERNETES = [a.name for a in REGISTRY if a.name.startswith("kubernetes.")]
 

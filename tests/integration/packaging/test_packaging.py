@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 BIN = Path(sys.executable).parent
 # generated or local-only: never an input of the wheel
 NOT_SOURCES = (".git", ".venv", ".cluster", ".lab", "build", "dist", "wheels", "*.egg-info", "__pycache__", ".*_cache")
