@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 CLUSTER_DIR := .cluster
 
-.PHONY: system run demo test test-unit test-integration test-e2e test-reliability lint fmt docs cluster cluster-down env controlplane node helm clean bench bench-smoke
+.PHONY: system run demo test test-unit test-integration test-e2e test-node test-reliability lint fmt docs version cluster cluster-down env controlplane node helm clean bench bench-smoke
 
 $(BIN)/.installed: pyproject.toml lab/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,10 @@ test-integration: $(BIN)/.installed controlplane
 test-e2e: $(BIN)/.installed controlplane node helm
 	$(BIN)/pytest tests/e2e
 
+## On a real node (as root, one per machine): the operator from its image, by its chart.
+test-node: $(BIN)/.installed controlplane node helm
+	$(BIN)/pytest tests/node
+
 ## Crashes, API server restarts, outages, bad input, churn, RBAC (also part of `make test`).
 test-reliability: $(BIN)/.installed controlplane
 	$(BIN)/pytest tests/reliability
@@ -76,6 +80,10 @@ bench-smoke: $(BIN)/.installed controlplane
 ## Regenerate docs/actions.md from the action registry.
 docs: $(BIN)/.installed
 	$(BIN)/runbook-operator actions --markdown > docs/actions.md
+
+## Set the version everywhere it is written: make version V=0.2.0 (then a CHANGELOG.md entry).
+version:
+	tools/version.sh $(V)
 
 fmt: $(BIN)/.installed
 	$(BIN)/ruff check --fix operator lab tests

@@ -799,7 +799,7 @@ def operator_image(cache_dir: Path | None = None, *, docker: DockerCli | None = 
     """
     cache_dir = cache_dir or images_dir()
     key = operator_key(source)
-    version = tomllib.loads((source / "pyproject.toml").read_text())["project"]["version"]
+    version = _version(source)
     ref = f"{OPERATOR_REPOSITORY}:{version}-{key[:12]}"
     archive = cache_dir / f"runbook-operator-{key}.tar"
     if archive.exists():
@@ -859,3 +859,13 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def _version(source: Path) -> str:
+    """The operator's version as its sources say it (``runbook_operator.__version__``), read without
+    importing them: the image is built from ``source``, which need not be what this process runs."""
+    text = (source / "operator" / "runbook_operator" / "__init__.py").read_text()
+    found = re.search(r'^__version__ = "([^"]+)"', text, re.M)
+    if found is None:
+        raise ValueError(f"{source}: no __version__ in operator/runbook_operator/__init__.py")
+    return found.group(1)
