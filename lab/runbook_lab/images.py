@@ -789,6 +789,16 @@ def _engine(docker: DockerCli | None) -> Iterator[tuple[DockerCli, bool]]:
         yield DockerCli(host, own_daemon=own), not own
 
 
+def _version(source: Path) -> str:
+    """The operator's version as its sources say it (``runbook_operator.__version__``), read without
+    importing them: the image is built from ``source``, which need not be what this process runs."""
+    text = (source / "operator" / "runbook_operator" / "__init__.py").read_text()
+    found = re.search(r'^__version__ = "([^"]+)"', text, re.M)
+    if found is None:
+        raise ValueError(f"{source}: no __version__ in operator/runbook_operator/__init__.py")
+    return found.group(1)
+
+
 def operator_image(cache_dir: Path | None = None, *, docker: DockerCli | None = None, source: Path = ROOT) -> Image:
     """The operator's image as a ``docker save`` archive: ``runbook-operator:<version>-<key12>``.
 
@@ -859,13 +869,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-
-
-def _version(source: Path) -> str:
-    """The operator's version as its sources say it (``runbook_operator.__version__``), read without
-    importing them: the image is built from ``source``, which need not be what this process runs."""
-    text = (source / "operator" / "runbook_operator" / "__init__.py").read_text()
-    found = re.search(r'^__version__ = "([^"]+)"', text, re.M)
-    if found is None:
-        raise ValueError(f"{source}: no __version__ in operator/runbook_operator/__init__.py")
-    return found.group(1)

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import tarfile
 import time
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import pytest
 from runbook_lab import images
 from runbook_lab.dockerd import DockerCli
 from runbook_lab.images import Image, operator_image
+from runbook_operator import __version__
 from tests.integration.image.conftest import ROOT
 
 SIZE_LIMIT_MB = 400
@@ -47,7 +47,7 @@ def inspect(docker_cli: DockerCli, image: str) -> dict[str, Any]:
 
 
 def test_prints_its_version(docker_cli: DockerCli, image: str) -> None:
-    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    version = __version__
     out = docker_cli("run", "--rm", "--read-only", "--network", "none", "--user", "65532", image, "--version").stdout
     assert out.strip() == f"runbook-operator {version}"
 
@@ -102,7 +102,7 @@ def test_size(docker_cli: DockerCli, image: str, capsys: pytest.CaptureFixture[s
 
 
 def test_is_named_for_the_chart_with_the_key_in_its_tag(operator_build: Image) -> None:
-    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    version = __version__
     key = images.operator_key(ROOT)
     assert operator_build.ref == f"runbook-operator:{version}-{key[:12]}"
     assert (operator_build.repository, operator_build.tag) == ("runbook-operator", f"{version}-{key[:12]}")
