@@ -265,3 +265,18 @@ def test_a_stale_pending_record_runs() -> None:
     )
     decision = decide(incident(), status, standard(), T0, nonce="n0")
     assert decision.run is not None and not decision.run.resumed
+
+
+def test_each_step_record_keeps_what_a_replay_matches_on() -> None:
+    """Its action and rendered parameters as a digest (the claim writes it) and how long it ran."""
+    from runbook_operator.domain import consent
+
+    decision = decide(incident("RedisDown"), Status(), standard(), T0, nonce="n")
+    call = decision.run
+    assert call is not None
+    claimed = decision.status.record(call.step.stage.value, call.step.name, call.attempt)
+    assert claimed is not None and claimed.paramsDigest == consent.digest(call.step.action, call.params)
+    done, _ = complete(decision.status, call, StepResult(True, "ok"), T0 + timedelta(seconds=2), 1.23456)
+    record = done.record(call.step.stage.value, call.step.name, call.attempt)
+    assert record is not None and (record.duration, record.paramsDigest) == (1.235, claimed.paramsDigest)
+    assert Status.from_dict(done.to_dict()).record(call.step.stage.value, call.step.name, 1) == record

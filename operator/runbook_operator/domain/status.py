@@ -138,6 +138,8 @@ class StepRecord:
     approvedDigest: str | None = None
     approvalRequest: ApprovalRequest | None = None
     update: int | None = None  # Escalate: the k-th periodic update's notification; None: a level's own
+    paramsDigest: str | None = None  # the action and its rendered parameters (consent.digest): what a replay matches
+    duration: float | None = None  # seconds the step ran, tries and backoffs included; None: not finished
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> StepRecord:

@@ -259,7 +259,7 @@ class Reconciler:
         worker.version = worker.body["metadata"].get("resourceVersion")
         written = Status.from_dict(worker.body.get("status"))
         status, pending = written, list[Event]()
-        unrecorded: tuple[StepCall, StepResult] | None = None  # a step that ran, its result not yet written
+        unrecorded: tuple[StepCall, StepResult, float] | None = None  # a step that ran (seconds), not yet written
         while self._workers.get(uid) is worker:
             worker.wakeup.clear()
             body = worker.body
@@ -279,7 +279,8 @@ class Reconciler:
                         await self._sleep(worker, RETRY_DELAY)
                         continue
                     if unrecorded is not None and fresh == written:  # only spec or metadata changed: the result stands
-                        status, events = complete(fresh, *unrecorded, self._clock())
+                        call, result, took = unrecorded
+                        status, events = complete(fresh, call, result, self._clock(), took)
                         pending = list(events)
                     else:  # another writer moved the status: its record wins, ours is dropped undone
                         fresh = await fencing.stand_aside_while_claimed(self._fenced(worker), fresh, written)
@@ -298,10 +299,11 @@ class Reconciler:
                     incident, decision.run, _details(incident, status, decision.run), status.policy,
                     status.conversations,
                 )  # fmt: skip
-                _log_step(incident, status, decision.run.step, result.ok, time.monotonic() - started)
+                took = time.monotonic() - started
+                _log_step(incident, status, decision.run.step, result.ok, took)
                 before = status
-                unrecorded = (decision.run, result)
-                status, events = complete(status, decision.run, result, self._clock())
+                unrecorded = (decision.run, result, took)
+                status, events = complete(status, decision.run, result, self._clock(), took)
                 self._progressed(uid, incident, before, status)
                 pending.extend(events)
                 continue

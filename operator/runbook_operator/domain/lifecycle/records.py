@@ -8,7 +8,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from runbook_operator.domain import expressions
+from runbook_operator.domain import consent, expressions
 from runbook_operator.domain.consent import Approval
 from runbook_operator.domain.model import Stage, Step
 from runbook_operator.domain.progress import NORMAL, WARNING, Context, Event, Progress, StepCall
@@ -64,6 +64,7 @@ def claim(p: Progress, call: StepCall, approval: Approval | None = None, digest:
     record = StepRecord(
         step.name, step.stage.value, step.action, call.attempt, StepState.RUNNING.value, timestamp(p.now),
         approvalRequest=previous.approvalRequest if previous is not None else None,
+        paramsDigest=consent.digest(step.action, call.params),
     )  # fmt: skip
     if approval is not None:
         record = replace(record, approvedBy=approval.by, approvedAt=timestamp(p.now), approvedDigest=digest)
@@ -88,16 +89,20 @@ def resumed(p: Progress, call: StepCall) -> StepCall:
     return call
 
 
-def complete(status: Status, call: StepCall, result: StepResult, now: datetime) -> tuple[Status, tuple[Event, ...]]:
-    """Record a finished step: its state, message, output and, for diagnosis, a finding."""
+def complete(
+    status: Status, call: StepCall, result: StepResult, now: datetime, duration: float | None = None
+) -> tuple[Status, tuple[Event, ...]]:
+    """Record a finished step: its state, message, output, how long it ran (``duration``, seconds)
+    and, for diagnosis, a finding."""
     p = Progress(status, now)
     step = call.step
     previous = status.record(step.stage.value, step.name, call.attempt)
     state = StepState.SUCCEEDED if result.ok else StepState.FAILED
     began = previous or StepRecord(step.name, step.stage.value, step.action, call.attempt, state.value, timestamp(now))
     record = replace(
-        began, state=state.value, finishedAt=timestamp(now), message=result.message, output=bounded(result.output)
-    )
+        began, state=state.value, finishedAt=timestamp(now), message=result.message, output=bounded(result.output),
+        duration=round(duration, 3) if duration is not None else None,
+    )  # fmt: skip
     p.status = replace(p.status.with_record(record), currentStep=None)
     if result.conversation is not None:
         p.status = p.status.with_conversation(*result.conversation)
