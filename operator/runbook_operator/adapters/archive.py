@@ -19,7 +19,7 @@ import logging
 import re
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -27,13 +27,15 @@ if TYPE_CHECKING:  # psycopg (~10 MB) is imported only when an archive is config
     import psycopg
 
 from runbook_operator.adapters.metrics import ArchiveMetrics
-from runbook_operator.domain.model import Incident
+from runbook_operator.domain.model import Incident, Policy
 from runbook_operator.domain.status import Phase, Status, parse_timestamp
+from runbook_operator.domain.wire import plain
 
 log = logging.getLogger(__name__)
 
 TERMINAL = (Phase.RESOLVED.value, Phase.ESCALATED.value)
 TABLE = "incident_archive"
+POLICIES = "policy_archive"  # each version of a policy that drove an archived incident, by its spec's digest
 CONNECT_TIMEOUT = 5  # seconds; a database that does not answer counts as down
 _LOCK = 0x72626F61  # pg_advisory_xact_lock key: two operators migrating at once take turns
 
@@ -70,13 +72,37 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             f"CREATE INDEX {TABLE}_alert ON {TABLE} (alert, started_at)",
         ),
     ),
+    (
+        3,  # what a replay needs (issue 25); a row archived before has no spec: not replayable, never guessed
+        (
+            f"ALTER TABLE {TABLE} ADD COLUMN spec jsonb",
+            f"ALTER TABLE {TABLE} ADD COLUMN created_at timestamptz",
+            f"ALTER TABLE {TABLE} ADD COLUMN policy_generation integer",
+            f"ALTER TABLE {TABLE} ADD COLUMN policy_digest text",
+            f"""CREATE TABLE {POLICIES} (
+                digest text PRIMARY KEY,
+                namespace text NOT NULL,
+                name text NOT NULL,
+                generation integer NOT NULL,
+                spec jsonb NOT NULL,
+                archived_at timestamptz NOT NULL DEFAULT now()
+            )""",
+        ),
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 _COLUMNS = (
     "uid", "namespace", "name", "alert", "severity", "policy", "phase", "reason", "started_at",
     "acknowledged_at", "resolved_at", "attempts", "findings", "steps", "timeline", "escalation", "archived_at",
+    "spec", "created_at", "policy_generation", "policy_digest",
 )  # fmt: skip
+_JSON = ("findings", "steps", "timeline", "escalation", "spec")
+_POLICY_COLUMNS = ("digest", "namespace", "name", "generation", "spec")
+_POLICY_INSERT = (
+    f"INSERT INTO {POLICIES} ({', '.join(_POLICY_COLUMNS)}) VALUES ({', '.join(f'%({c})s' for c in _POLICY_COLUMNS)}) "
+    "ON CONFLICT (digest) DO NOTHING"
+)
 _UPSERT = (
     f"INSERT INTO {TABLE} ({', '.join(_COLUMNS)}) VALUES ({', '.join(f'%({c})s' for c in _COLUMNS)}) "
     f"ON CONFLICT (uid) DO UPDATE SET {', '.join(f'{c} = EXCLUDED.{c}' for c in _COLUMNS if c != 'uid')}"
@@ -122,10 +148,19 @@ class ArchiveRecord:
     timeline: Sequence[Any]
     escalation: dict[str, Any]
     archived_at: datetime
+    spec: dict[str, Any] | None = None  # the Incident's spec as it was
+    created_at: datetime | None = None
+    policy_generation: int | None = None
+    policy_digest: str | None = None  # the policy_archive row of the version that drove it
+    policy_row: ArchivedPolicy | None = field(default=None, compare=False)  # that row, written with this one
 
     @classmethod
-    def of(cls, uid: str, incident: Incident, status: Status, now: datetime) -> ArchiveRecord:
+    def of(
+        cls, uid: str, incident: Incident, status: Status, now: datetime, policy: Policy | None = None
+    ) -> ArchiveRecord:
+        """``policy``: the one that drove it (``status.policy``), when the operator still has it."""
         raw = status.to_dict()
+        driven = policy if policy is not None and policy.name == status.policy else None
         condition = status.condition(status.phase) if status.phase else None
         return cls(
             uid=uid,
@@ -145,15 +180,40 @@ class ArchiveRecord:
             timeline=raw["timeline"],
             escalation=raw["escalation"],
             archived_at=now,
+            spec=plain(incident.spec),
+            created_at=_time(incident.created),
+            policy_generation=status.policyGeneration,
+            policy_digest=driven.digest if driven is not None else None,
+            policy_row=ArchivedPolicy.of(driven) if driven is not None else None,
         )
 
     def params(self) -> dict[str, Any]:
         from psycopg.types.json import Jsonb
 
         values = {c: getattr(self, c) for c in _COLUMNS}
-        for key in ("findings", "steps", "timeline", "escalation"):
-            values[key] = Jsonb(values[key])
+        for key in _JSON:
+            values[key] = Jsonb(values[key]) if values[key] is not None else None
         return values
+
+
+@dataclass(frozen=True)
+class ArchivedPolicy:
+    """One version of a policy, kept once by its spec's digest: a replay's default baseline."""
+
+    digest: str
+    namespace: str
+    name: str
+    generation: int
+    spec: dict[str, Any]
+
+    @classmethod
+    def of(cls, policy: Policy) -> ArchivedPolicy:
+        return cls(policy.digest, policy.namespace, policy.name, policy.generation, plain(policy.spec))
+
+    def params(self) -> dict[str, Any]:
+        from psycopg.types.json import Jsonb
+
+        return {c: Jsonb(self.spec) if c == "spec" else getattr(self, c) for c in _POLICY_COLUMNS}
 
 
 @dataclass(frozen=True)
@@ -257,13 +317,18 @@ class Archive:
         await self.write_many([record])
 
     async def write_many(self, records: Iterable[ArchiveRecord]) -> None:
-        """UPSERT by uid, all in one transaction: archiving an incident again updates its row."""
+        """UPSERT by uid, all in one transaction: archiving an incident again updates its row. The
+        policy versions that drove them are kept once each, by digest."""
+        records = list(records)
         params = [r.params() for r in records]
         if not params:
             return
+        policies = {r.policy_row.digest: r.policy_row.params() for r in records if r.policy_row is not None}
 
         async def go(conn: psycopg.AsyncConnection[Any]) -> None:
             async with conn.transaction(), conn.cursor() as cur:
+                if policies:
+                    await cur.executemany(_POLICY_INSERT, list(policies.values()))
                 await cur.executemany(_UPSERT, params)
 
         await self._run(go)

@@ -7,12 +7,15 @@ tolerantly by :meth:`Incident.from_body` (the CRD schema has validated it).
 from __future__ import annotations
 
 import enum
+import hashlib
+import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from runbook_operator.domain.consent import Approval
 from runbook_operator.domain.expressions import Languages, When
+from runbook_operator.domain.wire import plain
 
 SEVERITIES = ("Critical", "High", "Medium", "Low")
 DEFAULT_SEVERITY = "Medium"
@@ -38,6 +41,12 @@ NOTIFY = "notify."  # the notification family: an action named notify.<channel> 
 def channel(action: str) -> str | None:
     """The channel a notification action sends to (``notify.slack``: ``slack``); None for another family."""
     return action.removeprefix(NOTIFY) if action.startswith(NOTIFY) else None
+
+
+def spec_digest(spec: Mapping[str, Any]) -> str:
+    """``sha256:`` and the hex digest of a spec as canonical JSON (sorted keys, no spaces)."""
+    canonical = json.dumps(plain(spec), sort_keys=True, separators=(",", ":"), default=str)
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 
 
 class Stage(enum.StrEnum):
@@ -176,6 +185,12 @@ class Policy:
     dry_run: bool = False
     suspend: bool = False
     announce: tuple[AnnounceRule, ...] = ()
+    spec: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)  # as applied, for the archive
+
+    @property
+    def digest(self) -> str:
+        """sha256 of the policy's spec as canonical JSON: which version of it drove an incident."""
+        return spec_digest(self.spec)
 
     def announced(self, phase: str, severity: str) -> tuple[Step, ...]:
         """The notify steps an entry into ``phase`` runs, in the order the policy gives them."""
@@ -236,6 +251,7 @@ class Incident:
     acknowledged_by: str | None = None
     approvals: tuple[Approval, ...] = ()
     created: str = ""  # creationTimestamp, to tell which of two duplicates came first
+    spec: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)  # as applied, for the archive
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> Incident:
@@ -260,6 +276,7 @@ class Incident:
             acknowledged_by=spec.get("acknowledgedBy") or None,
             approvals=tuple(_approvals(spec.get("approvals"))),
             created=str(meta.get("creationTimestamp") or ""),
+            spec=spec if isinstance(spec, Mapping) else {},
         )
 
     def view(self, severity: str | None) -> dict[str, Any]:

@@ -161,6 +161,7 @@ def parse_policy(body: Mapping[str, Any], validate: ParamValidator) -> Policy | 
             dry_run=bool(spec.get("dryRun", False)),
             suspend=bool(spec.get("suspend", False)),
             announce=announce,
+            spec=spec,
         )
     except PolicyError as err:
         return InvalidPolicy(namespace, name, generation, str(err), match, priority)

@@ -38,3 +38,13 @@ def known(kind: type, raw: Mapping[str, Any], exclude: Collection[str] = ()) -> 
     """Only the fields this version knows: a status written by a newer operator still loads."""
     names = {f.name for f in fields(kind)} - set(exclude)
     return {k: v for k, v in raw.items() if k in names}
+
+
+def plain(value: Any) -> Any:
+    """``value`` as plain JSON data: any Mapping a dict, any list or tuple a list (a Kopf body's
+    views, frozen mappings), so it serializes and compares as what the API server sent."""
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value

@@ -35,7 +35,7 @@ from runbook_operator.adapters.kube import Conflict
 from runbook_operator.adapters.metrics import Metrics
 from runbook_operator.domain.lifecycle import Event, Peer, StepCall, complete, decide
 from runbook_operator.domain.matching import Candidate, PolicySet
-from runbook_operator.domain.model import Incident, Stage, Step
+from runbook_operator.domain.model import Incident, Policy, Stage, Step
 from runbook_operator.domain.progress import announcement_view
 from runbook_operator.domain.results import StepResult
 from runbook_operator.domain.status import Phase, Status, StepRecord, parse_timestamp
@@ -201,7 +201,9 @@ class Reconciler:
 
     def _archived(self, uid: str, incident: Incident, status: Status) -> None:
         if self._archive is not None:
-            self._archive.enqueue(ArchiveRecord.of(uid, incident, status, self._clock()))
+            policy = next((c for c in self._policies(incident.namespace) if c.name == status.policy), None)
+            driven = policy if isinstance(policy, Policy) else None
+            self._archive.enqueue(ArchiveRecord.of(uid, incident, status, self._clock(), driven))
 
     async def stop(self) -> None:
         tasks = [w.task for w in self._workers.values() if w.task]

@@ -90,6 +90,29 @@ async def test_migrate_twice_is_harmless(dsn: str) -> None:
     assert rows(dsn) == []
 
 
+async def test_rows_archived_before_version_3_stay_and_are_not_replayable(dsn: str) -> None:
+    """The migration only adds: an incident archived by an older operator keeps its row, with no
+    spec (a replay counts it as not replayable instead of guessing what it was)."""
+    archive = Archive(dsn)
+    try:
+        await archive.migrate()
+        with psycopg.connect(dsn) as conn:  # back to version 2, with a row as version 2 wrote it
+            conn.execute("DELETE FROM schema_version WHERE version = 3")
+            for column in ("spec", "created_at", "policy_generation", "policy_digest"):
+                conn.execute(f"ALTER TABLE incident_archive DROP COLUMN {column}")
+            conn.execute("DROP TABLE policy_archive")
+            conn.execute(
+                "INSERT INTO incident_archive (uid, namespace, name, alert, phase) VALUES ('old', 'ns', 'o', 'A', 'Resolved')"
+            )
+        assert await archive.migrate() == 2
+        await archive.write(record("new"))
+    finally:
+        await archive.close()
+    assert rows(dsn, "SELECT uid, spec IS NOT NULL FROM incident_archive ORDER BY uid") == [
+        ("new", True), ("old", False)
+    ]  # fmt: skip
+
+
 async def test_write_again_updates_the_one_row(dsn: str) -> None:
     archive = Archive(dsn)
     try:
@@ -247,6 +270,17 @@ async def test_the_reconciler_archives_an_incident_it_resolves(dsn: str) -> None
     assert row[:8] == ("uid-1", "im-down", "InstanceManagerDown", "Critical", "p", "Resolved", "Verified", 1)
     assert [s["name"] for s in row[8]] == ["health", "restart", "again"] and row[9]
     assert old[:3] == ("uid-2", "old", "RedisDown")
+    # what a replay needs (issue 25): the spec as it was, each call's digest and time, the policy's version
+    ((spec, generation, digest),) = rows(
+        dsn, "SELECT spec, policy_generation, policy_digest FROM incident_archive WHERE uid = 'uid-1'"
+    )
+    policy = demo_policy(service.url)
+    assert spec == {"alert": "InstanceManagerDown", "severity": "Critical"}
+    assert (generation, digest) == (policy.generation, policy.digest) and digest.startswith("sha256:")
+    assert all(s["paramsDigest"].startswith("sha256:") and s["duration"] >= 0 for s in row[8])
+    assert rows(dsn, "SELECT digest, name, generation, spec FROM policy_archive") == [
+        (policy.digest, "p", policy.generation, dict(policy.spec))
+    ]
 
 
 async def _until(predicate: Any, timeout: float = 10.0) -> None:
