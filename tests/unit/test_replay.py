@@ -149,3 +149,86 @@ def test_a_narrower_match_leaves_the_incident_without_a_policy() -> None:
     recorded = live(incident("RedisDown"), redis_policy(), lambda s, a: (True, 1.0))
     (path,) = replay(recorded, redis_policy(match={"alerts": ["RedisDown"], "severities": ["Critical"]}))
     assert (path.policy, path.end, path.ran) == (None, "NoPolicy", ())
+
+
+# -- the command: files in, a verdict out, an exit code for CI ---------------------------------
+
+
+def _write(path: Any, *docs: dict[str, Any]) -> str:
+    import yaml
+
+    path.write_text(yaml.safe_dump_all(list(docs)))
+    return str(path)
+
+
+HOSTILE = "Redis<b>Down</b>|`x`*y*"  # an alert name comes from the alert: Markdown must show it as text
+
+
+def _policy_doc(failover_approval: bool) -> dict[str, Any]:
+    from tests.unit.builders import policy_body
+
+    failover = {"name": "failover", "action": "http.request", "requiresApproval": failover_approval,
+                "with": {"url": "http://127.0.0.1:1/admin/failover", "destructive": True}}  # fmt: skip
+    body = policy_body("redis", match={"alerts": [HOSTILE]}, diagnose=[check("ping")], remediate=[failover],
+                       verify=[check("healthy")])  # fmt: skip
+    return {"apiVersion": "remediation.ishchat.io/v1alpha1", "kind": "RemediationPolicy", **body}
+
+
+def test_the_command_names_a_risky_change_and_fails_ci_on_it(tmp_path: Any, capsys: Any) -> None:
+    import json
+
+    from runbook_operator.domain.parsing import parse_policy
+    from runbook_operator.entrypoints.cli import main
+    from tests.unit.builders import REGISTRY
+
+    guarded = parse_policy(_policy_doc(True), REGISTRY.check)
+    inc = incident(HOSTILE)
+    recorded = live(inc, [guarded], lambda s, a: (True, 1.0), approvals={"failover": ("alice", 60)})  # type: ignore[list-item]
+    body = {"apiVersion": "remediation.ishchat.io/v1alpha1", "kind": "Incident",
+            "metadata": {"name": "redis-down-1", "namespace": "ns"}, "spec": dict(inc.spec),
+            "status": recorded.status.to_dict()}  # fmt: skip
+    (tmp_path / "base").mkdir(), (tmp_path / "pr").mkdir()
+    incidents = _write(tmp_path / "incidents.yaml", {"apiVersion": "v1", "kind": "List", "items": [body]})
+    _write(tmp_path / "base" / "p.yaml", _policy_doc(True))
+    _write(tmp_path / "pr" / "p.yaml", _policy_doc(False))
+    common = ["replay", "--incidents", incidents, "--baseline", str(tmp_path / "base"), "--policies"]
+
+    assert main([*common, str(tmp_path / "base")]) == 0  # nothing changes
+    assert "0 of 1 incident(s) would change" in capsys.readouterr().out
+
+    code = main([*common, str(tmp_path / "pr"), "--fail-on", "unapproved-destructive,unmatched"])
+    out, err = capsys.readouterr()
+    assert code == 1 and err.strip() == "runbook-operator replay: --fail-on: unapproved-destructive (1)"
+    assert "ns/redis-down-1" in out and "unapproved-destructive" in out and "Resolved after" in out
+
+    assert main([*common, str(tmp_path / "pr"), "--output", "json"]) == 0  # no --fail-on: reported, not failed
+    document = json.loads(capsys.readouterr().out)
+    assert document["schema"] == 1 and document["summary"]["kinds"]["unapproved-destructive"] == 1
+    (only,) = document["incidents"]
+    assert only["changes"][0] == "unapproved-destructive"
+    assert [s["approvedBy"] for s in only["before"][0]["steps"] if s["name"] == "failover"] == ["alice"]
+    assert only["after"][0]["unapprovedDestructive"] == ["failover"]
+
+    assert main([*common, str(tmp_path / "pr"), "--output", "markdown"]) == 0
+    text = capsys.readouterr().out
+    row = next(line for line in text.splitlines() if "redis" in line and line.startswith("|"))
+    assert row.count("|") - row.count("\\|") == 7  # six cells: the alert's own | is escaped
+    assert "<b>" not in text and "Redis&lt;b>Down&lt;/b>" in text
+    from markdown_it import MarkdownIt
+
+    html = MarkdownIt("commonmark").enable("table").render(text)  # as GitHub renders a comment
+    assert "<b>" not in html and "<em>" not in html and "<code>" not in html
+    assert html.count("<td>") == 6 and "Redis&lt;b&gt;Down&lt;/b&gt;|`x`*y*" in html
+    assert "would run failover without approval" in text
+
+
+def test_bad_input_is_exit_2_with_one_line(tmp_path: Any, capsys: Any) -> None:
+    from runbook_operator.entrypoints.cli import main
+
+    (tmp_path / "p").mkdir()
+    empty = _write(tmp_path / "none.yaml", {"apiVersion": "v1", "kind": "List", "items": []})
+    assert (
+        main(["replay", "--incidents", empty, "--baseline", str(tmp_path / "p"), "--policies", str(tmp_path / "p")])
+        == 2
+    )
+    assert capsys.readouterr().err.startswith("runbook-operator replay: no Incident to replay")

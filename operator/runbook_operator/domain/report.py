@@ -75,8 +75,8 @@ def render(incident_body: Mapping[str, Any], events: Sequence[Mapping[str, Any]]
     severity = str(status.get("severity") or spec.get("severity") or "unset")
     outcome = _outcome(status) if handled else "not handled yet"
 
-    lines = [f"# Post-incident report: {_md(alert)} — {_md(namespace)}/{_md(name)}", ""]
-    lines += [f"**Severity:** {_md(severity)} · **Outcome:** {outcome}", ""]
+    lines = [f"# Post-incident report: {md(alert)} — {md(namespace)}/{md(name)}", ""]
+    lines += [f"**Severity:** {md(severity)} · **Outcome:** {outcome}", ""]
     lines += _summary(meta, spec, status, handled)
     lines += _timeline(status, events)
     lines += _findings(status)
@@ -93,19 +93,19 @@ def render(incident_body: Mapping[str, Any], events: Sequence[Mapping[str, Any]]
 
 def _summary(meta: Mapping[str, Any], spec: Mapping[str, Any], status: Mapping[str, Any], handled: bool) -> list[str]:
     out = ["## Summary", ""]
-    what = f"alert {_md(spec.get('alert') or '?', code=True)}"
+    what = f"alert {md(spec.get('alert') or '?', code=True)}"
     if spec.get("summary"):
-        what += f": {_md(spec['summary'])}"
+        what += f": {md(spec['summary'])}"
     out.append(f"- **What happened:** {what}")
     if spec.get("description"):
-        out.append(f"- **Description:** {_md(spec['description'])}")
+        out.append(f"- **Description:** {md(spec['description'])}")
     labels = _map(spec.get("labels"))
     if labels:
-        out.append("- **Labels:** " + ", ".join(_md(f"{k}={v}", code=True) for k, v in sorted(labels.items())))
+        out.append("- **Labels:** " + ", ".join(md(f"{k}={v}", code=True) for k, v in sorted(labels.items())))
     target = _map(spec.get("target"))
     if target:
         where = target.get("namespace") or meta.get("namespace") or "?"
-        out.append(f"- **Target:** {_md(target.get('kind', '?'))} {_md(where)}/{_md(target.get('name', '?'))}")
+        out.append(f"- **Target:** {md(target.get('kind', '?'))} {md(where)}/{md(target.get('name', '?'))}")
     if not handled:
         out += ["- **Outcome:** not handled yet: the operator has not written a status for this incident", ""]
         return out
@@ -114,8 +114,8 @@ def _summary(meta: Mapping[str, Any], spec: Mapping[str, Any], status: Mapping[s
     if policy:
         generation = status.get("policyGeneration")
         out.append(
-            f"- **Policy:** {_md(policy, code=True)}"
-            + (f" (generation {_md(generation)})" if generation is not None else "")
+            f"- **Policy:** {md(policy, code=True)}"
+            + (f" (generation {md(generation)})" if generation is not None else "")
         )
     else:
         out.append("- **Policy:** none")
@@ -124,8 +124,8 @@ def _summary(meta: Mapping[str, Any], spec: Mapping[str, Any], status: Mapping[s
     if flags:
         out.append(f"- **Mode:** {', '.join(flags)}")
     if status.get("duplicateOf"):
-        out.append(f"- **Duplicate of:** {_md(status['duplicateOf'], code=True)}")
-    started, resolved = _md(status.get("startedAt") or "unknown"), _md(status.get("resolvedAt") or "no")
+        out.append(f"- **Duplicate of:** {md(status['duplicateOf'], code=True)}")
+    started, resolved = md(status.get("startedAt") or "unknown"), md(status.get("resolvedAt") or "no")
     out.append(f"- **Started:** {started} · **Resolved:** {resolved}")
     out.append("")
     return out
@@ -138,10 +138,10 @@ def _timeline(status: Mapping[str, Any], events: Sequence[Mapping[str, Any]]) ->
         return [*out, "No timeline entries.", ""]
     out += ["| time | reason | message |", "|---|---|---|"]
     for e in entries:
-        message = _md(e.message, limit=_MESSAGE_CELL) + (f" (x{e.count})" if e.count > 1 else "")
+        message = md(e.message, limit=_MESSAGE_CELL) + (f" (x{e.count})" if e.count > 1 else "")
         source = " (event)" if e.source == "event" else ""
         out.append(
-            f"| {_md(e.text_time, limit=_MESSAGE_CELL)} | {_md(e.reason, limit=_MESSAGE_CELL)}{source} | {message} |"
+            f"| {md(e.text_time, limit=_MESSAGE_CELL)} | {md(e.reason, limit=_MESSAGE_CELL)}{source} | {message} |"
         )
     return [*out, ""]
 
@@ -194,7 +194,7 @@ def _findings(status: Mapping[str, Any]) -> list[str]:
     findings = [_map(f) for f in status.get("findings") or ()]
     if not findings:
         return ["## Findings", "", "No findings recorded.", ""]
-    out += [f"- **{_md(f.get('step')) or '?'}**: {_md(f.get('message') or '')}" for f in findings]
+    out += [f"- **{md(f.get('step')) or '?'}**: {md(f.get('message') or '')}" for f in findings]
     return [*out, ""]
 
 
@@ -214,8 +214,8 @@ def _actions(status: Mapping[str, Any]) -> list[str]:
         started, finished = _parse(s.get("startedAt")), _parse(s.get("finishedAt"))
         duration = _duration((finished - started).total_seconds()) if started and finished else "—"
         cells = (s.get("stage"), s.get("name"), s.get("action"), s.get("attempt"), state, s.get("startedAt"))
-        row = " | ".join(_md(c if c is not None else "—", limit=_MESSAGE_CELL) for c in cells)
-        out.append(f"| {row} | {duration} | {_md(s.get('message') or '', limit=_MESSAGE_CELL)} |")
+        row = " | ".join(md(c if c is not None else "—", limit=_MESSAGE_CELL) for c in cells)
+        out.append(f"| {row} | {duration} | {md(s.get('message') or '', limit=_MESSAGE_CELL)} |")
     return [*out, ""]
 
 
@@ -239,8 +239,8 @@ def _notifications(status: Mapping[str, Any]) -> list[str]:
         else:
             about = f"escalation level {attempt}"
         cells = (s.get("finishedAt") or s.get("startedAt"), about, s.get("name"), s.get("action"), s.get("state"))
-        row = " | ".join(_md(c if c is not None else "—", limit=_MESSAGE_CELL) for c in cells)
-        out.append(f"| {row} | {_md(s.get('message') or '', limit=_MESSAGE_CELL)} |")
+        row = " | ".join(md(c if c is not None else "—", limit=_MESSAGE_CELL) for c in cells)
+        out.append(f"| {row} | {md(s.get('message') or '', limit=_MESSAGE_CELL)} |")
     return [*out, ""]
 
 
@@ -262,15 +262,15 @@ def _escalations(spec: Mapping[str, Any], status: Mapping[str, Any]) -> list[str
             number, when = reached.get(level, (str(i), ""))
             if not when and level == escalation.get("level"):
                 when = str(escalation.get("notifiedAt") or "")
-            out.append(f"  {number}. {_md(level, code=True)}" + (f" at {_md(when)}" if when else ""))
+            out.append(f"  {number}. {md(level, code=True)}" + (f" at {md(when)}" if when else ""))
     if escalation.get("nextAt"):
-        out.append(f"- **Next level due:** {_md(escalation['nextAt'])}")
+        out.append(f"- **Next level due:** {md(escalation['nextAt'])}")
     updates = int(escalation.get("updates") or 0)
-    last = f" (last at {_md(escalation['lastUpdateAt'])})" if updates and escalation.get("lastUpdateAt") else ""
+    last = f" (last at {md(escalation['lastUpdateAt'])})" if updates and escalation.get("lastUpdateAt") else ""
     out.append(f"- **Status updates sent:** {updates}{last}")
     if status.get("acknowledgedAt"):
-        who = f" by {_md(spec['acknowledgedBy'])}" if spec.get("acknowledgedBy") else ""
-        out.append(f"- **Acknowledged:**{who} at {_md(status['acknowledgedAt'])}")
+        who = f" by {md(spec['acknowledgedBy'])}" if spec.get("acknowledgedBy") else ""
+        out.append(f"- **Acknowledged:**{who} at {md(status['acknowledgedAt'])}")
     else:
         overdue = " (ResponseOverdue: the response deadline passed)" if escalation.get("overdueNoted") else ""
         out.append(f"- **Acknowledged:** no{overdue}")
@@ -302,8 +302,8 @@ def _deadline(
     if deadline is None:
         return "none"
     window = _duration((deadline - started).total_seconds())
-    severity = _md(status.get("severity") or "default")
-    head = f"{_md(status.get('responseDeadline'))} ({window} after start, {severity} severity)"
+    severity = md(status.get("severity") or "default")
+    head = f"{md(status.get('responseDeadline'))} ({window} after start, {severity} severity)"
     responded = min((t for t in (acked, resolved) if t is not None), default=None)
     if responded is not None and responded <= deadline:
         how = "acknowledged" if responded == acked else "resolved"
@@ -324,8 +324,8 @@ def _follow_ups(spec: Mapping[str, Any], status: Mapping[str, Any], handled: boo
     phase = status.get("phase")
     for raw in status.get("steps") or ():
         s = _map(raw)
-        label = f"{_md(s.get('stage', '?'))} step {_md(s.get('name', '?'), code=True)} ({_md(s.get('action', '?'))}"
-        label += f", attempt {_md(s.get('attempt', '?'))})"
+        label = f"{md(s.get('stage', '?'))} step {md(s.get('name', '?'), code=True)} ({md(s.get('action', '?'))}"
+        label += f", attempt {md(s.get('attempt', '?'))})"
         message = str(s.get("message") or "")
         state = s.get("state")
         if state == "Skipped" and message.startswith("interrupted"):
@@ -333,18 +333,18 @@ def _follow_ups(spec: Mapping[str, Any], status: Mapping[str, Any], handled: boo
         elif state == "Skipped" and message.startswith("dry run"):
             derived.append(f"Dry run: {label} did not run; run it by hand or without dryRun if still needed")
         elif state == "Failed" and s.get("stage") != "Diagnose":
-            derived.append(f"Investigate why {label} failed: {_md(message)}")
+            derived.append(f"Investigate why {label} failed: {md(message)}")
         elif state == "AwaitingApproval" and phase not in ("Resolved", "Escalated"):
             derived.append(
                 f"{label} still awaits approval: approve it (`kubectl runbook approve`) or resolve the incident"
             )
     if phase == "Escalated":
         why = _condition(status, "Escalated")
-        reason = f" ({_md(why.get('reason'))}: {_md(why.get('message') or '')})" if why else ""
+        reason = f" ({md(why.get('reason'))}: {md(why.get('message') or '')})" if why else ""
         derived.append(f"Root-cause review: the incident escalated{reason}; automation did not fix it")
     elif handled and phase != "Resolved":
         derived.append(
-            f"The incident is still open (phase {_md(phase or 'unknown')}): resolve it before closing the review"
+            f"The incident is still open (phase {md(phase or 'unknown')}): resolve it before closing the review"
         )
     if handled and not status.get("acknowledgedAt") and _map(status.get("escalation")).get("overdueNoted"):
         derived.append("Nobody acknowledged the incident by the response deadline: review on-call paging")
@@ -362,12 +362,12 @@ def _outcome(status: Mapping[str, Any], detailed: bool = False) -> str:
     phase = str(status.get("phase") or "Pending")
     condition = _condition(status, phase) if phase in ("Resolved", "Escalated") else None
     if phase not in ("Resolved", "Escalated"):
-        return f"open ({_md(phase)})"
+        return f"open ({md(phase)})"
     if condition is None:
         return phase
     if not detailed:
-        return f"{phase} ({_md(condition.get('reason') or '?')})"
-    return f"{phase}, reason {_md(condition.get('reason') or '?', code=True)}: {_md(condition.get('message') or '')}"
+        return f"{phase} ({md(condition.get('reason') or '?')})"
+    return f"{phase}, reason {md(condition.get('reason') or '?', code=True)}: {md(condition.get('message') or '')}"
 
 
 def _condition(status: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
@@ -423,7 +423,7 @@ def _duration(seconds: float) -> str:
     return f"{sign}{secs}s"
 
 
-def _md(value: Any, *, code: bool = False, limit: int | None = None) -> str:
+def md(value: Any, *, code: bool = False, limit: int | None = None) -> str:
     """``value`` as Markdown that shows exactly its text and nothing else, for every string taken
     from the Incident, its status or its Events.
 

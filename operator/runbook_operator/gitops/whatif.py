@@ -1,0 +1,232 @@
+"""What a policy change would have done: each incident replayed under the baseline and under
+the proposal, the differences named by kind, the riskiest first, as a terminal table, Markdown
+(for a pull request's comment; every value from an alert escaped) or JSON (``SCHEMA``).
+
+Kinds of change, riskiest first (``--fail-on`` takes their names):
+
+- ``unapproved-destructive``: a destructive step would now run without anyone's approval;
+- ``unmatched``: a policy handled it, none would;
+- ``ended-worse``: it would end worse (Resolved < AwaitingApproval < Escalated);
+- ``later-escalation``: it would reach a person later (escalated in both, later now);
+- ``unknown-steps``: the proposal runs a call never recorded (its paths assume success and failure);
+- ``policy-changed``: another policy would handle it;
+- ``approval-added``: it would now wait for a person where it did not;
+- ``steps-changed``: other steps, or other outcomes, on the way to the same end;
+- ``newly-matched``: no policy handled it, one would;
+- ``ended-better``: it would end better.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from runbook_operator.domain.matching import Candidate
+from runbook_operator.domain.report import md
+from runbook_operator.domain.wire import clipped, printable
+from runbook_operator.gitops.replay import Assume, Path, Recording, replay
+
+KINDS = (
+    "unapproved-destructive",
+    "unmatched",
+    "ended-worse",
+    "later-escalation",
+    "unknown-steps",
+    "policy-changed",
+    "approval-added",
+    "steps-changed",
+    "newly-matched",
+    "ended-better",
+)
+RANK = {"Resolved": 0, "AwaitingApproval": 1, "Escalated": 2}  # how an incident ends, best first
+SCHEMA = 1  # of --output json; a field's meaning never changes within one
+
+
+@dataclass(frozen=True)
+class Verdict:
+    namespace: str
+    name: str
+    alert: str
+    before: tuple[Path, ...]
+    after: tuple[Path, ...]
+    kinds: tuple[str, ...]  # in KINDS order: the first is the riskiest
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.kinds)
+
+
+def compare(
+    recording: Recording,
+    baseline: Sequence[Candidate],
+    proposed: Sequence[Candidate],
+    assume: Assume | None = None,
+) -> Verdict:
+    before, after = tuple(replay(recording, baseline, assume)), tuple(replay(recording, proposed, assume))
+    inc = recording.incident
+    return Verdict(inc.namespace, inc.name, inc.alert, before, after, _kinds(before, after))
+
+
+def _kinds(before: Sequence[Path], after: Sequence[Path]) -> tuple[str, ...]:
+    found: set[str] = set()
+    was = {name for p in before for name in p.unapproved_destructive}
+    if any(set(p.unapproved_destructive) - was for p in after):
+        found.add("unapproved-destructive")
+    had, has = _policy(before), _policy(after)
+    if had and not has:
+        found.add("unmatched")
+    elif has and not had:
+        found.add("newly-matched")
+    elif had != has:
+        found.add("policy-changed")
+    worst_before, worst_after = _worst(before), _worst(after)
+    if had and has and worst_after > worst_before:
+        found.add("ended-worse")
+    elif had and has and worst_after < worst_before:
+        found.add("ended-better")
+    if _escalated_at(after) > _escalated_at(before) > 0:
+        found.add("later-escalation")
+    if any(p.assumed for p in after):
+        found.add("unknown-steps")
+    if any(p.waits_for_approval for p in after) and not any(p.waits_for_approval for p in before):
+        found.add("approval-added")
+    if has and had and not found & {"ended-worse", "ended-better"} and _route(before) != _route(after):
+        found.add("steps-changed")
+    return tuple(k for k in KINDS if k in found)
+
+
+def _policy(paths: Sequence[Path]) -> str | None:
+    return next((p.policy for p in paths if p.policy), None)
+
+
+def _worst(paths: Sequence[Path]) -> int:
+    return max((RANK.get(p.end, len(RANK)) for p in paths), default=0)
+
+
+def _escalated_at(paths: Sequence[Path]) -> float:
+    return max((p.seconds for p in paths if p.end == "Escalated"), default=0.0)
+
+
+def _route(paths: Sequence[Path]) -> list[tuple[str, ...]]:
+    return sorted(tuple(f"{r.stage}/{r.name}/{r.ok}" for r in p.ran) for p in paths)
+
+
+@dataclass(frozen=True)
+class Summary:
+    verdicts: tuple[Verdict, ...]
+    not_replayable: int = 0  # archived before the archive kept what a replay needs
+
+    def count(self, kind: str) -> int:
+        return sum(kind in v.kinds for v in self.verdicts)
+
+    def changed(self) -> list[Verdict]:
+        """The incidents that change, the riskiest first, then by name."""
+        return sorted((v for v in self.verdicts if v.changed),
+                      key=lambda v: (KINDS.index(v.kinds[0]), v.namespace, v.name))  # fmt: skip
+
+    def failing(self, rules: Iterable[str]) -> dict[str, int]:
+        """Of the ``--fail-on`` kinds, those that occur, with how often."""
+        return {k: self.count(k) for k in rules if self.count(k)}
+
+
+# -- outputs ----------------------------------------------------------------------------------
+
+
+def _end(paths: Sequence[Path]) -> str:
+    ends = []
+    for p in paths:
+        text = f"{p.end} after {_duration(p.seconds)}"
+        if p.assumed:
+            text += " if " + ", ".join(f"{name} {'succeeds' if a == 'ok' else 'fails'}" for name, a in p.assumed)
+        if p.waits_for_approval:
+            text += f" (waits for approval of {', '.join(p.waits_for_approval)})"
+        ends.append(text)
+    return "; ".join(ends) or "-"
+
+
+def _duration(seconds: float) -> str:
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    minutes, secs = divmod(whole, 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def _cell(text: str, limit: int = 60) -> str:
+    return clipped(" ".join(printable(text).split()), limit)
+
+
+def table(summary: Summary) -> str:
+    """For a terminal: one line per changed incident, then the counts."""
+    rows = [("INCIDENT", "ALERT", "CHANGE", "POLICY", "BEFORE", "AFTER")]
+    for v in summary.changed():
+        rows.append((
+            _cell(f"{v.namespace}/{v.name}", 50), _cell(v.alert, 30), ",".join(v.kinds),
+            _cell(f"{_policy(v.before) or '-'} -> {_policy(v.after) or '-'}", 50),
+            _cell(_end(v.before), 80), _cell(_end(v.after), 80),
+        ))  # fmt: skip
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = (
+        ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows] if len(rows) > 1 else []
+    )
+    return "\n".join([*lines, *([""] if lines else []), _totals(summary)]) + "\n"
+
+
+def _totals(summary: Summary) -> str:
+    changed = len(summary.changed())
+    parts = [f"{changed} of {len(summary.verdicts)} incident(s) would change"]
+    parts += [f"{summary.count(k)} {k}" for k in KINDS if summary.count(k)]
+    if summary.not_replayable:
+        parts.append(f"{summary.not_replayable} not replayable (archived before the archive kept their spec)")
+    return "; ".join(parts)
+
+
+def markdown(summary: Summary) -> str:
+    """For a pull request's comment: every value from an incident or a policy escaped."""
+    out = ["### What this change would have done", "", md(_totals(summary)), ""]
+    changed = summary.changed()
+    if changed:
+        out += ["| incident | alert | change | policy | before | after |", "|---|---|---|---|---|---|"]
+        for v in changed:
+            out.append("| " + " | ".join((
+                md(f"{v.namespace}/{v.name}"), md(v.alert), md(", ".join(v.kinds)),
+                md(f"{_policy(v.before) or '-'} → {_policy(v.after) or '-'}"),
+                md(_end(v.before), limit=300), md(_end(v.after), limit=300),
+            )) + " |")  # fmt: skip
+        out.append("")
+        risky = [v for v in changed if "unapproved-destructive" in v.kinds]
+        for v in risky:
+            steps = sorted({n for p in v.after for n in p.unapproved_destructive})
+            out.append(
+                f"- **{md(f'{v.namespace}/{v.name}')}**: " + md(f"would run {', '.join(steps)} without approval")
+            )
+    return "\n".join(out).rstrip() + "\n"
+
+
+def as_json(summary: Summary) -> str:
+    """``--output json``: schema ``SCHEMA`` (docs/policies.md describes it)."""
+
+    def path(p: Path) -> dict[str, Any]:
+        return {
+            "policy": p.policy, "end": p.end, "seconds": round(p.seconds, 3),
+            "assumed": [{"step": n, "outcome": a} for n, a in p.assumed],
+            "waitsForApproval": list(p.waits_for_approval), "unapprovedDestructive": list(p.unapproved_destructive),
+            "escalations": list(p.escalations), "capped": p.capped,
+            "steps": [{"stage": r.stage, "name": r.name, "action": r.action, "ok": r.ok, "recorded": r.known,
+                       "approvedBy": r.approved_by, "destructive": r.destructive, "params": r.params} for r in p.ran],
+        }  # fmt: skip
+
+    document = {
+        "schema": SCHEMA,
+        "summary": {"incidents": len(summary.verdicts), "changed": len(summary.changed()),
+                    "notReplayable": summary.not_replayable, "kinds": {k: summary.count(k) for k in KINDS}},
+        "incidents": [{"namespace": v.namespace, "name": v.name, "alert": v.alert, "changes": list(v.kinds),
+                       "before": [path(p) for p in v.before], "after": [path(p) for p in v.after]}
+                      for v in summary.verdicts],
+    }  # fmt: skip
+    return json.dumps(document, indent=2, sort_keys=False, default=str) + "\n"
