@@ -28,7 +28,8 @@ if TYPE_CHECKING:  # psycopg (~10 MB) is imported only when an archive is config
 
 from runbook_operator.adapters.metrics import ArchiveMetrics
 from runbook_operator.domain.model import Incident, Policy
-from runbook_operator.domain.status import Phase, Status, parse_timestamp
+from runbook_operator.domain.resources import API_VERSION
+from runbook_operator.domain.status import Phase, Status, parse_timestamp, timestamp
 from runbook_operator.domain.wire import plain
 
 log = logging.getLogger(__name__)
@@ -216,6 +217,46 @@ class ArchivedPolicy:
         return {c: Jsonb(self.spec) if c == "spec" else getattr(self, c) for c in _POLICY_COLUMNS}
 
 
+_REPLAYABLE = f"""
+SELECT i.uid, i.namespace, i.name, i.spec, i.phase, i.policy, i.policy_generation, i.steps,
+       i.started_at, i.created_at, p.digest, p.namespace, p.name, p.generation, p.spec
+FROM {TABLE} i LEFT JOIN {POLICIES} p ON p.digest = i.policy_digest
+WHERE i.spec IS NOT NULL AND {{where}}
+ORDER BY coalesce(i.started_at, i.archived_at), i.uid
+"""
+_NOT_REPLAYABLE = f"SELECT count(*) FROM {TABLE} i WHERE i.spec IS NULL AND {{where}}"
+
+
+@dataclass(frozen=True)
+class ArchivedIncident:
+    """An archived incident as a replay reads it: its spec, its steps, the policy version that drove it."""
+
+    uid: str
+    namespace: str
+    name: str
+    spec: dict[str, Any]
+    phase: str
+    policy: str | None
+    policy_generation: int | None
+    steps: list[dict[str, Any]]
+    started_at: datetime | None
+    created_at: datetime | None
+    policy_row: ArchivedPolicy | None  # None: no policy drove it, or it was archived without one
+
+    def body(self) -> dict[str, Any]:
+        """The Incident with its status, as ``kubectl get inc -o yaml`` shows one."""
+        status = {"phase": self.phase, "policy": self.policy, "policyGeneration": self.policy_generation,
+                  "steps": self.steps, "startedAt": _stamp(self.started_at)}  # fmt: skip
+        metadata = {"name": self.name, "namespace": self.namespace, "uid": self.uid,
+                    "creationTimestamp": _stamp(self.created_at)}  # fmt: skip
+        return {"apiVersion": API_VERSION, "kind": "Incident", "metadata": metadata, "spec": self.spec,
+                "status": {k: v for k, v in status.items() if v is not None}}  # fmt: skip
+
+
+def _stamp(value: datetime | None) -> str | None:
+    return timestamp(value) if value is not None else None
+
+
 @dataclass(frozen=True)
 class AlertStats:
     """Per alert: how many incidents and how they ended; MTTA / MTTR in seconds (None: no data)."""
@@ -342,6 +383,39 @@ class Archive:
             return [AlertStats(*row) for row in await cur.fetchall()]
 
         result: list[AlertStats] = await self._run(go)
+        return result
+
+    async def replayable(
+        self, since: timedelta | None = None, alerts: Sequence[str] = (), namespace: str | None = None
+    ) -> tuple[list[ArchivedIncident], int]:
+        """The archived incidents a replay can use, oldest first, and how many it cannot (archived
+        before the archive kept their spec), both under the same filters."""
+        clauses, params = ["true"], dict[str, Any]()
+        if since is not None:
+            clauses.append("coalesce(i.started_at, i.archived_at) >= now() - %(since)s")
+            params["since"] = since
+        if alerts:
+            clauses.append("i.alert = ANY(%(alerts)s)")
+            params["alerts"] = list(alerts)
+        if namespace is not None:
+            clauses.append("i.namespace = %(namespace)s")
+            params["namespace"] = namespace
+        where = " AND ".join(clauses)
+
+        async def go(conn: psycopg.AsyncConnection[Any]) -> tuple[list[ArchivedIncident], int]:
+            cur = await conn.execute(_REPLAYABLE.format(where=where), params)  # the clauses are ours; values bound
+            found = []
+            for row in await cur.fetchall():
+                (uid, ns, name, spec, phase, policy, generation, steps, started, created, digest, p_ns, p_name,
+                 p_generation, p_spec) = row  # fmt: skip
+                row_policy = ArchivedPolicy(digest, p_ns, p_name, p_generation, p_spec) if digest else None
+                found.append(ArchivedIncident(uid, ns, name, spec, phase, policy, generation, steps, started,
+                                              created, row_policy))  # fmt: skip
+            cur = await conn.execute(_NOT_REPLAYABLE.format(where=where), params)
+            counted = await cur.fetchone()
+            return found, int(counted[0]) if counted else 0
+
+        result: tuple[list[ArchivedIncident], int] = await self._run(go)
         return result
 
     async def close(self) -> None:

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -370,3 +372,60 @@ def test_run_reads_the_dsn_from_the_named_env_var() -> None:
     args = cli.build_parser().parse_args(["run"])
     assert args.archive_dsn_env == "RUNBOOK_ARCHIVE_DSN"
     assert cli.build_parser().parse_args(["run", "--archive-dsn-env", "X"]).archive_dsn_env == "X"
+
+
+# -- replay from the archive (issue 25) ----------------------------------------------------------------
+
+
+def test_replay_reads_the_archive_and_the_policy_version_that_drove_each_incident(
+    dsn: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Incidents the reconciler archived, replayed with no --baseline: each under the policy version
+    the archive kept for it. The same policy changes nothing; one whose restart now fails ends worse
+    for the incident it drove; an incident archived by an older operator is counted, not guessed."""
+    import yaml
+
+    service = DemoService(restart_seconds=0).start()
+    policy = demo_policy(service.url)
+
+    async def archive_one() -> None:  # as the operator does: the reconciler resolves it, the writer archives it
+        cluster = MemoryCluster()
+        writer = ArchiveWriter(Archive(dsn))
+        reconciler = Reconciler(cluster, Executor(default_registry()), lambda ns: [policy], archive=writer)
+        meta = {"name": "im-down", "namespace": "ns", "uid": "uid-1", "generation": 1,
+                "creationTimestamp": "2026-12-07T10:00:00Z"}  # fmt: skip
+        reconciler.observe({"metadata": meta, "spec": {"alert": "InstanceManagerDown", "severity": "Critical"}})
+        await _until(lambda: cluster.writes and cluster.writes[-1]["phase"] == "Resolved")
+        await reconciler.stop()
+
+    try:
+        asyncio.run(archive_one())
+    finally:
+        service.stop()
+    with psycopg.connect(dsn) as conn:  # one row as an operator before migration 3 wrote it
+        conn.execute(
+            "INSERT INTO incident_archive (uid, namespace, name, alert, phase) VALUES ('old', 'ns', 'o', 'A', 'Resolved')"
+        )
+    monkeypatch.setenv("TEST_ARCHIVE_DSN", dsn)
+    same, changed = tmp_path / "same", tmp_path / "changed"
+    same.mkdir(), changed.mkdir()
+    body = {"apiVersion": "remediation.ishchat.io/v1alpha1", "kind": "RemediationPolicy",
+            "metadata": {"name": "p", "namespace": "ns"}, "spec": dict(policy.spec)}  # fmt: skip
+    (same / "p.yaml").write_text(yaml.safe_dump(body))
+    restart = next(s for s in body["spec"]["remediate"] if s["name"] == "restart")
+    moved = {**restart, "with": {**restart["with"], "url": restart["with"]["url"] + "?force=1"}}
+    (changed / "p.yaml").write_text(yaml.safe_dump({**body, "spec": {**body["spec"], "remediate": [moved]}}))
+    common = ["replay", "--archive", "--dsn-env", "TEST_ARCHIVE_DSN", "--output", "json", "--policies"]
+
+    assert cli.main([*common, str(same), "--fail-on", "ended-worse,steps-changed,unknown-steps"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["summary"] == {"incidents": 1, "changed": 0, "notReplayable": 1,
+                                   "kinds": {k: 0 for k in document["summary"]["kinds"]}}  # fmt: skip
+    (only,) = document["incidents"]
+    assert only["before"] == only["after"] and only["before"][0]["end"] == "Resolved"
+    assert all(s["recorded"] for s in only["before"][0]["steps"])  # every call matched a recorded one
+
+    assert cli.main([*common, str(changed), "--fail-on", "unknown-steps"]) == 1
+    (only,) = json.loads(capsys.readouterr().out)["incidents"]
+    assert only["changes"] == ["unknown-steps"] or "unknown-steps" in only["changes"]
+    assert sorted(p["end"] for p in only["after"]) == ["Escalated", "Resolved"]  # the new call: both ways

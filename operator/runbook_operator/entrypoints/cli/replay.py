@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runbook_operator.entrypoints.cli import arguments as types
+
+if TYPE_CHECKING:
+    from runbook_operator.domain.model import Policy
+    from runbook_operator.gitops.replay import Recording
 
 OUTPUTS = ("table", "markdown", "json")
 
@@ -28,26 +32,24 @@ def add(sub: Any) -> None:
         "outcome and time, an unknown one is followed both ways (or as --assume says).",
     )
     replay.add_argument(
-        "--policies",
-        action="append",
-        required=True,
-        metavar="DIR",
+        "--policies", action="append", required=True, metavar="DIR",
         help="the proposed RemediationPolicies (e.g. the pull request's checkout)",
-    )
+    )  # fmt: skip
     replay.add_argument(
-        "--baseline", action="append", required=True, metavar="DIR", help="the policies merged today, to compare with"
-    )
-    replay.add_argument(
-        "--incidents",
-        action="append",
-        required=True,
-        metavar="FILE|DIR",
+        "--baseline", action="append", metavar="DIR",
+        help="the policies merged today (default with --archive: the version that drove each incident)",
+    )  # fmt: skip
+    source = replay.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--incidents", action="append", metavar="FILE|DIR",
         help="Incidents with their status (`kubectl get inc -A -o yaml`): files or directories",
+    )  # fmt: skip
+    source.add_argument("--archive", action="store_true", help="the incident archive (PostgreSQL; DSN from --dsn-env)")
+    replay.add_argument(
+        "--dsn-env", default="RUNBOOK_ARCHIVE_DSN", metavar="VAR", help="env var with the archive's PostgreSQL DSN"
     )
     replay.add_argument(
-        "-n",
-        "--namespace",
-        help="only incidents of this namespace (and the default for objects that name none: default)",
+        "-n", "--namespace", help="only incidents of this namespace (and the default for objects that name none)"
     )
     replay.add_argument("--alert", action="append", metavar="NAME", help="only incidents of this alert (repeatable)")
     replay.add_argument("--since", type=types.since, metavar="DURATION", help="only incidents started within, e.g. 30d")
@@ -56,12 +58,9 @@ def add(sub: Any) -> None:
     )
     replay.add_argument("-o", "--output", choices=OUTPUTS, default="table")
     replay.add_argument(
-        "--fail-on",
-        type=_kinds(KINDS),
-        default=(),
-        metavar="KIND[,KIND...]",
+        "--fail-on", type=_kinds(KINDS), default=(), metavar="KIND[,KIND...]",
         help=f"exit 1 when any of these changes happens: {', '.join(KINDS)}",
-    )
+    )  # fmt: skip
     replay.set_defaults(func=run)
 
 
@@ -78,50 +77,34 @@ def _kinds(known: Sequence[str]) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     from runbook_operator import gitops
-    from runbook_operator.actions.catalog import default_registry
-    from runbook_operator.domain.model import Incident, Policy
-    from runbook_operator.domain.parsing import parse_policy
-    from runbook_operator.domain.status import Status, parse_timestamp
     from runbook_operator.gitops import whatif
-    from runbook_operator.gitops.replay import Recording
 
-    where = args.namespace or "default"
+    def fail(message: str) -> int:
+        print(f"runbook-operator replay: {message}", file=sys.stderr)
+        return 2
+
+    if args.incidents and not args.baseline:
+        return fail("--baseline DIR is needed with --incidents (files do not say which policies drove them)")
     try:
-        found = gitops.load_resources(args.incidents)
-        proposed = gitops.load_resources(args.policies)
-        baseline = gitops.load_resources(args.baseline)
+        proposed = _policies(gitops.load_resources(args.policies), args.namespace)
+        baseline = _policies(gitops.load_resources(args.baseline), args.namespace) if args.baseline else None
+        if args.archive:
+            found, not_replayable = _from_archive(args)
+        else:
+            found, not_replayable = _from_files(args), 0
     except gitops.InputError as err:
-        print(f"runbook-operator replay: {err}", file=sys.stderr)
-        return 2
-    check = default_registry().check
-
-    def policies(resources: list[gitops.schema.Resource]) -> dict[str, list[Policy]]:
-        by_namespace: dict[str, list[Policy]] = {}
-        for resource in gitops.iter_kind(resources, "RemediationPolicy"):
-            parsed = parse_policy(gitops.with_namespace(resource.body, where), check)
-            if isinstance(parsed, Policy):
-                by_namespace.setdefault(parsed.namespace, []).append(parsed)
-        return by_namespace
-
-    after, before = policies(proposed), policies(baseline)
-    since = datetime.now(UTC) - timedelta(seconds=args.since) if args.since else None
+        return fail(str(err))
+    except LookupError as err:
+        return fail(str(err))
     verdicts = []
-    for resource in gitops.iter_kind(found, "Incident"):
-        body = gitops.with_namespace(resource.body, where)
-        incident, status = Incident.from_body(body), Status.from_dict(body.get("status"))
-        if args.namespace and incident.namespace != args.namespace:
-            continue
-        if args.alert and incident.alert not in args.alert:
-            continue
-        if since is not None and not (status.startedAt and parse_timestamp(status.startedAt) >= since):
-            continue
-        recording = Recording(incident, status)
-        namespace = incident.namespace
-        verdicts.append(whatif.compare(recording, before.get(namespace, []), after.get(namespace, []), args.assume))
+    for recording, recorded_policy in found:
+        namespace = recording.incident.namespace
+        before = baseline.get(namespace, []) if baseline is not None else recorded_policy
+        verdicts.append(whatif.compare(recording, before, proposed.get(namespace, []), args.assume))
     if not verdicts:
-        print("runbook-operator replay: no Incident to replay (check --incidents and the filters)", file=sys.stderr)
-        return 2
-    summary = whatif.Summary(tuple(verdicts))
+        older = f"; {not_replayable} archived before the archive kept what a replay needs" if not_replayable else ""
+        return fail(f"no Incident to replay (check the source and the filters){older}")
+    summary = whatif.Summary(tuple(verdicts), not_replayable)
     render = {"table": whatif.table, "markdown": whatif.markdown, "json": whatif.as_json}[args.output]
     sys.stdout.write(render(summary))
     failing = summary.failing(args.fail_on)
@@ -130,3 +113,87 @@ def run(args: argparse.Namespace) -> int:
         print(f"runbook-operator replay: --fail-on: {said}", file=sys.stderr)
         return 1
     return 0
+
+
+Found = list[tuple["Recording", list["Policy"]]]
+
+
+def _policies(resources: Sequence[Any], namespace: str | None) -> dict[str, list[Policy]]:
+    from runbook_operator import gitops
+    from runbook_operator.actions.catalog import default_registry
+    from runbook_operator.domain.model import Policy
+    from runbook_operator.domain.parsing import parse_policy
+
+    check = default_registry().check
+    by_namespace: dict[str, list[Policy]] = {}
+    for resource in gitops.iter_kind(resources, "RemediationPolicy"):
+        parsed = parse_policy(gitops.with_namespace(resource.body, namespace or "default"), check)
+        if isinstance(parsed, Policy):
+            by_namespace.setdefault(parsed.namespace, []).append(parsed)
+    return by_namespace
+
+
+def _recording(body: Mapping[str, Any]) -> Recording:
+    from runbook_operator.domain.model import Incident
+    from runbook_operator.domain.status import Status
+    from runbook_operator.gitops.replay import Recording
+
+    return Recording(Incident.from_body(body), Status.from_dict(body.get("status")))
+
+
+def _from_files(args: argparse.Namespace) -> Found:
+    from runbook_operator import gitops
+    from runbook_operator.domain.status import parse_timestamp
+
+    since = datetime.now(UTC) - timedelta(seconds=args.since) if args.since else None
+    found: Found = []
+    for resource in gitops.iter_kind(gitops.load_resources(args.incidents), "Incident"):
+        recording = _recording(gitops.with_namespace(resource.body, args.namespace or "default"))
+        incident, started = recording.incident, recording.status.startedAt
+        if args.namespace and incident.namespace != args.namespace:
+            continue
+        if args.alert and incident.alert not in args.alert:
+            continue
+        if since is not None and not (started and parse_timestamp(started) >= since):
+            continue
+        found.append((recording, []))
+    return found
+
+
+def _from_archive(args: argparse.Namespace) -> tuple[Found, int]:
+    import asyncio
+    import os
+
+    from runbook_operator.actions.catalog import default_registry
+    from runbook_operator.adapters.archive import Archive, ArchivedIncident
+    from runbook_operator.domain.model import Policy
+    from runbook_operator.domain.parsing import parse_policy
+
+    dsn = os.environ.get(args.dsn_env)
+    if not dsn:
+        raise LookupError(f"${args.dsn_env} is not set (the archive's PostgreSQL DSN)")
+    archive = Archive(dsn)
+
+    async def read() -> tuple[list[ArchivedIncident], int]:
+        try:
+            return await archive.replayable(
+                timedelta(seconds=args.since) if args.since else None, args.alert or (), args.namespace
+            )
+        finally:
+            await archive.close()
+
+    try:
+        rows, not_replayable = asyncio.run(read())
+    except Exception as err:  # never the DSN: where, and the redacted error
+        raise LookupError(f"archive {archive.where}: {archive.redact(err)}") from None
+    check = default_registry().check
+    found: Found = []
+    for row in rows:
+        recorded: list[Policy] = []
+        if row.policy_row is not None:
+            p = row.policy_row
+            body = {"metadata": {"name": p.name, "namespace": p.namespace, "generation": p.generation}, "spec": p.spec}
+            parsed = parse_policy(body, check)
+            recorded = [parsed] if isinstance(parsed, Policy) else []
+        found.append((_recording(row.body()), recorded))
+    return found, not_replayable
