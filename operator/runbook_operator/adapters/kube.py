@@ -418,6 +418,19 @@ class Incidents:
             raise Refused(f"reading incident {self.namespace}/{name}: the API server answered no object")
         return found
 
+    def every(self, all_namespaces: bool = False) -> list[dict[str, Any]]:
+        """Every Incident of the namespace (or of all, as ``kubectl get inc -A``), with its status."""
+        try:
+            if all_namespaces:
+                found: Any = self._api.list_cluster_custom_object(GROUP, VERSION, INCIDENTS)
+            else:
+                found = self._api.list_namespaced_custom_object(GROUP, VERSION, self.namespace, INCIDENTS)
+        except kubernetes.client.ApiException as err:
+            where = "all namespaces" if all_namespaces else f"namespace {self.namespace}"
+            raise Refused(f"listing incidents in {where}: {api_message(err)}") from None
+        items = found.get("items") if isinstance(found, dict) else None
+        return [i for i in items or [] if isinstance(i, dict)]
+
     def patch(self, name: str, patch: Any, what: str) -> None:
         """A JSON patch (a list) or a merge patch (a dict); a refusal becomes one line."""
         kind = "application/json-patch+json" if isinstance(patch, list) else "application/merge-patch+json"

@@ -45,6 +45,12 @@ def add(sub: Any) -> None:
         help="Incidents with their status (`kubectl get inc -A -o yaml`): files or directories",
     )  # fmt: skip
     source.add_argument("--archive", action="store_true", help="the incident archive (PostgreSQL; DSN from --dsn-env)")
+    source.add_argument(
+        "--from-cluster", action="store_true",
+        help="the Incidents in the cluster, as the caller (kubeconfig; -n NS, else all namespaces)",
+    )  # fmt: skip
+    replay.add_argument("--kubeconfig", help="with --from-cluster: kubeconfig file (default: $KUBECONFIG)")
+    replay.add_argument("--context", help="with --from-cluster: kubeconfig context (default: the current one)")
     replay.add_argument(
         "--dsn-env", default="RUNBOOK_ARCHIVE_DSN", metavar="VAR", help="env var with the archive's PostgreSQL DSN"
     )
@@ -83,13 +89,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"runbook-operator replay: {message}", file=sys.stderr)
         return 2
 
-    if args.incidents and not args.baseline:
-        return fail("--baseline DIR is needed with --incidents (files do not say which policies drove them)")
+    if not args.archive and not args.baseline:
+        return fail("--baseline DIR is needed with --incidents and --from-cluster (only the archive keeps the "
+                    "policy version that drove each incident)")  # fmt: skip
     try:
         proposed = _policies(gitops.load_resources(args.policies), args.namespace)
         baseline = _policies(gitops.load_resources(args.baseline), args.namespace) if args.baseline else None
         if args.archive:
             found, not_replayable = _from_archive(args)
+        elif args.from_cluster:
+            found, not_replayable = _from_cluster(args), 0
         else:
             found, not_replayable = _from_files(args), 0
     except gitops.InputError as err:
@@ -143,12 +152,30 @@ def _recording(body: Mapping[str, Any]) -> Recording:
 
 def _from_files(args: argparse.Namespace) -> Found:
     from runbook_operator import gitops
+
+    bodies = [r.body for r in gitops.iter_kind(gitops.load_resources(args.incidents), "Incident")]
+    return _filtered(args, bodies)
+
+
+def _from_cluster(args: argparse.Namespace) -> Found:
+    from runbook_operator.adapters import kube
+
+    try:
+        client, namespace = kube.api_client(kube.Connection(args.namespace, args.kubeconfig, args.context))
+        bodies = kube.Incidents(client, namespace).every(all_namespaces=not args.namespace)
+    except kube.Refused as err:
+        raise LookupError(str(err)) from None
+    return _filtered(args, bodies)
+
+
+def _filtered(args: argparse.Namespace, bodies: Sequence[Mapping[str, Any]]) -> Found:
+    from runbook_operator import gitops
     from runbook_operator.domain.status import parse_timestamp
 
     since = datetime.now(UTC) - timedelta(seconds=args.since) if args.since else None
     found: Found = []
-    for resource in gitops.iter_kind(gitops.load_resources(args.incidents), "Incident"):
-        recording = _recording(gitops.with_namespace(resource.body, args.namespace or "default"))
+    for body in bodies:
+        recording = _recording(gitops.with_namespace(body, args.namespace or "default"))
         incident, started = recording.incident, recording.status.startedAt
         if args.namespace and incident.namespace != args.namespace:
             continue
