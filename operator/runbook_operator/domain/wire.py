@@ -3,6 +3,7 @@ text cut to a bound or made printable."""
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 from collections.abc import Collection, Mapping
 from dataclasses import fields
@@ -10,10 +11,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 
+@functools.lru_cache(maxsize=4096)  # the same few instants are written and read again all through a replay
 def timestamp(now: datetime) -> str:
     return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_timestamp(text: str) -> datetime:
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
 
