@@ -38,6 +38,7 @@ TERMINAL = (Phase.RESOLVED.value, Phase.ESCALATED.value)
 TABLE = "incident_archive"
 POLICIES = "policy_archive"  # each version of a policy that drove an archived incident, by its spec's digest
 CONNECT_TIMEOUT = 5  # seconds; a database that does not answer counts as down
+_ROLE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _LOCK = 0x72626F61  # pg_advisory_xact_lock key: two operators migrating at once take turns
 
 # (version, statements): append only; a database at version N runs the ones above N, once.
@@ -416,6 +417,30 @@ class Archive:
             return found, int(counted[0]) if counted else 0
 
         result: tuple[list[ArchivedIncident], int] = await self._run(go)
+        return result
+
+    async def grant_read_only(self, role: str) -> bool:
+        """Create ``role`` (NOLOGIN; a person or a CI job is then granted it) able to read the archive
+        and nothing else, for replays before a merge; True when it was created, False when it existed
+        (its grants are made again). Needs a DSN allowed to create roles and to grant on the tables."""
+        from psycopg import sql
+
+        if not _ROLE.fullmatch(role):
+            raise ValueError(f"invalid role name {role!r}: lowercase letters, digits and _, at most 63")
+
+        async def go(conn: psycopg.AsyncConnection[Any]) -> bool:
+            name = sql.Identifier(role)
+            async with conn.transaction():
+                cur = await conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
+                created = await cur.fetchone() is None
+                if created:
+                    await conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(name))
+                await conn.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(name))
+                tables = sql.SQL(", ").join(sql.Identifier(t) for t in (TABLE, POLICIES, "schema_version"))
+                await conn.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(tables, name))
+                return created
+
+        result: bool = await self._run(go)
         return result
 
     async def close(self) -> None:

@@ -429,3 +429,36 @@ def test_replay_reads_the_archive_and_the_policy_version_that_drove_each_inciden
     (only,) = json.loads(capsys.readouterr().out)["incidents"]
     assert only["changes"] == ["unknown-steps"] or "unknown-steps" in only["changes"]
     assert sorted(p["end"] for p in only["after"]) == ["Escalated", "Resolved"]  # the new call: both ways
+
+
+def test_archive_role_reads_the_archive_and_nothing_else(
+    dsn: str, postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The role a pull request's CI replays with: SELECT on the archive, no write, no other table."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    dbname = conninfo_to_dict(dsn)["dbname"]
+    admin = make_conninfo(**postgres.conninfo(dbname, superuser=True))
+    monkeypatch.setenv("ADMIN_DSN", admin)
+    role = f"replay_{os.urandom(3).hex()}"
+    with postgres.connect(dbname, superuser=True) as conn:
+        conn.execute("CREATE TABLE other (x int)")  # not the archive's: must stay out of reach
+    try:
+        assert cli.main(["archive-role", role, "--dsn-env", "ADMIN_DSN"]) == 0
+        assert f"role {role} created" in capsys.readouterr().out
+        assert cli.main(["archive-role", role, "--dsn-env", "ADMIN_DSN"]) == 0  # again: harmless
+        assert "exists; its grants made again" in capsys.readouterr().out
+        with postgres.connect(dbname, superuser=True) as conn:
+            conn.execute(f"SET ROLE {role}")
+            assert conn.execute("SELECT count(*) FROM incident_archive").fetchone() == (0,)
+            assert conn.execute("SELECT count(*) FROM policy_archive").fetchone() == (0,)
+            for statement in ("DELETE FROM incident_archive", "INSERT INTO policy_archive (digest) VALUES ('x')",
+                              "SELECT * FROM other"):  # fmt: skip
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    conn.execute(statement)
+        assert cli.main(["archive-role", "Robert'); DROP TABLE x;--", "--dsn-env", "ADMIN_DSN"]) == 2
+        assert "invalid role name" in capsys.readouterr().err
+    finally:
+        with postgres.connect(dbname, superuser=True) as conn:
+            conn.execute(f"DROP OWNED BY {role}")
+            conn.execute(f"DROP ROLE IF EXISTS {role}")

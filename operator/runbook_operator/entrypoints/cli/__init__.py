@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from runbook_operator import __version__
-from runbook_operator.entrypoints.cli import actions, oncall, plan, replay, report, run, stats, validate
+from runbook_operator.entrypoints.cli import actions, archive_role, oncall, plan, replay, report, run, stats, validate
 from runbook_operator.entrypoints.cli.arguments import cluster_options
 
 
@@ -17,7 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for command in (run, stats, actions, validate, plan, replay):
+    for command in (run, stats, actions, validate, plan, replay, archive_role):
         command.add(sub)
     _add_oncall_commands(sub)
     parser.set_defaults(prog="runbook-operator")
