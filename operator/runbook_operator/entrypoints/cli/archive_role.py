@@ -4,9 +4,10 @@ else, for ``replay --archive`` in a pull request's CI (grant it to that job's da
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Any
+
+from runbook_operator.entrypoints.cli import arguments
 
 
 def add(sub: Any) -> None:
@@ -23,31 +24,20 @@ def add(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import asyncio
-
     from runbook_operator.adapters.archive import Archive
 
-    dsn = os.environ.get(args.dsn_env)
-    if not dsn:
-        print(f"runbook-operator archive-role: ${args.dsn_env} is not set", file=sys.stderr)
-        return 2
-    archive = Archive(dsn)
-
-    async def grant() -> bool:
-        try:
-            await archive.migrate()  # the tables must exist before they can be granted
-            return await archive.grant_read_only(args.name)
-        finally:
-            await archive.close()
+    async def grant(archive: Archive) -> bool:
+        await archive.migrate()  # the tables must exist before they can be granted
+        return await archive.grant_read_only(args.name)
 
     try:
-        created = asyncio.run(grant())
+        created = arguments.on_archive(args.dsn_env, grant)
     except ValueError as err:
         print(f"runbook-operator archive-role: {err}", file=sys.stderr)
         return 2
-    except Exception as err:  # never the DSN: where, and the redacted error
-        print(f"runbook-operator archive-role: archive {archive.where}: {archive.redact(err)}", file=sys.stderr)
-        return 1
+    except arguments.CommandError as err:
+        print(f"runbook-operator archive-role: {err.message}", file=sys.stderr)
+        return err.code
     said = "created" if created else "exists; its grants made again"
     print(f"role {args.name} {said}: SELECT on the archive's tables, nothing else. "
           f"Let CI's user in with: GRANT {args.name} TO <ci_user>;")  # fmt: skip

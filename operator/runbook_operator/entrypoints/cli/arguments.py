@@ -1,10 +1,52 @@
-"""What several commands share: argument types and the cluster options of the on-call commands."""
+"""What several commands share: argument types, the cluster options of the on-call commands,
+and a run on the incident archive."""
 
 from __future__ import annotations
 
 import argparse
 import re
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from runbook_operator.adapters.archive import Archive
+
+T = TypeVar("T")
+
+
+class CommandError(Exception):
+    """A command cannot go on: ``message`` goes to stderr as one line, ``code`` is the exit code."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.message, self.code = message, code
+
+
+def on_archive(dsn_env: str, work: Callable[[Archive], Awaitable[T]]) -> T:
+    """``work`` on the archive whose DSN is in ``$dsn_env``, then the archive closed. No DSN is a
+    CommandError (2); a failure of the database another (1), saying where but never the DSN."""
+    import asyncio
+    import os
+
+    from runbook_operator.adapters.archive import Archive
+
+    dsn = os.environ.get(dsn_env)
+    if not dsn:
+        raise CommandError(f"${dsn_env} is not set (the archive's PostgreSQL DSN)", 2)
+    archive = Archive(dsn)
+
+    async def go() -> T:
+        try:
+            return await work(archive)
+        finally:
+            await archive.close()
+
+    try:
+        return asyncio.run(go())
+    except (ValueError, CommandError):
+        raise
+    except Exception as err:  # never the DSN: where, and the redacted error
+        raise CommandError(f"archive {archive.where}: {archive.redact(err)}", 1) from None
 
 
 def duration(text: str) -> float:

@@ -188,31 +188,19 @@ def _filtered(args: argparse.Namespace, bodies: Sequence[Mapping[str, Any]]) -> 
 
 
 def _from_archive(args: argparse.Namespace) -> tuple[Found, int]:
-    import asyncio
-    import os
-
     from runbook_operator.actions.catalog import default_registry
     from runbook_operator.adapters.archive import Archive, ArchivedIncident
     from runbook_operator.domain.model import Policy
     from runbook_operator.domain.parsing import parse_policy
 
-    dsn = os.environ.get(args.dsn_env)
-    if not dsn:
-        raise LookupError(f"${args.dsn_env} is not set (the archive's PostgreSQL DSN)")
-    archive = Archive(dsn)
-
-    async def read() -> tuple[list[ArchivedIncident], int]:
-        try:
-            return await archive.replayable(
-                timedelta(seconds=args.since) if args.since else None, args.alert or (), args.namespace
-            )
-        finally:
-            await archive.close()
+    async def read(archive: Archive) -> tuple[list[ArchivedIncident], int]:
+        since = timedelta(seconds=args.since) if args.since else None
+        return await archive.replayable(since, args.alert or (), args.namespace)
 
     try:
-        rows, not_replayable = asyncio.run(read())
-    except Exception as err:  # never the DSN: where, and the redacted error
-        raise LookupError(f"archive {archive.where}: {archive.redact(err)}") from None
+        rows, not_replayable = types.on_archive(args.dsn_env, read)
+    except types.CommandError as err:
+        raise LookupError(err.message) from None
     check = default_registry().check
     found: Found = []
     for row in rows:

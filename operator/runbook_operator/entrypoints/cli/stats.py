@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Any
 
@@ -22,27 +21,14 @@ def add(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import asyncio
     from datetime import timedelta
 
-    from runbook_operator.adapters.archive import AlertStats, Archive, stats_table
-
-    dsn = os.environ.get(args.dsn_env)
-    if not dsn:
-        print(f"runbook-operator stats: ${args.dsn_env} is not set (the archive's PostgreSQL DSN)", file=sys.stderr)
-        return 2
-    archive = Archive(dsn)
-
-    async def query() -> list[AlertStats]:
-        try:
-            return await archive.stats(timedelta(seconds=args.since))
-        finally:
-            await archive.close()
+    from runbook_operator.adapters.archive import stats_table
 
     try:
-        rows = asyncio.run(query())
-    except Exception as err:  # never the DSN: only where, and the redacted error
-        print(f"runbook-operator stats: archive {archive.where}: {archive.redact(err)}", file=sys.stderr)
-        return 1
+        rows = types.on_archive(args.dsn_env, lambda archive: archive.stats(timedelta(seconds=args.since)))
+    except types.CommandError as err:
+        print(f"runbook-operator stats: {err.message}", file=sys.stderr)
+        return err.code
     print(stats_table(rows))
     return 0
