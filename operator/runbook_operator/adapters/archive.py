@@ -163,6 +163,7 @@ class ArchiveRecord:
         """``policy``: the one that drove it (``status.policy``), when the operator still has it."""
         raw = status.to_dict()
         driven = policy if policy is not None and policy.name == status.policy else None
+        row = ArchivedPolicy.of(driven) if driven is not None else None  # its digest: one sha256 of the spec
         condition = status.condition(status.phase) if status.phase else None
         return cls(
             uid=uid,
@@ -185,8 +186,8 @@ class ArchiveRecord:
             spec=plain(incident.spec),
             created_at=_time(incident.created),
             policy_generation=status.policyGeneration,
-            policy_digest=driven.digest if driven is not None else None,
-            policy_row=ArchivedPolicy.of(driven) if driven is not None else None,
+            policy_digest=row.digest if row is not None else None,
+            policy_row=row,
         )
 
     def params(self) -> dict[str, Any]:
@@ -277,6 +278,12 @@ class AlertStats:
 
 def _time(text: str | None) -> datetime | None:
     return parse_timestamp(text) if text else None
+
+
+def check_role(role: str) -> None:
+    """A role name ``grant_read_only`` takes: ValueError, saying why, for any other."""
+    if not _ROLE.fullmatch(role):
+        raise ValueError(f"invalid role name {role!r}: lowercase letters, digits and _, at most 63")
 
 
 def where(dsn: str) -> str:
@@ -425,8 +432,7 @@ class Archive:
         (its grants are made again). Needs a DSN allowed to create roles and to grant on the tables."""
         from psycopg import sql
 
-        if not _ROLE.fullmatch(role):
-            raise ValueError(f"invalid role name {role!r}: lowercase letters, digits and _, at most 63")
+        check_role(role)
 
         async def go(conn: psycopg.AsyncConnection[Any]) -> bool:
             name = sql.Identifier(role)

@@ -24,7 +24,13 @@ def add(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from runbook_operator.adapters.archive import Archive
+    from runbook_operator.adapters.archive import Archive, check_role
+
+    try:
+        check_role(args.name)  # before any connection
+    except ValueError as err:
+        print(f"runbook-operator archive-role: {err}", file=sys.stderr)
+        return 2
 
     async def grant(archive: Archive) -> bool:
         await archive.migrate()  # the tables must exist before they can be granted
@@ -32,9 +38,6 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         created = arguments.on_archive(args.dsn_env, grant)
-    except ValueError as err:
-        print(f"runbook-operator archive-role: {err}", file=sys.stderr)
-        return 2
     except arguments.CommandError as err:
         print(f"runbook-operator archive-role: {err.message}", file=sys.stderr)
         return err.code

@@ -43,8 +43,6 @@ def on_archive(dsn_env: str, work: Callable[[Archive], Awaitable[T]]) -> T:
 
     try:
         return asyncio.run(go())
-    except (ValueError, CommandError):
-        raise
     except Exception as err:  # never the DSN: where, and the redacted error
         raise CommandError(f"archive {archive.where}: {archive.redact(err)}", 1) from None
 
