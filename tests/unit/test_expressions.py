@@ -101,3 +101,62 @@ def test_the_sandbox_refuses_attribute_escapes_in_policy_templates() -> None:
 def test_a_missing_value_is_an_error_not_an_empty_string() -> None:
     with pytest.raises(ValueError, match="has no attribute 'nope'"):
         render({"x": "{{ incident.labels.nope }}"}, CTX)
+
+
+# -- a `when` sees only the steps it names (what made it cheap), and decides the same -----------
+
+STEP_VIEWS = {
+    name: {"state": state, "ok": state == "Succeeded", "message": f"{name} said so", "output": {"ratio": 0.5}}
+    for name, state in (("ping", "Failed"), ("memory", "Succeeded"), ("ping-ok", "Succeeded"), ("logs", "Failed"))
+}
+WHENS = [
+    "steps.ping.ok && !steps.memory.ok",
+    '!steps["ping-ok"].ok || steps.logs.ok',
+    "steps['memory'].output.ratio < 0.9",
+    "has(steps.memory) && !has(steps.absent)",
+    "size(steps) == 4",  # the whole map: every step is passed
+    '"logs" in steps',
+    "steps[incident.alert].ok",  # a computed key: every step is passed
+    "incident.labels.steps == 'x' || steps.ping.state == 'Failed'",
+    "steps . memory . ok",
+    "steps.absent.ok",  # no such step: an error, pruned or not
+]
+
+
+@pytest.mark.parametrize("source", WHENS)
+def test_a_when_decides_as_it_would_with_every_step(source: str) -> None:
+    import cel
+
+    context = {"steps": STEP_VIEWS, "incident": {"alert": "memory", "labels": {"steps": "y"}}, "findings": []}
+    try:
+        expected: object = cel.compile(source).execute(context)  # every step, as before
+    except Exception as err:
+        expected = type(err)
+    when = When(source)  # accepted on apply (macros are not: their variables read as unknown roots)
+    try:
+        got: object = when.evaluate(context)
+    except ValueError:
+        got = "error"
+    assert got == ("error" if isinstance(expected, type) else expected)
+
+
+def test_a_when_is_passed_only_the_steps_it_names() -> None:
+    from runbook_operator.domain.expressions import _named_steps
+
+    assert _named_steps('steps.ping.ok && !steps["ping-ok"].ok') == {"ping", "ping-ok"}
+    assert _named_steps("steps.ping.output.steps > 1") == {"ping"}  # a field called steps is not the root
+    for whole in ("size(steps) > 1", '"a" in steps', "steps.exists(s, true)", "steps[incident.alert]",
+                  'steps["a\\"b"].ok'):  # fmt: skip
+        assert _named_steps(whole) is None, whole
+
+
+def test_a_template_is_compiled_once_and_still_rendered_within_its_budget() -> None:
+    from runbook_operator.domain.expressions import _template
+
+    _template.cache_clear()
+    params = {"body": "{% for a in range(99) %}{% for b in range(99) %}{{ a }}{% endfor %}{% endfor %}"}
+    for _ in range(3):  # the budget is per render: the cached template is refused every time
+        with pytest.raises(ValueError, match=r"characters of output|operations"):
+            render(params, {})
+    info = _template.cache_info()
+    assert (info.misses, info.hits) == (1, 2)

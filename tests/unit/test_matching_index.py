@@ -127,3 +127,16 @@ def test_the_reconciler_indexes_a_namespace_once_per_policy_change() -> None:
     assert second is not first and list(second) == current
     current.clear()
     assert list(reconciler._policies("ns")) == []
+
+
+def test_a_policy_is_found_by_name_in_its_namespace_only_with_or_without_the_index() -> None:
+    from runbook_operator.domain.matching import PolicySet, named
+    from tests.unit.builders import check, policy
+
+    here, there = policy("p", "here", verify=[check("c")]), policy("p", "there", verify=[check("c")])
+    second = policy("p", "here", priority=5, verify=[check("c")])  # the same name twice: the first given wins
+    for candidates in ([there, here, second], PolicySet([there, here, second])):
+        assert named(candidates, "here", "p") is here
+        assert named(candidates, "there", "p") is there
+        assert named(candidates, "elsewhere", "p") is None
+        assert named(candidates, "here", "q") is None and named(candidates, "here", None) is None

@@ -2,61 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+import json
+from datetime import datetime
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runbook_operator.domain.consent import Approval
-from runbook_operator.domain.lifecycle import StepResult, complete, decide
+from runbook_lab.recorded import T0, live
 from runbook_operator.domain.matching import Candidate
-from runbook_operator.domain.model import Incident
-from runbook_operator.domain.status import Phase, Status, StepState
-from runbook_operator.gitops.replay import Recording, replay
+from runbook_operator.domain.status import Phase, Status
+from runbook_operator.gitops.replay import replay
 from tests.unit.builders import check, incident, policy, request
-
-T0 = datetime(2026, 11, 27, 8, 0, tzinfo=UTC)
-Script = Callable[[str, int], tuple[bool, float]]  # (step, attempt) -> (ok, seconds it ran)
-
-
-def live(
-    inc: Incident,
-    candidates: Sequence[Candidate],
-    script: Script,
-    approvals: Mapping[str, tuple[str, float]] | None = None,
-) -> Recording:
-    """Run the core as the operator would, steps answering from ``script`` and people approving
-    ``approvals`` (step -> who, seconds after the request), until it rests: the recording."""
-    status, now, n = Status(), T0, 0
-    for n in range(500):
-        decision = decide(inc, status, candidates, now, nonce=f"live-{n}")
-        status = decision.status
-        if decision.run is None:
-            waiting = next((r for r in status.steps if r.state == StepState.AWAITING_APPROVAL.value), None)
-            if waiting is not None and waiting.approvalRequest is not None and waiting.name in (approvals or {}):
-                by, after = (approvals or {})[waiting.name]
-                request_ = waiting.approvalRequest
-                inc = replace(
-                    inc, approvals=(*inc.approvals, Approval(waiting.name, by, waiting.attempt, request_.nonce))
-                )
-                now = max(
-                    now, datetime.fromisoformat(request_.requestedAt.replace("Z", "+00:00")) + timedelta(seconds=after)
-                )
-                continue
-            if status.phase in (Phase.RESOLVED, Phase.ESCALATED) or decision.wake_at is None:
-                break
-            if status.phase == Phase.AWAITING_APPROVAL:
-                break
-            now = max(now, decision.wake_at)
-            continue
-        call = decision.run
-        ok, seconds = script(call.step.name, call.attempt)
-        now += timedelta(seconds=seconds)
-        status, _ = complete(status, call, StepResult(ok, "ok" if ok else "boom"), now, seconds)
-    return Recording(inc, status)
 
 
 def redis_policy(**extra: Any) -> list[Candidate]:
@@ -232,3 +190,124 @@ def test_bad_input_is_exit_2_with_one_line(tmp_path: Any, capsys: Any) -> None:
         == 2
     )
     assert capsys.readouterr().err.startswith("runbook-operator replay: no Incident to replay")
+
+
+# -- what makes it fast, and must not change what it says -----------------------------------------
+
+
+def _history(count: int) -> tuple[list[Candidate], list[dict[str, Any]]]:
+    """``count`` recorded RedisDown incidents (some failing, some approved) as the API serves them."""
+    failover = request("failover", **{"with": {"url": "http://127.0.0.1:1/admin/failover", "destructive": True}})
+    candidates = redis_policy(remediate=[request("restart"), failover])
+    bodies = []
+    for n in range(count):
+
+        def script(step: str, attempt: int, n: int = n) -> tuple[bool, float]:
+            return (not (step == "healthy" and attempt == 1 and n % 3 == 0), 0.5 + n % 4)
+
+        approvals = {"failover": ("alice", 30.0 + n)} if n % 2 else {}
+        recorded = live(incident("RedisDown"), candidates, script, approvals)
+        bodies.append({"metadata": {"name": f"inc-{n}", "namespace": "ns", "generation": 1},
+                       "spec": {"alert": "RedisDown"}, "status": recorded.status.to_dict()})  # fmt: skip
+    return candidates, bodies
+
+
+def test_an_incident_whose_policy_the_proposal_keeps_needs_no_replay_and_changes_nowhere() -> None:
+    """``every_path=False`` (table, Markdown) skips the incidents the same policy handles in both:
+    the verdicts it gives are the ones the full replay gives."""
+    from runbook_operator.gitops.replay import Recording
+    from runbook_operator.gitops.whatif import compare
+
+    candidates, bodies = _history(6)
+    unguarded = redis_policy(remediate=[request("restart"), {**request("failover", **{"with": {
+        "url": "http://127.0.0.1:1/admin/failover", "destructive": True}}), "requiresApproval": False}])  # fmt: skip
+    for proposal, replayed in ((redis_policy(remediate=[request("restart"), request("failover", **{"with": {
+            "url": "http://127.0.0.1:1/admin/failover", "destructive": True}})]), False), (unguarded, True)):  # fmt: skip
+        for body in bodies:
+            recording = Recording(incident("RedisDown"), body["status"])
+            full, quick = compare(recording, candidates, proposal), compare(recording, candidates, proposal,
+                                                                           every_path=False)  # fmt: skip
+            assert quick.kinds == full.kinds
+            assert bool(quick.before) is replayed and full.before  # the full one always replays
+    assert any(compare(Recording(incident("RedisDown"), b["status"]), candidates, unguarded).kinds for b in bodies)
+
+
+def test_unknown_steps_are_a_change_only_where_the_baseline_knew_them() -> None:
+    from runbook_operator.gitops.whatif import compare
+
+    recorded = live(incident("RedisDown"), redis_policy(), lambda s, a: (True, 1.0))
+    flushing = redis_policy(remediate=[request("restart"), request("flush", url="http://127.0.0.1:1/admin/flush")])
+    assert "unknown-steps" in compare(recorded, redis_policy(), flushing, assume="ok").kinds
+    # the baseline already runs the unrecorded call: the proposal adds nothing unknown
+    relaxed = redis_policy(remediate=[request("restart"), request("flush", url="http://127.0.0.1:1/admin/flush")],
+                           limits={"maxAttempts": 3})  # fmt: skip
+    assert "unknown-steps" not in compare(recorded, flushing, relaxed, assume="ok").kinds
+
+
+def test_many_incidents_replay_the_same_on_worker_processes(tmp_path: Any, capsys: Any, monkeypatch: Any) -> None:
+    """The command forks workers for many incidents (``--jobs``): the report is the same, byte for
+    byte, and in the same order, as replaying them all in this process."""
+    from runbook_operator.entrypoints.cli import main
+    from runbook_operator.entrypoints.cli import replay as command
+    from tests.unit.builders import policy_body
+
+    def doc(**spec: Any) -> dict[str, Any]:
+        return {"apiVersion": "remediation.ishchat.io/v1alpha1", "kind": "RemediationPolicy",
+                **policy_body("redis", **spec)}  # fmt: skip
+
+    _, bodies = _history(12)
+    failover = {"name": "failover", "action": "http.request",
+                "with": {"url": "http://127.0.0.1:1/admin/failover", "destructive": True}}  # fmt: skip
+    spec = {"match": {"alerts": ["RedisDown"]}, "diagnose": [check("ping")], "verify": [check("healthy", retries=2)],
+            "limits": {"maxAttempts": 2}}  # fmt: skip
+    (tmp_path / "base").mkdir(), (tmp_path / "pr").mkdir()
+    _write(tmp_path / "base" / "p.yaml", doc(**spec, remediate=[request("restart"), failover]))
+    _write(
+        tmp_path / "pr" / "p.yaml", doc(**spec, remediate=[request("restart"), {**failover, "requiresApproval": False}])
+    )
+    incidents = _write(tmp_path / "incidents.yaml", {"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "remediation.ishchat.io/v1alpha1", "kind": "Incident", **b} for b in bodies]})  # fmt: skip
+    pools: list[int] = []
+
+    class Pool(command.ProcessPoolExecutor):  # type: ignore[name-defined,misc]
+        def __init__(self, workers: int, **options: Any) -> None:
+            pools.append(workers)
+            super().__init__(workers, **options)
+
+    monkeypatch.setattr(command, "PARALLEL_FROM", 4)
+    monkeypatch.setattr(command, "ProcessPoolExecutor", Pool)
+    argv = ["replay", "--incidents", incidents, "--baseline", str(tmp_path / "base"), "--policies",
+            str(tmp_path / "pr"), "-o", "json"]  # fmt: skip
+    assert main([*argv, "--jobs", "1"]) == 0
+    alone = capsys.readouterr().out
+    assert pools == []
+    assert main([*argv, "--jobs", "2"]) == 0
+    assert capsys.readouterr().out == alone and pools == [2]
+    assert json.loads(alone)["summary"]["kinds"]["unapproved-destructive"] == 12  # approved then or not: none now
+    with pytest.raises(SystemExit) as refused:
+        main([*argv, "--jobs", "0"])
+    assert refused.value.code == 2 and "--jobs: '0' is not a whole number of at least 1" in capsys.readouterr().err
+
+
+def test_the_garbage_collector_is_paused_only_while_a_command_runs() -> None:
+    import gc
+
+    from runbook_operator.entrypoints.cli.replay import paused_gc
+
+    assert gc.isenabled()
+    with paused_gc():
+        assert not gc.isenabled()
+        with paused_gc():
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # the inner one found it off: it leaves it off
+    assert gc.isenabled()
+
+
+def test_a_since_filter_skips_a_start_that_is_no_timestamp() -> None:
+    from datetime import timedelta
+
+    from runbook_operator.entrypoints.cli.replay import _at_or_after
+
+    assert _at_or_after("2026-11-27T08:00:00Z", T0 - timedelta(hours=1))
+    assert not _at_or_after("2026-11-27T08:00:00Z", T0 + timedelta(hours=1))
+    assert not _at_or_after("yesterday", T0)

@@ -10,9 +10,9 @@ or update, keyed by the attempt (level n: n; update k: ``update_attempt(k)``).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from datetime import datetime, timedelta
 
+from runbook_operator.domain.evolve import evolve
 from runbook_operator.domain.model import DEFAULT_SEVERITY, Escalation, Level, Step
 from runbook_operator.domain.progress import NORMAL, WARNING, Context, Progress, StepCall
 from runbook_operator.domain.status import ConditionType, Phase, Reason, parse_timestamp, timestamp, update_attempt
@@ -29,7 +29,7 @@ def escalation(p: Progress, ctx: Context, notify: Notify) -> StepCall | None:
     upcoming = p.wake[known:]
     next_at = timestamp(min(upcoming)) if upcoming else None
     if p.status.escalation.nextAt != next_at:
-        p.status = replace(p.status, escalation=replace(p.status.escalation, nextAt=next_at))
+        p.status = evolve(p.status, escalation=evolve(p.status.escalation, nextAt=next_at))
     return call
 
 
@@ -61,7 +61,7 @@ def _overdue(p: Progress) -> None:
     if p.now < parse_timestamp(deadline):
         p.wake.append(parse_timestamp(deadline))
         return
-    p.status = replace(p.status, escalation=replace(p.status.escalation, overdueNoted=True))
+    p.status = evolve(p.status, escalation=evolve(p.status.escalation, overdueNoted=True))
     p.emit(
         WARNING, Reason.RESPONSE_OVERDUE, f"no acknowledgement by the {p.status.severity} response deadline {deadline}"
     )
@@ -76,9 +76,9 @@ def _level_due(p: Progress, level: Level, started: datetime) -> datetime | None:
 
 def _fire(p: Progress, level: Level, number: int) -> None:
     state = p.status.escalation
-    p.status = replace(
+    p.status = evolve(
         p.status,
-        escalation=replace(state, level=level.name, notifiedAt=timestamp(p.now), fired=(*state.fired, level.name)),
+        escalation=evolve(state, level=level.name, notifiedAt=timestamp(p.now), fired=(*state.fired, level.name)),
     )
     targets = ", ".join(s.name for s in level.notify) or "no notify steps"
     p.emit(WARNING, Reason.ESCALATION, f"escalation level {number} {level.name!r} reached ({targets})")
@@ -99,7 +99,7 @@ def _update(p: Progress, plan: Escalation, notify: Notify) -> StepCall | None:
         p.wake.append(due)
         return None
     number = state.updates + 1
-    p.status = replace(p.status, escalation=replace(state, updates=number, lastUpdateAt=timestamp(p.now)))
+    p.status = evolve(p.status, escalation=evolve(state, updates=number, lastUpdateAt=timestamp(p.now)))
     escalated = p.status.condition(ConditionType.ESCALATED)
     why = escalated.message if escalated else ""
     p.emit(NORMAL, Reason.ESCALATION_UPDATE, f"update {number}: still unresolved ({why})")

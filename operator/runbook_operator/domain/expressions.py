@@ -13,6 +13,7 @@ matches only itself; in a name or selector it may only be a name.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -46,9 +47,40 @@ _ENVS = {
 }
 
 
+@functools.lru_cache(maxsize=512)
+def _template(language: Language, source: str) -> jinja2.Template:
+    """A policy's template, compiled once (it renders with a fresh budget each time)."""
+    return _ENVS[language].from_string(source)
+
+
 def _roots_problem(names: set[str]) -> str | None:
     unknown = sorted(names - ROOTS)
     return f"unknown root {unknown[0]!r} (known: {', '.join(sorted(ROOTS))})" if unknown else None
+
+
+# ``steps`` followed by a literal name: ``steps.ping`` or ``steps["ping-ok"]``; anything else
+# (``size(steps)``, ``"x" in steps``, ``steps.exists(...)``) uses the map whole
+_STEP_REFERENCE = re.compile(
+    r"(?<![\w.])steps\b"
+    r"(?:\s*\.\s*([A-Za-z_]\w*)(?!\w|\s*\()"  # .name, not .macro(
+    r"""|\s*\[\s*(?:"([^"\\]*)"|'([^'\\]*)')\s*\])?"""  # ["name"] or ['name']
+)
+
+
+def _named_steps(source: str) -> frozenset[str] | None:
+    """The step names ``source`` reads, if it reads ``steps`` only by literal names; else None.
+
+    A `when` is evaluated with only those steps' results: converting every earlier step's
+    result into CEL values was most of its cost. Conservative: a ``steps`` the pattern does not
+    understand (a macro, ``size``, ``in``, a computed key) means every step is passed.
+    """
+    names: set[str] = set()
+    for found in _STEP_REFERENCE.finditer(source):
+        name = found.group(1) or found.group(2) or found.group(3)
+        if name is None:
+            return None
+        names.add(name)
+    return frozenset(names)
 
 
 class When:
@@ -60,9 +92,11 @@ class When:
             self._program = cel.compile(source)
         except ValueError as err:
             raise ValueError(f"does not compile: {str(err).splitlines()[0]}") from None
-        problem = _roots_problem(set(self._program.variables()))
+        self._roots = frozenset(self._program.variables())
+        problem = _roots_problem(set(self._roots))
         if problem:
             raise ValueError(problem)
+        self._steps = _named_steps(source) if "steps" in self._roots else None
         self.source = source
 
     def __eq__(self, other: object) -> bool:
@@ -76,8 +110,12 @@ class When:
 
     def evaluate(self, context: Mapping[str, Any]) -> bool:
         """True or False; any evaluation problem raises ValueError with the reason."""
+        scope = {k: v for k, v in context.items() if k in self._roots}
+        if self._steps is not None and "steps" in scope:
+            every = scope["steps"]
+            scope["steps"] = {name: every[name] for name in self._steps if name in every}
         try:
-            result = self._program.execute(dict(context))
+            result = self._program.execute(scope)
         except (KeyError, TypeError, RuntimeError, ValueError) as err:
             raise ValueError(f"when {self.source!r} could not be evaluated: {type(err).__name__}: {err}") from None
         if not isinstance(result, bool):
@@ -150,14 +188,16 @@ def render(params: Mapping[str, Any], context: Mapping[str, Any], languages: Lan
 
 
 def _render_value(value: Any, context: Mapping[str, Any], language: Language) -> Any:
-    if isinstance(value, Mapping):
-        return render(value, context)
-    if isinstance(value, list):
-        return [_render_value(item, context, language) for item in value]
-    if not is_template(value):
+    if not isinstance(value, str):  # str first: most values are, and Mapping's check is slow
+        if isinstance(value, list):
+            return [_render_value(item, context, language) for item in value]
+        if isinstance(value, Mapping):
+            return render(value, context)
+        return value
+    if "{{" not in value and "{%" not in value:
         return value
     try:
-        rendered = _ENVS[language].from_string(value).render(context)
+        rendered = _template(language, value).render(context)
         if language is Language.PROMQL:
             rendered = substitution.promql(rendered)
     except jinja2.UndefinedError as err:

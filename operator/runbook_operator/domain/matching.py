@@ -204,7 +204,7 @@ def select_policy(incident: Incident, candidates: Iterable[Candidate]) -> Select
         if space is None:
             space = _EMPTY
         if incident.policy_ref:
-            return _pinned(incident, space.by_name.get(incident.policy_ref))
+            return _pinned(incident, named(candidates, namespace, incident.policy_ref))
         found = _first(incident, space.by_alert.get(incident.alert, ()))
         wildcard = _first(incident, space.any_alert)
         if wildcard is not None and (found is None or wildcard[0] < found[0]):
@@ -214,7 +214,7 @@ def select_policy(incident: Incident, candidates: Iterable[Candidate]) -> Select
     else:
         members = [c for c in candidates if c.namespace == namespace]
         if incident.policy_ref:
-            return _pinned(incident, next((c for c in members if c.name == incident.policy_ref), None))
+            return _pinned(incident, named(members, namespace, incident.policy_ref))
         for position, candidate in enumerate(members):
             match = candidate.match
             if match is None or (match.alerts and incident.alert not in match.alerts):
@@ -234,6 +234,16 @@ def select_policy(incident: Incident, candidates: Iterable[Candidate]) -> Select
         )
     best = found[1]
     return Selection(best, f"matched alert {incident.alert!r} (priority {best.priority})", explain)
+
+
+def named(candidates: Iterable[Candidate], namespace: str, name: str | None) -> Candidate | None:
+    """The candidate called ``name`` in ``namespace`` (the first given, if two are); indexed in a ``PolicySet``."""
+    if name is None:
+        return None
+    if isinstance(candidates, PolicySet):
+        space = candidates.namespace(namespace)
+        return space.by_name.get(name) if space is not None else None
+    return next((c for c in candidates if c.name == name and c.namespace == namespace), None)
 
 
 def _pinned(incident: Incident, pinned: Candidate | None) -> Selection:

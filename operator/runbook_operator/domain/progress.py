@@ -4,10 +4,11 @@ the incident and its policy (``Context``), and the status and Events it accumula
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from runbook_operator.domain.evolve import evolve
 from runbook_operator.domain.model import DEFAULT_SEVERITY, Escalation, Incident, Policy, Step, default_escalation
 from runbook_operator.domain.status import Announcement, ConditionType, Phase, Status, StepState, timestamp
 from runbook_operator.domain.wire import clipped
@@ -59,7 +60,7 @@ class Context:
         for record in status.steps:  # later records (later attempts) win
             steps[record.name] = {
                 "state": record.state,
-                "ok": record.state == StepState.SUCCEEDED.value,
+                "ok": record.state == StepState.SUCCEEDED,
                 "message": record.message,
                 "output": dict(record.output or {}),
             }
@@ -107,7 +108,7 @@ class Progress:
 
     def enter(self, phase: Phase, reason: str, message: str) -> None:
         previous = self.status.phase or Phase.PENDING
-        self.status = replace(self.status, phase=phase, currentStep=None, waiting=None)
+        self.status = evolve(self.status, phase=phase, currentStep=None, waiting=None)
         kind = WARNING if phase in (Phase.ESCALATED, Phase.AWAITING_APPROVAL) else NORMAL
         self.emit(kind, reason, f"{previous} -> {phase}: {message}")
         self.announce(str(phase), reason, message)
@@ -122,14 +123,14 @@ class Progress:
 
     def resolve(self, reason: str, message: str) -> None:
         self.condition(ConditionType.RESOLVED, True, reason, message)
-        escalation = replace(self.status.escalation, nextAt=None)
-        self.status = replace(self.status, resolvedAt=timestamp(self.now), verifyAfter=None, escalation=escalation)
+        escalation = evolve(self.status.escalation, nextAt=None)
+        self.status = evolve(self.status, resolvedAt=timestamp(self.now), verifyAfter=None, escalation=escalation)
         self.enter(Phase.RESOLVED, reason, message)
 
     def wait(self, reason: str, message: str) -> None:
         """Say once why the incident is waiting (not again on every look)."""
         if self.status.waiting != message:
-            self.status = replace(self.status, waiting=message)
+            self.status = evolve(self.status, waiting=message)
             self.emit(NORMAL, reason, message)
 
     def decision(self, run: StepCall | None = None, wake_at: datetime | None = None) -> Decision:

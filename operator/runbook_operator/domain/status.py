@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
 from runbook_operator.domain import conditions
 from runbook_operator.domain.conditions import Condition as Condition
+from runbook_operator.domain.evolve import evolve
 from runbook_operator.domain.model import Stage
 from runbook_operator.domain.wire import known
 from runbook_operator.domain.wire import parse_timestamp as parse_timestamp
@@ -152,7 +153,7 @@ class StepRecord:
         """With ``update`` said, also for a record the previous version wrote (attempt 100+k only)."""
         if self.update is not None or self.stage != Stage.ESCALATE or self.attempt <= UPDATE_ATTEMPT_BASE:
             return self
-        return replace(self, update=self.attempt - UPDATE_ATTEMPT_BASE)
+        return evolve(self, update=self.attempt - UPDATE_ATTEMPT_BASE)
 
 
 def update_attempt(update: int) -> int:
@@ -264,11 +265,11 @@ class Status:
         updated = conditions.set_condition(
             self.conditions, type_, status, reason, message, now, self.observedGeneration
         )
-        return replace(self, conditions=updated)
+        return evolve(self, conditions=updated)
 
     def noted(self, now: datetime, type_: str, message: str) -> Status:
         entries = (*self.timeline, TimelineEntry(timestamp(now), type_, message))
-        return replace(self, timeline=entries[-TIMELINE_LIMIT:])
+        return evolve(self, timeline=entries[-TIMELINE_LIMIT:])
 
     def announcing(self) -> Announcement | None:
         """The first announcement whose notify steps have not all run yet."""
@@ -281,7 +282,7 @@ class Status:
         kept.sort(key=lambda a: a.number)
         while len(kept) > ANNOUNCEMENTS_LIMIT and any(a.done for a in kept):
             kept.remove(next(a for a in kept if a.done))
-        return replace(self, announcements=tuple(kept))
+        return evolve(self, announcements=tuple(kept))
 
     def with_conversation(self, key: str, ident: str) -> Status:
         """Remember a channel's thread (or alert); a new one replaces one the channel lost."""
@@ -289,10 +290,13 @@ class Status:
             return self
         if key not in self.conversations and len(self.conversations) >= CONVERSATIONS_LIMIT:
             return self
-        return replace(self, conversations={**self.conversations, key: ident})
+        return evolve(self, conversations={**self.conversations, key: ident})
 
     def record(self, stage: str, name: str, attempt: int) -> StepRecord | None:
-        return next((s for s in self.steps if (s.stage, s.name, s.attempt) == (stage, name, attempt)), None)
+        for record in self.steps:  # a loop, not next() over a generator: called a few times per step
+            if record.name == name and record.attempt == attempt and record.stage == stage:
+                return record
+        return None
 
     def with_record(self, record: StepRecord) -> Status:
         """Add or replace a step record; past STEPS_LIMIT the oldest finished records go."""
@@ -303,7 +307,7 @@ class Status:
         while len(kept) > STEPS_LIMIT:
             oldest = next((i for i, s in enumerate(kept) if s.finishedAt), 0)
             del kept[oldest]
-        return replace(self, steps=tuple(kept))
+        return evolve(self, steps=tuple(kept))
 
 
 def _item(kind: type, raw: Mapping[str, Any]) -> Any:

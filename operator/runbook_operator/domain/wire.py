@@ -39,8 +39,15 @@ def printable(text: str) -> str:
 
 def known(kind: type, raw: Mapping[str, Any], exclude: Collection[str] = ()) -> dict[str, Any]:
     """Only the fields this version knows: a status written by a newer operator still loads."""
-    names = {f.name for f in fields(kind)} - set(exclude)
-    return {k: v for k, v in raw.items() if k in names}
+    names = _field_names(kind)
+    if not exclude and raw.keys() <= names:  # the usual case, a status this version wrote: one set operation
+        return dict(raw)
+    return {k: v for k, v in raw.items() if k in names and k not in exclude}
+
+
+@functools.cache
+def _field_names(kind: type) -> frozenset[str]:
+    return frozenset(f.name for f in fields(kind))
 
 
 def plain(value: Any) -> Any:

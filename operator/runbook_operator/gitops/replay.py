@@ -16,13 +16,15 @@ recorded run is not reproduced (its peers are not in the recording).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from runbook_operator.domain import consent
 from runbook_operator.domain.consent import Approval
+from runbook_operator.domain.evolve import evolve
 from runbook_operator.domain.lifecycle import StepCall, StepResult, complete, decide
 from runbook_operator.domain.matching import Candidate
 from runbook_operator.domain.model import Incident
@@ -44,10 +46,19 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Recording:
-    """An incident as it happened: its spec and its final status (its steps are the outcomes)."""
+    """An incident as it happened: its spec and its final status (its steps are the outcomes).
+
+    ``recorded`` may be the status as the API serves it: it is parsed when first needed (a replay
+    that only has to know which policy would handle the incident never needs it)."""
 
     incident: Incident
-    status: Status
+    recorded: Status | Mapping[str, Any] | None
+
+    @functools.cached_property
+    def status(self) -> Status:
+        if isinstance(self.recorded, Status):
+            return self.recorded
+        return Status.from_dict(self.recorded if isinstance(self.recorded, Mapping) else None)
 
     @property
     def started(self) -> datetime:
@@ -58,10 +69,10 @@ class Recording:
         """Recorded outcomes by the call's digest, in the order they happened."""
         found: dict[str, list[Outcome]] = {}
         for record in sorted(self.status.steps, key=lambda r: r.startedAt or ""):
-            if record.paramsDigest and record.state in (StepState.SUCCEEDED.value, StepState.FAILED.value):
+            if record.paramsDigest and record.state in (StepState.SUCCEEDED, StepState.FAILED):
                 took = record.duration if record.duration is not None else _seconds(record)
                 found.setdefault(record.paramsDigest, []).append(
-                    Outcome(record.state == StepState.SUCCEEDED.value, record.message, took)
+                    Outcome(record.state == StepState.SUCCEEDED, record.message, took)
                 )
         return found
 
@@ -124,7 +135,7 @@ class _State:
 def replay(recording: Recording, candidates: Sequence[Candidate], assume: Assume | None = None) -> list[Path]:
     """Every path the incident takes under ``candidates`` (its namespace's policies, as proposed)."""
     outcomes = recording.outcomes()
-    start = _State(replace(recording.incident, approvals=()), Status(), recording.started)  # approved as it goes
+    start = _State(evolve(recording.incident, approvals=()), Status(), recording.started)  # approved as it goes
     paths: list[Path] = []
     pending = [start]
     while pending:
@@ -164,7 +175,10 @@ def _follow(
             state.now = max(state.now, decision.wake_at)
             continue
         call = decision.run
-        digest = consent.digest(call.step.action, call.params)
+        claimed = state.status.record(call.step.stage.value, call.step.name, call.attempt)
+        digest = (
+            claimed.paramsDigest if claimed and claimed.paramsDigest else consent.digest(call.step.action, call.params)
+        )
         taken = state.used.get(digest, 0)
         known = outcomes.get(digest, [])
         if taken < len(known):  # the recorded outcomes of this call, in order; the last one repeats
@@ -184,7 +198,7 @@ def _follow(
             _guess(state, call, digest, "ok")
             _guess(failing, call, digest, "fail")
             return [state, failing]
-    return replace(_path(state, start), capped=True)
+    return evolve(_path(state, start), capped=True)
 
 
 def _guess(state: _State, call: StepCall, digest: str, chosen: Assume) -> None:
@@ -209,7 +223,7 @@ def _finish(state: _State, call: StepCall, outcome: Outcome, known: bool) -> Non
 
 
 def _waiting(status: Status) -> StepRecord | None:
-    return next((r for r in status.steps if r.state == StepState.AWAITING_APPROVAL.value), None)
+    return next((r for r in status.steps if r.state == StepState.AWAITING_APPROVAL), None)
 
 
 def _approve(state: _State, recording: Recording, waiting: StepRecord) -> bool:
@@ -222,7 +236,7 @@ def _approve(state: _State, recording: Recording, waiting: StepRecord) -> bool:
         return False
     by, after = recorded
     approval = Approval(waiting.name, by, waiting.attempt, request.nonce)
-    state.incident = replace(state.incident, approvals=(*state.incident.approvals, approval))
+    state.incident = evolve(state.incident, approvals=(*state.incident.approvals, approval))
     state.now = max(state.now, parse_timestamp(request.requestedAt) + timedelta(seconds=after))
     return True
 

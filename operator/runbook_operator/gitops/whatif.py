@@ -8,7 +8,8 @@ Kinds of change, riskiest first (``--fail-on`` takes their names):
 - ``unmatched``: a policy handled it, none would;
 - ``ended-worse``: it would end worse (Resolved < AwaitingApproval < Escalated);
 - ``later-escalation``: it would reach a person later (escalated in both, later now);
-- ``unknown-steps``: the proposal runs a call never recorded (its paths assume success and failure);
+- ``unknown-steps``: the proposal runs a call never recorded that the baseline does not (its paths
+  assume success and failure);
 - ``policy-changed``: another policy would handle it;
 - ``approval-added``: it would now wait for a person where it did not;
 - ``steps-changed``: other steps, or other outcomes, on the way to the same end;
@@ -23,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from runbook_operator.domain.matching import Candidate
+from runbook_operator.domain.matching import Candidate, select_policy
 from runbook_operator.domain.report import md
 from runbook_operator.domain.wire import clipped, printable
 from runbook_operator.gitops.replay import Assume, Path, Recording, replay
@@ -63,10 +64,24 @@ def compare(
     baseline: Sequence[Candidate],
     proposed: Sequence[Candidate],
     assume: Assume | None = None,
+    every_path: bool = True,
 ) -> Verdict:
-    before, after = tuple(replay(recording, baseline, assume)), tuple(replay(recording, proposed, assume))
+    """``every_path`` False: an incident that the same policy, as written, handles under both is
+    not replayed (nothing about it can change: a replay depends on nothing else); its paths are
+    left empty. The table and Markdown show only changes; JSON shows every incident's paths."""
     inc = recording.incident
+    same = _same(select_policy(inc, baseline).chosen, select_policy(inc, proposed).chosen)
+    if same and not every_path:
+        return Verdict(inc.namespace, inc.name, inc.alert, (), (), ())
+    before = tuple(replay(recording, baseline, assume))
+    after = before if same else tuple(replay(recording, proposed, assume))
     return Verdict(inc.namespace, inc.name, inc.alert, before, after, _kinds(before, after))
+
+
+def _same(one: Candidate | None, other: Candidate | None) -> bool:
+    if one is other:
+        return True
+    return one == other and getattr(one, "spec", None) == getattr(other, "spec", None)  # spec: not in ==
 
 
 def _kinds(before: Sequence[Path], after: Sequence[Path]) -> tuple[str, ...]:
@@ -88,7 +103,7 @@ def _kinds(before: Sequence[Path], after: Sequence[Path]) -> tuple[str, ...]:
         found.add("ended-better")
     if _escalated_at(after) > _escalated_at(before) > 0:
         found.add("later-escalation")
-    if any(p.assumed for p in after):
+    if {n for p in after for n, _ in p.assumed} - {n for p in before for n, _ in p.assumed}:
         found.add("unknown-steps")
     if any(p.waits_for_approval for p in after) and not any(p.waits_for_approval for p in before):
         found.add("approval-added")
@@ -229,4 +244,4 @@ def as_json(summary: Summary) -> str:
                        "before": [path(p) for p in v.before], "after": [path(p) for p in v.after]}
                       for v in summary.verdicts],
     }  # fmt: skip
-    return json.dumps(document, indent=2, sort_keys=False, default=str) + "\n"
+    return json.dumps(document, separators=(",", ":"), default=str) + "\n"  # one line: the C encoder, 6x faster

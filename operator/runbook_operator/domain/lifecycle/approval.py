@@ -3,11 +3,11 @@ only when an approval answers it (``domain.consent``), else waits until the appr
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
 from runbook_operator.domain import consent
+from runbook_operator.domain.evolve import evolve
 from runbook_operator.domain.lifecycle.records import bounded, claim
 from runbook_operator.domain.model import DEFAULT_SEVERITY, RESPONSE_TIME, Step
 from runbook_operator.domain.progress import WARNING, Context, Progress, StepCall
@@ -87,7 +87,7 @@ def _request(
             f"step {step.name!r} ({step.action}, {why}) needs approval for round {attempt} "
             f"(parameters {digest[:19]}); approve with: {how}",
         )
-    p.status = replace(p.status, currentStep=step.name)
+    p.status = evolve(p.status, currentStep=step.name)
     return record
 
 
@@ -127,7 +127,7 @@ def _await_approval(p: Progress, ctx: Context, step: Step, record: StepRecord) -
     limit = ctx.policy.approval_timeout if ctx.policy and ctx.policy.approval_timeout else RESPONSE_TIME[severity]
     deadline = parse_timestamp(record.startedAt) + timedelta(seconds=limit)
     if p.now >= deadline:
-        failed = replace(
+        failed = evolve(
             record, state=StepState.FAILED.value, finishedAt=timestamp(p.now), message="no approval in time"
         )
         p.status = p.status.with_record(failed)

@@ -5,12 +5,12 @@ prelude (resolved, walls, acknowledgement, suspension, duplicates, matching a po
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 from datetime import datetime, timedelta
 
+from runbook_operator.domain.evolve import evolve
 from runbook_operator.domain.lifecycle.stages import Peer, advance
 from runbook_operator.domain.lifecycle.steps import announcements, escalation_notify
-from runbook_operator.domain.matching import Candidate, select_policy
+from runbook_operator.domain.matching import Candidate, named, select_policy
 from runbook_operator.domain.model import ACKNOWLEDGED, DEFAULT_SEVERITY, RESPONSE_TIME, Incident, InvalidPolicy, Policy
 from runbook_operator.domain.progress import NORMAL, Context, Decision, Progress
 from runbook_operator.domain.status import ConditionType, Phase, Reason, Status, timestamp
@@ -26,8 +26,13 @@ def decide(
     nonce: str,
 ) -> Decision:
     """``nonce``: a fresh random value, used only if this decision opens an approval request."""
-    p = Progress(replace(status, observedGeneration=incident.generation), now, nonce)
-    p.announcer = policy_named(p, candidates)
+    seen = (
+        status
+        if status.observedGeneration == incident.generation
+        else evolve(status, observedGeneration=incident.generation)
+    )
+    p = Progress(seen, now, nonce)
+    p.announcer = policy_named(p, incident, candidates)
     decision = _decide(p, incident, status, candidates, peers)
     if decision.run is not None:
         return decision
@@ -53,7 +58,7 @@ def _decide(
         duplicate = _duplicate_of(incident, peers)
         if duplicate is not None:
             _matched(p, incident, select_policy(incident, candidates).chosen)  # whose announcements say so
-            p.status = replace(p.status, duplicateOf=duplicate, startedAt=p.status.startedAt or timestamp(p.now))
+            p.status = evolve(p.status, duplicateOf=duplicate, startedAt=p.status.startedAt or timestamp(p.now))
             p.resolve(
                 Reason.DUPLICATE,
                 f"incident {duplicate!r} is already open for alert {incident.alert!r} on {incident.target}",
@@ -63,7 +68,10 @@ def _decide(
             return p.decision()
         if acknowledged and not any(a.phase == ACKNOWLEDGED for a in p.status.announcements):
             _announce_acknowledgement(p, incident)  # acknowledged before any policy could announce it
-    policy = _current_policy(p, candidates) if p.status.phase != Phase.ESCALATED else policy_named(p, candidates)
+    if p.status.phase != Phase.ESCALATED:
+        policy = _current_policy(p, incident, candidates)
+    else:
+        policy = policy_named(p, incident, candidates)
     ctx = Context(incident, policy)
     notify = escalation_notify(p, ctx)
     if notify is not None:
@@ -87,7 +95,7 @@ def _target_elsewhere(p: Progress, incident: Incident) -> bool:
     if p.status.phase == Phase.ESCALATED and escalated and escalated.reason == Reason.TARGET_OUTSIDE_NAMESPACE:
         return True
     if not p.status.startedAt:
-        p.status = replace(p.status, startedAt=timestamp(p.now))
+        p.status = evolve(p.status, startedAt=timestamp(p.now))
     p.escalate(
         Reason.TARGET_OUTSIDE_NAMESPACE,
         f"spec.target.namespace {target.namespace!r} is not the incident's namespace {incident.namespace!r}; "
@@ -101,7 +109,7 @@ def _acknowledge(p: Progress, incident: Incident) -> bool:
     """Note the first acknowledgement (and announce it, if the policy is known yet); True if it came now."""
     if not incident.acknowledged_by or p.status.acknowledgedAt:
         return False
-    p.status = replace(p.status, acknowledgedAt=timestamp(p.now))
+    p.status = evolve(p.status, acknowledgedAt=timestamp(p.now))
     p.condition(ConditionType.ACKNOWLEDGED, True, Reason.ACKNOWLEDGED, f"acknowledged by {incident.acknowledged_by}")
     p.emit(NORMAL, Reason.ACKNOWLEDGED, f"acknowledged by {incident.acknowledged_by}")
     _announce_acknowledgement(p, incident)
@@ -160,16 +168,16 @@ def _start(p: Progress, incident: Incident, candidates: Sequence[Candidate]) -> 
     severity = _matched(p, incident, chosen)
     if not p.status.startedAt:
         deadline = p.now + timedelta(seconds=RESPONSE_TIME[severity])
-        p.status = replace(p.status, startedAt=timestamp(p.now), responseDeadline=timestamp(deadline))
+        p.status = evolve(p.status, startedAt=timestamp(p.now), responseDeadline=timestamp(deadline))
     if chosen is None:
         p.escalate(Reason.NO_MATCHING_POLICY, selection.reason)
         return True
-    p.status = replace(p.status, policy=chosen.name, policyGeneration=chosen.generation)
+    p.status = evolve(p.status, policy=chosen.name, policyGeneration=chosen.generation)
     if isinstance(chosen, InvalidPolicy):
         p.escalate(Reason.INVALID_POLICY, f"policy {chosen.name!r} is invalid: {chosen.error}")
         return True
     if chosen.suspend:
-        p.status = replace(p.status, phase=Phase.PENDING)
+        p.status = evolve(p.status, phase=Phase.PENDING)
         p.wait(Reason.POLICY_SUSPENDED, f"policy {chosen.name!r} is suspended; waiting")
         return False
     if p.status.condition(ConditionType.ESCALATED):
@@ -183,23 +191,24 @@ def _matched(p: Progress, incident: Incident, chosen: Candidate | None) -> str:
     """Note the effective severity, and the chosen policy as the one that announces; the severity."""
     policy = chosen if isinstance(chosen, Policy) else None
     severity = incident.severity or (policy.severity if policy else None) or DEFAULT_SEVERITY
-    p.status = replace(p.status, severity=severity)
+    p.status = evolve(p.status, severity=severity)
     if policy is not None:
         p.announcer = policy
-        p.status = replace(p.status, policy=policy.name, policyGeneration=policy.generation)
+        p.status = evolve(p.status, policy=policy.name, policyGeneration=policy.generation)
     return severity
 
 
-def policy_named(p: Progress, candidates: Sequence[Candidate]) -> Policy | None:
-    found = next((c for c in candidates if c.name == p.status.policy), None)
+def policy_named(p: Progress, incident: Incident, candidates: Sequence[Candidate]) -> Policy | None:
+    found = named(candidates, incident.namespace, p.status.policy)
     return found if isinstance(found, Policy) else None
 
 
-def _current_policy(p: Progress, candidates: Sequence[Candidate]) -> Policy | None:
+def _current_policy(p: Progress, incident: Incident, candidates: Sequence[Candidate]) -> Policy | None:
     """The incident keeps the policy it started with; its latest generation applies from the next step on."""
-    found = next((c for c in candidates if c.name == p.status.policy), None)
+    found = named(candidates, incident.namespace, p.status.policy)
     if isinstance(found, Policy):
-        p.status = replace(p.status, policyGeneration=found.generation)
+        if p.status.policyGeneration != found.generation:
+            p.status = evolve(p.status, policyGeneration=found.generation)
         return found
     if found is None:
         p.escalate(Reason.INVALID_POLICY, f"policy {p.status.policy!r} was deleted while the incident was open")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
 from runbook_operator.domain import consent, expressions
 from runbook_operator.domain.consent import Approval
+from runbook_operator.domain.evolve import evolve
 from runbook_operator.domain.model import Stage, Step
 from runbook_operator.domain.progress import NORMAL, WARNING, Context, Event, Progress, StepCall
 from runbook_operator.domain.results import StepResult
@@ -67,18 +67,18 @@ def claim(p: Progress, call: StepCall, approval: Approval | None = None, digest:
         paramsDigest=consent.digest(step.action, call.params),
     )  # fmt: skip
     if approval is not None:
-        record = replace(record, approvedBy=approval.by, approvedAt=timestamp(p.now), approvedDigest=digest)
+        record = evolve(record, approvedBy=approval.by, approvedAt=timestamp(p.now), approvedDigest=digest)
         p.emit(
             NORMAL,
             Reason.APPROVED,
             f"step {step.name!r} approved by {approval.by} (round {call.attempt}, parameters {(digest or '')[:19]})",
         )
-    p.status = replace(p.status.with_record(record), currentStep=step.name)
+    p.status = evolve(p.status.with_record(record), currentStep=step.name)
     if not step.notifies and p.status.phase == Phase.AWAITING_APPROVAL:
         why = f"approved by {approval.by}" if approval is not None else "no longer needs approval (policy edited)"
         p.condition(ConditionType.RESOLVED, False, Reason.IN_PROGRESS, f"step {step.name!r} {why}")
         p.enter(STAGE_PHASE[step.stage.value], Reason.APPROVED, f"step {step.name!r} {why}")
-        p.status = replace(p.status, currentStep=step.name)
+        p.status = evolve(p.status, currentStep=step.name)
     return call
 
 
@@ -99,15 +99,15 @@ def complete(
     previous = status.record(step.stage.value, step.name, call.attempt)
     state = StepState.SUCCEEDED if result.ok else StepState.FAILED
     began = previous or StepRecord(step.name, step.stage.value, step.action, call.attempt, state.value, timestamp(now))
-    record = replace(
+    record = evolve(
         began, state=state.value, finishedAt=timestamp(now), message=result.message, output=bounded(result.output),
         duration=round(duration, 3) if duration is not None else None,
     )  # fmt: skip
-    p.status = replace(p.status.with_record(record), currentStep=None)
+    p.status = evolve(p.status.with_record(record), currentStep=None)
     if result.conversation is not None:
         p.status = p.status.with_conversation(*result.conversation)
     if step.stage is Stage.DIAGNOSE:
-        p.status = replace(p.status, findings=(*p.status.findings, Finding(step.name, result.message)))
+        p.status = evolve(p.status, findings=(*p.status.findings, Finding(step.name, result.message)))
     reason, kind = (Reason.STEP_SUCCEEDED, NORMAL) if result.ok else (Reason.STEP_FAILED, WARNING)
     p.emit(
         kind, reason, f"{step.stage.value} step {step.name!r} ({step.action}) {state.value.lower()}: {result.message}"

@@ -4,9 +4,10 @@ escalated; one remediation at a time per target, and its cooldown."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from runbook_operator.domain.evolve import evolve
 from runbook_operator.domain.lifecycle.records import STAGE_PHASE
 from runbook_operator.domain.lifecycle.steps import outcome, scan
 from runbook_operator.domain.model import DEFAULT_SEVERITY, Incident, Policy, Stage
@@ -61,7 +62,7 @@ def _stage_phase(status: Status) -> Phase | None:
     """The stage an AwaitingApproval incident is in, from the step that waits."""
     if status.phase != Phase.AWAITING_APPROVAL:
         return status.phase
-    waiting = next((s for s in status.steps if s.state == StepState.AWAITING_APPROVAL.value), None)
+    waiting = next((s for s in status.steps if s.state == StepState.AWAITING_APPROVAL), None)
     return STAGE_PHASE[waiting.stage] if waiting else Phase.REMEDIATING
 
 
@@ -72,7 +73,7 @@ def advance(p: Progress, ctx: Context, policy: Policy, peers: Sequence[Peer]) ->
             return out
         count = len(policy.diagnose)
         p.condition(ConditionType.DIAGNOSED, True, Reason.DIAGNOSIS_COMPLETE, f"{count} diagnosis step(s) ran")
-        p.status = replace(p.status, attempts=1)
+        p.status = evolve(p.status, attempts=1)
         p.enter(Phase.REMEDIATING, Reason.DIAGNOSIS_COMPLETE, f"attempt 1 of {policy.max_attempts}")
     while True:
         attempt = p.status.attempts
@@ -88,7 +89,7 @@ def advance(p: Progress, ctx: Context, policy: Policy, peers: Sequence[Peer]) ->
                 continue
             p.condition(ConditionType.REMEDIATED, True, Reason.REMEDIATION_APPLIED, f"attempt {attempt}")
             settle_until = p.now + timedelta(seconds=policy.settle)
-            p.status = replace(p.status, verifyAfter=timestamp(settle_until))
+            p.status = evolve(p.status, verifyAfter=timestamp(settle_until))
             p.enter(
                 Phase.VERIFYING, Reason.REMEDIATION_APPLIED, f"attempt {attempt}; verifying after {policy.settle:g}s"
             )
@@ -130,7 +131,7 @@ def _target_busy(p: Progress, ctx: Context, policy: Policy, peers: Sequence[Peer
         )
         return p.decision(wake_at=until)
     if p.status.waiting:
-        p.status = replace(p.status, waiting=None)
+        p.status = evolve(p.status, waiting=None)
     return None
 
 
@@ -147,7 +148,7 @@ def _round_failed(p: Progress, ctx: Context, policy: Policy, reason: str, messag
             Reason.REMEDIATION_EXHAUSTED, f"{attempt} of {policy.max_attempts} attempt(s) failed; last: {message}"
         )
         return
-    p.status = replace(p.status, attempts=attempt + 1, verifyAfter=None)
+    p.status = evolve(p.status, attempts=attempt + 1, verifyAfter=None)
     p.enter(
         Phase.REMEDIATING,
         reason,

@@ -5,9 +5,9 @@ one is not sent again). A status change is told before the incident's next step.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 
 from runbook_operator.domain import consent, escalation, expressions
+from runbook_operator.domain.evolve import evolve
 from runbook_operator.domain.lifecycle.approval import approval_holds, consent_to
 from runbook_operator.domain.lifecycle.records import claim, compact, render, resumed, settle_unrun, skip
 from runbook_operator.domain.model import DEFAULT_SEVERITY, Stage, Step
@@ -22,7 +22,7 @@ def scan(p: Progress, ctx: Context, steps: Sequence[Step], stage: Stage, attempt
     the scan goes on past them."""
     for step in steps:
         record = p.status.record(stage.value, step.name, attempt)
-        if record is not None and record.state == StepState.RUNNING.value and not step.rerun_safe:
+        if record is not None and record.state == StepState.RUNNING and not step.rerun_safe:
             kind = "destructive step" if step.destructive else "notification"
             skip(
                 p,
@@ -36,7 +36,7 @@ def scan(p: Progress, ctx: Context, steps: Sequence[Step], stage: Stage, attempt
                 f"step {step.name!r} was interrupted and is not run again; verification decides",
             )
             continue
-        if record is not None and record.state == StepState.RUNNING.value:
+        if record is not None and record.state == StepState.RUNNING:
             params = render(ctx, p.status, step)
             digest = consent.digest(step.action, params)
             if record.approvedDigest and digest != record.approvedDigest:
@@ -50,7 +50,7 @@ def scan(p: Progress, ctx: Context, steps: Sequence[Step], stage: Stage, attempt
                 )
                 return consent_to(p, ctx, step, attempt, params)
             return StepCall(step, attempt, params, resumed=True)
-        if record is None or record.state in (StepState.PENDING.value, StepState.AWAITING_APPROVAL.value):
+        if record is None or record.state in (StepState.PENDING, StepState.AWAITING_APPROVAL):
             announcing = announcements(p, ctx) if stage is not Stage.ANNOUNCE else None
             if announcing is not None:  # a status change is told before the next step
                 return announcing
@@ -59,7 +59,7 @@ def scan(p: Progress, ctx: Context, steps: Sequence[Step], stage: Stage, attempt
                 continue
             return prepared
         if (
-            record.state == StepState.FAILED.value
+            record.state == StepState.FAILED
             and stage in (Stage.REMEDIATE, Stage.VERIFY)
             and not step.continue_on_failure
         ):
@@ -97,7 +97,7 @@ def outcome(p: Progress, found: StepCall | StepRecord | None) -> Decision | Step
         return p.decision()
     if isinstance(found, StepCall):
         return p.decision(run=resumed(p, found) if found.resumed else found)
-    if isinstance(found, StepRecord) and found.state == StepState.AWAITING_APPROVAL.value:
+    if isinstance(found, StepRecord) and found.state == StepState.AWAITING_APPROVAL:
         return p.decision()
     return found
 
@@ -116,8 +116,8 @@ def announcements(p: Progress, ctx: Context) -> StepCall | None:
     while (pending := p.status.announcing()) is not None:
         severity = p.status.severity or DEFAULT_SEVERITY
         steps = p.announcer.announced(pending.phase, severity) if p.announcer is not None else ()
-        found = scan(p, replace(ctx, policy=p.announcer), steps, Stage.ANNOUNCE, pending.number)
+        found = scan(p, evolve(ctx, policy=p.announcer), steps, Stage.ANNOUNCE, pending.number)
         if isinstance(found, StepCall):  # a resumed announcement was marked interrupted by scan
             return found
-        p.status = p.status.with_announcement(replace(pending, done=True))
+        p.status = p.status.with_announcement(evolve(pending, done=True))
     return None
