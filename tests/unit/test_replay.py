@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -14,7 +15,7 @@ from runbook_lab.recorded import T0, live
 from runbook_operator.domain.matching import Candidate
 from runbook_operator.domain.status import Phase, Status
 from runbook_operator.gitops.replay import replay
-from tests.unit.builders import check, incident, policy, request
+from tests.unit.builders import check, incident, policy, policy_body, request
 
 
 def redis_policy(**extra: Any) -> list[Candidate]:
@@ -123,8 +124,6 @@ HOSTILE = "Redis<b>Down</b>|`x`*y*"  # an alert name comes from the alert: Markd
 
 
 def _policy_doc(failover_approval: bool) -> dict[str, Any]:
-    from tests.unit.builders import policy_body
-
     failover = {"name": "failover", "action": "http.request", "requiresApproval": failover_approval,
                 "with": {"url": "http://127.0.0.1:1/admin/failover", "destructive": True}}  # fmt: skip
     body = policy_body("redis", match={"alerts": [HOSTILE]}, diagnose=[check("ping")], remediate=[failover],
@@ -249,7 +248,6 @@ def test_many_incidents_replay_the_same_on_worker_processes(tmp_path: Any, capsy
     byte, and in the same order, as replaying them all in this process."""
     from runbook_operator.entrypoints.cli import main
     from runbook_operator.entrypoints.cli import replay as command
-    from tests.unit.builders import policy_body
 
     def doc(**spec: Any) -> dict[str, Any]:
         return {"apiVersion": "remediation.ishchat.io/v1alpha1", "kind": "RemediationPolicy",
@@ -311,3 +309,43 @@ def test_a_since_filter_skips_a_start_that_is_no_timestamp() -> None:
     assert _at_or_after("2026-11-27T08:00:00Z", T0 - timedelta(hours=1))
     assert not _at_or_after("2026-11-27T08:00:00Z", T0 + timedelta(hours=1))
     assert not _at_or_after("yesterday", T0)
+
+
+def test_a_report_links_its_incident_to_a_replay_and_its_export_replays(tmp_path: Any, capsys: Any) -> None:
+    """`report --export FILE` writes the Incident as `replay --incidents` reads it; the report says
+    how to replay the incident from that file and from the archive (by name)."""
+    from runbook_operator.entrypoints.cli import main
+
+    _, bodies = _history(3)
+    source = _write(tmp_path / "incidents.yaml", {"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "remediation.ishchat.io/v1alpha1", "kind": "Incident",
+         "metadata": {**b["metadata"], "managedFields": [{"manager": "kubectl"}]}, "spec": b["spec"],
+         "status": b["status"]} for b in bodies]})  # fmt: skip
+    export, report = tmp_path / "inc-1.yaml", tmp_path / "inc-1.md"
+    assert main(["report", "inc-1", "-f", source, "-o", str(report), "--export", str(export)]) == 0
+    text = report.read_text()
+    section = text[text.index("## Replay against a policy change") :]
+    assert "`runbook-operator replay --archive -n ns --name inc-1 --policies DIR`" in section
+    assert f"`runbook-operator replay --incidents {export} --baseline MERGED_DIR --policies DIR`" in section
+    exported = yaml.safe_load(export.read_text())
+    (item,) = exported["items"]
+    assert item["metadata"] == {"name": "inc-1", "namespace": "ns", "generation": 1}  # no managedFields
+    assert item["status"] == bodies[1]["status"]
+
+    (tmp_path / "base").mkdir(), (tmp_path / "pr").mkdir()
+    failover = {"name": "failover", "action": "http.request",
+                "with": {"url": "http://127.0.0.1:1/admin/failover", "destructive": True}}  # fmt: skip
+    spec = {"match": {"alerts": ["RedisDown"]}, "diagnose": [check("ping")], "verify": [check("healthy", retries=2)],
+            "limits": {"maxAttempts": 2}}  # fmt: skip
+    for folder, step in (("base", failover), ("pr", {**failover, "requiresApproval": False})):
+        _write(tmp_path / folder / "p.yaml", {"apiVersion": "remediation.ishchat.io/v1alpha1",
+               "kind": "RemediationPolicy", **policy_body("redis", **spec, remediate=[request("restart"), step])})  # fmt: skip
+    capsys.readouterr()
+    argv = ["replay", "--incidents", str(export), "--baseline", str(tmp_path / "base"), "--policies",
+            str(tmp_path / "pr"), "-o", "json"]  # fmt: skip
+    assert main(argv) == 0
+    (verdict,) = json.loads(capsys.readouterr().out)["incidents"]
+    assert (verdict["name"], verdict["changes"][0]) == ("inc-1", "unapproved-destructive")
+    # the same incident picked out of the whole history by name
+    assert main([*argv[:2], source, *argv[3:], "--name", "inc-1", "--name", "inc-9"]) == 0
+    assert [v["name"] for v in json.loads(capsys.readouterr().out)["incidents"]] == ["inc-1"]

@@ -29,6 +29,7 @@ SECTIONS = (
     "## Escalations",
     "## Response metrics",
     "## Follow-ups left for humans",
+    "## Replay against a policy change",
 )
 
 
@@ -124,6 +125,8 @@ def test_resolved_incident_has_every_section_and_the_numbers() -> None:
     assert "Root-cause review" not in text
     assert "- [ ] Impact assessment: document the business and user impact" in text
     assert "**Review meeting** (runbook):" in text
+    assert "`kubectl get incident im-1 -n prod -o yaml > im-1.yaml`, then:" in text
+    assert "`runbook-operator replay --archive -n prod --name im-1 --policies DIR`" in text
 
 
 def test_escalated_incident_lists_levels_updates_and_follow_ups() -> None:

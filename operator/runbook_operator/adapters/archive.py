@@ -394,7 +394,11 @@ class Archive:
         return result
 
     async def replayable(
-        self, since: timedelta | None = None, alerts: Sequence[str] = (), namespace: str | None = None
+        self,
+        since: timedelta | None = None,
+        alerts: Sequence[str] = (),
+        namespace: str | None = None,
+        names: Sequence[str] = (),
     ) -> tuple[list[ArchivedIncident], int]:
         """The archived incidents a replay can use, oldest first, and how many it cannot (archived
         before the archive kept their spec), both under the same filters."""
@@ -408,6 +412,9 @@ class Archive:
         if namespace is not None:
             clauses.append("i.namespace = %(namespace)s")
             params["namespace"] = namespace
+        if names:
+            clauses.append("i.name = ANY(%(names)s)")
+            params["names"] = list(names)
         where = " AND ".join(clauses)
 
         async def go(conn: psycopg.AsyncConnection[Any]) -> tuple[list[ArchivedIncident], int]:

@@ -14,6 +14,7 @@ link, image, emphasis, code-span break-out, table cell or line of its own).
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -64,8 +65,11 @@ class _Entry:
     count: int = 1
 
 
-def render(incident_body: Mapping[str, Any], events: Sequence[Mapping[str, Any]] = ()) -> str:
-    """The report for one Incident; ``events`` are its Events as API dicts (camelCase)."""
+def render(
+    incident_body: Mapping[str, Any], events: Sequence[Mapping[str, Any]] = (), export: str | None = None
+) -> str:
+    """The report for one Incident; ``events`` are its Events as API dicts (camelCase);
+    ``export``: the file ``report --export`` wrote the Incident to, for its replay command."""
     meta = _map(incident_body.get("metadata"))
     spec = _map(incident_body.get("spec"))
     status = _map(incident_body.get("status"))
@@ -85,6 +89,7 @@ def render(incident_body: Mapping[str, Any], events: Sequence[Mapping[str, Any]]
     lines += _escalations(spec, status)
     lines += _metrics(status)
     lines += _follow_ups(spec, status, handled)
+    lines += _replay(meta, export)
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -353,6 +358,30 @@ def _follow_ups(spec: Mapping[str, Any], status: Mapping[str, Any], handled: boo
     for title, items in CHECKLIST:
         out += [f"**{title}** (runbook):", "", *(f"- [ ] {item}" for item in items), ""]
     return out
+
+
+def _replay(meta: Mapping[str, Any], export: str | None) -> list[str]:
+    """How to replay this incident against a proposed policy change (docs/policies.md)."""
+    name, namespace = str(meta.get("name") or "?"), str(meta.get("namespace") or "?")
+    source = f"--incidents {shlex.quote(export)}" if export else f"--incidents {shlex.quote(f'{name}.yaml')}"
+    archive = f"runbook-operator replay --archive -n {shlex.quote(namespace)} --name {shlex.quote(name)} --policies DIR"
+    files = f"runbook-operator replay {source} --baseline MERGED_DIR --policies DIR"
+    fetch = [] if export else [
+        "- Without the archive, from this Incident as the cluster holds it: "
+        + md(f"kubectl get incident {shlex.quote(name)} -n {shlex.quote(namespace)} -o yaml > "
+             f"{shlex.quote(f'{name}.yaml')}", code=True) + ", then:"
+    ]  # fmt: skip
+    return [
+        "## Replay against a policy change",
+        "",
+        "What a change of the policies would have done to this incident (docs/policies.md, "
+        '"Replay past incidents against a change"):',
+        "",
+        f"- From the incident archive: {md(archive, code=True)}",
+        *fetch,
+        f"- {'From the export beside this report' if export else 'From the file'}: {md(files, code=True)}",
+        "",
+    ]
 
 
 # -- helpers -----------------------------------------------------------------------

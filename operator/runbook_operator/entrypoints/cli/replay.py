@@ -65,6 +65,9 @@ def add(sub: Any) -> None:
         "-n", "--namespace", help="only incidents of this namespace (and the default for objects that name none)"
     )
     replay.add_argument("--alert", action="append", metavar="NAME", help="only incidents of this alert (repeatable)")
+    replay.add_argument(
+        "--name", action="append", metavar="INCIDENT", help="only the Incident of this name (repeatable; with -n)"
+    )
     replay.add_argument("--since", type=types.since, metavar="DURATION", help="only incidents started within, e.g. 30d")
     replay.add_argument(
         "--assume", choices=("ok", "fail"), help="an unknown step succeeds (ok) or fails (fail); default: follow both"
@@ -251,6 +254,8 @@ def _filtered(args: argparse.Namespace, bodies: Sequence[Mapping[str, Any]]) -> 
             continue
         if args.alert and incident.alert not in args.alert:
             continue
+        if args.name and incident.name not in args.name:
+            continue
         if since is not None and not (isinstance(started, str) and _at_or_after(started, since)):
             continue
         found.append((body, []))
@@ -274,7 +279,7 @@ def _from_archive(args: argparse.Namespace) -> tuple[Found, int]:
 
     async def read(archive: Archive) -> tuple[list[ArchivedIncident], int]:
         since = timedelta(seconds=args.since) if args.since else None
-        return await archive.replayable(since, args.alert or (), args.namespace)
+        return await archive.replayable(since, args.alert or (), args.namespace, args.name or ())
 
     try:
         rows, not_replayable = types.on_archive(args.dsn_env, read)

@@ -19,6 +19,10 @@ def add(sub: Any, cluster: argparse.ArgumentParser) -> None:
         help="render offline from YAML or JSON (kubectl get inc NAME -o yaml); - is stdin",
     )
     report.add_argument("-o", "--output", metavar="FILE", help="write the report to FILE instead of stdout")
+    report.add_argument(
+        "--export", metavar="FILE",
+        help="also write the Incident (spec and status) to FILE as YAML: what `replay --incidents` reads",
+    )  # fmt: skip
     report.set_defaults(func=run)
 
 
@@ -36,13 +40,36 @@ def run(args: argparse.Namespace) -> int:
     except LookupError as err:
         print(f"{args.prog} report: {err}", file=sys.stderr)
         return 1
-    text = "\n---\n\n".join(report.render(body, events) for body, events in pairs)
+    if args.export:
+        _export(args.export, [body for body, _ in pairs])
+    text = "\n---\n\n".join(report.render(body, events, args.export) for body, events in pairs)
     if args.output:
         with open(args.output, "w", encoding="utf-8") as out:
             out.write(text)
     else:
         sys.stdout.write(text)
     return 0
+
+
+EXPORTED_METADATA = ("name", "namespace", "uid", "generation", "creationTimestamp", "labels", "annotations")
+
+
+def _export(path: str, bodies: list[dict[str, Any]]) -> None:
+    """The Incidents as one YAML List (what ``kubectl get inc -o yaml`` gives, less managedFields)."""
+    import yaml
+
+    items = [
+        {
+            "apiVersion": body.get("apiVersion", "remediation.ishchat.io/v1alpha1"),
+            "kind": "Incident",
+            "metadata": {k: v for k, v in (body.get("metadata") or {}).items() if k in EXPORTED_METADATA},
+            "spec": body.get("spec") or {},
+            "status": body.get("status") or {},
+        }
+        for body in bodies
+    ]
+    with open(path, "w", encoding="utf-8") as out:
+        yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": items}, out, sort_keys=False)
 
 
 def _report_from_cluster(args: argparse.Namespace) -> tuple[dict[str, Any], list[dict[str, Any]]]:
