@@ -131,13 +131,13 @@ def measure(case: str, bodies: Sequence[Mapping[str, Any]], baseline: PolicySet,
     every_path = output == "json"
     started = time.perf_counter()
     with command.paused_gc():  # as the command runs
-        verdicts = command.review([(b, baseline, proposal) for b in bodies], None, jobs, every_path)
-        summary = whatif.Summary(tuple(verdicts))
-        report = (whatif.as_json if every_path else whatif.markdown)(summary)
+        reviewed = command.review([(b, baseline, proposal) for b in bodies], None, jobs, every_path)
+        summary = whatif.Summary(tuple(v for v, _ in reviewed))
+        report = whatif.as_json(summary, [t for _, t in reviewed]) if every_path else whatif.markdown(summary)
     seconds = time.perf_counter() - started
     assert report
     kinds = {k: n for k in whatif.KINDS if (n := summary.count(k))}
-    replayed = sum(bool(v.before) for v in verdicts)
+    replayed = sum(bool(v.before) or bool(text) for v, text in reviewed)
     used = jobs if len(bodies) >= command.PARALLEL_FROM else 1  # fewer are replayed in one process
     return Result(case, output, used, len(bodies), len(baseline), seconds, replayed, len(summary.changed()), kinds)
 

@@ -51,6 +51,8 @@ def lab(
             f"      export KUBECONFIG={kubeconfig} PATH={kubectl.parent}:{Path(sys.executable).parent}:$PATH\n"
             f"      kubectl get incidents -n {NAMESPACE} -w\n"
             f"      kubectl runbook approve INCIDENT STEP -n {NAMESPACE}   # what AwaitingApproval waits for\n"
+            f"      RUNBOOK_ARCHIVE_DSN=$(cat {the_lab.root / 'archive-dsn'}) runbook-operator replay --archive "
+            f"--policies DIR -o markdown   # a policy change against what the operator archived\n"
             + (
                 f"      kubectl logs -n {incluster.NAMESPACE} -l app.kubernetes.io/name=runbook-operator -f --prefix\n"
                 "==> the operator runs in the cluster (Ctrl-C uninstalls it and stops the lab)"

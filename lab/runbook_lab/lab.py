@@ -68,6 +68,7 @@ HOSTS = {
     "prometheus.monitoring.svc": 6,
     "alertmanager.monitoring.svc": 7,
     "lab.ishchat.svc": 8,  # exporters, notifications, the lab's control API
+    "archive.monitoring.svc": 9,  # the operator's incident archive (its own PostgreSQL: replay reads it)
 }
 CONTROL_PORT = 8080
 # in-cluster name -> the ports its lab address serves (the first is its service's; all must be free)
@@ -78,12 +79,15 @@ PORTS = {
     "prometheus.monitoring.svc": (9090,),
     "alertmanager.monitoring.svc": (9093,),
     "lab.ishchat.svc": (CONTROL_PORT, *ishchat.EXPORTER_PORTS.values()),
+    "archive.monitoring.svc": (5432,),
 }
+ARCHIVE_DATABASE, ARCHIVE_USER = "runbook_archive", "runbook"
+ARCHIVE_SECRET = "runbook-archive"  # in the operator's namespace, for the chart's archive.dsnSecret
 EXAMPLES_PORT = 18080
 EXAMPLES_HOST = "demo.default.svc"  # manifests/examples/ name it; the demo endpoint listens on 127.0.0.1
 # on a real node: the host's servers, reached from pods through a selector-less Service each
 HOST_SERVICES = ("postgres.ishchat.svc", "redis.ishchat.svc", "prometheus.monitoring.svc",
-                 "alertmanager.monitoring.svc", "lab.ishchat.svc")  # fmt: skip
+                 "alertmanager.monitoring.svc", "lab.ishchat.svc", "archive.monitoring.svc")  # fmt: skip
 WORKLOADS = {  # name -> (kind, replicas)
     "instance-manager": ("Deployment", 2),
     "intelligent-router": ("Deployment", 2),
@@ -166,11 +170,13 @@ class Lab:
         self.subnet = ""
         self.token = secrets.token_hex(24)
         self.db_password = secrets.token_hex(12)
+        self.archive_password = secrets.token_hex(12)
         self.intake_port = self.metrics_port = 0
         self.hooks: list[tuple[str, Any]] = []
         self.sim: ishchat.IshChat | None = None
         self.postgres: Postgres | None = None
         self.redis: Redis | None = None
+        self.archive: Postgres | None = None
         self.prometheus: Prometheus | None = None
         self.alertmanager: Alertmanager | None = None
         self.operator: subprocess.Popen[bytes] | None = None
@@ -226,14 +232,18 @@ class Lab:
         shutil.rmtree(self.root, ignore_errors=True)  # every lab starts from empty data
         self.root.mkdir(parents=True)
         self.subnet = pick_subnet()
-        self._say(f"lab addresses {self.subnet}.1-8")
+        self._say(f"lab addresses {self.subnet}.1-{max(HOSTS.values())}")
         clients = (POD_CIDR,) if self.real else ()
         self.postgres = Postgres(self.root / "postgres", *self.address("postgres.ishchat.svc"), clients=clients)
         self.postgres.init(DATABASE, DB_USER, self.db_password)
         self._seed_database()
         self.redis = Redis(self.root / "redis", *self.address("redis.ishchat.svc"))
         self.redis.start()
-        self._say("PostgreSQL and Redis up")
+        self.archive = Postgres(self.root / "archive", *self.address("archive.monitoring.svc"), clients=clients)
+        self.archive.init(ARCHIVE_DATABASE, ARCHIVE_USER, self.archive_password)
+        (self.root / "archive-dsn").write_text(self.archive_dsn())
+        (self.root / "archive-dsn").chmod(0o600)
+        self._say("PostgreSQL, Redis and the incident archive up")
         probes = {"postgres": self._postgres_metrics, "redis": self._redis_metrics}
         self.sim = ishchat.IshChat(
             {name: self.ip(f"{name}.ishchat.svc") for name in ishchat.SERVICES},
@@ -277,7 +287,7 @@ class Lab:
             except subprocess.TimeoutExpired:
                 self.operator.kill()
                 self.operator.wait(5)
-        for server in (self.alertmanager, self.prometheus, self.redis, self.postgres):
+        for server in (self.alertmanager, self.prometheus, self.redis, self.postgres, self.archive):
             if server is not None:
                 server.stop()
         if self._control is not None:
@@ -297,6 +307,11 @@ class Lab:
     def _say(self, text: str) -> None:
         if not self.quiet:
             print(f"==> {text}", flush=True)
+
+    def archive_dsn(self, in_cluster: bool = False) -> str:
+        """The operator's archive: from the host (its lab address), or from a pod (its Service's name)."""
+        host, port = ("archive.monitoring.svc", 5432) if in_cluster else self.address("archive.monitoring.svc")
+        return f"postgresql://{ARCHIVE_USER}:{self.archive_password}@{host}:{port}/{ARCHIVE_DATABASE}"
 
     def _write_state(self) -> None:
         state = {
@@ -480,7 +495,13 @@ class Lab:
         self._say(f"operator image {image.ref} ready in {time.monotonic() - started:.1f}s")
         self.kube("create", "namespace", NAMESPACE, check=False)
         self.kube("apply", "-n", NAMESPACE, "-k", str(ROOT / "manifests" / "namespace-access"))
+        self.kube("create", "namespace", incluster.NAMESPACE, check=False)
+        secret = {"apiVersion": "v1", "kind": "Secret",
+                  "metadata": {"name": ARCHIVE_SECRET, "namespace": incluster.NAMESPACE},
+                  "stringData": {"dsn": self.archive_dsn(in_cluster=True)}}  # fmt: skip
+        self.kube("apply", "-f", "-", stdin=json.dumps(secret))
         values = [
+            f"--set=archive.dsnSecret.name={ARCHIVE_SECRET}",
             f"--set=intake.defaultNamespace={NAMESPACE}",
             "--set-json=intake.namespaces=" + json.dumps([NAMESPACE]),
             "--set-json=extraArgs=" + json.dumps(["--log-format=plain", "--resolved-ttl=never"]),
@@ -589,7 +610,7 @@ class Lab:
         args += [f"--intake-address=127.0.0.1:{self.intake_port}", f"--intake-token-file={token_file}"]
         args += [f"--intake-namespace={NAMESPACE}", f"--metrics-address=127.0.0.1:{self.metrics_port}"]
         args += ["--log-format=plain", "--resolved-ttl=never"]
-        env = os.environ | {"KUBECONFIG": str(self.kubeconfig)}
+        env = os.environ | {"KUBECONFIG": str(self.kubeconfig), "RUNBOOK_ARCHIVE_DSN": self.archive_dsn()}
         log = output.open("ab") if output is not None else None
         try:
             self.operator = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT if log else None)

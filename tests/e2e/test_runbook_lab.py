@@ -11,6 +11,7 @@ it left: the Incident as it settled, and what the lab saw happen.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import tempfile
@@ -388,3 +389,96 @@ def test_every_alert_of_the_runbook_was_played(outages: Wave, degradations: Wave
     played = {**outages.outcomes, **degradations.outcomes, **capacity.outcomes}
     assert set(played) == set(scenarios.EXPECTED)
     assert all(o.settled_after is not None and o.settled_after < 150 for o in played.values())
+
+
+# -- replay: three changes of the pack against what the operator archived ----------------------
+
+
+def _replay(*argv: str) -> tuple[int, str, str]:
+    import contextlib
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(["replay", *argv])
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_replaying_three_pack_changes_over_the_archive_names_exactly_the_incidents_each_touches(
+    lab_run: LabRun, outages: Wave, degradations: Wave, capacity: Wave, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """The operator archived every scenario that ended (the lab runs it with an archive); replaying
+    the pack as the cluster holds it changes nothing, and each of three proposed changes names the
+    one incident it touches, with exit codes as ``--fail-on`` says."""
+    from markdown_it import MarkdownIt
+
+    from runbook_lab.recorded import PACK_CHANGES
+
+    monkeypatch.setenv("RUNBOOK_ARCHIVE_DSN", lab_run.lab.archive_dsn())
+    played = {**outages.outcomes, **degradations.outcomes, **capacity.outcomes}
+    name = {alert: o.incident["metadata"]["name"] for alert, o in played.items() if o.incident}
+    ended = {alert for alert, expected in scenarios.EXPECTED.items() if expected in ("Resolved", "Escalated")}
+    served = json.loads(lab_run.kubectl("get", "remediationpolicies", "-n", NAMESPACE, "-o", "json"))["items"]
+    pack = [{"apiVersion": p["apiVersion"], "kind": p["kind"], "spec": p["spec"],
+             "metadata": {"name": p["metadata"]["name"], "namespace": NAMESPACE}} for p in served]  # fmt: skip
+
+    def proposal(change: str | None) -> str:
+        folder = tmp_path / (change or "merged")
+        folder.mkdir()
+        edit = PACK_CHANGES[change] if change else (lambda body: body)
+        (folder / "policies.json").write_text(json.dumps({"apiVersion": "v1", "kind": "List",
+                                                          "items": [edit(p) for p in pack]}))  # fmt: skip
+        return str(folder)
+
+    merged = proposal(None)
+
+    def archived() -> set[str]:
+        code, out, _ = _replay("--archive", "-n", NAMESPACE, "--policies", merged, "-o", "json")
+        return {i["name"] for i in json.loads(out)["incidents"]} if code == 0 else set()
+
+    wait_for(lambda: {name[a] for a in ended} <= archived(), 30, "the finished scenarios in the archive")
+    code, out, _ = _replay("--archive", "-n", NAMESPACE, "--policies", merged, "-o", "json", "--fail-on",
+                           ",".join(cli_kinds()))  # fmt: skip
+    document = json.loads(out)
+    assert code == 0 and document["summary"]["changed"] == 0, out  # the pack as it ran: nothing changes
+    (before,) = {i["name"]: i for i in document["incidents"]}[name["HighErrorRate"]]["before"]
+    assert before["end"] == "Resolved" and all(s["recorded"] for s in before["steps"])  # every call it made, matched
+    assert [s["approvedBy"] for s in before["steps"] if s["name"] == "failover-openai"] == [ONCALL_USER]
+
+    expected = {  # change -> (the one incident it touches, its riskiest kind)
+        "failover-without-approval": ("HighErrorRate", "unapproved-destructive"),
+        "redis-restart-removed": ("RedisDown", None),
+        "cpu-critical-only": ("HighCPUUsage", "unmatched"),
+    }
+    for change, (alert, riskiest) in expected.items():
+        folder = proposal(change)
+        code, out, err = _replay("--archive", "-n", NAMESPACE, "--policies", folder, "-o", "json")
+        report = json.loads(out)
+        touched = {i["name"]: i["changes"] for i in report["incidents"] if i["changes"]}
+        assert set(touched) == {name[alert]}, (change, touched)
+        kinds = touched[name[alert]]
+        if riskiest:
+            assert kinds[0] == riskiest, (change, kinds)
+        code, _, err = _replay("--archive", "-n", NAMESPACE, "--policies", folder, "--fail-on", kinds[0])
+        assert code == 1 and err.strip() == f"runbook-operator replay: --fail-on: {kinds[0]} (1)"
+        others = [k for k in cli_kinds() if k not in kinds]
+        assert _replay("--archive", "-n", NAMESPACE, "--policies", folder, "--fail-on", ",".join(others))[0] == 0
+
+        code, text, _ = _replay("--archive", "-n", NAMESPACE, "--policies", folder, "-o", "markdown")
+        assert code == 0 and f"{NAMESPACE}/{name[alert]}" in text
+        html = MarkdownIt("commonmark").enable("table").render(text)  # as GitHub renders a comment
+        tags = {t.split()[0].strip("/") for t in re.findall(r"<([^>]+)>", html)}
+        assert tags <= {"h3", "p", "table", "thead", "tbody", "tr", "th", "td", "ul", "li", "strong"}, tags
+    assert (
+        "would run failover-openai without approval"
+        in _replay(
+            "--archive", "-n", NAMESPACE, "--policies", str(tmp_path / "failover-without-approval"), "-o", "markdown"
+        )[1]
+    )
+
+
+def cli_kinds() -> tuple[str, ...]:
+    from runbook_operator.gitops.whatif import KINDS
+
+    return KINDS

@@ -1,5 +1,6 @@
 """`runbook-operator validate` and `plan`: offline checks of a GitOps repository's YAML."""
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,8 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, list[str]]
 
 def test_the_shipped_examples_validate_clean(capsys: pytest.CaptureFixture[str]) -> None:
     code, out = run(capsys, "validate", str(ROOT / "manifests"))
-    files = [p for p in (ROOT / "manifests").rglob("*.y*ml") if p.name != "kustomization.yaml"]
+    files = [p for p in (ROOT / "manifests").rglob("*")
+             if p.suffix in (".yaml", ".yml", ".json") and p.name != "kustomization.yaml"]  # fmt: skip
     # examples/: a policy and an incident; runbooks/ish-chat/: the 12 policies of the runbook pack
     assert out == [f"{len(files)} file(s), 14 resource(s), 0 problem(s)"]
     assert code == 0
@@ -51,8 +53,10 @@ def test_other_kinds_and_kustomization_files_are_ignored(tmp_path: Path, capsys:
     write(tmp_path / "cm.yml", {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}, "data": {}})
     write(tmp_path / "sub" / "p.yaml", policy(diagnose=[check("health")]), incident(alert="A"))
     (tmp_path / "notes.txt").write_text("not yaml: [")
+    listed = {"apiVersion": "v1", "kind": "List", "items": [policy(diagnose=[check("health")])]}
+    (tmp_path / "sub" / "listed.json").write_text(json.dumps(listed))  # kubectl apply -f DIR reads .json too
     code, out = run(capsys, "validate", str(tmp_path))
-    assert (code, out) == (0, ["2 file(s), 2 resource(s), 0 problem(s)"])
+    assert (code, out) == (0, ["3 file(s), 3 resource(s), 0 problem(s)"])
 
 
 CASES = [

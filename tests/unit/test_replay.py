@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from runbook_lab.recorded import T0, live
 from runbook_operator.domain.matching import Candidate
 from runbook_operator.domain.status import Phase, Status
-from runbook_operator.gitops.replay import replay
+from runbook_operator.gitops.replay import Recording, replay
 from tests.unit.builders import check, incident, policy, policy_body, request
 
 
@@ -349,3 +349,39 @@ def test_a_report_links_its_incident_to_a_replay_and_its_export_replays(tmp_path
     # the same incident picked out of the whole history by name
     assert main([*argv[:2], source, *argv[3:], "--name", "inc-1", "--name", "inc-9"]) == 0
     assert [v["name"] for v in json.loads(capsys.readouterr().out)["incidents"]] == ["inc-1"]
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+@pytest.mark.parametrize("status", [{"steps": "zzz"}, {"steps": [{"name": "x", "attempt": []}]}, {"startedAt": 7}])
+def test_an_incident_whose_record_cannot_be_read_is_named_and_exit_2(
+    tmp_path: Any, capsys: Any, monkeypatch: Any, jobs: str, status: dict[str, Any]
+) -> None:
+    from runbook_operator.entrypoints.cli import main
+    from runbook_operator.entrypoints.cli import replay as command
+
+    monkeypatch.setattr(command, "PARALLEL_FROM", 2)
+    _, bodies = _history(3)
+    bodies[1]["status"] = {**bodies[1]["status"], **status}
+    (tmp_path / "p").mkdir()
+    _write(tmp_path / "p" / "p.yaml", {"apiVersion": "remediation.ishchat.io/v1alpha1", "kind": "RemediationPolicy",
+           **policy_body("redis", match={"alerts": ["RedisDown"]}, verify=[check("healthy")])})  # fmt: skip
+    incidents = _write(tmp_path / "i.yaml", {"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "remediation.ishchat.io/v1alpha1", "kind": "Incident", **b} for b in bodies]})  # fmt: skip
+    argv = ["replay", "--incidents", incidents, "--baseline", str(tmp_path / "p"), "--policies", str(tmp_path / "p"),
+            "-o", "json", "--jobs", jobs]  # fmt: skip
+    code = main(argv)
+    err = capsys.readouterr().err
+    if "startedAt" in status:  # not a timestamp: the replay starts from the incident's creation instead
+        assert code == 0, err
+    else:
+        assert code == 2 and err.startswith("runbook-operator replay: cannot replay Incident ns/inc-1: "), err
+
+
+def test_an_incident_archived_after_its_alert_cleared_is_replayed_as_it_opened() -> None:
+    """An archived spec says ``resolved: true`` once Alertmanager said the alert cleared; the replay
+    starts from the opening, so the policy's steps run (a resolved start would run none)."""
+    recorded = live(incident("RedisDown"), redis_policy(), lambda s, a: (True, 1.0))
+    cleared = Recording(incident("RedisDown", resolved=True), recorded.status)
+    (path,) = replay(cleared, redis_policy())
+    assert (path.policy, path.end) == ("redis", "Resolved") and [r.name for r in path.ran] == [
+        "ping", "restart", "healthy"]  # fmt: skip

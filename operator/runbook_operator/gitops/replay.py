@@ -11,15 +11,18 @@ A notification (a step of an escalation or an announcement) with no record is ta
 its outcome changes no phase.
 
 Each incident is replayed alone: a target lock or cooldown that another incident held in the
-recorded run is not reproduced (its peers are not in the recording).
+recorded run is not reproduced (its peers are not in the recording). It is replayed as it
+opened: ``spec.resolved`` (the alert clearing, or a person closing it, at some later time) is
+not, so the replay shows where the policy would have taken it, not that the alert cleared.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from runbook_operator.domain import consent
@@ -60,15 +63,30 @@ class Recording:
             return self.recorded
         return Status.from_dict(self.recorded if isinstance(self.recorded, Mapping) else None)
 
+    @functools.cached_property
+    def steps(self) -> tuple[StepRecord, ...]:
+        """The recorded steps, without parsing the rest of the status (a replay needs only these)."""
+        if isinstance(self.recorded, Mapping) and "status" not in self.__dict__:
+            return Status.from_dict({"steps": self.recorded.get("steps")}).steps
+        return self.status.steps
+
     @property
     def started(self) -> datetime:
-        text = self.status.startedAt or self.incident.created
-        return parse_timestamp(text) if text else datetime.fromtimestamp(0).astimezone()
+        if isinstance(self.recorded, Mapping):
+            raw = self.recorded.get("startedAt")
+            text = raw if isinstance(raw, str) else None
+        else:
+            text = self.status.startedAt
+        for candidate in (text, self.incident.created):
+            if candidate:
+                with contextlib.suppress(ValueError):  # not a timestamp the operator wrote: the next one
+                    return parse_timestamp(candidate)
+        return datetime.fromtimestamp(0, UTC)
 
     def outcomes(self) -> dict[str, list[Outcome]]:
         """Recorded outcomes by the call's digest, in the order they happened."""
         found: dict[str, list[Outcome]] = {}
-        for record in sorted(self.status.steps, key=lambda r: r.startedAt or ""):
+        for record in sorted(self.steps, key=lambda r: r.startedAt or ""):
             if record.paramsDigest and record.state in (StepState.SUCCEEDED, StepState.FAILED):
                 took = record.duration if record.duration is not None else _seconds(record)
                 found.setdefault(record.paramsDigest, []).append(
@@ -78,7 +96,7 @@ class Recording:
 
     def approval_of(self, step: str, digest: str) -> tuple[str, float] | None:
         """Who approved ``step`` for exactly these parameters in the recorded run, and how long after it asked."""
-        for record in self.status.steps:
+        for record in self.steps:
             if record.name == step and record.approvedBy and record.approvedDigest == digest:
                 asked = record.approvalRequest.requestedAt if record.approvalRequest else record.startedAt
                 waited = (parse_timestamp(record.approvedAt) - parse_timestamp(asked)).total_seconds() if (
@@ -135,7 +153,8 @@ class _State:
 def replay(recording: Recording, candidates: Sequence[Candidate], assume: Assume | None = None) -> list[Path]:
     """Every path the incident takes under ``candidates`` (its namespace's policies, as proposed)."""
     outcomes = recording.outcomes()
-    start = _State(evolve(recording.incident, approvals=()), Status(), recording.started)  # approved as it goes
+    opened = evolve(recording.incident, approvals=(), resolved=False)  # as it opened; approved as it goes
+    start = _State(opened, Status(), recording.started)
     paths: list[Path] = []
     pending = [start]
     while pending:

@@ -41,7 +41,8 @@ class Resource:
 
 
 def yaml_files(paths: Iterable[str | Path]) -> list[Path]:
-    """The YAML files named or found (recursively, sorted) under the paths; raises InputError."""
+    """The YAML (and JSON) files named or found (recursively, sorted) under the paths, as
+    ``kubectl apply -f DIR`` takes them; raises InputError."""
     found: list[Path] = []
     for raw in paths:
         path = Path(raw)
@@ -49,7 +50,7 @@ def yaml_files(paths: Iterable[str | Path]) -> list[Path]:
             found.extend(
                 p
                 for p in sorted(path.rglob("*"))
-                if p.suffix in (".yaml", ".yml")
+                if p.suffix in (".yaml", ".yml", ".json")
                 and p.is_file()
                 and p.name not in KUSTOMIZATION_FILES
                 and not any(part.startswith(".") for part in p.relative_to(path).parts)

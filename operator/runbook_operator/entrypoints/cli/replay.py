@@ -14,6 +14,7 @@ import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -136,13 +137,19 @@ def _run(args: argparse.Namespace) -> int:
         work.append(
             (body, baseline.get(namespace, ()) if baseline is not None else recorded, proposed.get(namespace, ()))
         )
-    verdicts = review(work, args.assume, args.jobs, every_path=args.output == "json")
+    try:
+        reviewed = review(work, args.assume, args.jobs, every_path=args.output == "json")
+    except Unreplayable as err:
+        return fail(str(err))
+    verdicts = [verdict for verdict, _ in reviewed]
     if not verdicts:
         older = f"; {not_replayable} archived before the archive kept what a replay needs" if not_replayable else ""
         return fail(f"no Incident to replay (check the source and the filters){older}")
     summary = whatif.Summary(tuple(verdicts), not_replayable)
-    render = {"table": whatif.table, "markdown": whatif.markdown, "json": whatif.as_json}[args.output]
-    sys.stdout.write(render(summary))
+    if args.output == "json":
+        sys.stdout.write(whatif.as_json(summary, [text for _, text in reviewed]))
+    else:
+        sys.stdout.write({"table": whatif.table, "markdown": whatif.markdown}[args.output](summary))
     failing = summary.failing(args.fail_on)
     if failing:
         said = ", ".join(f"{kind} ({count})" for kind, count in failing.items())
@@ -157,9 +164,14 @@ PARALLEL_FROM = 500  # incidents; fewer are replayed in this process (starting w
 _WORK: Sequence[Work] = ()  # what forked workers read (inherited, not pickled)
 
 
-def review(work: Sequence[Work], assume: Assume | None, jobs: int, every_path: bool = True) -> list[Verdict]:
+Reviewed = tuple["Verdict", str]  # the verdict; with every path, its paths only as its JSON (``whatif.encoded``)
+
+
+def review(work: Sequence[Work], assume: Assume | None, jobs: int, every_path: bool = True) -> list[Reviewed]:
     """``whatif.compare`` for every incident (its status parsed here), on ``jobs`` processes when
-    there are many. Workers are forked: they inherit the input and send back only the verdicts."""
+    there are many. Workers are forked: they inherit the input and send back only the verdicts;
+    with ``every_path`` (JSON), each verdict's paths encoded (sent back as one string, not as
+    objects to unpickle, and encoded on every CPU)."""
     global _WORK
     if jobs <= 1 or len(work) < PARALLEL_FROM:
         return [_compare(item, assume, every_path) for item in work]
@@ -173,14 +185,26 @@ def review(work: Sequence[Work], assume: Assume | None, jobs: int, every_path: b
         _WORK = ()
 
 
-def _compare(item: Work, assume: Assume | None, every_path: bool) -> Verdict:
-    from runbook_operator.gitops.whatif import compare
+class Unreplayable(Exception):
+    """An Incident whose recorded spec or status the replay cannot read (exit 2, naming it)."""
+
+
+def _compare(item: Work, assume: Assume | None, every_path: bool) -> Reviewed:
+    from runbook_operator.gitops import whatif
 
     body, baseline, proposed = item
-    return compare(_recording(body), baseline, proposed, assume, every_path)
+    try:
+        verdict = whatif.compare(_recording(body), baseline, proposed, assume, every_path)
+        if not every_path:
+            return verdict, ""
+        return replace(verdict, before=(), after=()), whatif.encoded(verdict)
+    except Exception as err:  # one incident's data, whatever is wrong with it: named, not a traceback
+        meta = body.get("metadata") or {}
+        raise Unreplayable(f"cannot replay Incident {meta.get('namespace')}/{meta.get('name')}: "
+                           f"{type(err).__name__}: {err}") from None  # fmt: skip
 
 
-def _compare_chunk(chunk: tuple[int, int, Assume | None, bool]) -> list[Verdict]:
+def _compare_chunk(chunk: tuple[int, int, Assume | None, bool]) -> list[Reviewed]:
     start, stop, assume, every_path = chunk
     return [_compare(item, assume, every_path) for item in _WORK[start:stop]]
 
