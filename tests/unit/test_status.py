@@ -101,3 +101,18 @@ def test_an_unknown_phase_loads_as_itself_and_the_state_machine_leaves_it_alone(
     body = {"metadata": {"name": "i", "namespace": "ns", "generation": 1}, "spec": {"alert": "A"}}
     decision = decide(Incident.from_body(body), status, [policy("p", remediate=[request("r")])], T0, nonce="00")
     assert decision.run is None and decision.status.phase == "Paused"
+
+
+def test_a_timestamp_reads_back_only_in_the_form_the_operator_writes() -> None:
+    from datetime import UTC, datetime
+
+    import pytest
+
+    from runbook_operator.domain.wire import parse_timestamp, timestamp
+
+    when = datetime(2026, 11, 27, 8, 0, 5, tzinfo=UTC)
+    assert parse_timestamp(timestamp(when)) == when
+    for other in ("2026-11-27T08:00:05", "2026-11-27 08:00:05Z", "2026-11-27T08:00:05.5Z", "2026-13-27T08:00:05Z",
+                  "2026-11-27T08:00:05+0", "yesterday", ""):  # fmt: skip
+        with pytest.raises(ValueError):
+            parse_timestamp(other)

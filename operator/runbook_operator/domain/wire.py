@@ -18,7 +18,10 @@ def timestamp(now: datetime) -> str:
 
 @functools.lru_cache(maxsize=4096)
 def parse_timestamp(text: str) -> datetime:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    """``timestamp``'s text back (``2026-11-27T08:00:00Z`` and nothing else: ValueError)."""
+    if len(text) != 20 or text[4] != "-" or text[10] != "T" or text[13] != ":" or text[19] != "Z":
+        raise ValueError(f"time data {text!r} does not match format '%Y-%m-%dT%H:%M:%SZ'")
+    return datetime.fromisoformat(text[:19]).replace(tzinfo=UTC)  # C-fast; strptime was 50 us a call
 
 
 def clipped(text: str, limit: int) -> str:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from runbook_operator.domain.matching import Candidate, select_policy
+from runbook_operator.domain.model import Policy
 from runbook_operator.domain.report import md
 from runbook_operator.domain.wire import clipped, printable
 from runbook_operator.gitops.replay import Assume, Path, Recording, replay
@@ -79,8 +80,11 @@ def compare(
 
 
 def _same(one: Candidate | None, other: Candidate | None) -> bool:
+    """The same policy, as written: a policy is what its spec says (parsed the same way here)."""
     if one is other:
         return True
+    if isinstance(one, Policy) and isinstance(other, Policy) and one.spec and other.spec:
+        return (one.namespace, one.name, one.spec) == (other.namespace, other.name, other.spec)
     return one == other and getattr(one, "spec", None) == getattr(other, "spec", None)  # spec: not in ==
 
 
