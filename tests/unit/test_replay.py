@@ -385,3 +385,44 @@ def test_an_incident_archived_after_its_alert_cleared_is_replayed_as_it_opened()
     (path,) = replay(cleared, redis_policy())
     assert (path.policy, path.end) == ("redis", "Resolved") and [r.name for r in path.ran] == [
         "ping", "restart", "healthy"]  # fmt: skip
+
+
+def _escalating(**extra: Any) -> list[Candidate]:
+    """A RedisDown policy whose verification never passed in the recording: it escalated."""
+    spec: dict[str, Any] = {"limits": {"maxAttempts": 2},
+                            "escalate": {"levels": [{"name": "on-call", "notify": [request("page-on-call")]},
+                                                    {"name": "team-lead", "after": "20m",
+                                                     "notify": [request("page-lead")]}]}}  # fmt: skip
+    return redis_policy(**(spec | extra))
+
+
+def test_more_attempts_reach_people_later_and_the_replay_says_so() -> None:
+    from runbook_operator.gitops.whatif import compare
+
+    recorded = live(incident("RedisDown"), _escalating(), lambda s, a: (s != "healthy", 60.0))
+    assert recorded.status.phase == Phase.ESCALATED
+    (before,) = replay(recorded, _escalating())
+    assert before.end == "Escalated" and [n for n, _ in before.levels] == ["on-call", "team-lead"]
+    assert before.levels[1][1] >= 20 * 60  # the second level fires 20 min after the start, unresolved
+    more = _escalating(limits={"maxAttempts": 4})  # the recorded failures repeat: two more rounds first
+    verdict = compare(recorded, _escalating(), more)
+    assert "later-escalation" in verdict.kinds and verdict.after[0].seconds > before.seconds
+    assert "later-escalation" not in compare(recorded, _escalating(), _escalating(limits={"maxAttempts": 1})).kinds
+
+
+def test_a_longer_escalation_delay_is_a_later_escalation_a_shorter_one_is_not() -> None:
+    from runbook_operator.gitops.whatif import compare
+
+    recorded = live(incident("RedisDown"), _escalating(), lambda s, a: (s != "healthy", 60.0))
+
+    def lead_after(delay: str) -> list[Candidate]:
+        return _escalating(escalate={"levels": [{"name": "on-call", "notify": [request("page-on-call")]},
+                                                {"name": "team-lead", "after": delay,
+                                                 "notify": [request("page-lead")]}]})  # fmt: skip
+
+    later = compare(recorded, _escalating(), lead_after("2h"))
+    assert later.kinds[0] == "later-escalation", later.kinds
+    assert dict(later.after[0].levels)["team-lead"] >= 2 * 3600 > dict(later.before[0].levels)["team-lead"]
+    assert "later-escalation" not in compare(recorded, _escalating(), lead_after("10m")).kinds
+    dropped = _escalating(escalate={"levels": [{"name": "on-call", "notify": [request("page-on-call")]}]})
+    assert "later-escalation" in compare(recorded, _escalating(), dropped).kinds  # the team lead never hears

@@ -29,8 +29,9 @@ from runbook_operator.domain import consent
 from runbook_operator.domain.consent import Approval
 from runbook_operator.domain.evolve import evolve
 from runbook_operator.domain.lifecycle import StepCall, StepResult, complete, decide
-from runbook_operator.domain.matching import Candidate
-from runbook_operator.domain.model import Incident
+from runbook_operator.domain.matching import Candidate, named
+from runbook_operator.domain.model import DEFAULT_SEVERITY, Incident, Policy
+from runbook_operator.domain.progress import Context
 from runbook_operator.domain.status import Phase, Status, StepRecord, StepState, parse_timestamp
 
 Assume = Literal["ok", "fail"]
@@ -125,11 +126,12 @@ class Path:
 
     policy: str | None
     end: str  # a phase, or "NoPolicy"
-    seconds: float  # from the start to the end (or to where it waits)
+    seconds: float  # from the start to the end (or to where it waits, or to when it escalated)
     ran: tuple[Ran, ...] = ()
     waits_for_approval: tuple[str, ...] = ()  # steps that wait for a person and nobody approved then
     unapproved_destructive: tuple[str, ...] = ()  # destructive steps that ran without an approval
     escalations: tuple[str, ...] = ()  # levels reached
+    levels: tuple[tuple[str, float], ...] = ()  # each level reached, seconds from the start (escalated: all of them)
     assumed: tuple[tuple[str, Assume], ...] = ()  # unknown steps and what this path assumed of them
     capped: bool = False  # past MAX_PATHS or MAX_DECISIONS: see ``assumed`` and ``end``
 
@@ -144,10 +146,12 @@ class _State:
     used: dict[str, int] = field(default_factory=dict)  # digest -> recorded outcomes taken so far
     guessed: dict[str, Assume] = field(default_factory=dict)  # digest -> what this path assumed of that call
     decisions: int = 0
+    levels: list[tuple[str, float]] = field(default_factory=list)  # escalation levels as they fired
+    settled: datetime | None = None  # when it escalated (the path goes on until every level fired)
 
     def fork(self) -> _State:
         return _State(self.incident, self.status, self.now, list(self.ran), list(self.assumed), dict(self.used),
-                      dict(self.guessed), self.decisions)  # fmt: skip
+                      dict(self.guessed), self.decisions, list(self.levels), self.settled)  # fmt: skip
 
 
 def replay(recording: Recording, candidates: Sequence[Candidate], assume: Assume | None = None) -> list[Path]:
@@ -181,6 +185,9 @@ def _follow(
         state.decisions += 1
         decision = decide(state.incident, state.status, candidates, state.now, nonce=f"replay-{state.decisions}")
         state.status = decision.status
+        fired = state.status.escalation.fired
+        if len(fired) > len(state.levels):
+            state.levels += [(name, (state.now - start).total_seconds()) for name in fired[len(state.levels) :]]
         if decision.run is None:
             waiting = _waiting(state.status)
             if waiting is not None:
@@ -189,9 +196,11 @@ def _follow(
                     continue
                 if decision.wake_at is None or state.status.phase == Phase.AWAITING_APPROVAL:
                     return _path(state, start, waits=(waiting.name,))
-            if state.status.phase in SETTLED or decision.wake_at is None:
+            if state.status.phase == Phase.ESCALATED and state.settled is None:
+                state.settled = state.now
+            if decision.wake_at is None or (state.status.phase in SETTLED and _every_level_fired(state, candidates)):
                 return _path(state, start)
-            state.now = max(state.now, decision.wake_at)
+            state.now = max(state.now, decision.wake_at)  # escalated: on to the levels that fire later
             continue
         call = decision.run
         claimed = state.status.record(call.step.stage.value, call.step.name, call.attempt)
@@ -260,17 +269,32 @@ def _approve(state: _State, recording: Recording, waiting: StepRecord) -> bool:
     return True
 
 
+def _every_level_fired(state: _State, candidates: Sequence[Candidate]) -> bool:
+    """Resolved, or escalated with every level of its escalation reached (a level fires once, at
+    escalation or after its time unresolved: how long a change makes people wait is part of it)."""
+    status = state.status
+    if status.phase != Phase.ESCALATED:
+        return True
+    found = named(candidates, state.incident.namespace, status.policy)
+    plan = Context(state.incident, found if isinstance(found, Policy) else None).escalation(
+        status.severity or DEFAULT_SEVERITY
+    )
+    return all(level.name in status.escalation.fired for level in plan.levels)
+
+
 def _path(state: _State, start: datetime, waits: tuple[str, ...] = ()) -> Path:
     status = state.status
     unapproved = tuple(r.name for r in state.ran if r.destructive and r.approved_by is None)
+    ended = state.settled or state.now
     return Path(
         policy=status.policy,
         end=str(status.phase) if status.policy else "NoPolicy",
-        seconds=(state.now - start).total_seconds(),
+        seconds=(ended - start).total_seconds(),
         ran=tuple(state.ran),
         waits_for_approval=waits,
         unapproved_destructive=unapproved,
         escalations=tuple(status.escalation.fired),
+        levels=tuple(state.levels),
         assumed=tuple(state.assumed),
     )
 

@@ -7,7 +7,8 @@ Kinds of change, riskiest first (``--fail-on`` takes their names):
 - ``unapproved-destructive``: a destructive step would now run without anyone's approval;
 - ``unmatched``: a policy handled it, none would;
 - ``ended-worse``: it would end worse (Resolved < AwaitingApproval < Escalated);
-- ``later-escalation``: it would reach a person later (escalated in both, later now);
+- ``later-escalation``: it would reach people later (escalated in both, later now, or a level of
+  the escalation reached later or not at all);
 - ``unknown-steps``: the proposal runs a call never recorded that the baseline does not (its paths
   assume success and failure);
 - ``policy-changed``: another policy would handle it;
@@ -105,7 +106,7 @@ def _kinds(before: Sequence[Path], after: Sequence[Path]) -> tuple[str, ...]:
         found.add("ended-worse")
     elif had and has and worst_after < worst_before:
         found.add("ended-better")
-    if _escalated_at(after) > _escalated_at(before) > 0:
+    if _escalated_at(after) > _escalated_at(before) > 0 or _level_later(before, after):
         found.add("later-escalation")
     if {n for p in after for n, _ in p.assumed} - {n for p in before for n, _ in p.assumed}:
         found.add("unknown-steps")
@@ -126,6 +127,24 @@ def _worst(paths: Sequence[Path]) -> int:
 
 def _escalated_at(paths: Sequence[Path]) -> float:
     return max((p.seconds for p in paths if p.end == "Escalated"), default=0.0)
+
+
+def _level_later(before: Sequence[Path], after: Sequence[Path]) -> bool:
+    """Escalated in both, and a level people were reached by before is reached later now, or never."""
+    if _worst(before) != RANK["Escalated"] or _worst(after) != RANK["Escalated"]:
+        return False
+    was, now = _level_times(before), _level_times(after)
+    return any(name not in now or now[name] > at + 0.5 for name, at in was.items())  # timestamps: to the second
+
+
+def _level_times(paths: Sequence[Path]) -> dict[str, float]:
+    """Each escalation level, when the latest of the escalated paths reached it."""
+    times: dict[str, float] = {}
+    for p in paths:
+        if p.end == "Escalated":
+            for name, at in p.levels:
+                times[name] = max(at, times.get(name, at))
+    return times
 
 
 def _route(paths: Sequence[Path]) -> list[tuple[str, ...]]:
@@ -248,6 +267,7 @@ def encoded(v: Verdict) -> str:
             "assumed": [{"step": n, "outcome": a} for n, a in p.assumed],
             "waitsForApproval": list(p.waits_for_approval), "unapprovedDestructive": list(p.unapproved_destructive),
             "escalations": list(p.escalations), "capped": p.capped,
+            "levels": [{"name": n, "seconds": round(at, 3)} for n, at in p.levels],
             "steps": [{"stage": r.stage, "name": r.name, "action": r.action, "ok": r.ok, "recorded": r.known,
                        "approvedBy": r.approved_by, "destructive": r.destructive, "params": r.params} for r in p.ran],
         }  # fmt: skip
