@@ -121,14 +121,33 @@ def _write(path: Any, *docs: dict[str, Any]) -> str:
 
 
 HOSTILE = "Redis<b>Down</b>|`x`*y*"  # an alert name comes from the alert: Markdown must show it as text
+API = "remediation.ishchat.io/v1alpha1"
+FAILOVER = {"name": "failover", "action": "http.request",
+            "with": {"url": "http://127.0.0.1:1/admin/failover", "destructive": True}}  # fmt: skip
+
+
+def _rpol(**spec: Any) -> dict[str, Any]:
+    return {"apiVersion": API, "kind": "RemediationPolicy", **policy_body("redis", **spec)}
+
+
+def _incidents(path: Any, bodies: list[dict[str, Any]]) -> str:
+    """A file of Incidents as `kubectl get inc -o yaml` writes it."""
+    return _write(path, {"apiVersion": "v1", "kind": "List", "items": [{"apiVersion": API, "kind": "Incident", **b}
+                                                                        for b in bodies]})  # fmt: skip
+
+
+def _failover_policies(tmp_path: Any) -> None:
+    """base/: the failover waits for approval (the history's policy); pr/: it no longer does."""
+    spec = {"match": {"alerts": ["RedisDown"]}, "diagnose": [check("ping")], "verify": [check("healthy", retries=2)],
+            "limits": {"maxAttempts": 2}}  # fmt: skip
+    for folder, step in (("base", FAILOVER), ("pr", {**FAILOVER, "requiresApproval": False})):
+        (tmp_path / folder).mkdir()
+        _write(tmp_path / folder / "p.yaml", _rpol(**spec, remediate=[request("restart"), step]))
 
 
 def _policy_doc(failover_approval: bool) -> dict[str, Any]:
-    failover = {"name": "failover", "action": "http.request", "requiresApproval": failover_approval,
-                "with": {"url": "http://127.0.0.1:1/admin/failover", "destructive": True}}  # fmt: skip
-    body = policy_body("redis", match={"alerts": [HOSTILE]}, diagnose=[check("ping")], remediate=[failover],
-                       verify=[check("healthy")])  # fmt: skip
-    return {"apiVersion": "remediation.ishchat.io/v1alpha1", "kind": "RemediationPolicy", **body}
+    return _rpol(match={"alerts": [HOSTILE]}, diagnose=[check("ping")], verify=[check("healthy")],
+                 remediate=[{**FAILOVER, "requiresApproval": failover_approval}])  # fmt: skip
 
 
 def test_the_command_names_a_risky_change_and_fails_ci_on_it(tmp_path: Any, capsys: Any) -> None:
@@ -141,11 +160,10 @@ def test_the_command_names_a_risky_change_and_fails_ci_on_it(tmp_path: Any, caps
     guarded = parse_policy(_policy_doc(True), REGISTRY.check)
     inc = incident(HOSTILE)
     recorded = live(inc, [guarded], lambda s, a: (True, 1.0), approvals={"failover": ("alice", 60)})  # type: ignore[list-item]
-    body = {"apiVersion": "remediation.ishchat.io/v1alpha1", "kind": "Incident",
-            "metadata": {"name": "redis-down-1", "namespace": "ns"}, "spec": dict(inc.spec),
+    body = {"metadata": {"name": "redis-down-1", "namespace": "ns"}, "spec": dict(inc.spec),
             "status": recorded.status.to_dict()}  # fmt: skip
     (tmp_path / "base").mkdir(), (tmp_path / "pr").mkdir()
-    incidents = _write(tmp_path / "incidents.yaml", {"apiVersion": "v1", "kind": "List", "items": [body]})
+    incidents = _incidents(tmp_path / "incidents.yaml", [body])
     _write(tmp_path / "base" / "p.yaml", _policy_doc(True))
     _write(tmp_path / "pr" / "p.yaml", _policy_doc(False))
     common = ["replay", "--incidents", incidents, "--baseline", str(tmp_path / "base"), "--policies"]
@@ -214,7 +232,6 @@ def _history(count: int) -> tuple[list[Candidate], list[dict[str, Any]]]:
 def test_an_incident_whose_policy_the_proposal_keeps_needs_no_replay_and_changes_nowhere() -> None:
     """``every_path=False`` (table, Markdown) skips the incidents the same policy handles in both:
     the verdicts it gives are the ones the full replay gives."""
-    from runbook_operator.gitops.replay import Recording
     from runbook_operator.gitops.whatif import compare
 
     candidates, bodies = _history(6)
@@ -249,22 +266,9 @@ def test_many_incidents_replay_the_same_on_worker_processes(tmp_path: Any, capsy
     from runbook_operator.entrypoints.cli import main
     from runbook_operator.entrypoints.cli import replay as command
 
-    def doc(**spec: Any) -> dict[str, Any]:
-        return {"apiVersion": "remediation.ishchat.io/v1alpha1", "kind": "RemediationPolicy",
-                **policy_body("redis", **spec)}  # fmt: skip
-
     _, bodies = _history(12)
-    failover = {"name": "failover", "action": "http.request",
-                "with": {"url": "http://127.0.0.1:1/admin/failover", "destructive": True}}  # fmt: skip
-    spec = {"match": {"alerts": ["RedisDown"]}, "diagnose": [check("ping")], "verify": [check("healthy", retries=2)],
-            "limits": {"maxAttempts": 2}}  # fmt: skip
-    (tmp_path / "base").mkdir(), (tmp_path / "pr").mkdir()
-    _write(tmp_path / "base" / "p.yaml", doc(**spec, remediate=[request("restart"), failover]))
-    _write(
-        tmp_path / "pr" / "p.yaml", doc(**spec, remediate=[request("restart"), {**failover, "requiresApproval": False}])
-    )
-    incidents = _write(tmp_path / "incidents.yaml", {"apiVersion": "v1", "kind": "List", "items": [
-        {"apiVersion": "remediation.ishchat.io/v1alpha1", "kind": "Incident", **b} for b in bodies]})  # fmt: skip
+    _failover_policies(tmp_path)
+    incidents = _incidents(tmp_path / "incidents.yaml", bodies)
     pools: list[int] = []
 
     class Pool(command.ProcessPoolExecutor):  # type: ignore[name-defined,misc]
@@ -317,10 +321,8 @@ def test_a_report_links_its_incident_to_a_replay_and_its_export_replays(tmp_path
     from runbook_operator.entrypoints.cli import main
 
     _, bodies = _history(3)
-    source = _write(tmp_path / "incidents.yaml", {"apiVersion": "v1", "kind": "List", "items": [
-        {"apiVersion": "remediation.ishchat.io/v1alpha1", "kind": "Incident",
-         "metadata": {**b["metadata"], "managedFields": [{"manager": "kubectl"}]}, "spec": b["spec"],
-         "status": b["status"]} for b in bodies]})  # fmt: skip
+    source = _incidents(tmp_path / "incidents.yaml", [
+        {**b, "metadata": {**b["metadata"], "managedFields": [{"manager": "kubectl"}]}} for b in bodies])  # fmt: skip
     export, report = tmp_path / "inc-1.yaml", tmp_path / "inc-1.md"
     assert main(["report", "inc-1", "-f", source, "-o", str(report), "--export", str(export)]) == 0
     text = report.read_text()
@@ -332,14 +334,7 @@ def test_a_report_links_its_incident_to_a_replay_and_its_export_replays(tmp_path
     assert item["metadata"] == {"name": "inc-1", "namespace": "ns", "generation": 1}  # no managedFields
     assert item["status"] == bodies[1]["status"]
 
-    (tmp_path / "base").mkdir(), (tmp_path / "pr").mkdir()
-    failover = {"name": "failover", "action": "http.request",
-                "with": {"url": "http://127.0.0.1:1/admin/failover", "destructive": True}}  # fmt: skip
-    spec = {"match": {"alerts": ["RedisDown"]}, "diagnose": [check("ping")], "verify": [check("healthy", retries=2)],
-            "limits": {"maxAttempts": 2}}  # fmt: skip
-    for folder, step in (("base", failover), ("pr", {**failover, "requiresApproval": False})):
-        _write(tmp_path / folder / "p.yaml", {"apiVersion": "remediation.ishchat.io/v1alpha1",
-               "kind": "RemediationPolicy", **policy_body("redis", **spec, remediate=[request("restart"), step])})  # fmt: skip
+    _failover_policies(tmp_path)
     capsys.readouterr()
     argv = ["replay", "--incidents", str(export), "--baseline", str(tmp_path / "base"), "--policies",
             str(tmp_path / "pr"), "-o", "json"]  # fmt: skip
@@ -363,10 +358,8 @@ def test_an_incident_whose_record_cannot_be_read_is_named_and_exit_2(
     _, bodies = _history(3)
     bodies[1]["status"] = {**bodies[1]["status"], **status}
     (tmp_path / "p").mkdir()
-    _write(tmp_path / "p" / "p.yaml", {"apiVersion": "remediation.ishchat.io/v1alpha1", "kind": "RemediationPolicy",
-           **policy_body("redis", match={"alerts": ["RedisDown"]}, verify=[check("healthy")])})  # fmt: skip
-    incidents = _write(tmp_path / "i.yaml", {"apiVersion": "v1", "kind": "List", "items": [
-        {"apiVersion": "remediation.ishchat.io/v1alpha1", "kind": "Incident", **b} for b in bodies]})  # fmt: skip
+    _write(tmp_path / "p" / "p.yaml", _rpol(match={"alerts": ["RedisDown"]}, verify=[check("healthy")]))
+    incidents = _incidents(tmp_path / "i.yaml", bodies)
     argv = ["replay", "--incidents", incidents, "--baseline", str(tmp_path / "p"), "--policies", str(tmp_path / "p"),
             "-o", "json", "--jobs", jobs]  # fmt: skip
     code = main(argv)
