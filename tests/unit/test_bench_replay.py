@@ -22,3 +22,19 @@ def test_the_three_changes_touch_three_of_the_packs_twelve_policies() -> None:
     changed = sorted(a.name for a, b in zip(before, after, strict=True) if a.spec != b.spec)
     assert changed == sorted(["high-error-rate", "redis-down", "high-cpu-usage",
                               "high-error-rate-copy1", "redis-down-copy1", "high-cpu-usage-copy1"])  # fmt: skip
+
+
+def test_make_bench_reports_the_replay_rows_with_their_target() -> None:
+    from bench.run import X, render, replay_rows
+
+    results = replay.run(incidents=40, count=12, jobs=2, log=lambda *_: None)
+    table, rows = render({}, 0.001, "python bench/run.py", 1.0, replays=results)
+    replayed = [r for r in rows if r.figure.startswith(f"replay: 40 incidents {X} 12 policies")]
+    assert len(replayed) == 4 and all(r.unit == "s" and r.ours > 0 for r in replayed)
+    assert f"| replay: 40 incidents {X} 12 policies, every policy, `--output json`, 1 process (40 replayed) |" in table
+    # the target (under 10 s for 10,000) applies on every CPU; one process is the baseline
+    typical, worst, alone = (replay.Result(case, "json", jobs, 10_000, 100, seconds, 10_000, 0, {})
+                             for case, jobs, seconds in (("three changes", 2, 8.5), ("every policy", 2, 13.5),
+                                                         ("three changes", 1, 20.4)))  # fmt: skip
+    assert [(r.target, r.met) for r in replay_rows([typical, worst, alone])] == [
+        ("< 10 s", True), ("< 10 s", False), ("", None)]  # fmt: skip
