@@ -14,7 +14,7 @@ from runbook_operator.domain.consent import Approval
 from runbook_operator.domain.lifecycle import StepResult, complete, decide
 from runbook_operator.domain.matching import Candidate
 from runbook_operator.domain.model import Incident
-from runbook_operator.domain.status import Phase, Status, StepState, parse_timestamp
+from runbook_operator.domain.status import Phase, Status, parse_timestamp
 from runbook_operator.gitops.replay import Recording
 
 T0 = datetime(2026, 11, 27, 8, 0, tzinfo=UTC)
@@ -35,7 +35,7 @@ def live(
         decision = decide(inc, status, candidates, now, nonce=f"live-{n}")
         status = decision.status
         if decision.run is None:
-            waiting = next((r for r in status.steps if r.state == StepState.AWAITING_APPROVAL.value), None)
+            waiting = status.awaiting_approval()
             request = waiting.approvalRequest if waiting is not None else None
             if waiting is not None and request is not None and waiting.name in (approvals or {}):
                 by, after = (approvals or {})[waiting.name]

@@ -194,7 +194,7 @@ def _render_value(value: Any, context: Mapping[str, Any], language: Language) ->
         if isinstance(value, Mapping):
             return render(value, context)
         return value
-    if "{{" not in value and "{%" not in value:
+    if not is_template(value):
         return value
     try:
         rendered = _template(language, value).render(context)

@@ -292,6 +292,10 @@ class Status:
             return self
         return evolve(self, conversations={**self.conversations, key: ident})
 
+    def awaiting_approval(self) -> StepRecord | None:
+        """The step that waits for a person's approval, if one does."""
+        return next((s for s in self.steps if s.state == StepState.AWAITING_APPROVAL), None)
+
     def record(self, stage: str, name: str, attempt: int) -> StepRecord | None:
         for record in self.steps:  # a loop, not next() over a generator: called a few times per step
             if record.name == name and record.attempt == attempt and record.stage == stage:

@@ -34,7 +34,7 @@ from runbook_operator.adapters.archive import TERMINAL, ArchiveRecord, ArchiveWr
 from runbook_operator.adapters.kube import Conflict
 from runbook_operator.adapters.metrics import Metrics
 from runbook_operator.domain.lifecycle import Event, Peer, StepCall, complete, decide
-from runbook_operator.domain.matching import Candidate, PolicySet
+from runbook_operator.domain.matching import Candidate, PolicySet, named
 from runbook_operator.domain.model import Incident, Policy, Stage, Step
 from runbook_operator.domain.progress import announcement_view
 from runbook_operator.domain.results import StepResult
@@ -201,7 +201,7 @@ class Reconciler:
 
     def _archived(self, uid: str, incident: Incident, status: Status) -> None:
         if self._archive is not None:
-            policy = next((c for c in self._policies(incident.namespace) if c.name == status.policy), None)
+            policy = named(self._policies(incident.namespace), incident.namespace, status.policy)
             driven = policy if isinstance(policy, Policy) else None
             self._archive.enqueue(ArchiveRecord.of(uid, incident, status, self._clock(), driven))
 

@@ -67,9 +67,10 @@ class Recording:
     @functools.cached_property
     def steps(self) -> tuple[StepRecord, ...]:
         """The recorded steps, without parsing the rest of the status (a replay needs only these)."""
-        if isinstance(self.recorded, Mapping) and "status" not in self.__dict__:
-            return Status.from_dict({"steps": self.recorded.get("steps")}).steps
-        return self.status.steps
+        if isinstance(self.recorded, Status):
+            return self.recorded.steps
+        raw = self.recorded.get("steps") if isinstance(self.recorded, Mapping) else None
+        return Status.from_dict({"steps": raw}).steps
 
     @property
     def started(self) -> datetime:
@@ -189,7 +190,7 @@ def _follow(
         if len(fired) > len(state.levels):
             state.levels += [(name, (state.now - start).total_seconds()) for name in fired[len(state.levels) :]]
         if decision.run is None:
-            waiting = _waiting(state.status)
+            waiting = state.status.awaiting_approval()
             if waiting is not None:
                 approved = _approve(state, recording, waiting)
                 if approved:
@@ -248,10 +249,6 @@ def _finish(state: _State, call: StepCall, outcome: Outcome, known: bool) -> Non
                                outcome.duration)  # fmt: skip
     state.ran.append(Ran(call.step.stage.value, call.step.name, call.step.action, dict(call.params), outcome.ok,
                          known, approved_by, call.step.destructive))  # fmt: skip
-
-
-def _waiting(status: Status) -> StepRecord | None:
-    return next((r for r in status.steps if r.state == StepState.AWAITING_APPROVAL), None)
 
 
 def _approve(state: _State, recording: Recording, waiting: StepRecord) -> bool:

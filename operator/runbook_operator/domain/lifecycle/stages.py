@@ -12,16 +12,7 @@ from runbook_operator.domain.lifecycle.records import STAGE_PHASE
 from runbook_operator.domain.lifecycle.steps import outcome, scan
 from runbook_operator.domain.model import DEFAULT_SEVERITY, Incident, Policy, Stage
 from runbook_operator.domain.progress import Context, Decision, Progress
-from runbook_operator.domain.status import (
-    ConditionType,
-    Phase,
-    Reason,
-    Status,
-    StepRecord,
-    StepState,
-    parse_timestamp,
-    timestamp,
-)
+from runbook_operator.domain.status import ConditionType, Phase, Reason, Status, StepRecord, parse_timestamp, timestamp
 
 
 def holds_target(status: Status) -> bool:
@@ -62,7 +53,7 @@ def _stage_phase(status: Status) -> Phase | None:
     """The stage an AwaitingApproval incident is in, from the step that waits."""
     if status.phase != Phase.AWAITING_APPROVAL:
         return status.phase
-    waiting = next((s for s in status.steps if s.state == StepState.AWAITING_APPROVAL), None)
+    waiting = status.awaiting_approval()
     return STAGE_PHASE[waiting.stage] if waiting else Phase.REMEDIATING
 
 
