@@ -185,6 +185,7 @@ class Policy:
     dry_run: bool = False
     suspend: bool = False
     announce: tuple[AnnounceRule, ...] = ()
+    labels: Mapping[str, str] = field(default_factory=dict, hash=False)  # metadata.labels: budgets select by them
     spec: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)  # as applied, for the archive
 
     @property

@@ -161,6 +161,7 @@ def parse_policy(body: Mapping[str, Any], validate: ParamValidator) -> Policy | 
             dry_run=bool(spec.get("dryRun", False)),
             suspend=bool(spec.get("suspend", False)),
             announce=announce,
+            labels={str(k): str(v) for k, v in (meta.get("labels") or {}).items()},
             spec=spec,
         )
     except PolicyError as err:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from runbook_operator.domain.budgets import Ask, Budget
 from runbook_operator.domain.evolve import evolve
 from runbook_operator.domain.model import DEFAULT_SEVERITY, Escalation, Incident, Policy, Step, default_escalation
 from runbook_operator.domain.status import Announcement, ConditionType, Phase, Status, StepState, timestamp
@@ -34,17 +35,30 @@ class StepCall:
 
 
 @dataclass(frozen=True)
+class Reservation:
+    """Before the step ``ask`` names may start, the engine must write its spend (and hold) into the
+    ledgers of these budgets (namespace/name), then decide again. ``approved_by``: a person approved
+    it past a budget that has no room; the spend is written anyway, in their name."""
+
+    ask: Ask
+    budgets: tuple[str, ...]
+    approved_by: str | None = None
+
+
+@dataclass(frozen=True)
 class Decision:
     status: Status
     events: tuple[Event, ...] = ()
     run: StepCall | None = None
     wake_at: datetime | None = None  # nothing to do before then (or before something changes)
+    reserve: Reservation | None = None  # write this into the budgets, then decide again
 
 
 @dataclass(frozen=True)
 class Context:
     incident: Incident
     policy: Policy | None
+    budgets: tuple[Budget, ...] = ()  # the RemediationBudgets that apply to this incident (domain.budgets)
 
     @property
     def dry_run(self) -> bool:
@@ -117,15 +131,23 @@ class Progress:
         self.status = self.status.with_condition(type_, ok, reason, message, self.now)
 
     def escalate(self, reason: str, message: str) -> None:
+        self.unthrottled(reason, message)
         self.condition(ConditionType.ESCALATED, True, reason, message)
         self.condition(ConditionType.RESOLVED, False, reason, message)
         self.enter(Phase.ESCALATED, reason, message)
 
     def resolve(self, reason: str, message: str) -> None:
+        self.unthrottled(reason, message)
         self.condition(ConditionType.RESOLVED, True, reason, message)
         escalation = evolve(self.status.escalation, nextAt=None)
         self.status = evolve(self.status, resolvedAt=timestamp(self.now), verifyAfter=None, escalation=escalation)
         self.enter(Phase.RESOLVED, reason, message)
+
+    def unthrottled(self, reason: str, message: str) -> None:
+        """End the Throttled condition, if it holds."""
+        throttled = self.status.condition(ConditionType.THROTTLED)
+        if throttled is not None and throttled.status == "True":
+            self.condition(ConditionType.THROTTLED, False, reason, message)
 
     def wait(self, reason: str, message: str) -> None:
         """Say once why the incident is waiting (not again on every look)."""
@@ -133,6 +155,8 @@ class Progress:
             self.status = evolve(self.status, waiting=message)
             self.emit(NORMAL, reason, message)
 
-    def decision(self, run: StepCall | None = None, wake_at: datetime | None = None) -> Decision:
+    def decision(
+        self, run: StepCall | None = None, wake_at: datetime | None = None, reserve: Reservation | None = None
+    ) -> Decision:
         times = [t for t in (wake_at, *self.wake) if t is not None]
-        return Decision(self.status, tuple(self.events), run, min(times) if times else None)
+        return Decision(self.status, tuple(self.events), run, min(times) if times else None, reserve)

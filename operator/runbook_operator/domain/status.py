@@ -96,6 +96,10 @@ class Reason:
     TARGET_LOCKED = "TargetLocked"
     TARGET_OUTSIDE_NAMESPACE = "TargetOutsideNamespace"  # spec.target.namespace is not the incident's own
     COOLDOWN = "CooldownActive"
+    THROTTLED = "Throttled"  # a RemediationBudget has no room for the next step
+    THROTTLE_TIMEOUT = "ThrottleTimeout"  # throttled, and nobody approved past the budget in time
+    BUDGET_AVAILABLE = "BudgetAvailable"  # the budget has room again
+    APPROVED_PAST_BUDGET = "ApprovedPastBudget"
     VALID = "Valid"  # a RemediationPolicy's Ready condition; otherwise INVALID_POLICY
 
 
@@ -107,6 +111,7 @@ class ConditionType:
     ACKNOWLEDGED = "Acknowledged"
     SUSPENDED = "Suspended"
     READY = "Ready"  # a RemediationPolicy's one condition
+    THROTTLED = "Throttled"  # True while a RemediationBudget holds the next step
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,25 @@
 """Consent: a step that needs approval opens a request for exactly its parameters and round, and runs
-only when an approval answers it (``domain.consent``), else waits until the approval timeout."""
+only when an approval answers it (``domain.consent``), else waits until the approval timeout.
+
+Budgets (``domain.budgets``) pass through the same door: a remediation step starts only once its
+spend is in every budget that applies (:func:`admit`); when one has no room, the step is
+*throttled*: it opens an approval request like any gated step and waits until the budget frees
+up, a person approves it past the budget (the same consent rules), or the approval timeout
+escalates it."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
 from runbook_operator.domain import consent
+from runbook_operator.domain.budgets import Ask, Refusal
+from runbook_operator.domain.consent import Approval
 from runbook_operator.domain.evolve import evolve
 from runbook_operator.domain.lifecycle.records import bounded, claim
-from runbook_operator.domain.model import DEFAULT_SEVERITY, RESPONSE_TIME, Step
-from runbook_operator.domain.progress import WARNING, Context, Progress, StepCall
+from runbook_operator.domain.model import DEFAULT_SEVERITY, RESPONSE_TIME, Stage, Step
+from runbook_operator.domain.progress import WARNING, Context, Progress, Reservation, StepCall
 from runbook_operator.domain.status import (
     ApprovalRequest,
     ConditionType,
@@ -23,20 +32,90 @@ from runbook_operator.domain.status import (
 )
 
 
-def consent_to(p: Progress, ctx: Context, step: Step, attempt: int, params: dict[str, Any]) -> StepCall | StepRecord:
-    """Run the step if an approval answers its open request; else open (or renew) the request and wait."""
+def admit(
+    p: Progress, ctx: Context, call: StepCall, approval: Approval | None = None, digest: str | None = None
+) -> StepCall | StepRecord | Reservation:
+    """Claim a step the budgets let start; ask the engine to reserve it first, or throttle it."""
+    step = call.step
+    if step.stage is not Stage.REMEDIATE or step.read_only or not ctx.budgets:
+        return claim(p, call, approval, digest)
+    if approval is None:  # approved past the budget while it was throttled
+        approval, digest = _answered(p, ctx, call)
+    ask = Ask.of(ctx.incident, step, call.attempt)
+    lacking = [b for b in ctx.budgets if b.needs(ask, p.now)]
+    if not lacking:
+        why = None
+        throttled = p.status.condition(ConditionType.THROTTLED)
+        if throttled is not None and throttled.status == "True":
+            reason = Reason.APPROVED_PAST_BUDGET if approval is not None else Reason.BUDGET_AVAILABLE
+            why = f"approved by {approval.by} past the budget" if approval is not None else "the budget has room again"
+            p.unthrottled(reason, f"step {step.name!r}: {why}")
+        return claim(p, call, approval, digest, why)
+    refusals = [r for b in lacking if (r := b.refusal(ask, p.now)) is not None]
+    keys = tuple(b.key for b in lacking)
+    if not refusals:
+        return Reservation(ask, keys)
+    if approval is not None:
+        p.emit(
+            WARNING,
+            Reason.APPROVED_PAST_BUDGET,
+            f"step {step.name!r} approved by {approval.by} past {_refused(refusals)}; its spend is recorded",
+        )
+        return Reservation(ask, keys, approval.by)
+    return consent_to(p, ctx, step, call.attempt, dict(call.params), refusals)
+
+
+def consent_to(
+    p: Progress, ctx: Context, step: Step, attempt: int, params: dict[str, Any], refusals: Sequence[Refusal] = ()
+) -> StepCall | StepRecord | Reservation:
+    """Run the step if an approval answers its open request; else open (or renew) the request and wait.
+
+    ``refusals``: the budgets that throttle a step that needs no approval of its own."""
     wanted = consent.digest(step.action, params)
     record = p.status.record(step.stage.value, step.name, attempt)
     waiting = record is not None and record.state == StepState.AWAITING_APPROVAL.value
     request = record.approvalRequest if record is not None and waiting else None
+    throttled = _refused(refusals) if refusals else None
     if record is None or request is None or request.digest != wanted:  # none yet, or not for these parameters
-        record = _request(p, ctx, step, attempt, params, wanted, record if waiting else None)
+        record = _request(p, ctx, step, attempt, params, wanted, record if waiting else None, throttled)
     else:
         approval = consent.answer(ctx.incident.approvals, step.name, attempt, request.nonce)
         if approval is not None:
-            return claim(p, StepCall(step, attempt, params), approval, wanted)
+            return admit(p, ctx, StepCall(step, attempt, params), approval, wanted)
+    if throttled is not None:
+        _throttled(p, step, throttled, refusals)
     _ignored(p, ctx, step, record)
-    return _await_approval(p, ctx, step, record)
+    return _await_approval(p, ctx, step, record, throttled)
+
+
+def _answered(p: Progress, ctx: Context, call: StepCall) -> tuple[Approval | None, str | None]:
+    """The approval that answers the step's open request for exactly these parameters, if any."""
+    record = p.status.record(call.step.stage.value, call.step.name, call.attempt)
+    if record is None or record.state != StepState.AWAITING_APPROVAL.value or record.approvalRequest is None:
+        return None, None
+    digest = consent.digest(call.step.action, call.params)
+    if record.approvalRequest.digest != digest:
+        return None, None
+    approval = consent.answer(ctx.incident.approvals, call.step.name, call.attempt, record.approvalRequest.nonce)
+    return (approval, digest) if approval is not None else (None, None)
+
+
+def _refused(refusals: Sequence[Refusal]) -> str:
+    return "; ".join(r.text() for r in refusals)
+
+
+def _throttled(p: Progress, step: Step, why: str, refusals: Sequence[Refusal]) -> None:
+    """Say (once per change) which budget holds the step and when it frees up; wake then."""
+    current = p.status.condition(ConditionType.THROTTLED)
+    message = f"step {step.name!r} waits: {why}"
+    if current is None or current.status != "True" or current.message != message:
+        p.condition(ConditionType.THROTTLED, True, Reason.THROTTLED, message)
+        p.condition(ConditionType.RESOLVED, False, Reason.THROTTLED, message)
+        if current is None or current.status != "True":
+            p.emit(WARNING, Reason.THROTTLED, message)
+    frees = [r.frees_at for r in refusals if r.frees_at is not None]
+    if frees:
+        p.wake.append(min(frees))
 
 
 def approval_holds(ctx: Context, step: Step, record: StepRecord, digest: str) -> bool:
@@ -58,6 +137,7 @@ def _request(
     params: dict[str, Any],
     digest: str,
     previous: StepRecord | None,
+    throttled: str | None = None,
 ) -> StepRecord:
     """Ask for approval of exactly these parameters in this round, under a fresh nonce.
 
@@ -77,6 +157,13 @@ def _request(
             Reason.APPROVAL_REQUEST_CHANGED,
             f"step {step.name!r} asks again ({why}, parameters {digest[:19]}); approvals of the earlier request "
             f"do not count; approve with: {how}",
+        )
+    elif throttled is not None:
+        p.enter(
+            Phase.AWAITING_APPROVAL,
+            Reason.THROTTLED,
+            f"step {step.name!r} ({step.action}) is throttled: {throttled}. It starts when the budget frees "
+            f"up, or when approved past it for round {attempt} (parameters {digest[:19]}): {how}",
         )
     else:
         why = "destructive action" if step.destructive else "requiresApproval"
@@ -120,8 +207,10 @@ def _ignored(p: Progress, ctx: Context, step: Step, record: StepRecord) -> None:
     )
 
 
-def _await_approval(p: Progress, ctx: Context, step: Step, record: StepRecord) -> StepRecord:
-    """Wait for an approval until the approval timeout, then escalate."""
+def _await_approval(
+    p: Progress, ctx: Context, step: Step, record: StepRecord, throttled: str | None = None
+) -> StepRecord:
+    """Wait for an approval (or, throttled, for the budget) until the approval timeout, then escalate."""
     assert record.startedAt is not None
     severity = p.status.severity or DEFAULT_SEVERITY
     limit = ctx.policy.approval_timeout if ctx.policy and ctx.policy.approval_timeout else RESPONSE_TIME[severity]
@@ -131,7 +220,14 @@ def _await_approval(p: Progress, ctx: Context, step: Step, record: StepRecord) -
             record, state=StepState.FAILED.value, finishedAt=timestamp(p.now), message="no approval in time"
         )
         p.status = p.status.with_record(failed)
-        p.escalate(Reason.APPROVAL_TIMEOUT, f"step {step.name!r} was not approved within {limit:g}s")
+        if throttled is not None:
+            p.escalate(
+                Reason.THROTTLE_TIMEOUT,
+                f"step {step.name!r} stayed throttled for {limit:g}s and nobody approved it past the budget: "
+                f"{throttled}",
+            )
+        else:
+            p.escalate(Reason.APPROVAL_TIMEOUT, f"step {step.name!r} was not approved within {limit:g}s")
         return failed
     p.wake.append(deadline)
     return record

@@ -1,12 +1,14 @@
-"""``decide``: from an Incident, its status, its namespace's policies and its peers on the same
-target, the next status, its Events, and at most one step to run now; before the stages, the
-prelude (resolved, walls, acknowledgement, suspension, duplicates, matching a policy)."""
+"""``decide``: from an Incident, its status, its namespace's policies, its peers on the same
+target and the budgets, the next status, its Events, and at most one step to run now (or the
+budgets to reserve it in first); before the stages, the prelude (resolved, walls,
+acknowledgement, suspension, duplicates, matching a policy)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
+from runbook_operator.domain.budgets import Budget, applicable
 from runbook_operator.domain.evolve import evolve
 from runbook_operator.domain.lifecycle.stages import Peer, advance
 from runbook_operator.domain.lifecycle.steps import announcements, escalation_notify
@@ -24,8 +26,12 @@ def decide(
     peers: Sequence[Peer] = (),
     *,
     nonce: str,
+    budgets: Sequence[Budget] = (),
+    defaults: Sequence[Budget] = (),
 ) -> Decision:
-    """``nonce``: a fresh random value, used only if this decision opens an approval request."""
+    """``nonce``: a fresh random value, used only if this decision opens an approval request.
+    ``budgets``: the RemediationBudgets of the incident's namespace, with their ledgers;
+    ``defaults``: the operator-wide budgets, which apply where none of those selects the incident."""
     seen = (
         status
         if status.observedGeneration == incident.generation
@@ -33,15 +39,20 @@ def decide(
     )
     p = Progress(seen, now, nonce)
     p.announcer = policy_named(p, incident, candidates)
-    decision = _decide(p, incident, status, candidates, peers)
-    if decision.run is not None:
+    decision = _decide(p, incident, status, candidates, peers, (budgets, defaults))
+    if decision.run is not None or decision.reserve is not None:
         return decision
     call = announcements(p, Context(incident, p.announcer))  # what was announced with nothing else to do
     return p.decision(run=call, wake_at=decision.wake_at)
 
 
 def _decide(
-    p: Progress, incident: Incident, status: Status, candidates: Sequence[Candidate], peers: Sequence[Peer]
+    p: Progress,
+    incident: Incident,
+    status: Status,
+    candidates: Sequence[Candidate],
+    peers: Sequence[Peer],
+    budgets: tuple[Sequence[Budget], Sequence[Budget]],
 ) -> Decision:
     if status.phase == Phase.RESOLVED:
         return p.decision()
@@ -73,6 +84,8 @@ def _decide(
     else:
         policy = policy_named(p, incident, candidates)
     ctx = Context(incident, policy)
+    if policy is not None and (budgets[0] or budgets[1]):
+        ctx = evolve(ctx, budgets=applicable(*budgets, policy, incident, p.status.severity or DEFAULT_SEVERITY))
     notify = escalation_notify(p, ctx)
     if notify is not None:
         return p.decision(run=notify)

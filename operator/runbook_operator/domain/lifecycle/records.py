@@ -57,8 +57,11 @@ def render(ctx: Context, status: Status, step: Step) -> dict[str, Any]:
         return dict(step.params)  # the executor will report the bad parameters
 
 
-def claim(p: Progress, call: StepCall, approval: Approval | None = None, digest: str | None = None) -> StepCall:
-    """Mark the step Running in status (the write that claims it), with the approval that lets it run."""
+def claim(
+    p: Progress, call: StepCall, approval: Approval | None = None, digest: str | None = None, why: str | None = None
+) -> StepCall:
+    """Mark the step Running in status (the write that claims it), with the approval that lets it run.
+    ``why``: what let a step that waited start, when it was not an approval of its own."""
     step = call.step
     previous = p.status.record(step.stage.value, step.name, call.attempt)
     record = StepRecord(
@@ -75,7 +78,8 @@ def claim(p: Progress, call: StepCall, approval: Approval | None = None, digest:
         )
     p.status = evolve(p.status.with_record(record), currentStep=step.name)
     if not step.notifies and p.status.phase == Phase.AWAITING_APPROVAL:
-        why = f"approved by {approval.by}" if approval is not None else "no longer needs approval (policy edited)"
+        if why is None:
+            why = f"approved by {approval.by}" if approval is not None else "no longer needs approval (policy edited)"
         p.condition(ConditionType.RESOLVED, False, Reason.IN_PROGRESS, f"step {step.name!r} {why}")
         p.enter(STAGE_PHASE[step.stage.value], Reason.APPROVED, f"step {step.name!r} {why}")
         p.status = evolve(p.status, currentStep=step.name)

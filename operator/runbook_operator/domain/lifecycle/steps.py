@@ -8,15 +8,18 @@ from collections.abc import Sequence
 
 from runbook_operator.domain import consent, escalation, expressions
 from runbook_operator.domain.evolve import evolve
-from runbook_operator.domain.lifecycle.approval import approval_holds, consent_to
-from runbook_operator.domain.lifecycle.records import claim, compact, render, resumed, settle_unrun, skip
+from runbook_operator.domain.lifecycle.approval import admit, approval_holds, consent_to
+from runbook_operator.domain.lifecycle.records import compact, render, resumed, settle_unrun, skip
 from runbook_operator.domain.model import DEFAULT_SEVERITY, Stage, Step
-from runbook_operator.domain.progress import WARNING, Context, Decision, Progress, StepCall
+from runbook_operator.domain.progress import WARNING, Context, Decision, Progress, Reservation, StepCall
 from runbook_operator.domain.status import Phase, Reason, StepRecord, StepState
 
+Found = StepCall | StepRecord | Reservation | None
 
-def scan(p: Progress, ctx: Context, steps: Sequence[Step], stage: Stage, attempt: int) -> StepCall | StepRecord | None:
-    """The next step to run, the failed step that ends this stage, or None when it is done.
+
+def scan(p: Progress, ctx: Context, steps: Sequence[Step], stage: Stage, attempt: int) -> Found:
+    """The next step to run, the failed step that ends this stage, the budgets to reserve a step in
+    first, or None when the stage is done.
 
     Steps that are skipped (``when`` false, dry run, interrupted) are recorded here, so
     the scan goes on past them."""
@@ -67,7 +70,7 @@ def scan(p: Progress, ctx: Context, steps: Sequence[Step], stage: Stage, attempt
     return None
 
 
-def _prepare(p: Progress, ctx: Context, step: Step, attempt: int) -> StepCall | StepRecord | None:
+def _prepare(p: Progress, ctx: Context, step: Step, attempt: int) -> Found:
     """Decide about a step that has not run: skip it (None), hold it, fail it, or run it."""
     variables = ctx.variables(p.status)
     if step.when is not None:
@@ -89,14 +92,16 @@ def _prepare(p: Progress, ctx: Context, step: Step, attempt: int) -> StepCall | 
         return None
     if step.requires_approval and not step.notifies:
         return consent_to(p, ctx, step, attempt, params)
-    return claim(p, StepCall(step, attempt, params))
+    return admit(p, ctx, StepCall(step, attempt, params))
 
 
-def outcome(p: Progress, found: StepCall | StepRecord | None) -> Decision | StepRecord | None:
+def outcome(p: Progress, found: Found) -> Decision | StepRecord | None:
     if p.status.phase == Phase.ESCALATED:  # e.g. an approval timed out
         return p.decision()
     if isinstance(found, StepCall):
         return p.decision(run=resumed(p, found) if found.resumed else found)
+    if isinstance(found, Reservation):
+        return p.decision(reserve=found)
     if isinstance(found, StepRecord) and found.state == StepState.AWAITING_APPROVAL:
         return p.decision()
     return found
