@@ -121,7 +121,9 @@ def test_the_chart_lints_clean(helm: Helm, values: tuple[str, ...]) -> None:
 def test_the_chart_makes_the_objects_kubectl_apply_k_makes(helm: Helm, tools: tuple[Path, Path]) -> None:
     """RBAC rules, the Deployment, PDB, Service, CRDs and policies: one install method cannot drift
     from the other (the chart links the shared files; the Deployment is a template of its own)."""
-    kustomized = kustomize(tools, "manifests") + kustomize(tools, "manifests/monitoring")
+    kustomized = [
+        o for d in ("manifests", "manifests/monitoring", "manifests/default-budget") for o in kustomize(tools, d)
+    ]
     kustomized = [o for o in kustomized if o["kind"] != "Namespace"]  # helm install --create-namespace
     charted = by_kind_and_name(helm.template(*EVERY_OPTION))
     assert sorted(charted) == sorted(map(kind_and_name, kustomized))
@@ -158,7 +160,7 @@ def test_the_deployment_runs_the_operator_on_the_lease_its_role_allows(
 
 def test_values_reach_the_deployment(helm: Helm) -> None:
     objs = by_kind_and_name(helm.template(
-        "--set=watchNamespaces={ishchat,payments}", "--set=archive.dsnSecret.name=runbook-archive",
+        "--set=watchNamespaces={ishchat,payments,runbook-operator}", "--set=archive.dsnSecret.name=runbook-archive",
         "--set=intake.tokenSecret.name=am-token", "--set=intake.tokenSecret.key=bearer",
         "--set=intake.namespaces={ishchat}", "--set=intake.defaultNamespace=alerts",
         "--set=leaderElection.leaseDuration=30s", "--set=extraArgs={--resolved-ttl=72h}",
@@ -169,6 +171,8 @@ def test_values_reach_the_deployment(helm: Helm) -> None:
     assert "--all-namespaces" not in args and {"--namespace=ishchat", "--namespace=payments"} <= set(args)
     assert {"--intake-namespaces=ishchat", "--intake-namespace=alerts", "--resolved-ttl=72h"} <= set(args)
     assert "--leader-elect-lease-duration=30s" in args
+    assert "--default-budget=runbook-operator/default" in args
+    assert objs["RemediationBudget", "default"]["spec"]["destructiveSteps"] == {"limit": 20, "window": "10m"}
     dsn = next(e for e in container["env"] if e["name"] == "RUNBOOK_ARCHIVE_DSN")
     assert dsn["valueFrom"]["secretKeyRef"] == {"name": "runbook-archive", "key": "dsn"}
     [volume] = pod["volumes"]
@@ -179,6 +183,16 @@ def test_values_reach_the_deployment(helm: Helm) -> None:
 def test_the_optional_parts_are_off_by_default(helm: Helm) -> None:
     kinds = {o["kind"] for o in helm.template()}
     assert not kinds & {"ServiceMonitor", "PrometheusRule", "ConfigMap"}
+
+
+def test_the_default_budget_must_be_watched_or_turned_off(helm: Helm) -> None:
+    """Its namespace unwatched, the operator would never see it: refused, naming both ways out."""
+    proc = helm("template", RELEASE, str(CHART), "-n", NAMESPACE, "--set=watchNamespaces={ishchat}", check=False)
+    assert proc.returncode != 0
+    assert "watchNamespaces must include it (or set defaultBudget.enabled=false)" in proc.stderr
+    off = by_kind_and_name(helm.template("--set=watchNamespaces={ishchat}", "--set=defaultBudget.enabled=false"))
+    args = off["Deployment", "runbook-operator"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert ("RemediationBudget", "default") not in off and not [a for a in args if a.startswith("--default-budget")]
 
 
 def test_two_replicas_without_leader_election_are_refused_by_name(helm: Helm) -> None:

@@ -12,12 +12,14 @@ import threading
 from collections import Counter
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from runbook_lab.served import QuietHandler, Served
 from tests.fixtures.cluster import Kubectl
+from tests.fixtures.operator import OperatorProcess
 
 API = "remediation.ishchat.io/v1alpha1"
 TERMINAL = ("Resolved", "Escalated")
@@ -162,3 +164,60 @@ def log_errors(text: str) -> list[str]:
         if level in ("error", "critical", "fatal") or "Traceback" in line:
             bad.append(line[:500])
     return bad
+
+
+# -- replicas: operators as processes, for the HA and budget tests --------------------------------
+LEASE = ("runbook-operator", "runbook-operator")  # namespace, name: the Deployment's
+ELECT = ("--leader-elect", f"--leader-elect-namespace={LEASE[0]}")
+
+
+class Replicas:
+    """Operator processes under the operator's ServiceAccount, each named by POD_NAME."""
+
+    def __init__(self, kubeconfig: Path, logs: Path, *args: str) -> None:
+        self.kubeconfig, self.logs, self.args = kubeconfig, logs, args
+        self.running: dict[str, OperatorProcess] = {}
+        self._started = 0
+
+    def start(self) -> OperatorProcess:
+        self._started += 1
+        name = f"replica-{self._started}"
+        op = OperatorProcess(self.kubeconfig, self.logs / f"{name}.log", *self.args, env={"POD_NAME": name})
+        op.start()
+        self.running[name] = op
+        return op
+
+    def name_of(self, identity: str) -> str:
+        return identity.rsplit("_", 1)[0]
+
+    def stop_all(self) -> None:
+        for op in self.running.values():
+            op.stop()
+        self.running.clear()
+
+
+def holder(kubectl: Kubectl) -> str:
+    done = kubectl("get", "lease", LEASE[1], "-n", LEASE[0], "-o", "json", check=False)
+    if done.returncode != 0:
+        return ""
+    return str(json.loads(done.stdout)["spec"].get("holderIdentity") or "")
+
+
+@pytest.fixture
+def replicas(
+    kubectl: Kubectl,
+    operator: OperatorProcess,
+    operator_kubeconfig: Path,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> Iterator[Replicas]:
+    """Stop the session operator, start none yet (the test says how), and put things back after."""
+    elect = getattr(request, "param", True)
+    operator.stop()
+    kubectl("delete", "lease", LEASE[1], "-n", LEASE[0], "--ignore-not-found")
+    group = Replicas(operator_kubeconfig, tmp_path, *(ELECT if elect else ()))
+    try:
+        yield group
+    finally:
+        group.stop_all()
+        operator.start()

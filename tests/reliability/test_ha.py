@@ -12,8 +12,6 @@ import json
 import statistics
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,63 +19,9 @@ import pytest
 from tests.fixtures.cluster import Kubectl
 from tests.fixtures.common import wait_for
 from tests.fixtures.operator import OperatorProcess
-from tests.reliability.conftest import GateServer, incident, policy, statuses, step
+from tests.reliability.conftest import GateServer, Replicas, holder, incident, policy, statuses, step
 
-LEASE = ("runbook-operator", "runbook-operator")  # namespace, name: the Deployment's
-ELECT = ("--leader-elect", f"--leader-elect-namespace={LEASE[0]}")
 TERMINAL = ("Resolved", "Escalated")
-
-
-class Replicas:
-    """Operator processes under the operator's ServiceAccount, each named by POD_NAME."""
-
-    def __init__(self, kubeconfig: Path, logs: Path, *args: str) -> None:
-        self.kubeconfig, self.logs, self.args = kubeconfig, logs, args
-        self.running: dict[str, OperatorProcess] = {}
-        self._started = 0
-
-    def start(self) -> OperatorProcess:
-        self._started += 1
-        name = f"replica-{self._started}"
-        op = OperatorProcess(self.kubeconfig, self.logs / f"{name}.log", *self.args, env={"POD_NAME": name})
-        op.start()
-        self.running[name] = op
-        return op
-
-    def name_of(self, identity: str) -> str:
-        return identity.rsplit("_", 1)[0]
-
-    def stop_all(self) -> None:
-        for op in self.running.values():
-            op.stop()
-        self.running.clear()
-
-
-def holder(kubectl: Kubectl) -> str:
-    done = kubectl("get", "lease", LEASE[1], "-n", LEASE[0], "-o", "json", check=False)
-    if done.returncode != 0:
-        return ""
-    return str(json.loads(done.stdout)["spec"].get("holderIdentity") or "")
-
-
-@pytest.fixture
-def replicas(
-    kubectl: Kubectl,
-    operator: OperatorProcess,
-    operator_kubeconfig: Path,
-    tmp_path: Path,
-    request: pytest.FixtureRequest,
-) -> Iterator[Replicas]:
-    """Stop the session operator, start none yet (the test says how), and put things back after."""
-    elect = getattr(request, "param", True)
-    operator.stop()
-    kubectl("delete", "lease", LEASE[1], "-n", LEASE[0], "--ignore-not-found")
-    group = Replicas(operator_kubeconfig, tmp_path, *(ELECT if elect else ()))
-    try:
-        yield group
-    finally:
-        group.stop_all()
-        operator.start()
 
 
 def leader_of(kubectl: Kubectl, group: Replicas) -> tuple[str, OperatorProcess]:

@@ -7,6 +7,7 @@ property tests play two operators racing with stale copies of the ledger and of 
 
 from __future__ import annotations
 
+import copy
 import itertools
 import random
 from collections.abc import Sequence
@@ -483,3 +484,112 @@ def test_two_operators_racing_with_stale_copies_never_overspend(seed: int, limit
             done, _ = complete(d.status, d.run, StepResult(True, "ok"), now)
             write(op, name, version + 1, (inc, done))
     assert most_in_any_window(calls, window) <= limit, calls
+
+
+# -- the engine's ledger writes (engine.budgets), on a versioned store that fences as the API server does
+class Store:
+    """Objects by (plural, namespace, name) with a resourceVersion; a stale write gets Conflict."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.version = 0
+
+    def put(self, plural: str, body: dict[str, Any]) -> None:
+        self.version += 1
+        body["metadata"]["resourceVersion"] = str(self.version)
+        self.objects[plural, body["metadata"]["namespace"], body["metadata"]["name"]] = body
+
+    async def patch_status(
+        self, plural: str, namespace: str, name: str, status: Any, resource_version: Any = None
+    ) -> str:
+        from runbook_operator.adapters.kube import Conflict
+
+        body = self.objects[plural, namespace, name]
+        if resource_version is not None and body["metadata"]["resourceVersion"] != resource_version:
+            raise Conflict("stale")
+        self.put(plural, copy.deepcopy(body) | {"status": {**(body.get("status") or {}), **status}})
+        return str(self.version)
+
+    async def get(self, plural: str, namespace: str, name: str) -> dict[str, Any]:
+        found = self.objects.get((plural, namespace, name))
+        if found is None:
+            raise NotFound()
+        return found
+
+
+class NotFound(Exception):
+    status = 404  # as kubernetes.client.ApiException says it
+
+
+def ledgers(store: Store, stale: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+    from runbook_operator.engine.budgets import Ledgers, parsed
+
+    def index(namespace: str) -> list[Any]:
+        bodies = (
+            [stale]
+            if stale is not None
+            else [b for (p, ns, _), b in store.objects.items() if p == "remediationbudgets" and ns == namespace]
+        )
+        return [parsed(b) for b in bodies]
+
+    return Ledgers(store, index, lambda: T0, **kwargs)
+
+
+async def test_two_operators_reserving_from_one_stale_copy_spend_once_past_a_limit_of_one() -> None:
+    from runbook_operator.domain.progress import Reservation
+    from runbook_operator.engine.budgets import Outcome
+
+    store = Store()
+    store.put("remediationbudgets", budget_body("b", destructiveSteps={"limit": 1, "window": "1h"}))
+    stale = copy.deepcopy(store.objects["remediationbudgets", "ns", "b"])  # what both watches showed
+    a, b = ledgers(store, stale), ledgers(store, stale)
+    first = await a.reserve(Reservation(ask("u1"), ("ns/b",)))
+    second = await b.reserve(Reservation(ask("u2"), ("ns/b",)))  # its copy says there is room: the write loses
+    assert (first, second) == (Outcome.RESERVED, Outcome.REFUSED)
+    ledger = store.objects["remediationbudgets", "ns", "b"]["status"]["spent"]
+    assert [s["uid"] for s in ledger] == ["u1"]
+    assert b.of("ns")[0][0].refusal(ask("u2"), T0) is not None  # and b now decides from the fresh ledger
+    assert await b.reserve(Reservation(ask("u2"), ("ns/b",), approved_by="alice")) is Outcome.RESERVED
+    assert [s.get("approvedBy") for s in store.objects["remediationbudgets", "ns", "b"]["status"]["spent"]] == [
+        None,
+        "alice",
+    ]
+
+
+async def test_a_slot_held_by_an_incident_that_is_gone_is_released_when_the_budget_is_full() -> None:
+    from runbook_operator.domain.progress import Reservation
+    from runbook_operator.engine.budgets import Outcome
+
+    store = Store()
+    body = budget_body("b", concurrentIncidents=1)
+    body["status"] = {
+        "holds": [
+            {"uid": "dead", "incident": "ns/dead", "since": timestamp(T0)},
+        ]
+    }
+    store.put("remediationbudgets", body)
+    store.put(
+        "incidents",
+        {"metadata": {"name": "ended", "namespace": "ns", "uid": "u-ended"}, "status": {"phase": "Resolved"}},
+    )
+    keeper = ledgers(store)
+    assert await keeper.reserve(Reservation(ask("u1", destructive=False), ("ns/b",))) is Outcome.RESERVED
+    holds = store.objects["remediationbudgets", "ns", "b"]["status"]["holds"]
+    assert [h["uid"] for h in holds] == ["u1"]
+    # a hold whose incident still runs (the operator knows it) is kept
+    keeper = ledgers(store, ended=lambda uid: False)
+    assert await keeper.reserve(Reservation(ask("u2", destructive=False), ("ns/b",))) is Outcome.REFUSED
+
+
+def test_the_default_budget_flag_names_one_watched_budget() -> None:
+    from runbook_operator.entrypoints.cli.run import budget_name
+
+    assert budget_name("runbook-operator/default", None) == ("runbook-operator", "default")
+    assert budget_name(None, None) is None
+    for bad, said in (
+        ("default", "NAMESPACE/NAME"),
+        ("a/b/c", "NAMESPACE/NAME"),
+        ("ops/default", "'ops' is not watched"),
+    ):
+        with pytest.raises(ValueError, match=said):
+            budget_name(bad, ["ishchat"] if bad.startswith("ops") else None)

@@ -100,7 +100,8 @@ class Reason:
     THROTTLE_TIMEOUT = "ThrottleTimeout"  # throttled, and nobody approved past the budget in time
     BUDGET_AVAILABLE = "BudgetAvailable"  # the budget has room again
     APPROVED_PAST_BUDGET = "ApprovedPastBudget"
-    VALID = "Valid"  # a RemediationPolicy's Ready condition; otherwise INVALID_POLICY
+    VALID = "Valid"  # a RemediationPolicy's or RemediationBudget's Ready condition; otherwise INVALID_*
+    INVALID_BUDGET = "InvalidBudget"
 
 
 class ConditionType:

@@ -40,6 +40,7 @@ from runbook_operator.domain.progress import announcement_view
 from runbook_operator.domain.results import StepResult
 from runbook_operator.domain.status import Phase, Status, StepRecord, parse_timestamp
 from runbook_operator.engine import fencing
+from runbook_operator.engine.budgets import Ledgers, Outcome
 from runbook_operator.engine.events import EventLane, short
 from runbook_operator.engine.executor import Executor
 
@@ -88,9 +89,10 @@ class Reconciler:
         resolved_ttl: float | None = None,
         metrics: Metrics | None = None,
         archive: ArchiveWriter | None = None,
+        ledgers: Ledgers | None = None,
     ) -> None:
         self._cluster, self._executor, self._candidates, self._clock = cluster, executor, candidates, clock
-        self._ttl, self._metrics, self._archive = resolved_ttl, metrics, archive
+        self._ttl, self._metrics, self._archive, self._ledgers = resolved_ttl, metrics, archive, ledgers
         self._workers: dict[str, _Worker] = {}
         self._phases: dict[str, str | None] = {}  # uid -> phase, of every incident seen (for the gauges)
         self._finished: set[str] = set()  # resolved and its task done: later (older) watch events are ignored
@@ -164,10 +166,12 @@ class Reconciler:
         worker.body = body
         worker.wakeup.set()
 
-    def forget(self, uid: str) -> None:
+    def forget(self, uid: str, namespace: str = "") -> None:
         self._seen.pop(uid, None)
         worker = self._workers.pop(uid, None)
         entry = self._book.pop(uid, None)
+        if self._ledgers is not None and self._leading and self._phases.get(uid) not in TERMINAL:
+            self._ledgers.release_later(uid, namespace)  # deleted while it held a slot
         self._finished.discard(uid)
         self._phases.pop(uid, None)
         if worker and worker.task:
@@ -175,10 +179,17 @@ class Reconciler:
         if entry:
             self._wake_target(entry[0], uid)
 
-    def wake_namespace(self, namespace: str) -> None:
+    def wake_namespace(self, namespace: str | None) -> None:
+        """Wake the incidents of a namespace (None: of all) to decide again: its policies or budgets changed."""
         for worker in self._workers.values():
-            if worker.body["metadata"].get("namespace") == namespace:
+            if namespace is None or worker.body["metadata"].get("namespace") == namespace:
                 worker.wakeup.set()
+
+    def ended(self, uid: str) -> bool | None:
+        """Has this incident resolved or escalated (None: not seen, or deleted)?"""
+        if uid not in self._phases:
+            return None
+        return self._phases[uid] in TERMINAL
 
     @property
     def active(self) -> int:
@@ -198,6 +209,8 @@ class Reconciler:
             self._metrics.transition(incident, before, after)
         if after.phase in TERMINAL and (after.phase != before.phase or after.acknowledgedAt != before.acknowledgedAt):
             self._archived(uid, incident, after)
+        if after.phase in TERMINAL and before.phase not in TERMINAL and self._ledgers is not None:
+            self._ledgers.release_later(uid, incident.namespace)
 
     def _archived(self, uid: str, incident: Incident, status: Status) -> None:
         if self._archive is not None:
@@ -214,6 +227,8 @@ class Reconciler:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self._events.close()
+        if self._ledgers is not None:
+            await self._ledgers.close()
         if self._archive is not None:
             await self._archive.close()
 
@@ -268,7 +283,11 @@ class Reconciler:
             incident = Incident.from_body(body)
             now = self._clock()
             candidates, peers = self._policies(incident.namespace), self._peers(uid, incident)
-            decision = decide(incident, status, candidates, now, peers, nonce=secrets.token_hex(NONCE_BYTES))
+            budgets, defaults = self._ledgers.of(incident.namespace) if self._ledgers is not None else ([], [])
+            decision = decide(
+                incident, status, candidates, now, peers, nonce=secrets.token_hex(NONCE_BYTES), budgets=budgets,
+                defaults=defaults,
+            )  # fmt: skip
             self._progressed(uid, incident, status, decision.status)
             status = decision.status
             self._note(uid, incident, status)
@@ -295,6 +314,11 @@ class Reconciler:
                     await self._sleep(worker, RETRY_DELAY)
                     continue
                 written, pending, unrecorded = status, [], None
+            if decision.reserve is not None:  # the budgets' ledgers first; the step is claimed on the next turn
+                assert self._ledgers is not None  # the core reserves only in budgets it was given
+                if await self._ledgers.reserve(decision.reserve) is Outcome.FAILED:
+                    await self._sleep(worker, RETRY_DELAY)
+                continue
             if decision.run is not None:
                 started = time.monotonic()
                 result = await self._executor.run(

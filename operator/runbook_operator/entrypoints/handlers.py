@@ -24,11 +24,13 @@ from runbook_operator.adapters.kube import Kube, KubeIncidents, KubeLeases
 from runbook_operator.adapters.lease import LeaderElector, LeaseConfig
 from runbook_operator.adapters.metrics import Metrics
 from runbook_operator.domain import conditions
+from runbook_operator.domain.budgets import InvalidBudget, parse_budget
 from runbook_operator.domain.matching import Candidate
 from runbook_operator.domain.model import InvalidPolicy
 from runbook_operator.domain.parsing import parse_policy
-from runbook_operator.domain.resources import GROUP, INCIDENTS, POLICIES, VERSION
+from runbook_operator.domain.resources import BUDGETS, GROUP, INCIDENTS, POLICIES, VERSION
 from runbook_operator.domain.status import ConditionType, Reason
+from runbook_operator.engine.budgets import Ledgers, Parsed, parsed
 from runbook_operator.engine.executor import Executor
 from runbook_operator.engine.reconciler import Clock, Reconciler, utcnow
 
@@ -36,6 +38,7 @@ log = logging.getLogger(__name__)
 INTAKE_WORKERS = 4  # the intake's threads (and API connections): a budget apart from the reconciler's 16
 # Kopf passes the index below to every handler by its name; the default only satisfies the handler protocol.
 PolicyIndex = kopf.Index[str, Candidate] | None
+BudgetIndex = kopf.Index[str, Parsed] | None
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,7 @@ class Config:
     intake: intake.Settings | None = None  # the Alertmanager intake; None: off
     liveness: tuple[str, int, str] | None = None  # host, port and path of the liveness probe
     lease: LeaseConfig | None = None  # leader election on this Lease; None: drive from the start
+    default_budget: tuple[str, str] | None = None  # the operator-wide RemediationBudget (namespace, name)
     clock: Clock = utcnow  # the reconciler's and the policy handler's time
 
 
@@ -71,9 +75,13 @@ class Runtime:
     elector: asyncio.Task[None] | None = None  # the election loop while it runs
     ready: bool = False  # the watches are about to start and the intake serves: /readyz answers 200
     policies: PolicyIndex = None
+    budgets: BudgetIndex = None
 
     def candidates(self, namespace: str) -> Sequence[Candidate]:
         return list(self.policies.get(namespace, ())) if self.policies is not None else []
+
+    def budgets_in(self, namespace: str) -> Sequence[Parsed]:
+        return list(self.budgets.get(namespace, ())) if self.budgets is not None else []
 
 
 def memo(runtime: Runtime) -> kopf.Memo:
@@ -110,6 +118,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         )
         log.info("archiving finished incidents to %s", archive.archive.where)  # never the DSN itself
         archive.start()  # migrates the schema, retrying in the background while the database is down
+    ledgers = Ledgers(
+        runtime.kube, runtime.budgets_in, config.clock, config.default_budget, ended=lambda uid: reconciler.ended(uid)
+    )
     reconciler = Reconciler(
         runtime.kube,
         executor,
@@ -118,6 +129,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         resolved_ttl=config.resolved_ttl,
         metrics=config.metrics,
         archive=archive,
+        ledgers=ledgers,
     )
     if config.metrics is not None:
         config.metrics.watch(reconciler.phases, lambda: reconciler.tasks)
@@ -172,15 +184,26 @@ def policies(namespace: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) 
     return {namespace: parse_policy(body, _runtime(memo).registry.check)}
 
 
+@kopf.index(GROUP, VERSION, BUDGETS)
+def budgets(namespace: str | None, body: kopf.Body, **_: Any) -> dict[str | None, Parsed]:
+    """Complete before any Incident is handled: after a restart no step starts unbudgeted."""
+    return {namespace: parsed(body)}
+
+
 @kopf.on.event(GROUP, VERSION, INCIDENTS)
 async def incident_event(
-    event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, policies: PolicyIndex = None, **_: Any
+    event: kopf.RawEvent,
+    body: kopf.Body,
+    memo: kopf.Memo,
+    policies: PolicyIndex = None,
+    budgets: BudgetIndex = None,
+    **_: Any,
 ) -> None:
     runtime = _runtime(memo)
-    runtime.policies = policies
+    runtime.policies, runtime.budgets = policies, budgets
     assert runtime.reconciler is not None
     if event.get("type") == "DELETED":
-        runtime.reconciler.forget(body["metadata"]["uid"])
+        runtime.reconciler.forget(body["metadata"]["uid"], body["metadata"].get("namespace", ""))
     else:
         runtime.reconciler.observe(body)
 
@@ -202,19 +225,53 @@ async def policy_event(
         return
     parsed = parse_policy(body, runtime.registry.check)
     if isinstance(parsed, InvalidPolicy):
-        ok, reason, message = False, Reason.INVALID_POLICY, parsed.error
+        judged = await _judge(runtime, POLICIES, body, False, Reason.INVALID_POLICY, parsed.error)
     else:
-        ok, reason, message = True, Reason.VALID, "the policy is valid"
+        judged = await _judge(runtime, POLICIES, body, True, Reason.VALID, "the policy is valid")
+    if judged:
+        runtime.reconciler.wake_namespace(namespace)
+
+
+async def _judge(runtime: Runtime, plural: str, body: kopf.Body, ok: bool, reason: str, message: str) -> bool:
+    """Set the Ready condition of a policy or budget, with an Event, if it changed; whether it did."""
+    assert runtime.kube is not None
     generation = int(body["metadata"].get("generation") or 0)
     current = conditions.load((body.get("status") or {}).get("conditions"))
     updated = conditions.set_condition(
         current, ConditionType.READY, ok, reason, message, runtime.config.clock(), generation
     )
     if updated == current:
-        return
+        return False
     await runtime.kube.patch_status(
-        POLICIES, namespace, body["metadata"]["name"],
+        plural, body["metadata"]["namespace"], body["metadata"]["name"],
         {"observedGeneration": generation, "conditions": conditions.dump(updated)},
     )  # fmt: skip
     await runtime.kube.post_event(body, "Normal" if ok else "Warning", reason, message)
-    runtime.reconciler.wake_namespace(namespace)
+    return True
+
+
+@kopf.on.event(GROUP, VERSION, BUDGETS)
+async def budget_event(
+    event: kopf.RawEvent,
+    body: kopf.Body,
+    namespace: str | None,
+    memo: kopf.Memo,
+    budgets: BudgetIndex = None,
+    **_: Any,
+) -> None:
+    """A budget changed (its ledger, its limits): the incidents it may hold decide again."""
+    runtime = _runtime(memo)
+    runtime.budgets = budgets
+    assert runtime.reconciler is not None and runtime.kube is not None and namespace is not None
+    name = body["metadata"]["name"]
+    default = runtime.config.default_budget
+    runtime.reconciler.wake_namespace(None if default == (namespace, name) else namespace)
+    if event.get("type") == "DELETED" or not runtime.reconciler.leading:
+        return
+    budget = parse_budget(body)
+    if isinstance(budget, InvalidBudget):
+        await _judge(
+            runtime, BUDGETS, body, False, Reason.INVALID_BUDGET, f"{budget.error}; it limits nothing until fixed"
+        )
+    else:
+        await _judge(runtime, BUDGETS, body, True, Reason.VALID, "the budget is valid")

@@ -121,6 +121,12 @@ def add(sub: Any) -> None:
         help="let http.* and notify.* connect to link-local and cloud metadata addresses (169.254.0.0/16, "
         "fe80::/10, fd00:ec2::254), refused by default: from the operator's pod they answer with cloud credentials",
     )
+    command.add_argument(
+        "--default-budget",
+        metavar="NAMESPACE/NAME",
+        help="the operator-wide RemediationBudget: it limits every incident whose namespace has no budget "
+        "selecting it, all such namespaces together (the chart installs one; its namespace must be watched)",
+    )
     election = command.add_argument_group(
         "leader election", "with several replicas, only the holder of a coordination.k8s.io Lease drives Incidents"
     )
@@ -161,6 +167,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     egress.allow_link_local(args.allow_link_local)
     lease = intake = liveness = metrics = None
+    try:
+        default_budget = budget_name(args.default_budget, args.namespace)
+    except ValueError as err:
+        print(f"runbook-operator run: --default-budget: {err}", file=sys.stderr)
+        return 2
     if args.leader_elect:
         lease = lease_config(args)
         if lease is None:
@@ -193,6 +204,7 @@ def run(args: argparse.Namespace) -> int:
         intake=intake,
         liveness=liveness,
         lease=lease,
+        default_budget=default_budget,
     )
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat[args.log_format.upper()])
     quiet_loggers(args.verbose)
@@ -206,6 +218,18 @@ def run(args: argparse.Namespace) -> int:
         memo=handlers.memo(handlers.Runtime(config)),
     )
     return 0
+
+
+def budget_name(flag: str | None, watched: list[str] | None) -> tuple[str, str] | None:
+    """--default-budget's (namespace, name); ValueError when it is malformed or not watched."""
+    if not flag:
+        return None
+    namespace, _, name = flag.partition("/")
+    if not namespace or not name or "/" in name:
+        raise ValueError(f"NAMESPACE/NAME, got {flag!r}")
+    if watched and namespace not in watched:
+        raise ValueError(f"its namespace {namespace!r} is not watched (--namespace {' '.join(watched)}); add it")
+    return namespace, name
 
 
 def lease_config(args: argparse.Namespace) -> Any:
