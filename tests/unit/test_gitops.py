@@ -1,6 +1,7 @@
 """`runbook-operator validate` and `plan`: offline checks of a GitOps repository's YAML."""
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +44,9 @@ def test_the_shipped_examples_validate_clean(capsys: pytest.CaptureFixture[str])
     code, out = run(capsys, "validate", str(ROOT / "manifests"))
     files = [p for p in (ROOT / "manifests").rglob("*")
              if p.suffix in (".yaml", ".yml", ".json") and p.name != "kustomization.yaml"]  # fmt: skip
-    # examples/: a policy and an incident; runbooks/ish-chat/: the 12 policies of the runbook pack
-    assert out == [f"{len(files)} file(s), 14 resource(s), 0 problem(s)"]
+    # examples/: a policy and an incident; runbooks/ish-chat/: the 12 policies of the runbook pack;
+    # default-budget/: the operator-wide RemediationBudget
+    assert out == [f"{len(files)} file(s), 15 resource(s), 0 problem(s)"]
     assert code == 0
 
 
@@ -326,3 +328,49 @@ def test_plan_shows_which_changes_are_announced_and_the_rendered_messages(
     ]
     assert "       text: A is AwaitingApproval" in announce
     assert "  on Escalated" in announce and "    1. page  notify.webhook" in announce  # dryRun: it runs
+
+
+# -- budgets in validate and plan (issue 26) ------------------------------------------------------
+def budget(name: str = "restarts", **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": API, "kind": "RemediationBudget", "metadata": {"name": name}, "spec": spec}
+
+
+def test_validate_checks_budgets_against_their_crd(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write(tmp_path / "ok.yaml", budget(destructiveSteps={"limit": 2, "window": "5m"}))
+    write(tmp_path / "bad.yaml", budget("bad", destructiveSteps={"limit": -1, "window": "soon"}))
+    code, out = run(capsys, "validate", str(tmp_path))
+    assert code == 1
+    problems = [line for line in out if line.startswith(str(tmp_path / "bad.yaml"))]
+    assert any(
+        "spec.destructiveSteps.limit: Invalid value: -1: should be greater than or equal to 0" in p for p in problems
+    ), out
+    assert any("spec.destructiveSteps.window" in p for p in problems), out
+    assert out[-1].startswith("2 file(s), 2 resource(s)")
+
+
+def test_plan_names_the_budgets_and_whether_they_would_throttle_now(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    restart = {"name": "restart", "action": "http.request", "requiresApproval": False,
+               "with": {"url": "http://127.0.0.1:1/restart", "destructive": True}}  # fmt: skip
+    pol = policy("im", match={"alerts": ["InstanceManagerDown"]}, remediate=[restart])
+    pol["metadata"]["labels"] = {"blast-radius": "restarts"}
+    spent = budget(policySelector={"matchLabels": {"blast-radius": "restarts"}},
+                   destructiveSteps={"limit": 1, "window": "1h"}, concurrentIncidents=3)  # fmt: skip
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    spent["status"] = {"spent": [{"uid": "u", "incident": "default/x", "step": "restart", "attempt": 1, "at": now}]}
+    other = budget("others", policySelector={"matchLabels": {"blast-radius": "none"}}, concurrentIncidents=1)
+    write(tmp_path / "policies" / "all.yaml", pol, spent, other)
+    inc = write(tmp_path / "inc.yaml", incident("im-1", alert="InstanceManagerDown"))
+    code, out = run(capsys, "plan", str(inc), "--policies", str(tmp_path / "policies"))
+    assert code == 0
+    start = out.index("Budgets (a remediation step past one waits Throttled, or for a person to approve it past it)")
+    assert out[start + 1] == "  default/restarts: 1 destructive step(s) per 1h, 3 incident(s) remediating at once"
+    assert out[start + 2].startswith(
+        "    would be throttled now: step 'restart' waits: budget default/restarts: 1 of 1"
+    )
+    assert not any("default/others" in line for line in out)
+    spent.pop("status")
+    write(tmp_path / "policies" / "all.yaml", pol, spent)
+    code, out = run(capsys, "plan", str(inc), "--policies", str(tmp_path / "policies"))
+    assert not any("would be throttled" in line for line in out)

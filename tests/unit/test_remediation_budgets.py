@@ -524,13 +524,11 @@ class NotFound(Exception):
 def ledgers(store: Store, stale: dict[str, Any] | None = None, **kwargs: Any) -> Any:
     from runbook_operator.engine.budgets import Ledgers, parsed
 
-    def index(namespace: str) -> list[Any]:
+    def index() -> dict[str | None, list[Any]]:
         bodies = (
-            [stale]
-            if stale is not None
-            else [b for (p, ns, _), b in store.objects.items() if p == "remediationbudgets" and ns == namespace]
+            [stale] if stale is not None else [b for (p, _, _), b in store.objects.items() if p == "remediationbudgets"]
         )
-        return [parsed(b) for b in bodies]
+        return {"ns": [parsed(b) for b in bodies]}
 
     return Ledgers(store, index, lambda: T0, **kwargs)
 
@@ -593,3 +591,23 @@ def test_the_default_budget_flag_names_one_watched_budget() -> None:
     ):
         with pytest.raises(ValueError, match=said):
             budget_name(bad, ["ishchat"] if bad.startswith("ops") else None)
+
+
+def test_the_metrics_show_each_budgets_use_and_limit() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from runbook_operator.adapters.metrics import Metrics
+
+    registry = CollectorRegistry()
+    b = budget("restarts", destructiveSteps={"limit": 2, "window": "5m"}, concurrentIncidents=3)
+    b = b.spend(ask("u1"), T0).spend(ask("u2"), T0 + timedelta(minutes=4))
+    clock = [T0 + timedelta(minutes=5)]
+    Metrics(registry).budgets(lambda: [b], lambda: clock[0])
+    labels = {"namespace": "ns", "budget": "restarts"}
+    sample = registry.get_sample_value
+    assert sample("runbook_budget_used", labels | {"kind": "destructive_steps"}) == 2
+    assert sample("runbook_budget_limit", labels | {"kind": "destructive_steps"}) == 2
+    assert sample("runbook_budget_used", labels | {"kind": "concurrent_incidents"}) == 2
+    assert sample("runbook_budget_limit", labels | {"kind": "concurrent_incidents"}) == 3
+    clock[0] = T0 + timedelta(minutes=5, seconds=GRACE + 1)  # the first spend has left the window
+    assert sample("runbook_budget_used", labels | {"kind": "destructive_steps"}) == 1

@@ -12,6 +12,7 @@ import socket
 import threading
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
@@ -19,6 +20,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import ThreadingWSGIServer, _get_best_family, _SilentHandler
 from prometheus_client.registry import Collector
 
+from runbook_operator.domain.budgets import Budget
 from runbook_operator.domain.model import Incident
 from runbook_operator.domain.status import Phase, Status, parse_timestamp
 
@@ -162,6 +164,10 @@ class Metrics:
         """Report incidents by phase (and approvals waiting, and open incident tasks) at scrape time."""
         self.registry.register(_PhaseCollector(phases, tasks))
 
+    def budgets(self, listing: Callable[[], Iterable[Budget]], clock: Callable[[], datetime]) -> None:
+        """Serve each RemediationBudget's use and limit, read when scraped."""
+        self.registry.register(_BudgetCollector(listing, clock))
+
     def transition(self, incident: Incident, before: Status, after: Status) -> None:
         severity = after.severity or "Medium"
         if after.phase in _TERMINAL and after.phase != before.phase:
@@ -212,6 +218,31 @@ class _PhaseCollector(Collector):
 
 SCRAPE_TIMEOUT = 10.0  # seconds a scrape connection may take to send its request and read the answer
 MAX_SCRAPES = 16  # connections served at once; Prometheus keeps one per target
+
+
+class _BudgetCollector(Collector):
+    """runbook_budget_used and runbook_budget_limit, by budget and kind: destructive steps in the
+    window now (destructive_steps) and incidents holding a slot (concurrent_incidents)."""
+
+    def __init__(self, listing: Callable[[], Iterable[Budget]], clock: Callable[[], datetime]) -> None:
+        self._listing, self._clock = listing, clock
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        labels = ["namespace", "budget", "kind"]
+        used = GaugeMetricFamily(
+            "runbook_budget_used", "What a RemediationBudget has spent now, by kind", labels=labels
+        )
+        limit = GaugeMetricFamily("runbook_budget_limit", "A RemediationBudget's limit, by kind", labels=labels)
+        now = self._clock()
+        for budget in self._listing():
+            if budget.destructive is not None:
+                used.add_metric([budget.namespace, budget.name, "destructive_steps"], budget.used(now))
+                limit.add_metric([budget.namespace, budget.name, "destructive_steps"], budget.destructive.limit)
+            if budget.concurrent is not None:
+                used.add_metric([budget.namespace, budget.name, "concurrent_incidents"], len(budget.holds))
+                limit.add_metric([budget.namespace, budget.name, "concurrent_incidents"], budget.concurrent)
+        yield used
+        yield limit
 
 
 class _Scraper(_SilentHandler):

@@ -217,9 +217,10 @@ class Budget:
         return refused[1] if refused is not None else None
 
     def next_change(self, now: datetime) -> datetime | None:
-        """When the oldest counted spend leaves its window (the status to write then is smaller)."""
-        longest = max((w.seconds for w in (self.destructive, self.per_target) if w is not None), default=0.0)
-        return min((s.at + timedelta(seconds=longest + GRACE) for s in self.spent), default=None)
+        """The next time a spend leaves a window, after which :meth:`status` says less."""
+        windows = [w.seconds for w in (self.destructive, self.per_target) if w is not None] or [0.0]
+        ends = (s.at + timedelta(seconds=w + GRACE) for s in self.spent for w in windows)
+        return min((t for t in ends if t > now), default=None)
 
     def status(self, now: datetime) -> dict[str, Any]:
         """The ``.status`` the operator writes: the ledger and, for people, what it adds up to."""

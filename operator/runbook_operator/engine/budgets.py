@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import enum
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -66,12 +66,12 @@ class Ledgers:
     def __init__(
         self,
         cluster: Cluster,
-        index: Callable[[str], Sequence[Parsed]],
+        index: Callable[[], Mapping[Any, Iterable[Parsed]]],
         clock: Callable[[], datetime],
         default: tuple[str, str] | None = None,
         ended: Callable[[str], bool | None] = lambda uid: None,
     ) -> None:
-        """``index``: the budgets the watch shows in a namespace; ``default``: the operator-wide
+        """``index``: the budgets the watch shows, by namespace; ``default``: the operator-wide
         budget's namespace and name; ``ended``: whether the operator knows an incident (by uid)
         to have ended (None: it does not know it)."""
         self._cluster, self._index, self._clock, self._default, self._ended = cluster, index, clock, default, ended
@@ -79,6 +79,7 @@ class Ledgers:
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._default_missing = False  # said once in the log, until it appears
+        self._tidying: dict[str, tuple[datetime, asyncio.Task[None]]] = {}  # key -> when its status is rewritten
 
     @property
     def default(self) -> str | None:
@@ -86,7 +87,7 @@ class Ledgers:
 
     def _current(self, namespace: str) -> list[tuple[Budget, str | None]]:
         found = []
-        for budget, version in self._index(namespace):
+        for budget, version in self._index().get(namespace, ()):
             if not isinstance(budget, Budget):
                 continue  # invalid: its Ready condition says why; it limits nothing
             mine = self._written.get(budget.key)
@@ -106,6 +107,10 @@ class Ledgers:
             )  # fmt: skip
         self._default_missing = not default
         return own, default
+
+    def everything(self) -> list[Budget]:
+        """Every valid budget, as its newest ledger (for the metrics)."""
+        return [b for namespace in list(self._index()) if namespace for b, _ in self._current(namespace)]
 
     def _find(self, key: str) -> tuple[Budget, str | None] | None:
         namespace, _, name = key.partition("/")
@@ -178,7 +183,28 @@ class Ledgers:
             return True  # another incident of the same name: the one that held it is gone
         return (body.get("status") or {}).get("phase") in TERMINAL
 
-    async def _write(self, key: str, change: Callable[[Budget], Budget | None]) -> Outcome:
+    def tidy_later(self, key: str) -> None:
+        """Rewrite the budget's status when a spend next leaves a window, so that `kubectl get rbud`
+        and the metrics' scrape of another replica show what is spent now, not at the last step."""
+        found = self._find(key)
+        due = found[0].next_change(self._clock()) if found is not None else None
+        scheduled = self._tidying.get(key)
+        if scheduled is not None and (due is None or scheduled[0] <= due) and not scheduled[1].done():
+            return
+        if scheduled is not None:
+            scheduled[1].cancel()
+            self._tidying.pop(key)
+        if due is not None:
+            task = asyncio.create_task(self._tidy(key, due), name=f"tidy/{key}")
+            self._tidying[key] = (due, task)
+
+    async def _tidy(self, key: str, due: datetime) -> None:
+        await asyncio.sleep(max(0.0, (due - self._clock()).total_seconds()) + 0.5)
+        await self._write(key, lambda b: b.pruned(self._clock()), force=True)
+        self._tidying.pop(key, None)
+        self.tidy_later(key)
+
+    async def _write(self, key: str, change: Callable[[Budget], Budget | None], force: bool = False) -> Outcome:
         lock = self._locks.setdefault(key, asyncio.Lock())
         namespace, _, name = key.partition("/")
         async with lock:
@@ -190,7 +216,7 @@ class Ledgers:
                 changed = change(budget)
                 if changed is None:
                     return Outcome.REFUSED
-                if changed == budget:
+                if changed == budget and not force:
                     return Outcome.RESERVED
                 try:
                     written = await self._cluster.patch_status(
@@ -204,6 +230,7 @@ class Ledgers:
                     log.warning("budget %s: ledger write failed: %s", key, short(err))
                     return Outcome.FAILED
                 self._written[key] = (changed, written)
+                self.tidy_later(key)
                 return Outcome.RESERVED
         log.warning("budget %s: the ledger kept changing under %d writes; trying again later", key, WRITE_TRIES)
         return Outcome.FAILED
@@ -224,6 +251,8 @@ class Ledgers:
         self._written.pop(key, None)
 
     async def close(self) -> None:
+        for _, tidy in self._tidying.values():
+            tidy.cancel()
         for task in list(self._tasks):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -185,6 +185,10 @@ class Reconciler:
             if namespace is None or worker.body["metadata"].get("namespace") == namespace:
                 worker.wakeup.set()
 
+    @property
+    def ledgers(self) -> Ledgers | None:
+        return self._ledgers
+
     def ended(self, uid: str) -> bool | None:
         """Has this incident resolved or escalated (None: not seen, or deleted)?"""
         if uid not in self._phases:

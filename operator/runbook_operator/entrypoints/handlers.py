@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,8 +80,8 @@ class Runtime:
     def candidates(self, namespace: str) -> Sequence[Candidate]:
         return list(self.policies.get(namespace, ())) if self.policies is not None else []
 
-    def budgets_in(self, namespace: str) -> Sequence[Parsed]:
-        return list(self.budgets.get(namespace, ())) if self.budgets is not None else []
+    def all_budgets(self) -> Mapping[Any, Iterable[Parsed]]:
+        return self.budgets if self.budgets is not None else {}
 
 
 def memo(runtime: Runtime) -> kopf.Memo:
@@ -119,7 +119,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         log.info("archiving finished incidents to %s", archive.archive.where)  # never the DSN itself
         archive.start()  # migrates the schema, retrying in the background while the database is down
     ledgers = Ledgers(
-        runtime.kube, runtime.budgets_in, config.clock, config.default_budget, ended=lambda uid: reconciler.ended(uid)
+        runtime.kube, runtime.all_budgets, config.clock, config.default_budget, ended=lambda uid: reconciler.ended(uid)
     )
     reconciler = Reconciler(
         runtime.kube,
@@ -133,6 +133,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     )
     if config.metrics is not None:
         config.metrics.watch(reconciler.phases, lambda: reconciler.tasks)
+        config.metrics.budgets(ledgers.everything, config.clock)
     runtime.reconciler = reconciler
     if config.lease is not None:  # a standby until the Lease is ours; the watches fill it meanwhile
         reconciler.stand_by()
@@ -268,6 +269,8 @@ async def budget_event(
     runtime.reconciler.wake_namespace(None if default == (namespace, name) else namespace)
     if event.get("type") == "DELETED" or not runtime.reconciler.leading:
         return
+    assert runtime.reconciler.ledgers is not None
+    runtime.reconciler.ledgers.tidy_later(f"{namespace}/{name}")
     budget = parse_budget(body)
     if isinstance(budget, InvalidBudget):
         await _judge(

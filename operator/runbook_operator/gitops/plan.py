@@ -4,7 +4,8 @@ offline from the policies (templates shown with what is only known at run time m
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import cel
@@ -12,6 +13,7 @@ from jinja2 import TemplateSyntaxError, meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from runbook_operator.domain import expressions
+from runbook_operator.domain.budgets import Ask, Budget, applicable
 from runbook_operator.domain.durations import format_duration
 from runbook_operator.domain.matching import select_policy
 from runbook_operator.domain.model import (
@@ -205,10 +207,36 @@ def _announce_lines(policy: Policy, severity: str, dry_run: bool, variables: Map
     return lines
 
 
+def _budget_lines(incident: Incident, policy: Policy, budgets: Sequence[Budget], now: datetime) -> list[str]:
+    """Which budgets limit the policy's remediation, and whether they would throttle it now (when the
+    files carry their ledgers, as `kubectl get rbud -o yaml` writes them)."""
+    severity = incident.severity or policy.severity or DEFAULT_SEVERITY
+    chosen = applicable([b for b in budgets if b.namespace == incident.namespace], [], policy, incident, severity)
+    if not chosen:
+        return ["", "Budgets: none in these files selects the policy (the operator-wide default applies, if any)"]
+    lines = ["", "Budgets (a remediation step past one waits Throttled, or for a person to approve it past it)"]
+    first = next((s for s in policy.remediate if not s.read_only), None)
+    for budget in chosen:
+        limits = [w.text(what) for w, what in ((budget.destructive, "destructive step(s)"),
+                                               (budget.per_target, "destructive step(s) per target")) if w]  # fmt: skip
+        if budget.concurrent is not None:
+            limits.append(f"{budget.concurrent} incident(s) remediating at once")
+        lines.append(f"  {budget.key}: {', '.join(limits)}")
+        refusal = budget.refusal(Ask.of(incident, first, 1), now) if first is not None else None
+        if refusal is not None:
+            lines.append(f"    would be throttled now: step {first.name!r} waits: {refusal.text()}")  # type: ignore[union-attr]
+    return lines
+
+
 def plan(
-    incident_body: Mapping[str, Any], policy_bodies: Iterable[Mapping[str, Any]], check: ParamValidator
+    incident_body: Mapping[str, Any],
+    policy_bodies: Iterable[Mapping[str, Any]],
+    check: ParamValidator,
+    budgets: Sequence[Budget] = (),
+    now: datetime | None = None,
 ) -> tuple[list[str], bool]:
-    """What the operator would do with the incident, as lines, and whether a usable policy matched."""
+    """What the operator would do with the incident, as lines, and whether a usable policy matched.
+    ``budgets``: RemediationBudgets (with their ledgers, if known) to say what would throttle it."""
     incident = Incident.from_body(incident_body)
     candidates = [parse_policy(body, check) for body in policy_bodies]
     selection = select_policy(incident, candidates)
@@ -232,4 +260,7 @@ def plan(
         lines.append(f"Policy {chosen.name} is invalid: {chosen.error}")
         lines.append("The operator would escalate it at once (reason InvalidPolicy).")
         return lines, False
-    return [*lines, *_policy_lines(incident, chosen)], True
+    shown = _policy_lines(incident, chosen)
+    if budgets:
+        shown += _budget_lines(incident, chosen, budgets, now or datetime.now(UTC))
+    return [*lines, *shown], True

@@ -17,7 +17,7 @@ import cel
 from runbook_operator.domain.resources import GROUP
 from runbook_operator.gitops.loader import InputError, load_documents
 
-KINDS = ("RemediationPolicy", "Incident")
+KINDS = ("RemediationPolicy", "Incident", "RemediationBudget")
 KUSTOMIZATION_FILES = frozenset({"kustomization.yaml", "kustomization.yml", "Kustomization"})
 CRDS_ENV = "RUNBOOK_OPERATOR_CRDS"
 
@@ -63,7 +63,8 @@ def yaml_files(paths: Iterable[str | Path]) -> list[Path]:
 
 
 def resources(path: Path, documents: Iterable[Any]) -> list[Resource]:
-    """The Incidents and RemediationPolicies among the documents (also inside ``kind: List``)."""
+    """The Incidents, RemediationPolicies and RemediationBudgets among the documents (also inside
+    ``kind: List``)."""
     out: list[Resource] = []
     for doc in documents:
         if not isinstance(doc, dict):

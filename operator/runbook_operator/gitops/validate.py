@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runbook_operator.domain.budgets import InvalidBudget, parse_budget
 from runbook_operator.domain.model import InvalidPolicy
 from runbook_operator.domain.parsing import ParamValidator, parse_policy
 from runbook_operator.gitops.loader import InputError, load_documents
@@ -36,6 +37,10 @@ def resource_problems(resource: Resource, crds: Mapping[str, Crd], check: ParamV
         parsed = parse_policy(body, check)
         if isinstance(parsed, InvalidPolicy):
             _add_unless_said(problems, parsed.error)
+    if resource.kind == "RemediationBudget":
+        budget = parse_budget(body)
+        if isinstance(budget, InvalidBudget):
+            _add_unless_said(problems, budget.error)
     if resource.kind == "Incident" and (body.get("spec") or {}).get("approvals"):
         _add_unless_said(problems, APPROVALS_ON_CREATE)
     if resource.kind == "Incident" and (problem := _foreign_target(body)):

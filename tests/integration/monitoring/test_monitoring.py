@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,8 @@ def promtool(*args: str) -> subprocess.CompletedProcess[str]:
 def test_the_rules_are_valid(rules_file: Path) -> None:
     proc = promtool("check", "rules", str(rules_file))
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "SUCCESS: 8 rules found" in proc.stdout
+    count = len(yaml.safe_load(rules_file.read_text())["groups"][0]["rules"])
+    assert count >= 9 and f"SUCCESS: {count} rules found" in proc.stdout
 
 
 UNIT_TESTS = """
@@ -116,6 +118,28 @@ tests:
             exp_annotations:
               summary: The runbook operator is not being scraped; incidents are not being handled.
   - interval: 1m
+    input_series:  # two replicas report the same budgets; "restarts" is spent from 10m, "none" allows 0 on purpose
+      - series: 'runbook_budget_used{{pod="a",namespace="ishchat",budget="restarts",kind="destructive_steps"}}'
+        values: '0x10 2x40'
+      - series: 'runbook_budget_used{{pod="b",namespace="ishchat",budget="restarts",kind="destructive_steps"}}'
+        values: '0x10 2x40'
+      - series: 'runbook_budget_limit{{pod="a",namespace="ishchat",budget="restarts",kind="destructive_steps"}}'
+        values: '2x50'
+      - series: 'runbook_budget_used{{pod="a",namespace="ishchat",budget="none",kind="destructive_steps"}}'
+        values: '0x50'
+      - series: 'runbook_budget_limit{{pod="a",namespace="ishchat",budget="none",kind="destructive_steps"}}'
+        values: '0x50'
+    alert_rule_test:
+      - eval_time: 20m
+        alertname: RunbookBudgetSpent
+        exp_alerts: []
+      - eval_time: 30m
+        alertname: RunbookBudgetSpent
+        exp_alerts:
+          - exp_labels: {{severity: warning, namespace: ishchat, budget: restarts, kind: destructive_steps}}
+            exp_annotations:
+              summary: 'Budget ishchat/restarts has been spent (destructive_steps) for 15m; remediation steps wait Throttled (kubectl get rbud -n ishchat).'
+  - interval: 1m
     input_series:  # two replicas: a leads until 5m, then neither does (a Lease held by someone else)
       - series: 'runbook_leader{{pod="a"}}'
         values: '1x5 0x20'
@@ -152,6 +176,7 @@ def exposed_names() -> set[str]:
     metrics = Metrics(registry)
     metrics.watch(lambda: ["Resolved"])
     metrics.leader()  # registered when leader election runs
+    metrics.budgets(lambda: [], lambda: datetime.now(UTC))
     suffixes = {"histogram": ("_bucket", "_count", "_sum"), "counter": ("_total",), "gauge": ("",)}
     return {family.name + suffix for family in registry.collect() for suffix in suffixes[family.type]}
 
