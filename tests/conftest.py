@@ -5,7 +5,12 @@
 
 import pytest
 
-pytest_plugins = ["tests.fixtures.common", "tests.fixtures.cluster", "tests.fixtures.operator"]
+pytest_plugins = [
+    "tests.fixtures.common",
+    "tests.fixtures.cluster",
+    "tests.fixtures.operator",
+    "tests.fixtures.alertmanager",
+]
 
 
 TIERS = ("unit", "integration", "e2e", "node", "reliability")

@@ -12,6 +12,7 @@ import json
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -154,12 +155,33 @@ def demo(directory: Path, faults: list[str] | None, timeout: float) -> int:
     missed = [o.alert for o in outcomes if not o.ok]
     print(f"\n{len(outcomes) - len(missed)}/{len(outcomes)} scenarios ended as the runbook expects", end="")
     print(f"; not: {', '.join(missed)}" if missed else "")
+    made, expired = _silences(outcomes, incidents)
+    print(f"{made} Alertmanager silence(s) muted alerts while they were remediated; {expired} expired as "
+          "their incidents ended")  # fmt: skip
     hooks = control.get("/hooks").json()[hooks_before:]
     sent = sum(o.messages()[0] for o in outcomes)
     print(f"{sent} message(s) sent by the scenarios' policies; {len(hooks)} reached the on-call webhook")
     if hooks:
         print("the last one:\n  " + "\n  ".join(str(hooks[-1]["body"].get("text", hooks[-1]["body"])).splitlines()))
     return 1 if missed else 0
+
+
+def _silences(outcomes: list[scenarios.Outcome], incidents: Callable[[], list[dict[str, Any]]]) -> tuple[int, int]:
+    """(made, expired) of the scenarios' incidents' silences, once each ended incident's are expired
+    (the operator expires them right after the incident's last write; a few seconds at most)."""
+    names = {(o.incident or {}).get("metadata", {}).get("name") for o in outcomes}
+
+    def count() -> tuple[int, int]:
+        found = [s for i in incidents() if i["metadata"]["name"] in names
+                 for s in (i.get("status") or {}).get("silences") or []]  # fmt: skip
+        return len(found), sum(1 for s in found if s.get("expiredAt"))
+
+    deadline = time.monotonic() + 30
+    made, expired = count()
+    while expired < made and time.monotonic() < deadline:
+        time.sleep(1)
+        made, expired = count()
+    return made, expired
 
 
 def _now() -> str:

@@ -73,6 +73,7 @@ def test_a_budget_of_2_lets_2_of_6_fixes_run_throttles_4_and_frees_up(
     assert told and told[-1]["type"] == "Warning"
     ledger = kubectl.get("remediationbudget", "restarts", namespace)["status"]
     assert ledger["destructiveUsed"] == 2 and len(ledger["spent"]) == 2 and ledger["nextFree"]
+    print(kubectl("get", "remediationbudgets", "-n", namespace).stdout)  # the README shows it
     row = kubectl("get", "remediationbudgets", "-n", namespace, "--no-headers").stdout.split()
     assert row[:4] == ["restarts", "2", "2", "5m"], row
 

@@ -77,7 +77,7 @@ CASES = [
     ),
     pytest.param(
         policy("ssh", remediate=[{"name": "x", "action": "ssh.run"}]),
-        "RemediationPolicy/ssh: spec.remediate[0].with (ssh.run): unknown action 'ssh.run'; known: docker.logs,",
+        "RemediationPolicy/ssh: spec.remediate[0].with (ssh.run): unknown action 'ssh.run'; known: alertmanager.silence, docker.logs,",
         id="unknown-action",
     ),
     pytest.param(

@@ -12,7 +12,7 @@ import logging
 from importlib.metadata import entry_points
 from typing import Any
 
-from runbook_operator.actions import docker, http, kubernetes, postgres, prometheus, redis
+from runbook_operator.actions import alertmanager, docker, http, kubernetes, postgres, prometheus, redis
 from runbook_operator.actions.api import Action
 from runbook_operator.actions.notify import email, paging, slack, webhook
 from runbook_operator.actions.registry import Registry
@@ -20,7 +20,7 @@ from runbook_operator.actions.registry import Registry
 ENTRY_POINT_GROUP = "runbook_operator.actions"
 BUILTIN: tuple[Action[Any], ...] = (*http.ACTIONS, *webhook.ACTIONS, *kubernetes.ACTIONS, *docker.ACTIONS,
                                     *prometheus.ACTIONS, *postgres.ACTIONS, *redis.ACTIONS, *slack.ACTIONS,
-                                    *paging.ACTIONS, *email.ACTIONS)  # fmt: skip
+                                    *paging.ACTIONS, *email.ACTIONS, *alertmanager.ACTIONS)  # fmt: skip
 log = logging.getLogger(__name__)
 
 

@@ -21,6 +21,7 @@ would deliver it there.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import ipaddress
 import re
@@ -31,7 +32,7 @@ from typing import Any
 
 import httpx
 
-from runbook_operator.actions.api import tls_context
+from runbook_operator.actions.api import ActionFailure, tls_context
 
 # httpcore asks sniffio which async library runs, several times per request. sniffio is not
 # installed (anyio 4 does not need it), and a failed import searches sys.path anew each time:
@@ -167,6 +168,20 @@ def client(**options: Any) -> httpx.AsyncClient:
 
 
 _MEDIA_TYPE = re.compile(r"[a-z0-9!#$&^_.+-]{1,64}/[a-z0-9!#$&^_.+-]{1,64}")
+
+
+@contextlib.contextmanager
+def reaching(where: str, seconds: float) -> Iterator[None]:
+    """What can go wrong reaching a server (refused by the guard, no answer in time, no connection)
+    as the step's failure, saying ``where``: an :class:`ActionFailure`."""
+    try:
+        yield
+    except EgressRefused as err:
+        raise ActionFailure(f"{where}: {err}") from None
+    except httpx.TimeoutException:
+        raise ActionFailure(f"{where}: no answer within {seconds:g}s") from None
+    except httpx.HTTPError as err:
+        raise ActionFailure(f"{where}: {type(err).__name__}: {err or 'connection failed'}") from None
 
 
 def content_type(headers: Mapping[str, str]) -> str:

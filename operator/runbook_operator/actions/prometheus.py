@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Literal
 
-import httpx
 import pydantic
 
 from runbook_operator.actions import egress
@@ -183,7 +182,7 @@ async def _ask(params: _Check, ctx: ActionContext, path: str, form: dict[str, st
     budget = params.budget(ctx)
     where = f"Prometheus at {params.url}"
     form = {**form, "timeout": f"{budget:g}"}  # seconds: Prometheus then gives up on the query too
-    try:
+    with egress.reaching(where, budget):
         async with (
             egress.client(timeout=budget) as client,
             client.stream("POST", params.endpoint(path), data=form) as response,
@@ -195,12 +194,6 @@ async def _ask(params: _Check, ctx: ActionContext, path: str, form: dict[str, st
                     raise ActionFailure(
                         f"{where}: answer larger than {MAX_BODY} bytes; narrow the query (topk, sum by, ...)"
                     )
-    except egress.EgressRefused as err:
-        raise ActionFailure(f"{where}: {err}") from None
-    except httpx.TimeoutException:
-        raise ActionFailure(f"{where}: no answer within {budget:g}s") from None
-    except httpx.HTTPError as err:
-        raise ActionFailure(f"{where}: {type(err).__name__}: {err or 'connection failed'}") from None
     try:
         doc = json.loads(body)
     except ValueError:

@@ -160,9 +160,15 @@ class Metrics:
             self._leader = LeaderMetrics(self.registry)
         return self._leader
 
-    def watch(self, phases: Callable[[], Iterable[str | None]], tasks: Callable[[], int] | None = None) -> None:
-        """Report incidents by phase (and approvals waiting, and open incident tasks) at scrape time."""
-        self.registry.register(_PhaseCollector(phases, tasks))
+    def watch(
+        self,
+        phases: Callable[[], Iterable[str | None]],
+        tasks: Callable[[], int] | None = None,
+        silences: Callable[[], int] = lambda: 0,
+    ) -> None:
+        """Report incidents by phase (and approvals waiting, open incident tasks and Alertmanager
+        silences not yet expired) at scrape time."""
+        self.registry.register(_PhaseCollector(phases, tasks, silences))
 
     def budgets(self, listing: Callable[[], Iterable[Budget]], clock: Callable[[], datetime]) -> None:
         """Serve each RemediationBudget's use and limit, read when scraped."""
@@ -193,8 +199,10 @@ def _seconds(start: str, end: str) -> float:
 
 
 class _PhaseCollector(Collector):
-    def __init__(self, phases: Callable[[], Iterable[str | None]], tasks: Callable[[], int] | None = None) -> None:
-        self._phases, self._tasks = phases, tasks
+    def __init__(
+        self, phases: Callable[[], Iterable[str | None]], tasks: Callable[[], int] | None, silences: Callable[[], int]
+    ) -> None:
+        self._phases, self._tasks, self._silences = phases, tasks, silences
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         counts: Mapping[str, int] = Tally(p or Phase.PENDING.value for p in self._phases())
@@ -205,6 +213,11 @@ class _PhaseCollector(Collector):
         waiting = GaugeMetricFamily("runbook_approvals_waiting", "Incidents waiting for an approval")
         waiting.add_metric([], counts.get(Phase.AWAITING_APPROVAL.value, 0))
         yield waiting
+        silenced = GaugeMetricFamily(
+            "runbook_silences_active", "Alertmanager silences the incidents' steps made, not expired yet"
+        )
+        silenced.add_metric([], self._silences())
+        yield silenced
         if self._tasks is not None:
             tasks = GaugeMetricFamily(
                 "runbook_incident_tasks", "Incident tasks running (one per open incident, and per resolved one "

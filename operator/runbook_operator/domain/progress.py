@@ -11,7 +11,7 @@ from typing import Any
 from runbook_operator.domain.budgets import Ask, Budget
 from runbook_operator.domain.evolve import evolve
 from runbook_operator.domain.model import DEFAULT_SEVERITY, Escalation, Incident, Policy, Step, default_escalation
-from runbook_operator.domain.status import Announcement, ConditionType, Phase, Status, StepState, timestamp
+from runbook_operator.domain.status import Announcement, ConditionType, Phase, Silence, Status, StepState, timestamp
 from runbook_operator.domain.wire import clipped
 
 NORMAL, WARNING = "Normal", "Warning"
@@ -52,6 +52,7 @@ class Decision:
     run: StepCall | None = None
     wake_at: datetime | None = None  # nothing to do before then (or before something changes)
     reserve: Reservation | None = None  # write this into the budgets, then decide again
+    expire: tuple[Silence, ...] = ()  # the incident ended: expire these silences, then mark them (Status)
 
 
 @dataclass(frozen=True)
@@ -156,7 +157,11 @@ class Progress:
             self.emit(NORMAL, reason, message)
 
     def decision(
-        self, run: StepCall | None = None, wake_at: datetime | None = None, reserve: Reservation | None = None
+        self,
+        run: StepCall | None = None,
+        wake_at: datetime | None = None,
+        reserve: Reservation | None = None,
+        expire: tuple[Silence, ...] = (),
     ) -> Decision:
         times = [t for t in (wake_at, *self.wake) if t is not None]
-        return Decision(self.status, tuple(self.events), run, min(times) if times else None, reserve)
+        return Decision(self.status, tuple(self.events), run, min(times) if times else None, reserve, expire)

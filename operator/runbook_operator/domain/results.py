@@ -16,3 +16,6 @@ class StepResult:
     # service's alert); recorded in the Incident's status.conversations[key], so the incident's
     # later notifications to that channel join it (ActionContext.conversations)
     conversation: tuple[str, str] | None = None
+    # (Alertmanager URL, silence id, endsAt): a silence this step created; recorded in the Incident's
+    # status.silences, and expired by the operator when the incident resolves, escalates or is deleted
+    silence: tuple[str, str, str] | None = None

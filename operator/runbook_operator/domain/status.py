@@ -6,7 +6,7 @@ All progress lives here, so a restarted operator resumes from the object alone.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -23,6 +23,7 @@ TIMELINE_LIMIT = 50
 STEPS_LIMIT = 100
 ANNOUNCEMENTS_LIMIT = 20  # announcements kept in status: every one not done yet, then the newest done
 CONVERSATIONS_LIMIT = 16  # channels an incident keeps a conversation with
+SILENCES_LIMIT = 16  # Alertmanager silences an incident keeps (and expires)
 # A periodic escalation update's records say ``update: k``; they also keep attempt 100+k,
 # the only way the previous version (which keys records on the attempt) knows them.
 UPDATE_ATTEMPT_BASE = 100
@@ -195,6 +196,22 @@ class Announcement:
 
 
 @dataclass(frozen=True)
+class Silence:
+    """An Alertmanager silence a step created (``alertmanager.silence``); the operator expires it when
+    the incident resolves, escalates or is deleted. Kept here, so a restart never loses one."""
+
+    id: str
+    url: str  # the Alertmanager it lives in
+    endsAt: str  # it ends by itself then, whatever happens to the operator
+    step: str = ""
+    expiredAt: str | None = None
+
+    def open(self, now: datetime) -> bool:
+        """Still to expire: not expired yet, and not past its own end."""
+        return self.expiredAt is None and now < parse_timestamp(self.endsAt)
+
+
+@dataclass(frozen=True)
 class EscalationState:
     level: str | None = None
     notifiedAt: str | None = None
@@ -224,6 +241,7 @@ class Status:
     escalation: EscalationState = EscalationState()
     announcements: tuple[Announcement, ...] = ()
     conversations: Mapping[str, str] = field(default_factory=dict)  # channel key -> thread or alert id
+    silences: tuple[Silence, ...] = ()
     conditions: tuple[Condition, ...] = ()
     steps: tuple[StepRecord, ...] = ()
     findings: tuple[Finding, ...] = ()
@@ -238,6 +256,7 @@ class Status:
             "findings": Finding,
             "timeline": TimelineEntry,
             "announcements": Announcement,
+            "silences": Silence,
         }
         scalars = known(cls, raw, exclude={*nested, "escalation", "conversations"})
         lists = {key: tuple(_item(kind, item) for item in raw.get(key) or ()) for key, kind in nested.items()}
@@ -259,7 +278,7 @@ class Status:
         inside list items (which a merge patch copies verbatim) None is left out."""
         raw = asdict(self)
         raw["phase"] = None if self.phase is None else str(self.phase)  # plain text, e.g. for yaml.safe_dump
-        for key in ("conditions", "steps", "findings", "timeline", "announcements"):
+        for key in ("conditions", "steps", "findings", "timeline", "announcements", "silences"):
             raw[key] = [{k: v for k, v in item.items() if v is not None} for item in raw[key]]
         raw["escalation"]["fired"] = list(self.escalation.fired)
         return raw
@@ -297,6 +316,24 @@ class Status:
         if key not in self.conversations and len(self.conversations) >= CONVERSATIONS_LIMIT:
             return self
         return evolve(self, conversations={**self.conversations, key: ident})
+
+    def with_silence(self, silence: Silence) -> Status:
+        """Remember a silence a step created (once, by its id); at most SILENCES_LIMIT are kept."""
+        if any(s.id == silence.id for s in self.silences) or len(self.silences) >= SILENCES_LIMIT:
+            return self
+        return evolve(self, silences=(*self.silences, silence))
+
+    def open_silences(self, now: datetime) -> tuple[Silence, ...]:
+        return tuple(s for s in self.silences if s.open(now))
+
+    def silences_expired(self, ids: Iterable[str], now: datetime) -> Status:
+        """With these silences marked expired (Alertmanager expired them, or no longer knows them)."""
+        done = set(ids)
+        at = timestamp(now)
+        return evolve(
+            self, silences=tuple(evolve(s, expiredAt=at) if s.id in done and s.expiredAt is None else s
+                                 for s in self.silences),
+        )  # fmt: skip
 
     def awaiting_approval(self) -> StepRecord | None:
         """The step that waits for a person's approval, if one does."""

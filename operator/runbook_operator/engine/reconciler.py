@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from runbook_operator.actions import alertmanager
+from runbook_operator.actions.api import ActionFailure
 from runbook_operator.adapters.archive import TERMINAL, ArchiveRecord, ArchiveWriter
 from runbook_operator.adapters.kube import Conflict
 from runbook_operator.adapters.metrics import Metrics
@@ -38,7 +40,7 @@ from runbook_operator.domain.matching import Candidate, PolicySet, named
 from runbook_operator.domain.model import Incident, Policy, Stage, Step
 from runbook_operator.domain.progress import announcement_view
 from runbook_operator.domain.results import StepResult
-from runbook_operator.domain.status import Phase, Status, StepRecord, parse_timestamp
+from runbook_operator.domain.status import Phase, Silence, Status, StepRecord, parse_timestamp
 from runbook_operator.engine import fencing
 from runbook_operator.engine.budgets import Ledgers, Outcome
 from runbook_operator.engine.events import EventLane, short
@@ -48,8 +50,11 @@ log = logging.getLogger(__name__)
 Body = Mapping[str, Any]
 Clock = Callable[[], datetime]
 RETRY_DELAY = 5.0  # after an API error, try the write again this much later
+REFUSED_DELAY = 0.2  # after a budget refused a reservation (someone spent first), decide again this much later
 LATER_WRITES = 10  # status writes in flight at once for incidents that have a status; first writes are not held
 NONCE_BYTES = 8  # an approval request's nonce: 16 hex digits, unguessable before the request exists
+SILENCE_RETRY = 30.0  # after Alertmanager could not expire a silence, try again this much later (it ends anyway)
+SILENCE_TIMEOUT = 10.0  # seconds for each call to Alertmanager
 
 
 def utcnow() -> datetime:
@@ -95,6 +100,7 @@ class Reconciler:
         self._ttl, self._metrics, self._archive, self._ledgers = resolved_ttl, metrics, archive, ledgers
         self._workers: dict[str, _Worker] = {}
         self._phases: dict[str, str | None] = {}  # uid -> phase, of every incident seen (for the gauges)
+        self._silenced: dict[str, int] = {}  # uid -> its silences not yet expired (for the gauge)
         self._finished: set[str] = set()  # resolved and its task done: later (older) watch events are ignored
         self._book: dict[str, tuple[str, Peer]] = {}  # uid -> (target, peer view)
         self._tasks: set[asyncio.Task[None]] = set()  # every incident task not yet done (a leak shows here)
@@ -145,13 +151,13 @@ class Reconciler:
         if not self._leading:
             self._seen[uid] = body
             status = Status.from_dict(body.get("status"))
-            self._phases[uid] = status.phase
+            self._track(uid, status)
             self._note(uid, Incident.from_body(body), status)
             return
         worker = self._workers.get(uid)
         if worker is None:
             status = Status.from_dict(body.get("status"))
-            self._phases[uid] = status.phase
+            self._track(uid, status)
             incident = Incident.from_body(body)
             self._note(uid, incident, status)
             if status.phase in TERMINAL:  # finished before we saw it (a restart): archive it again, harmlessly
@@ -166,7 +172,10 @@ class Reconciler:
         worker.body = body
         worker.wakeup.set()
 
-    def forget(self, uid: str, namespace: str = "") -> None:
+    def forget(self, uid: str, namespace: str = "", last: Body | None = None) -> None:
+        """The Incident was deleted (``last``: as it was): stop driving it; free what it held."""
+        if last is not None and self._leading:
+            self._expire_later(Status.from_dict(last.get("status")).open_silences(self._clock()))
         self._seen.pop(uid, None)
         worker = self._workers.pop(uid, None)
         entry = self._book.pop(uid, None)
@@ -174,6 +183,7 @@ class Reconciler:
             self._ledgers.release_later(uid, namespace)  # deleted while it held a slot
         self._finished.discard(uid)
         self._phases.pop(uid, None)
+        self._silenced.pop(uid, None)
         if worker and worker.task:
             worker.task.cancel()
         if entry:
@@ -207,8 +217,17 @@ class Reconciler:
     def phases(self) -> list[str | None]:
         return list(self._phases.values())
 
+    def silences(self) -> int:
+        """Alertmanager silences the incidents' steps made that are not expired yet."""
+        return sum(self._silenced.values())
+
+    def _track(self, uid: str, status: Status) -> None:
+        self._phases[uid] = status.phase
+        if status.silences:
+            self._silenced[uid] = len(status.open_silences(self._clock()))
+
     def _progressed(self, uid: str, incident: Incident, before: Status, after: Status) -> None:
-        self._phases[uid] = after.phase
+        self._track(uid, after)
         if self._metrics is not None and before is not after:
             self._metrics.transition(incident, before, after)
         if after.phase in TERMINAL and (after.phase != before.phase or after.acknowledgedAt != before.acknowledgedAt):
@@ -311,7 +330,7 @@ class Reconciler:
                         fresh = await fencing.stand_aside_while_claimed(self._fenced(worker), fresh, written)
                         status, pending = fresh, []
                     written, unrecorded = fresh, None
-                    self._phases[uid] = status.phase
+                    self._track(uid, status)
                     self._note(uid, Incident.from_body(worker.body), status)
                     continue
                 if outcome is _Outcome.FAILED:
@@ -320,8 +339,9 @@ class Reconciler:
                 written, pending, unrecorded = status, [], None
             if decision.reserve is not None:  # the budgets' ledgers first; the step is claimed on the next turn
                 assert self._ledgers is not None  # the core reserves only in budgets it was given
-                if await self._ledgers.reserve(decision.reserve) is Outcome.FAILED:
-                    await self._sleep(worker, RETRY_DELAY)
+                reserved = await self._ledgers.reserve(decision.reserve)
+                if reserved is not Outcome.RESERVED:  # refused: decide again from the fresher ledger, not in a spin
+                    await self._sleep(worker, RETRY_DELAY if reserved is Outcome.FAILED else REFUSED_DELAY)
                 continue
             if decision.run is not None:
                 started = time.monotonic()
@@ -337,11 +357,36 @@ class Reconciler:
                 self._progressed(uid, incident, before, status)
                 pending.extend(events)
                 continue
+            if decision.expire:  # it ended: Alertmanager pages for the alert again
+                done = await _expire_silences(decision.expire)
+                if done:
+                    status = status.silences_expired(done, self._clock())
+                if len(done) < len(decision.expire):
+                    await self._sleep(worker, SILENCE_RETRY)
+                continue
             if status.phase == Phase.RESOLVED:
                 await self._expire(uid, worker, status)
                 return
             delay = None if decision.wake_at is None else (decision.wake_at - self._clock()).total_seconds()
             await self._sleep(worker, delay)
+
+    def _expire_later(self, silences: Sequence[Silence]) -> None:
+        """Expire a deleted incident's silences in the background (a few tries; each ends anyway)."""
+        if not silences:
+            return
+
+        async def expire() -> None:
+            left = list(silences)
+            for delay in (0.0, 5.0, 30.0):
+                await asyncio.sleep(delay)
+                done = set(await _expire_silences(left))
+                left = [s for s in left if s.id not in done]
+                if not left:
+                    return
+
+        task = asyncio.create_task(expire(), name="expire-silences")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _expire(self, uid: str, worker: _Worker, status: Status) -> None:
         """Delete a resolved incident once its TTL has passed (never, without a TTL)."""
@@ -432,6 +477,21 @@ class Reconciler:
             async with asyncio.timeout(seconds):  # not wait_for: on 3.11 it can drop a cancel
                 await worker.wakeup.wait()
         worker.wakeup.clear()
+
+
+async def _expire_silences(silences: Sequence[Silence]) -> list[str]:
+    """Expire these silences; the ids of those Alertmanager expired (or no longer knows)."""
+
+    async def one(silence: Silence) -> str | None:
+        try:
+            await alertmanager.expire(silence.url, silence.id, SILENCE_TIMEOUT)
+        except ActionFailure as err:
+            log.warning("silence %s at %s: cannot expire it now: %s", silence.id, silence.url, err.message)
+            return None
+        log.info("silence %s at %s expired", silence.id, silence.url)
+        return silence.id
+
+    return [ident for ident in await asyncio.gather(*(one(s) for s in silences)) if ident is not None]
 
 
 def _details(incident: Incident, status: Status, call: StepCall) -> dict[str, Any]:

@@ -132,7 +132,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         ledgers=ledgers,
     )
     if config.metrics is not None:
-        config.metrics.watch(reconciler.phases, lambda: reconciler.tasks)
+        config.metrics.watch(reconciler.phases, lambda: reconciler.tasks, reconciler.silences)
         config.metrics.budgets(ledgers.everything, config.clock)
     runtime.reconciler = reconciler
     if config.lease is not None:  # a standby until the Lease is ours; the watches fill it meanwhile
@@ -204,7 +204,7 @@ async def incident_event(
     runtime.policies, runtime.budgets = policies, budgets
     assert runtime.reconciler is not None
     if event.get("type") == "DELETED":
-        runtime.reconciler.forget(body["metadata"]["uid"], body["metadata"].get("namespace", ""))
+        runtime.reconciler.forget(body["metadata"]["uid"], body["metadata"].get("namespace", ""), body)
     else:
         runtime.reconciler.observe(body)
 

@@ -43,6 +43,9 @@ def decide(
     if decision.run is not None or decision.reserve is not None:
         return decision
     call = announcements(p, Context(incident, p.announcer))  # what was announced with nothing else to do
+    if call is None and p.status.phase in (Phase.RESOLVED, Phase.ESCALATED):
+        # it ended: Alertmanager speaks of the alert again (an escalation's page is never silenced)
+        return p.decision(wake_at=decision.wake_at, expire=p.status.open_silences(now))
     return p.decision(run=call, wake_at=decision.wake_at)
 
 

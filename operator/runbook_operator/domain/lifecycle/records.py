@@ -18,6 +18,7 @@ from runbook_operator.domain.status import (
     Finding,
     Phase,
     Reason,
+    Silence,
     Status,
     StepRecord,
     StepState,
@@ -110,6 +111,9 @@ def complete(
     p.status = evolve(p.status.with_record(record), currentStep=None)
     if result.conversation is not None:
         p.status = p.status.with_conversation(*result.conversation)
+    if result.silence is not None:
+        url, ident, ends = result.silence
+        p.status = p.status.with_silence(Silence(ident, url, ends, step.name))
     if step.stage is Stage.DIAGNOSE:
         p.status = evolve(p.status, findings=(*p.status.findings, Finding(step.name, result.message)))
     reason, kind = (Reason.STEP_SUCCEEDED, NORMAL) if result.ok else (Reason.STEP_FAILED, WARNING)
