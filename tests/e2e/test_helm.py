@@ -172,7 +172,7 @@ def test_values_reach_the_deployment(helm: Helm) -> None:
     assert {"--intake-namespaces=ishchat", "--intake-namespace=alerts", "--resolved-ttl=72h"} <= set(args)
     assert "--leader-elect-lease-duration=30s" in args
     assert "--default-budget=runbook-operator/default" in args
-    assert objs["RemediationBudget", "default"]["spec"]["destructiveSteps"] == {"limit": 20, "window": "10m"}
+    assert objs["RemediationBudget", "default"]["spec"]["destructiveSteps"] == {"limit": 10, "window": "10m"}
     dsn = next(e for e in container["env"] if e["name"] == "RUNBOOK_ARCHIVE_DSN")
     assert dsn["valueFrom"]["secretKeyRef"] == {"name": "runbook-archive", "key": "dsn"}
     [volume] = pod["volumes"]

@@ -56,7 +56,7 @@ def test_a_budget_of_2_lets_2_of_6_fixes_run_throttles_4_and_frees_up(
 ) -> None:
     kubectl.apply(
         budget("restarts", namespace, policySelector={"matchLabels": {"blast-radius": "restarts"}},
-               destructiveSteps={"limit": 2, "window": "5m"}),
+               remediations={"limit": 10, "window": "5m"}, destructiveSteps={"limit": 2, "window": "5m"}),
         fix_policy(namespace, gates.url),
     )  # fmt: skip
     names = [f"b-{i}" for i in range(6)]
@@ -72,10 +72,11 @@ def test_a_budget_of_2_lets_2_of_6_fixes_run_throttles_4_and_frees_up(
     told = [e for e in kubectl.events(waiting, namespace) if e["reason"] == "Throttled"]
     assert told and told[-1]["type"] == "Warning"
     ledger = kubectl.get("remediationbudget", "restarts", namespace)["status"]
-    assert ledger["destructiveUsed"] == 2 and len(ledger["spent"]) == 2 and ledger["nextFree"]
+    assert ledger["destructiveUsed"] == 2 and ledger["remediationsUsed"] == 2 and ledger["nextFree"]
+    assert sorted(s["kind"] for s in ledger["spent"]) == ["destructive", "destructive", "remediation", "remediation"]
     print(kubectl("get", "remediationbudgets", "-n", namespace).stdout)  # the README shows it
     row = kubectl("get", "remediationbudgets", "-n", namespace, "--no-headers").stdout.split()
-    assert row[:4] == ["restarts", "2", "2", "5m"], row
+    assert row[:6] == ["restarts", "2", "10", "5m", "2", "2"], row
 
     # a person approves one past the budget, with the same consent rules as any approval
     record = next(s for s in status["steps"] if s["state"] == "AwaitingApproval")
@@ -84,14 +85,13 @@ def test_a_budget_of_2_lets_2_of_6_fixes_run_throttles_4_and_frees_up(
     wait_for(lambda: statuses(kubectl, namespace)[waiting].get("phase") == "Resolved", 30, f"{waiting} to resolve")
     assert fixes(gates)[waiting] == 1 and sum(fixes(gates).values()) == 3
     spent = kubectl.get("remediationbudget", "restarts", namespace)["status"]["spent"]
-    assert [(s["incident"], s.get("approvedBy")) for s in spent if s.get("approvedBy")] == [
-        (f"{namespace}/{waiting}", "alice")
-    ]
+    approved = sorted((s["kind"], s["incident"], s.get("approvedBy")) for s in spent if s.get("approvedBy"))
+    assert approved == [(kind, f"{namespace}/{waiting}", "alice") for kind in ("destructive", "remediation")]
     assert conditions(statuses(kubectl, namespace)[waiting])["Throttled"] == ("False", "ApprovedPastBudget")
 
     # the window frees up: shortened to 10s, the last three run, at most two per window, unasked
-    kubectl("patch", "remediationbudget", "restarts", "-n", namespace, "--type=merge",
-            "-p", '{"spec": {"destructiveSteps": {"limit": 2, "window": "10s"}}}')  # fmt: skip
+    kubectl("patch", "remediationbudget", "restarts", "-n", namespace, "--type=merge", "-p",
+            '{"spec": {"remediations": {"limit": 10, "window": "10s"}, "destructiveSteps": {"limit": 2, "window": "10s"}}}')  # fmt: skip
     wait_for(lambda: count(kubectl, namespace, names) == (6, 0), 120, "all six resolved")
     assert sorted(fixes(gates).values()) == [1] * 6
     freed = [
@@ -103,7 +103,7 @@ def test_a_budget_of_2_lets_2_of_6_fixes_run_throttles_4_and_frees_up(
 
     def emptied() -> bool:  # the operator rewrites the ledger as spends leave the window, unasked
         ledger = kubectl.get("remediationbudget", "restarts", namespace)["status"]
-        return ledger.get("destructiveUsed") == 0 and not ledger.get("nextFree") and not ledger.get("spent")
+        return not ledger.get("destructiveUsed") and not ledger.get("nextFree") and not ledger.get("spent")
 
     wait_for(emptied, 60, "the ledger to empty as its window passes")
 

@@ -58,8 +58,15 @@ def budget(name: str = "b", namespace: str = "ns", **spec: Any) -> Budget:
     return parsed
 
 
-def ask(uid: str = "u1", step: str = "restart", attempt: int = 1, target: str = "", destructive: bool = True) -> Ask:
-    return Ask(uid, f"ns/{uid}", step, attempt, target, destructive)
+def ask(
+    uid: str = "u1",
+    step: str = "restart",
+    attempt: int = 1,
+    target: str = "",
+    destructive: bool = True,
+    round_started: bool = False,
+) -> Ask:
+    return Ask(uid, f"ns/{uid}", step, attempt, target, destructive, round_started)
 
 
 class Fleet:
@@ -177,7 +184,7 @@ def test_a_budget_reads_its_spec_and_ledger() -> None:
     assert isinstance(b, Budget)
     assert (b.destructive, b.per_target, b.concurrent) == (Window(2, 300.0), Window(1, 3600.0), 3)
     assert b.alerts == {"InstanceManagerDown"} and b.severities == {"Critical"}
-    assert [s.key for s in b.spent] == [("u1", "restart", 1)] and [h.uid for h in b.holds] == ["u1"]
+    assert [s.key for s in b.spent] == [("u1", "destructive", "restart", 1)] and [h.uid for h in b.holds] == ["u1"]
 
 
 @pytest.mark.parametrize(
@@ -229,6 +236,29 @@ def test_per_target_counts_only_that_target() -> None:
     assert b.refusal(ask("u2", target="Deployment/ns/a"), T0 + timedelta(minutes=10)) is not None
     assert b.refusal(ask("u2", target="Deployment/ns/b"), T0 + timedelta(minutes=10)) is None
     assert not b.needs(ask("u3", target=""), T0)  # no target: no per-target limit to spend
+
+
+def test_remediations_count_rounds_not_steps() -> None:
+    """A round of three steps spends one remediation; a new round (or incident) spends another."""
+    b = budget(remediations={"limit": 2, "window": "10m"})
+    b = b.spend(ask("u1", step="scale", destructive=False), T0)
+    for step in ("tune", "restart"):  # the same round's later steps: nothing new to spend
+        assert not b.needs(ask("u1", step=step, destructive=False, round_started=True), T0 + timedelta(minutes=5))
+    b = b.spend(ask("u1", attempt=2, destructive=False), T0 + timedelta(minutes=1))
+    refusal = b.refusal(ask("u2", destructive=False), T0 + timedelta(minutes=2))
+    assert refusal is not None and refusal.why == "2 of 2 remediation(s) per 10m spent"
+    assert b.status(T0 + timedelta(minutes=2))["remediationsUsed"] == 2
+    # a round's spend that waited unused (its first step never started) is renewed, not trusted
+    assert b.needs(ask("u1", attempt=2, destructive=False), T0 + timedelta(minutes=1, seconds=GRACE + 1))
+
+
+def test_a_destructive_step_spends_its_round_and_itself() -> None:
+    b = budget(remediations={"limit": 5, "window": "10m"}, destructiveSteps={"limit": 1, "window": "10m"})
+    b = b.spend(ask("u1"), T0)
+    assert sorted(s.kind for s in b.spent) == ["destructive", "remediation"]
+    refusal = b.refusal(ask("u2"), T0)
+    assert refusal is not None and "1 of 1 destructive step(s) per 10m spent" in refusal.why
+    assert b.refusal(ask("u2", destructive=False), T0) is None  # a restart still fits the remediations
 
 
 def test_concurrency_is_held_until_released() -> None:
@@ -375,6 +405,22 @@ def test_a_step_that_needs_approval_anyway_runs_once_approved_even_past_the_budg
     assert [s.approvedBy for s in fleet.ledgers["ns/restarts"].spent] == ["bob"]
 
 
+def test_remediations_hold_a_third_round_and_never_split_one() -> None:
+    """Two steps that change something (neither destructive) per round; a budget of 2 remediations:
+    two incidents run both their steps, the third waits whole, and none is stopped halfway."""
+    steps = [request("scale", requiresApproval=False), request("tune", requiresApproval=False)]
+    pol = policy("tune", match={"alerts": ["InstanceManagerDown"]}, diagnose=[check("ping")], remediate=steps)
+    fleet = Fleet([pol], [budget("rounds", remediations={"limit": 2, "window": "10m"})])
+    for i in range(3):
+        fleet.open(f"i{i}", target=f"svc-{i}")
+    fleet.settle()
+    ran = [(n, s) for n, s, _ in fleet.calls if s in ("scale", "tune")]
+    assert ran == [("i0", "scale"), ("i0", "tune"), ("i1", "scale"), ("i1", "tune")]
+    assert fleet.phase("i2") == "AwaitingApproval"
+    assert "2 of 2 remediation(s) per 10m spent" in (fleet.condition("i2", "Throttled") or ("", "", ""))[2]
+    assert sorted(s.kind for s in fleet.ledgers["ns/rounds"].spent) == ["remediation", "remediation"]
+
+
 def test_concurrent_incidents_wait_for_a_slot_and_take_it_when_one_ends() -> None:
     fleet = Fleet([restart_policy(settle="1m")], [budget("two", concurrentIncidents=2)])
     six(fleet)
@@ -437,14 +483,21 @@ def test_never_more_than_the_limit_in_any_window(limit: int, window: float, gaps
 
 
 @settings(max_examples=60, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), limit=st.integers(1, 4), incidents=st.integers(2, 10))
-def test_two_operators_racing_with_stale_copies_never_overspend(seed: int, limit: int, incidents: int) -> None:
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    limit=st.integers(1, 4),
+    incidents=st.integers(2, 10),
+    kind=st.sampled_from(["destructiveSteps", "remediations"]),
+)
+def test_two_operators_racing_with_stale_copies_never_overspend(
+    seed: int, limit: int, incidents: int, kind: str
+) -> None:
     """Two operators decide from their own (possibly stale) copies of each Incident and of the
     ledger; every write is compare-and-swap on a version, as the API server's resourceVersion is.
     However their moves interleave, destructive calls in any window stay within the limit."""
     rng = random.Random(seed)
     window = 120.0
-    truth: dict[str, tuple[int, Any]] = {"budget": (0, budget("b", destructiveSteps={"limit": limit, "window": "2m"}))}
+    truth: dict[str, tuple[int, Any]] = {"budget": (0, budget("b", **{kind: {"limit": limit, "window": "2m"}}))}
     candidates = [restart_policy()]
     for i in range(incidents):
         body = {"metadata": {"name": f"i{i}", "namespace": "ns", "uid": f"uid-{i}", "generation": 1},

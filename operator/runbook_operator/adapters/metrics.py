@@ -20,7 +20,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import ThreadingWSGIServer, _get_best_family, _SilentHandler
 from prometheus_client.registry import Collector
 
-from runbook_operator.domain.budgets import Budget
+from runbook_operator.domain.budgets import ROUND, Budget
 from runbook_operator.domain.model import Incident
 from runbook_operator.domain.status import Phase, Status, parse_timestamp
 
@@ -234,8 +234,9 @@ MAX_SCRAPES = 16  # connections served at once; Prometheus keeps one per target
 
 
 class _BudgetCollector(Collector):
-    """runbook_budget_used and runbook_budget_limit, by budget and kind: destructive steps in the
-    window now (destructive_steps) and incidents holding a slot (concurrent_incidents)."""
+    """runbook_budget_used and runbook_budget_limit, by budget and kind: remediation rounds and
+    destructive steps in the window now (remediations, destructive_steps) and incidents holding a
+    slot (concurrent_incidents)."""
 
     def __init__(self, listing: Callable[[], Iterable[Budget]], clock: Callable[[], datetime]) -> None:
         self._listing, self._clock = listing, clock
@@ -248,6 +249,9 @@ class _BudgetCollector(Collector):
         limit = GaugeMetricFamily("runbook_budget_limit", "A RemediationBudget's limit, by kind", labels=labels)
         now = self._clock()
         for budget in self._listing():
+            if budget.remediations is not None:
+                used.add_metric([budget.namespace, budget.name, "remediations"], budget.used(now, ROUND))
+                limit.add_metric([budget.namespace, budget.name, "remediations"], budget.remediations.limit)
             if budget.destructive is not None:
                 used.add_metric([budget.namespace, budget.name, "destructive_steps"], budget.used(now))
                 limit.add_metric([budget.namespace, budget.name, "destructive_steps"], budget.destructive.limit)

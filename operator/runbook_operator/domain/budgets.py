@@ -3,21 +3,24 @@
 A budget selects the policies of its namespace by label (an empty selector: all of them),
 optionally only incidents of some alerts or severities, and limits what they may do together:
 
-- ``destructiveSteps {limit, window}``: destructive remediation steps started in any sliding window;
-- ``perTarget {limit, window}``: the same, counted per target;
+- ``remediations {limit, window}``: remediation rounds started in any sliding window (a round
+  starts with its first remediation step that changes something: a restart, a scale, ...);
+- ``destructiveSteps {limit, window}``: destructive remediation steps started in any window;
+- ``perTarget {limit, window}``: remediation rounds started on one target in any window;
 - ``concurrentIncidents``: incidents remediating at once (from their first remediation step
   until they resolve or escalate).
 
-Its status is the ledger: one ``Spend`` per destructive step allowed to start, one ``Hold`` per
-incident remediating. The engine writes the ledger, with a resourceVersion precondition, *before*
-the step may be claimed; a step is claimed only once its spend is in the ledger (``Budget.needs``
-is empty). Ledger entries are keyed by incident, step and round, so two operators that race for
-one step spend once, and a spend is never made twice for the same step.
+Its status is the ledger: one ``Spend`` per round and per destructive step allowed to start, one
+``Hold`` per incident remediating. The engine writes the ledger, with a resourceVersion
+precondition, *before* the step may be claimed; a step is claimed only once what it needs is in
+the ledger (``Budget.needs`` is false). Ledger entries are keyed by incident, kind, step and
+round, so two operators that race for one step spend once, and nothing is spent twice.
 
 Windows slide, and are exact for the times steps start: a step starts at most ``GRACE`` after its
-spend is counted (an older spend, never used because the step still waited, is renewed first),
-and a spend counts for its window plus ``GRACE``. So two steps that one limit keeps apart start
-at least a window apart, whatever happens between the spend and the start.
+spend is counted (an older spend, never used because the step still waited, is renewed first;
+a round's spend is used once its first step started), and a spend counts for its window plus
+``GRACE``. So two steps that one limit keeps apart start at least a window apart, whatever
+happens between the spend and the start.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from runbook_operator.domain.parsing import parse_selector
 from runbook_operator.domain.wire import parse_timestamp, timestamp
 
 GRACE = 15.0  # seconds a spend stays good for the step it was made for, before the step starts
-LEDGER_LIMIT = 1000  # spends and holds kept in status at most (the CRD's maxItems); limits are below it
+ROUND, DESTRUCTIVE = "remediation", "destructive"  # the kinds of spend
 
 
 @dataclass(frozen=True)
@@ -56,36 +59,37 @@ class Ask:
     attempt: int
     target: str  # str(Target), or "" when the incident names none
     destructive: bool
+    round_started: bool = False  # a step of this round already started: the round is spent for good
 
     @classmethod
-    def of(cls, incident: Incident, step: Step, attempt: int) -> Ask:
+    def of(cls, incident: Incident, step: Step, attempt: int, round_started: bool = False) -> Ask:
         target = str(incident.target) if incident.target is not None else ""
         where = f"{incident.namespace}/{incident.name}"
-        return cls(incident.uid, where, step.name, attempt, target, step.destructive)
+        return cls(incident.uid, where, step.name, attempt, target, step.destructive, round_started)
 
-    @property
-    def key(self) -> tuple[str, str, int]:
-        return (self.uid, self.step, self.attempt)
+    def key(self, kind: str) -> tuple[str, str, str, int]:
+        return (self.uid, kind, self.step if kind == DESTRUCTIVE else "", self.attempt)
 
 
 @dataclass(frozen=True)
 class Spend:
     uid: str
     incident: str
-    step: str
+    kind: str  # ROUND: a remediation round; DESTRUCTIVE: one destructive step of it
+    step: str  # the destructive step; for a round, the step that started it
     attempt: int
     target: str
     at: datetime
     approvedBy: str | None = None  # started past the budget, with this person's approval
 
     @property
-    def key(self) -> tuple[str, str, int]:
-        return (self.uid, self.step, self.attempt)
+    def key(self) -> tuple[str, str, str, int]:
+        return (self.uid, self.kind, self.step if self.kind == DESTRUCTIVE else "", self.attempt)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "uid": self.uid, "incident": self.incident, "step": self.step, "attempt": self.attempt,
-            "at": timestamp(self.at),
+            "kind": self.kind, "uid": self.uid, "incident": self.incident, "step": self.step,
+            "attempt": self.attempt, "at": timestamp(self.at),
         }  # fmt: skip
         if self.target:
             out["target"] = self.target
@@ -126,6 +130,7 @@ class Budget:
     alerts: frozenset[str] = frozenset()
     severities: frozenset[str] = frozenset()
     destructive: Window | None = None
+    remediations: Window | None = None
     per_target: Window | None = None
     concurrent: int | None = None
     spent: tuple[Spend, ...] = ()
@@ -145,13 +150,23 @@ class Budget:
     # -- what a step needs, and whether it may have it -------------------------------------
     def needs(self, ask: Ask, now: datetime) -> bool:
         """Must the ledger change before this step may start (a spend or a hold it lacks)?"""
-        return self._needs_spend(ask, now) or self._needs_hold(ask)
+        return bool(self._lacking(ask, now)) or self._needs_hold(ask)
 
-    def _needs_spend(self, ask: Ask, now: datetime) -> bool:
-        if not ask.destructive or (self.destructive is None and (self.per_target is None or not ask.target)):
-            return False
-        spend = next((s for s in self.spent if s.key == ask.key), None)
-        return spend is None or (now - spend.at).total_seconds() > GRACE
+    def _lacking(self, ask: Ask, now: datetime) -> list[str]:
+        """The kinds of spend this step lacks: its round's, and its own if it is destructive."""
+        lacking = []
+        if self.remediations is not None or (self.per_target is not None and ask.target):
+            spend = self._spent(ask.key(ROUND))
+            if spend is None or (not ask.round_started and (now - spend.at).total_seconds() > GRACE):
+                lacking.append(ROUND)
+        if ask.destructive and self.destructive is not None:
+            spend = self._spent(ask.key(DESTRUCTIVE))
+            if spend is None or (now - spend.at).total_seconds() > GRACE:
+                lacking.append(DESTRUCTIVE)
+        return lacking
+
+    def _spent(self, key: tuple[str, str, str, int]) -> Spend | None:
+        return next((s for s in self.spent if s.key == key), None)
 
     def _needs_hold(self, ask: Ask) -> bool:
         return self.concurrent is not None and not any(h.uid == ask.uid for h in self.holds)
@@ -161,33 +176,38 @@ class Budget:
         if self._needs_hold(ask) and self.concurrent is not None and len(self.holds) >= self.concurrent:
             who = ", ".join(h.incident for h in self.holds[:3]) + (" …" if len(self.holds) > 3 else "")
             return Refusal(self.key, f"{len(self.holds)} of {self.concurrent} incident(s) remediating ({who})", None)
-        if not self._needs_spend(ask, now):
-            return None
-        others = [s for s in self.spent if s.key != ask.key]
-        if self.destructive is not None:
-            refused = _full(others, self.destructive, now)
-            if refused is not None:
+        lacking = self._lacking(ask, now)
+        checks: list[tuple[str, Window | None, str, list[Spend]]] = []
+        if DESTRUCTIVE in lacking:
+            mine = ask.key(DESTRUCTIVE)
+            others = [s for s in self.spent if s.kind == DESTRUCTIVE and s.key != mine]
+            checks.append((DESTRUCTIVE, self.destructive, "destructive step(s)", others))
+        if ROUND in lacking:
+            mine = ask.key(ROUND)
+            rounds = [s for s in self.spent if s.kind == ROUND and s.key != mine]
+            checks.append((ROUND, self.remediations, "remediation(s)", rounds))
+            if ask.target:
+                on = [s for s in rounds if s.target == ask.target]
+                checks.append((ROUND, self.per_target, f"remediation(s) of {ask.target}", on))
+        for _, window, what, counted in checks:
+            refused = _full(counted, window, now) if window is not None else None
+            if refused is not None and window is not None:
                 used, frees = refused
-                return Refusal(self.key, f"{used} of {self.destructive.text('destructive step(s)')} spent", frees)
-        if self.per_target is not None and ask.target:
-            refused = _full([s for s in others if s.target == ask.target], self.per_target, now)
-            if refused is not None:
-                used, frees = refused
-                what = f"destructive step(s) on {ask.target}"
-                return Refusal(self.key, f"{used} of {self.per_target.text(what)} spent", frees)
+                return Refusal(self.key, f"{used} of {window.text(what)} spent", frees)
         return None
 
     # -- the ledger's changes --------------------------------------------------------------
     def spend(self, ask: Ask, now: datetime, approved_by: str | None = None) -> Budget:
-        """The ledger with this step's spend (and hold) added, expired entries dropped.
+        """The ledger with what this step lacks added (its round's spend, its own, its hold),
+        expired entries dropped.
 
         The caller checked :meth:`refusal` (or has a person's approval past it); a spend this step
         already has is renewed, never doubled."""
         budget = self.pruned(now)
         spent = budget.spent
-        if budget._needs_spend(ask, now):
-            spend = Spend(ask.uid, ask.incident, ask.step, ask.attempt, ask.target, now, approved_by)
-            spent = (*(s for s in spent if s.key != ask.key), spend)
+        for kind in budget._lacking(ask, now):
+            spend = Spend(ask.uid, ask.incident, kind, ask.step, ask.attempt, ask.target, now, approved_by)
+            spent = (*(s for s in spent if s.key != spend.key), spend)
         holds = budget.holds
         if budget._needs_hold(ask):
             holds = (*holds, Hold(ask.uid, ask.incident, now))
@@ -197,29 +217,36 @@ class Budget:
         """The ledger without this incident's hold (it ended)."""
         return evolve(self, holds=tuple(h for h in self.holds if h.uid != uid))
 
+    @property
+    def _windows(self) -> list[float]:
+        return [w.seconds for w in (self.destructive, self.remediations, self.per_target) if w is not None]
+
     def pruned(self, now: datetime) -> Budget:
         """Without the spends no window counts any more."""
-        longest = max((w.seconds for w in (self.destructive, self.per_target) if w is not None), default=0.0)
-        horizon = now - timedelta(seconds=longest + GRACE)
+        horizon = now - timedelta(seconds=max(self._windows, default=0.0) + GRACE)
         kept = tuple(s for s in self.spent if s.at > horizon)
         return self if len(kept) == len(self.spent) else evolve(self, spent=kept)
 
-    def used(self, now: datetime) -> int:
-        if self.destructive is None:
+    def used(self, now: datetime, kind: str = DESTRUCTIVE) -> int:
+        """Spends of this kind its window counts now."""
+        window = self.destructive if kind == DESTRUCTIVE else self.remediations
+        if window is None:
             return 0
-        return len(_counting(self.spent, self.destructive, now))
+        return len(_counting((s for s in self.spent if s.kind == kind), window, now))
 
     def next_free(self, now: datetime) -> datetime | None:
-        """When the next destructive step may start again, if the budget is spent now."""
-        if self.destructive is None:
-            return None
-        refused = _full(self.spent, self.destructive, now)
-        return refused[1] if refused is not None else None
+        """When the next destructive step or remediation round may start again, if either limit
+        is spent now (the later of the two)."""
+        frees = []
+        for kind, window in ((DESTRUCTIVE, self.destructive), (ROUND, self.remediations)):
+            refused = _full((s for s in self.spent if s.kind == kind), window, now) if window else None
+            if refused is not None and refused[1] is not None:
+                frees.append(refused[1])
+        return max(frees, default=None)
 
     def next_change(self, now: datetime) -> datetime | None:
         """The next time a spend leaves a window, after which :meth:`status` says less."""
-        windows = [w.seconds for w in (self.destructive, self.per_target) if w is not None] or [0.0]
-        ends = (s.at + timedelta(seconds=w + GRACE) for s in self.spent for w in windows)
+        ends = (s.at + timedelta(seconds=w + GRACE) for s in self.spent for w in self._windows or [0.0])
         return min((t for t in ends if t > now), default=None)
 
     def status(self, now: datetime) -> dict[str, Any]:
@@ -232,12 +259,15 @@ class Budget:
         }
         if self.destructive is not None:
             out["destructiveUsed"] = self.used(now)
+        if self.remediations is not None:
+            out["remediationsUsed"] = self.used(now, ROUND)
         free = self.next_free(now)
         out["nextFree"] = timestamp(free) if free is not None else None
         return out
 
 
 def _counting(spent: Iterable[Spend], window: Window, now: datetime) -> list[Spend]:
+    """The spends the window counts now, oldest first."""
     start = now - timedelta(seconds=window.seconds + GRACE)
     return sorted((s for s in spent if s.at > start), key=lambda s: s.at)
 
@@ -289,6 +319,7 @@ def parse_budget(body: Mapping[str, Any]) -> Budget | InvalidBudget:
             alerts=frozenset(str(a) for a in spec.get("alerts") or []),
             severities=frozenset(spec.get("severities") or []),
             destructive=_window(spec.get("destructiveSteps"), "spec.destructiveSteps"),
+            remediations=_window(spec.get("remediations"), "spec.remediations"),
             per_target=_window(spec.get("perTarget"), "spec.perTarget"),
             concurrent=concurrent,
         )
@@ -320,8 +351,9 @@ def _spends(raw: Any) -> Iterable[Spend]:
     for item in raw if isinstance(raw, list) else []:
         try:
             yield Spend(
-                str(item["uid"]), str(item.get("incident", "")), str(item["step"]), int(item["attempt"]),
-                str(item.get("target") or ""), parse_timestamp(item["at"]), item.get("approvedBy") or None,
+                str(item["uid"]), str(item.get("incident", "")), str(item.get("kind") or DESTRUCTIVE),
+                str(item["step"]), int(item["attempt"]), str(item.get("target") or ""), parse_timestamp(item["at"]),
+                item.get("approvedBy") or None,
             )  # fmt: skip
         except (KeyError, TypeError, ValueError):
             continue

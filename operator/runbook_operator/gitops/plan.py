@@ -217,8 +217,9 @@ def _budget_lines(incident: Incident, policy: Policy, budgets: Sequence[Budget],
     lines = ["", "Budgets (a remediation step past one waits Throttled, or for a person to approve it past it)"]
     first = next((s for s in policy.remediate if not s.read_only), None)
     for budget in chosen:
-        limits = [w.text(what) for w, what in ((budget.destructive, "destructive step(s)"),
-                                               (budget.per_target, "destructive step(s) per target")) if w]  # fmt: skip
+        limits = [w.text(what) for w, what in ((budget.remediations, "remediation(s)"),
+                                               (budget.destructive, "destructive step(s)"),
+                                               (budget.per_target, "remediation(s) per target")) if w]  # fmt: skip
         if budget.concurrent is not None:
             limits.append(f"{budget.concurrent} incident(s) remediating at once")
         lines.append(f"  {budget.key}: {', '.join(limits)}")

@@ -41,7 +41,7 @@ def admit(
         return claim(p, call, approval, digest)
     if approval is None:  # approved past the budget while it was throttled
         approval, digest = _answered(p, ctx, call)
-    ask = Ask.of(ctx.incident, step, call.attempt)
+    ask = Ask.of(ctx.incident, step, call.attempt, _round_started(p, call.attempt))
     lacking = [b for b in ctx.budgets if b.needs(ask, p.now)]
     if not lacking:
         why = None
@@ -86,6 +86,12 @@ def consent_to(
         _throttled(p, step, throttled, refusals)
     _ignored(p, ctx, step, record)
     return _await_approval(p, ctx, step, record, throttled)
+
+
+def _round_started(p: Progress, attempt: int) -> bool:
+    """Has a remediation step of this round started (so the round's spend is used, for good)?"""
+    started = (StepState.RUNNING.value, StepState.SUCCEEDED.value, StepState.FAILED.value)
+    return any(r.stage == Stage.REMEDIATE.value and r.attempt == attempt and r.state in started for r in p.status.steps)
 
 
 def _answered(p: Progress, ctx: Context, call: StepCall) -> tuple[Approval | None, str | None]:
