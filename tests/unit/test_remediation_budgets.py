@@ -364,6 +364,19 @@ def test_a_person_approves_past_the_budget_and_the_spend_says_so() -> None:
     assert any(r == "ApprovedPastBudget" and "alice" in m for n, r, m in fleet.events if n == "i3")
 
 
+def test_a_budget_deleted_while_it_throttles_lets_the_step_start_and_says_so() -> None:
+    fleet = Fleet([restart_policy()], [budget("restarts", destructiveSteps={"limit": 1, "window": "1h"})])
+    fleet.open("a", target="x")
+    fleet.open("b", target="y")
+    fleet.settle()
+    assert fleet.restarts() == ["a"] and fleet.phase("b") == "AwaitingApproval"
+    fleet.ledgers.clear()  # kubectl delete rbud restarts
+    fleet.later(1)
+    assert fleet.restarts() == ["a", "b"] and fleet.phase("b") == "Resolved"
+    status, reason, message = fleet.condition("b", "Throttled") or ("", "", "")
+    assert (status, reason) == ("False", "BudgetAvailable") and "no budget limits it any more" in message
+
+
 def test_an_approval_of_another_request_does_not_pass_the_budget() -> None:
     fleet = Fleet([restart_policy()], [budget("restarts", destructiveSteps={"limit": 1, "window": "5m"})])
     fleet.open("a", target="x")

@@ -37,20 +37,14 @@ def admit(
 ) -> StepCall | StepRecord | Reservation:
     """Claim a step the budgets let start; ask the engine to reserve it first, or throttle it."""
     step = call.step
-    if step.stage is not Stage.REMEDIATE or step.read_only or not ctx.budgets:
+    if step.stage is not Stage.REMEDIATE or step.read_only:
         return claim(p, call, approval, digest)
     if approval is None:  # approved past the budget while it was throttled
         approval, digest = _answered(p, ctx, call)
     ask = Ask.of(ctx.incident, step, call.attempt, _round_started(p, call.attempt))
     lacking = [b for b in ctx.budgets if b.needs(ask, p.now)]
     if not lacking:
-        why = None
-        throttled = p.status.condition(ConditionType.THROTTLED)
-        if throttled is not None and throttled.status == "True":
-            reason = Reason.APPROVED_PAST_BUDGET if approval is not None else Reason.BUDGET_AVAILABLE
-            why = f"approved by {approval.by} past the budget" if approval is not None else "the budget has room again"
-            p.unthrottled(reason, f"step {step.name!r}: {why}")
-        return claim(p, call, approval, digest, why)
+        return claim(p, call, approval, digest, _released(p, step, approval, bool(ctx.budgets)))
     refusals = [r for b in lacking if (r := b.refusal(ask, p.now)) is not None]
     keys = tuple(b.key for b in lacking)
     if not refusals:
@@ -86,6 +80,20 @@ def consent_to(
         _throttled(p, step, throttled, refusals)
     _ignored(p, ctx, step, record)
     return _await_approval(p, ctx, step, record, throttled)
+
+
+def _released(p: Progress, step: Step, approval: Approval | None, budgeted: bool) -> str | None:
+    """End the Throttled condition of a step that may start now, saying why; None if it was not."""
+    throttled = p.status.condition(ConditionType.THROTTLED)
+    if throttled is None or throttled.status != "True":
+        return None
+    if approval is not None:
+        reason, why = Reason.APPROVED_PAST_BUDGET, f"approved by {approval.by} past the budget"
+    else:
+        reason = Reason.BUDGET_AVAILABLE
+        why = "the budget has room again" if budgeted else "no budget limits it any more"
+    p.unthrottled(reason, f"step {step.name!r}: {why}")
+    return why
 
 
 def _round_started(p: Progress, attempt: int) -> bool:
