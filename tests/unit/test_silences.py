@@ -73,3 +73,30 @@ def test_a_silence_past_its_own_end_is_not_expired_again() -> None:
     inc = Incident.from_body({"metadata": {"name": "i", "namespace": "ns", "uid": "u1", "generation": 1},
                               "spec": {"alert": "InstanceManagerDown"}})  # fmt: skip
     assert decide(inc, status, [], T0 + timedelta(hours=1, seconds=1), nonce="x").expire == ()
+
+
+async def test_an_operator_restarted_after_the_end_still_expires_the_silence() -> None:
+    """Killed between the write that resolved the incident and the silence's expiry: the next
+    operator finds the open silence in status and expires it, though it keeps resolved incidents."""
+    from runbook_operator.actions.catalog import default_registry
+    from runbook_operator.engine.executor import Executor
+    from runbook_operator.engine.reconciler import Reconciler
+    from tests.fixtures.listeners import Listener
+    from tests.unit.builders import incident_body
+    from tests.unit.test_reconciler import MemoryCluster, wait_until
+
+    alertmanager = Listener().start()
+    try:
+        body = incident_body("i", "u1")
+        ends = timestamp(datetime.now(UTC) + timedelta(hours=1))
+        body["status"] = {"phase": "Resolved", "silences": [{"id": "s-1", "url": alertmanager.url, "endsAt": ends}]}
+        cluster = MemoryCluster()
+        reconciler = Reconciler(cluster, Executor(default_registry()), lambda ns: [], resolved_ttl=None)
+        reconciler.observe(body)
+        await wait_until(lambda: any(w.get("silences", [{}])[0].get("expiredAt") for w in cluster.writes))
+        assert [(m, p) for m, p, _ in alertmanager.requests] == [("DELETE", "/api/v2/silence/s-1")]
+        assert reconciler.silences() == 0
+        await wait_until(lambda: reconciler.active == 0)
+        await reconciler.stop()
+    finally:
+        alertmanager.stop()

@@ -248,7 +248,11 @@ class _BudgetCollector(Collector):
         )
         limit = GaugeMetricFamily("runbook_budget_limit", "A RemediationBudget's limit, by kind", labels=labels)
         now = self._clock()
-        for budget in self._listing():
+        try:  # read from the scrape's thread while the event loop may change what it lists
+            budgets = list(self._listing())
+        except RuntimeError:  # changed during the read: this scrape shows none, the next one all
+            budgets = []
+        for budget in budgets:
             if budget.remediations is not None:
                 used.add_metric([budget.namespace, budget.name, "remediations"], budget.used(now, ROUND))
                 limit.add_metric([budget.namespace, budget.name, "remediations"], budget.remediations.limit)

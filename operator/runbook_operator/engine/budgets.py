@@ -137,7 +137,8 @@ class Ledgers:
 
     def release_later(self, uid: str, namespace: str) -> None:
         """Free the incident's concurrency slots (it ended); in the background, retried."""
-        keys = [b.key for b in (*self.of(namespace)[0], *self.of(namespace)[1]) if any(h.uid == uid for h in b.holds)]
+        own, default = self.of(namespace)
+        keys = [b.key for b in (*own, *default) if any(h.uid == uid for h in b.holds)]
         if keys:
             task = asyncio.create_task(self._release(uid, keys), name=f"release/{uid}")
             self._tasks.add(task)

@@ -15,6 +15,11 @@ A book of every incident's target and progress (rebuilt from the watch after a
 restart) gives the core its peers: the lock, the cooldown and duplicates per
 target. It is updated as soon as a decision is taken, before the write, so two
 incidents of one target never both start remediating.
+
+Before a step the budgets must pay for, the core asks for a reservation: the task writes it
+into the RemediationBudgets' ledgers (``engine.budgets``) and decides again. When an incident
+ends, the core asks for its Alertmanager silences to be expired; a deleted incident's are
+expired from the last version the watch delivered.
 """
 
 from __future__ import annotations
@@ -162,9 +167,9 @@ class Reconciler:
             self._note(uid, incident, status)
             if status.phase in TERMINAL:  # finished before we saw it (a restart): archive it again, harmlessly
                 self._archived(uid, incident, status)
-            if status.phase == Phase.RESOLVED and self._ttl is None:
+            if status.phase == Phase.RESOLVED and self._ttl is None and not status.open_silences(self._clock()):
                 self._finished.add(uid)
-                return  # finished before we saw it; nothing to do
+                return  # finished before we saw it; nothing to do (a silence still open is: it drives on)
             worker = self._workers[uid] = _Worker(body)
             worker.task = asyncio.create_task(self._drive(uid), name=f"incident/{uid}")
             self._tasks.add(worker.task)
@@ -175,7 +180,7 @@ class Reconciler:
     def forget(self, uid: str, namespace: str = "", last: Body | None = None) -> None:
         """The Incident was deleted (``last``: as it was): stop driving it; free what it held."""
         if last is not None and self._leading:
-            self._expire_later(Status.from_dict(last.get("status")).open_silences(self._clock()))
+            self._expire_silences_later(Status.from_dict(last.get("status")).open_silences(self._clock()))
         self._seen.pop(uid, None)
         worker = self._workers.pop(uid, None)
         entry = self._book.pop(uid, None)
@@ -370,7 +375,7 @@ class Reconciler:
             delay = None if decision.wake_at is None else (decision.wake_at - self._clock()).total_seconds()
             await self._sleep(worker, delay)
 
-    def _expire_later(self, silences: Sequence[Silence]) -> None:
+    def _expire_silences_later(self, silences: Sequence[Silence]) -> None:
         """Expire a deleted incident's silences in the background (a few tries; each ends anyway)."""
         if not silences:
             return
