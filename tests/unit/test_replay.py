@@ -419,3 +419,47 @@ def test_a_longer_escalation_delay_is_a_later_escalation_a_shorter_one_is_not() 
     assert "later-escalation" not in compare(recorded, _escalating(), lead_after("10m")).kinds
     dropped = _escalating(escalate={"levels": [{"name": "on-call", "notify": [request("page-on-call")]}]})
     assert "later-escalation" in compare(recorded, _escalating(), dropped).kinds  # the team lead never hears
+
+
+def test_a_budget_in_the_proposal_says_which_incident_would_have_waited(tmp_path: Any, capsys: Any) -> None:
+    """Three recorded RedisDown incidents restarted Redis within the hour; a budget of two
+    remediations per hour would have held the third one's restart (and only it)."""
+    from runbook_operator.entrypoints.cli import main
+
+    candidates = redis_policy()
+    bodies = []
+    for n in range(3):
+        recorded = live(incident("RedisDown"), candidates, lambda step, attempt: (True, 1.0))
+        bodies.append({"metadata": {"name": f"redis-{n}", "namespace": "ns", "uid": f"u{n}", "generation": 1},
+                       "spec": {"alert": "RedisDown"}, "status": recorded.status.to_dict()})  # fmt: skip
+    incidents = _incidents(tmp_path / "incidents.yaml", bodies)
+    spec = {"match": {"alerts": ["RedisDown"]}, "diagnose": [check("ping")], "remediate": [request("restart")],
+            "verify": [check("healthy", retries=2)], "limits": {"maxAttempts": 2}}  # fmt: skip
+    budget = {"apiVersion": API, "kind": "RemediationBudget", "metadata": {"name": "hourly", "namespace": "ns"},
+              "spec": {"remediations": {"limit": 2, "window": "1h"}}}  # fmt: skip
+    (tmp_path / "base").mkdir(), (tmp_path / "pr").mkdir()
+    _write(tmp_path / "base" / "p.yaml", _rpol(**spec))
+    _write(tmp_path / "pr" / "p.yaml", _rpol(**spec), budget)
+    common = ["replay", "--incidents", incidents, "--baseline", str(tmp_path / "base"), "-n", "ns", "--policies"]
+
+    assert main([*common, str(tmp_path / "base"), "--fail-on", "throttled"]) == 0  # no budget: nothing held
+    assert "0 of 3 incident(s) would change" in capsys.readouterr().out
+
+    assert main([*common, str(tmp_path / "pr"), "--fail-on", "throttled"]) == 1
+    out, err = capsys.readouterr()
+    assert "1 of 3 incident(s) would change; 1 throttled" in out and "ns/redis-2" in out
+    assert err.strip() == "runbook-operator replay: --fail-on: throttled (1)"
+
+    assert main([*common, str(tmp_path / "pr"), "--output", "json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    held = [i for i in document["incidents"] if "throttled" in i["changes"]]
+    assert [i["name"] for i in held] == ["redis-2"]
+    assert held[0]["throttled"].startswith("restart (round 1, ")
+    assert "would wait Throttled: budget ns/hourly: 2 of 2 remediation(s) per 1h spent" in held[0]["throttled"]
+
+    assert main([*common, str(tmp_path / "pr"), "--output", "markdown"]) == 0
+    assert "- **ns/redis-2**: restart (round 1, " in capsys.readouterr().out
+
+    budget["spec"] = {"remediations": {"limit": 5, "window": "1h"}}
+    _write(tmp_path / "pr" / "p.yaml", _rpol(**spec), budget)
+    assert main([*common, str(tmp_path / "pr"), "--fail-on", "throttled"]) == 0

@@ -9,6 +9,8 @@ Kinds of change, riskiest first (``--fail-on`` takes their names):
 - ``ended-worse``: it would end worse (Resolved < AwaitingApproval < Escalated);
 - ``later-escalation``: it would reach people later (escalated in both, later now, or a level of
   the escalation reached later or not at all);
+- ``throttled``: a RemediationBudget in the files would have held one of its remediation steps
+  (the incidents replayed together, in the order they happened);
 - ``unknown-steps``: the proposal runs a call never recorded that the baseline does not (its paths
   assume success and failure);
 - ``policy-changed``: another policy would handle it;
@@ -21,13 +23,16 @@ Kinds of change, riskiest first (``--fail-on`` takes their names):
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from runbook_operator.domain.matching import Candidate, select_policy
-from runbook_operator.domain.model import Policy
+from runbook_operator.domain.budgets import Ask, Budget, applicable
+from runbook_operator.domain.evolve import evolve
+from runbook_operator.domain.matching import Candidate, named, select_policy
+from runbook_operator.domain.model import DEFAULT_SEVERITY, Incident, Policy, Stage
 from runbook_operator.domain.report import md
+from runbook_operator.domain.status import StepState, parse_timestamp
 from runbook_operator.domain.wire import clipped, printable
 from runbook_operator.gitops.replay import Assume, Path, Recording, replay
 
@@ -36,6 +41,7 @@ KINDS = (
     "unmatched",
     "ended-worse",
     "later-escalation",
+    "throttled",
     "unknown-steps",
     "policy-changed",
     "approval-added",
@@ -47,6 +53,22 @@ RANK = {"Resolved": 0, "AwaitingApproval": 1, "Escalated": 2}  # how an incident
 SCHEMA = 1  # of --output json; a field's meaning never changes within one
 
 
+# A remediation step that changes something, as the budgets count it: when it started (epoch
+# seconds), the step, its round, whether it is destructive, and who approved it (or None).
+Start = tuple[float, str, int, bool, str | None]
+
+
+@dataclass(frozen=True)
+class Spending:
+    """What the budgets need of an incident's proposed path: who it is and its starts."""
+
+    uid: str
+    target: str
+    severity: str
+    policy: str
+    starts: tuple[Start, ...]
+
+
 @dataclass(frozen=True)
 class Verdict:
     namespace: str
@@ -55,6 +77,8 @@ class Verdict:
     before: tuple[Path, ...]
     after: tuple[Path, ...]
     kinds: tuple[str, ...]  # in KINDS order: the first is the riskiest
+    spending: Spending | None = None  # with budgets only (``compare(..., budgeted=True)``)
+    throttled: str = ""  # which step a budget would have held, and why
 
     @property
     def changed(self) -> bool:
@@ -67,17 +91,110 @@ def compare(
     proposed: Sequence[Candidate],
     assume: Assume | None = None,
     every_path: bool = True,
+    budgeted: bool = False,
 ) -> Verdict:
     """``every_path`` False: an incident that the same policy, as written, handles under both is
     not replayed (nothing about it can change: a replay depends on nothing else); its paths are
-    left empty. The table and Markdown show only changes; JSON shows every incident's paths."""
+    left empty. The table and Markdown show only changes; JSON shows every incident's paths.
+    ``budgeted``: keep what the budgets need (``Verdict.spending``) for :func:`throttled`."""
     inc = recording.incident
-    same = _same(select_policy(inc, baseline).chosen, select_policy(inc, proposed).chosen)
+    chosen = select_policy(inc, proposed).chosen
+    same = _same(select_policy(inc, baseline).chosen, chosen)
     if same and not every_path:
-        return Verdict(inc.namespace, inc.name, inc.alert, (), (), ())
+        spending = _recorded_spending(recording, chosen) if budgeted else None
+        return Verdict(inc.namespace, inc.name, inc.alert, (), (), (), spending)
     before = tuple(replay(recording, baseline, assume))
     after = before if same else tuple(replay(recording, proposed, assume))
-    return Verdict(inc.namespace, inc.name, inc.alert, before, after, _kinds(before, after))
+    spending = _replayed_spending(recording, chosen, after) if budgeted else None
+    return Verdict(inc.namespace, inc.name, inc.alert, before, after, _kinds(before, after), spending)
+
+
+def _spending(recording: Recording, policy: Candidate | None, starts: Sequence[Start]) -> Spending | None:
+    if not isinstance(policy, Policy):
+        return None
+    inc = recording.incident
+    severity = inc.severity or policy.severity or DEFAULT_SEVERITY
+    return Spending(inc.uid, str(inc.target) if inc.target else "", severity, policy.name, tuple(starts))
+
+
+def _replayed_spending(recording: Recording, policy: Candidate | None, after: Sequence[Path]) -> Spending | None:
+    """The starts of the proposal's first path, in time."""
+    began = recording.started.timestamp()
+    ran = after[0].ran if after else ()
+    starts = [(began + r.at, r.name, r.attempt, r.destructive, r.approved_by)
+              for r in ran if r.stage == Stage.REMEDIATE.value and r.changes]  # fmt: skip
+    return _spending(recording, policy, starts)
+
+
+def _recorded_spending(recording: Recording, policy: Candidate | None) -> Spending | None:
+    """The starts as the incident recorded them (its policy unchanged, the replay would repeat them)."""
+    if not isinstance(policy, Policy):
+        return None
+    steps = {s.name: s for s in policy.remediate}
+    started = (StepState.RUNNING, StepState.SUCCEEDED, StepState.FAILED)
+    starts = []
+    for record in recording.status.steps:
+        step = steps.get(record.name)
+        if record.stage != Stage.REMEDIATE.value or step is None or step.read_only or record.state not in started:
+            continue
+        if record.startedAt:
+            at = parse_timestamp(record.startedAt).timestamp()
+            starts.append((at, record.name, record.attempt, step.destructive, record.approvedBy))
+    return _spending(recording, policy, starts)
+
+
+def throttled(
+    verdicts: Sequence[Verdict],
+    budgets: Sequence[Budget],
+    defaults: Sequence[Budget],
+    policies: Mapping[str, Sequence[Candidate]],
+) -> list[Verdict]:
+    """The verdicts, with ``throttled`` where a budget would have held a remediation step.
+
+    The incidents' starts are played in the order they happened against the budgets' ledgers
+    (empty at first). A step a budget has no room for would have waited: the incident is marked
+    and its later steps spend nothing (when they would have run is not known). A step someone
+    approved passes, and is counted."""
+    from datetime import UTC, datetime
+
+    ledgers = {b.key: b for b in (*budgets, *defaults)}
+    own_keys = {b.key for b in budgets}
+    events = sorted(
+        (start[0], i, start) for i, v in enumerate(verdicts) if v.spending is not None for start in v.spending.starts
+    )
+    held: dict[int, str] = {}
+    rounds: set[tuple[int, int]] = set()
+    for at, i, (_, step_name, attempt, destructive, approved_by) in events:
+        if i in held:
+            continue
+        v = verdicts[i]
+        spending = v.spending
+        assert spending is not None
+        policy = named(policies.get(v.namespace, ()), v.namespace, spending.policy)
+        if not isinstance(policy, Policy):
+            continue
+        now = datetime.fromtimestamp(at, UTC)
+        uid = spending.uid or f"{v.namespace}/{v.name}"  # files written by hand may name no uid
+        incident = Incident(namespace=v.namespace, name=v.name, generation=0, alert=v.alert, uid=uid)
+        own = [b for k, b in ledgers.items() if k in own_keys]
+        chosen = applicable(own, [b for k, b in ledgers.items() if k not in own_keys], policy, incident,
+                            spending.severity)  # fmt: skip
+        ask = Ask(uid, f"{v.namespace}/{v.name}", step_name, attempt, spending.target, destructive,
+                  (i, attempt) in rounds)  # fmt: skip
+        lacking = [b for b in chosen if b.needs(ask, now)]
+        refusals = [r for b in lacking if (r := b.refusal(ask, now)) is not None]
+        if refusals and approved_by is None:
+            when = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+            held[i] = f"{step_name} (round {attempt}, {when}) would wait Throttled: {refusals[0].text()}"
+            continue
+        for budget in lacking:
+            ledgers[budget.key] = budget.spend(ask, now, approved_by)
+        rounds.add((i, attempt))
+    return [
+        evolve(v, kinds=tuple(k for k in KINDS if k in {*v.kinds, "throttled"}), throttled=held[i])
+        if i in held else v
+        for i, v in enumerate(verdicts)
+    ]  # fmt: skip
 
 
 def _same(one: Candidate | None, other: Candidate | None) -> bool:
@@ -243,6 +360,7 @@ def markdown(summary: Summary) -> str:
             out.append(
                 f"- **{md(f'{v.namespace}/{v.name}')}**: " + md(f"would run {', '.join(steps)} without approval")
             )
+        out += [f"- **{md(f'{v.namespace}/{v.name}')}**: " + md(v.throttled) for v in changed if v.throttled]
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -274,4 +392,16 @@ def encoded(v: Verdict) -> str:
 
     document = {"namespace": v.namespace, "name": v.name, "alert": v.alert, "changes": list(v.kinds),
                 "before": [path(p) for p in v.before], "after": [path(p) for p in v.after]}  # fmt: skip
+    if v.throttled:
+        document["throttled"] = v.throttled
+    return json.dumps(document, separators=(",", ":"), default=str)
+
+
+def rethrottled(text: str, v: Verdict) -> str:
+    """An incident's JSON (``encoded``, made before :func:`throttled` ran) with its verdict's
+    changes and throttle."""
+    document = json.loads(text)
+    document["changes"] = list(v.kinds)
+    if v.throttled:
+        document["throttled"] = v.throttled
     return json.dumps(document, separators=(",", ":"), default=str)

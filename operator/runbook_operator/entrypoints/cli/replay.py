@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from runbook_operator.entrypoints.cli import arguments as types
 
 if TYPE_CHECKING:
+    from runbook_operator.domain.budgets import Budget
     from runbook_operator.domain.matching import Candidate
     from runbook_operator.domain.model import Policy
     from runbook_operator.gitops.replay import Assume, Recording
@@ -41,7 +42,12 @@ def add(sub: Any) -> None:
     )
     replay.add_argument(
         "--policies", action="append", required=True, metavar="DIR",
-        help="the proposed RemediationPolicies (e.g. the pull request's checkout)",
+        help="the proposed RemediationPolicies (e.g. the pull request's checkout); RemediationBudgets in them "
+        "say which remediation steps would have waited Throttled (change kind `throttled`)",
+    )  # fmt: skip
+    replay.add_argument(
+        "--default-budget", metavar="NAMESPACE/NAME",
+        help="which RemediationBudget of --policies is the operator-wide default (as `run --default-budget`)",
     )  # fmt: skip
     replay.add_argument(
         "--baseline", action="append", metavar="DIR",
@@ -119,7 +125,9 @@ def _run(args: argparse.Namespace) -> int:
         return fail("--baseline DIR is needed with --incidents and --from-cluster (only the archive keeps the "
                     "policy version that drove each incident)")  # fmt: skip
     try:
-        proposed = _policies(gitops.load_resources(args.policies), args.namespace)
+        resources = gitops.load_resources(args.policies)
+        proposed = _policies(resources, args.namespace)
+        budgets, defaults = _budgets(resources, args.namespace, args.default_budget)
         baseline = _policies(gitops.load_resources(args.baseline), args.namespace) if args.baseline else None
         if args.archive:
             found, not_replayable = _from_archive(args)
@@ -129,7 +137,7 @@ def _run(args: argparse.Namespace) -> int:
             found, not_replayable = _from_files(args), 0
     except gitops.InputError as err:
         return fail(str(err))
-    except LookupError as err:
+    except (LookupError, ValueError) as err:
         return fail(str(err))
     work = []
     for body, recorded in found:
@@ -137,11 +145,17 @@ def _run(args: argparse.Namespace) -> int:
         work.append(
             (body, baseline.get(namespace, ()) if baseline is not None else recorded, proposed.get(namespace, ()))
         )
+    budgeted = bool(budgets or defaults)
     try:
-        reviewed = review(work, args.assume, args.jobs, every_path=args.output == "json")
+        reviewed = review(work, args.assume, args.jobs, every_path=args.output == "json", budgeted=budgeted)
     except Unreplayable as err:
         return fail(str(err))
     verdicts = [verdict for verdict, _ in reviewed]
+    if budgeted:  # the incidents together, in the order they happened, against the budgets
+        held = whatif.throttled(verdicts, budgets, defaults, proposed)
+        reviewed = [(v, whatif.rethrottled(text, v) if text and v is not old else text)
+                    for v, old, (_, text) in zip(held, verdicts, reviewed, strict=True)]  # fmt: skip
+        verdicts = held
     if not verdicts:
         older = f"; {not_replayable} archived before the archive kept what a replay needs" if not_replayable else ""
         return fail(f"no Incident to replay (check the source and the filters){older}")
@@ -167,16 +181,19 @@ _WORK: Sequence[Work] = ()  # what forked workers read (inherited, not pickled)
 Reviewed = tuple["Verdict", str]  # the verdict; with every path, its paths only as its JSON (``whatif.encoded``)
 
 
-def review(work: Sequence[Work], assume: Assume | None, jobs: int, every_path: bool = True) -> list[Reviewed]:
+def review(
+    work: Sequence[Work], assume: Assume | None, jobs: int, every_path: bool = True, budgeted: bool = False
+) -> list[Reviewed]:
     """``whatif.compare`` for every incident (its status parsed here), on ``jobs`` processes when
     there are many. Workers are forked: they inherit the input and send back only the verdicts;
     with ``every_path`` (JSON), each verdict's paths encoded (sent back as one string, not as
     objects to unpickle, and encoded on every CPU)."""
     global _WORK
     if jobs <= 1 or len(work) < PARALLEL_FROM:
-        return [_compare(item, assume, every_path) for item in work]
+        return [_compare(item, assume, every_path, budgeted) for item in work]
     size = -(-len(work) // (jobs * 4))  # four chunks per worker: a slow chunk does not hold the rest
-    chunks = [(start, min(start + size, len(work)), assume, every_path) for start in range(0, len(work), size)]
+    chunks = [(start, min(start + size, len(work)), assume, every_path, budgeted)
+              for start in range(0, len(work), size)]  # fmt: skip
     _WORK = work
     try:
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork")) as pool:
@@ -189,12 +206,12 @@ class Unreplayable(Exception):
     """An Incident whose recorded spec or status the replay cannot read (exit 2, naming it)."""
 
 
-def _compare(item: Work, assume: Assume | None, every_path: bool) -> Reviewed:
+def _compare(item: Work, assume: Assume | None, every_path: bool, budgeted: bool = False) -> Reviewed:
     from runbook_operator.gitops import whatif
 
     body, baseline, proposed = item
     try:
-        verdict = whatif.compare(_recording(body), baseline, proposed, assume, every_path)
+        verdict = whatif.compare(_recording(body), baseline, proposed, assume, every_path, budgeted)
         if not every_path:
             return verdict, ""
         return replace(verdict, before=(), after=()), whatif.encoded(verdict)
@@ -204,9 +221,9 @@ def _compare(item: Work, assume: Assume | None, every_path: bool) -> Reviewed:
                            f"{type(err).__name__}: {err}") from None  # fmt: skip
 
 
-def _compare_chunk(chunk: tuple[int, int, Assume | None, bool]) -> list[Reviewed]:
-    start, stop, assume, every_path = chunk
-    return [_compare(item, assume, every_path) for item in _WORK[start:stop]]
+def _compare_chunk(chunk: tuple[int, int, Assume | None, bool, bool]) -> list[Reviewed]:
+    start, stop, assume, every_path, budgeted = chunk
+    return [_compare(item, assume, every_path, budgeted) for item in _WORK[start:stop]]
 
 
 @contextlib.contextmanager
@@ -222,6 +239,26 @@ def paused_gc() -> Iterator[None]:
     finally:
         if was:
             gc.enable()
+
+
+def _budgets(resources: Sequence[Any], namespace: str | None, default: str | None) -> tuple[list[Budget], list[Budget]]:
+    """The RemediationBudgets among the files: each namespace's, and the one --default-budget names;
+    ValueError for an invalid one, or a default not among them."""
+    from runbook_operator import gitops
+    from runbook_operator.domain.budgets import InvalidBudget, parse_budget
+
+    found = []
+    for resource in gitops.iter_kind(resources, "RemediationBudget"):
+        budget = parse_budget(gitops.with_namespace(resource.body, namespace or "default"))
+        if isinstance(budget, InvalidBudget):
+            raise ValueError(f"{resource.file}: budget {budget.namespace}/{budget.name}: {budget.error}")
+        found.append(budget)
+    if default is None:
+        return found, []
+    chosen = [b for b in found if b.key == default]
+    if not chosen:
+        raise ValueError(f"--default-budget {default}: no such RemediationBudget in --policies")
+    return [b for b in found if b.key != default], chosen
 
 
 def _policies(resources: Sequence[Any], namespace: str | None) -> dict[str, Sequence[Candidate]]:
