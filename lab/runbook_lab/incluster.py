@@ -51,10 +51,10 @@ class Helm:
         return done
 
 
-# The lab plays waves of faults back to back (`make demo`, the node tests): far more remediation
-# rounds in ten minutes than the chart's default budget lets a cluster have. It keeps the default
-# budget, with room for that.
-LAB_REMEDIATIONS = 300
+# The lab plays waves of faults back to back (`make demo`, the node tests hold ten destructive
+# calls open at once): far more remediation rounds and destructive steps in ten minutes than the
+# chart's default budget lets a cluster have. It keeps the default budget, with room for that.
+LAB_BUDGET = 300
 
 
 def node_values(image: Image) -> list[str]:
@@ -66,7 +66,8 @@ def node_values(image: Image) -> list[str]:
         "--set=image.pullPolicy=Never",
         "--set-json=nodeSelector=" + json.dumps(where["nodeSelector"]),
         "--set-json=tolerations=" + json.dumps(where["tolerations"]),
-        f"--set=defaultBudget.spec.remediations.limit={LAB_REMEDIATIONS}",
+        f"--set=defaultBudget.spec.remediations.limit={LAB_BUDGET}",
+        f"--set=defaultBudget.spec.destructiveSteps.limit={LAB_BUDGET}",
     ]
 
 

@@ -24,7 +24,7 @@ from runbook_operator import __version__
 from tests.integration.image.conftest import ROOT
 
 SIZE_LIMIT_MB = 400
-ACTION_FAMILIES = ("http", "kubernetes", "docker", "prometheus", "postgres", "redis", "notify")
+ACTION_FAMILIES = ("http", "kubernetes", "docker", "prometheus", "postgres", "redis", "alertmanager", "notify")
 
 
 @pytest.fixture(scope="module")
