@@ -30,14 +30,20 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from runbook_operator.domain.durations import format_duration, parse_duration
+from runbook_operator.domain.durations import format_duration
 from runbook_operator.domain.evolve import evolve
-from runbook_operator.domain.model import SEVERITIES, Incident, LabelSelector, Policy, PolicyError, Step
-from runbook_operator.domain.parsing import parse_selector
+from runbook_operator.domain.model import Incident, LabelSelector, Policy, PolicyError, Step
+from runbook_operator.domain.parsing import parse_duration_at, parse_selector, parse_severities
 from runbook_operator.domain.wire import parse_timestamp, timestamp
 
 GRACE = 15.0  # seconds a spend stays good for the step it was made for, before the step starts
 ROUND, DESTRUCTIVE = "remediation", "destructive"  # the kinds of spend
+Key = tuple[str, str, str, int]
+
+
+def _key(uid: str, kind: str, step: str, attempt: int) -> Key:
+    """What a spend is for: a destructive step of a round, or the round itself (whichever step started it)."""
+    return (uid, kind, step if kind == DESTRUCTIVE else "", attempt)
 
 
 @dataclass(frozen=True)
@@ -67,8 +73,8 @@ class Ask:
         where = f"{incident.namespace}/{incident.name}"
         return cls(incident.uid, where, step.name, attempt, target, step.destructive, round_started)
 
-    def key(self, kind: str) -> tuple[str, str, str, int]:
-        return (self.uid, kind, self.step if kind == DESTRUCTIVE else "", self.attempt)
+    def key(self, kind: str) -> Key:
+        return _key(self.uid, kind, self.step, self.attempt)
 
 
 @dataclass(frozen=True)
@@ -83,8 +89,8 @@ class Spend:
     approvedBy: str | None = None  # started past the budget, with this person's approval
 
     @property
-    def key(self) -> tuple[str, str, str, int]:
-        return (self.uid, self.kind, self.step if self.kind == DESTRUCTIVE else "", self.attempt)
+    def key(self) -> Key:
+        return _key(self.uid, self.kind, self.step, self.attempt)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -165,7 +171,7 @@ class Budget:
                 lacking.append(DESTRUCTIVE)
         return lacking
 
-    def _spent(self, key: tuple[str, str, str, int]) -> Spend | None:
+    def _spent(self, key: Key) -> Spend | None:
         return next((s for s in self.spent if s.key == key), None)
 
     def _needs_hold(self, ask: Ask) -> bool:
@@ -177,21 +183,21 @@ class Budget:
             who = ", ".join(h.incident for h in self.holds[:3]) + (" …" if len(self.holds) > 3 else "")
             return Refusal(self.key, f"{len(self.holds)} of {self.concurrent} incident(s) remediating ({who})", None)
         lacking = self._lacking(ask, now)
-        checks: list[tuple[str, Window | None, str, list[Spend]]] = []
+        checks: list[tuple[Window | None, str, list[Spend]]] = []
         if DESTRUCTIVE in lacking:
             mine = ask.key(DESTRUCTIVE)
             others = [s for s in self.spent if s.kind == DESTRUCTIVE and s.key != mine]
-            checks.append((DESTRUCTIVE, self.destructive, "destructive step(s)", others))
+            checks.append((self.destructive, "destructive step(s)", others))
         if ROUND in lacking:
             mine = ask.key(ROUND)
             rounds = [s for s in self.spent if s.kind == ROUND and s.key != mine]
-            checks.append((ROUND, self.remediations, "remediation(s)", rounds))
+            checks.append((self.remediations, "remediation(s)", rounds))
             if ask.target:
                 on = [s for s in rounds if s.target == ask.target]
-                checks.append((ROUND, self.per_target, f"remediation(s) of {ask.target}", on))
-        for _, window, what, counted in checks:
+                checks.append((self.per_target, f"remediation(s) of {ask.target}", on))
+        for window, what, counted in checks:
             refused = _full(counted, window, now) if window is not None else None
-            if refused is not None and window is not None:
+            if refused is not None and window is not None:  # (window: for the type checker)
                 used, frees = refused
                 return Refusal(self.key, f"{used} of {window.text(what)} spent", frees)
         return None
@@ -305,9 +311,7 @@ def parse_budget(body: Mapping[str, Any]) -> Budget | InvalidBudget:
     meta, spec = body.get("metadata") or {}, body.get("spec") or {}
     namespace, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
     try:
-        bad = [s for s in spec.get("severities") or [] if s not in SEVERITIES]
-        if bad:
-            raise PolicyError(f"spec.severities: unknown severity {bad[0]!r}")
+        severities = parse_severities(spec.get("severities"), "spec.severities")
         concurrent = spec.get("concurrentIncidents")
         if concurrent is not None and (not isinstance(concurrent, int) or concurrent < 0):
             raise PolicyError("spec.concurrentIncidents: must be a whole number, 0 or more")
@@ -317,7 +321,7 @@ def parse_budget(body: Mapping[str, Any]) -> Budget | InvalidBudget:
             generation=int(meta.get("generation") or 1),
             selector=parse_selector(spec.get("policySelector") or {}, "spec.policySelector"),
             alerts=frozenset(str(a) for a in spec.get("alerts") or []),
-            severities=frozenset(spec.get("severities") or []),
+            severities=severities,
             destructive=_window(spec.get("destructiveSteps"), "spec.destructiveSteps"),
             remediations=_window(spec.get("remediations"), "spec.remediations"),
             per_target=_window(spec.get("perTarget"), "spec.perTarget"),
@@ -337,10 +341,7 @@ def _window(raw: Any, path: str) -> Window | None:
     limit = raw.get("limit")
     if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
         raise PolicyError(f"{path}.limit: must be a whole number, 0 or more")
-    try:
-        seconds = parse_duration(str(raw.get("window", "")))
-    except ValueError as err:
-        raise PolicyError(f"{path}.window: {err}") from None
+    seconds = parse_duration_at(raw.get("window"), f"{path}.window")
     if seconds <= 0:
         raise PolicyError(f"{path}.window: must be longer than 0s")
     return Window(limit, seconds)

@@ -52,20 +52,27 @@ def parse_selector(raw: Any, path: str) -> LabelSelector:
     return LabelSelector(tuple(reqs))
 
 
+def parse_severities(raw: Any, path: str) -> frozenset[str]:
+    """A list of severities (empty: none named), each one the runbook knows."""
+    bad = [s for s in raw or [] if s not in SEVERITIES]
+    if bad:
+        raise PolicyError(f"{path}: unknown severity {bad[0]!r}")
+    return frozenset(raw or [])
+
+
 def parse_match(spec: Mapping[str, Any]) -> Match:
     raw = spec.get("match") or {}
-    bad = [s for s in raw.get("severities") or [] if s not in SEVERITIES]
-    if bad:
-        raise PolicyError(f"spec.match.severities: unknown severity {bad[0]!r}")
+    severities = parse_severities(raw.get("severities"), "spec.match.severities")
     selector = raw.get("labelSelector")
     return Match(
         alerts=frozenset(raw.get("alerts") or []),
-        severities=frozenset(raw.get("severities") or []),
+        severities=severities,
         selector=None if selector is None else parse_selector(selector, "spec.match.labelSelector"),
     )
 
 
-def _duration(raw: Any, path: str) -> float:
+def parse_duration_at(raw: Any, path: str) -> float:
+    """A duration field's seconds; PolicyError naming the field otherwise."""
     try:
         return parse_duration(raw)
     except ValueError as err:
@@ -102,9 +109,9 @@ def _parse_step(raw: Any, stage: Stage, index: int, validate: ParamValidator, pa
         stage=stage,
         action=action,
         params=params,
-        timeout=_duration(raw["timeout"], f"{path}.timeout") if "timeout" in raw else None,
+        timeout=parse_duration_at(raw["timeout"], f"{path}.timeout") if "timeout" in raw else None,
         retries=retries,
-        backoff=_duration(raw["backoff"], f"{path}.backoff") if "backoff" in raw else 1.0,
+        backoff=parse_duration_at(raw["backoff"], f"{path}.backoff") if "backoff" in raw else 1.0,
         continue_on_failure=bool(raw.get("continueOnFailure", False)),
         when=when,
         destructive=traits.destructive,
@@ -151,11 +158,11 @@ def parse_policy(body: Mapping[str, Any], validate: ParamValidator) -> Policy | 
             diagnose=stages[Stage.DIAGNOSE],
             remediate=stages[Stage.REMEDIATE],
             verify=stages[Stage.VERIFY],
-            settle=_duration(spec["settle"], "spec.settle") if "settle" in spec else 0.0,
+            settle=parse_duration_at(spec["settle"], "spec.settle") if "settle" in spec else 0.0,
             max_attempts=max_attempts,
             escalation=escalation,
-            cooldown=_duration(limits["cooldown"], "spec.limits.cooldown") if "cooldown" in limits else 0.0,
-            approval_timeout=_duration(limits["approvalTimeout"], "spec.limits.approvalTimeout")
+            cooldown=parse_duration_at(limits["cooldown"], "spec.limits.cooldown") if "cooldown" in limits else 0.0,
+            approval_timeout=parse_duration_at(limits["approvalTimeout"], "spec.limits.approvalTimeout")
             if "approvalTimeout" in limits
             else None,
             dry_run=bool(spec.get("dryRun", False)),
@@ -176,13 +183,13 @@ def _parse_escalation(raw: Any, validate: ParamValidator, seen: set[str]) -> Esc
         path = f"spec.escalate.levels[{i}]"
         if not level.get("name"):
             raise PolicyError(f"{path}.name: required")
-        after = _duration(level["after"], f"{path}.after") if "after" in level else None
+        after = parse_duration_at(level["after"], f"{path}.after") if "after" in level else None
         steps = _notify_steps(level.get("notify"), Stage.ESCALATE, path, validate, seen)
         levels.append(Level(level["name"], after, steps))
     names = [lv.name for lv in levels]
     if len(set(names)) != len(names):
         raise PolicyError("spec.escalate.levels: level names must be unique")
-    update = _duration(raw["updateEvery"], "spec.escalate.updateEvery") if "updateEvery" in raw else None
+    update = parse_duration_at(raw["updateEvery"], "spec.escalate.updateEvery") if "updateEvery" in raw else None
     return Escalation(tuple(levels), update, raw.get("afterAttempts"))
 
 

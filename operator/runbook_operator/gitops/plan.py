@@ -211,7 +211,7 @@ def _budget_lines(incident: Incident, policy: Policy, budgets: Sequence[Budget],
     """Which budgets limit the policy's remediation, and whether they would throttle it now (when the
     files carry their ledgers, as `kubectl get rbud -o yaml` writes them)."""
     severity = incident.severity or policy.severity or DEFAULT_SEVERITY
-    chosen = applicable([b for b in budgets if b.namespace == incident.namespace], [], policy, incident, severity)
+    chosen = applicable(budgets, [], policy, incident, severity)
     if not chosen:
         return ["", "Budgets: none in these files selects the policy (the operator-wide default applies, if any)"]
     lines = ["", "Budgets (a remediation step past one waits Throttled, or for a person to approve it past it)"]
@@ -223,9 +223,8 @@ def _budget_lines(incident: Incident, policy: Policy, budgets: Sequence[Budget],
         if budget.concurrent is not None:
             limits.append(f"{budget.concurrent} incident(s) remediating at once")
         lines.append(f"  {budget.key}: {', '.join(limits)}")
-        refusal = budget.refusal(Ask.of(incident, first, 1), now) if first is not None else None
-        if refusal is not None:
-            lines.append(f"    would be throttled now: step {first.name!r} waits: {refusal.text()}")  # type: ignore[union-attr]
+        if first is not None and (refusal := budget.refusal(Ask.of(incident, first, 1), now)) is not None:
+            lines.append(f"    would be throttled now: step {first.name!r} waits: {refusal.text()}")
     return lines
 
 

@@ -121,7 +121,7 @@ class Ran:
     destructive: bool = False
     changes: bool = False  # not read-only: a remediation step that changes something starts a round
     attempt: int = 1
-    at: float = 0.0  # seconds from the start, when it started
+    started: datetime | None = None  # on the replay's clock
 
 
 @dataclass(frozen=True)
@@ -152,18 +152,17 @@ class _State:
     decisions: int = 0
     levels: list[tuple[str, float]] = field(default_factory=list)  # escalation levels as they fired
     settled: datetime | None = None  # when it escalated (the path goes on until every level fired)
-    start: datetime | None = None  # when the incident opened (the steps' ``at`` count from it)
 
     def fork(self) -> _State:
         return _State(self.incident, self.status, self.now, list(self.ran), list(self.assumed), dict(self.used),
-                      dict(self.guessed), self.decisions, list(self.levels), self.settled, self.start)  # fmt: skip
+                      dict(self.guessed), self.decisions, list(self.levels), self.settled)  # fmt: skip
 
 
 def replay(recording: Recording, candidates: Sequence[Candidate], assume: Assume | None = None) -> list[Path]:
     """Every path the incident takes under ``candidates`` (its namespace's policies, as proposed)."""
     outcomes = recording.outcomes()
     opened = evolve(recording.incident, approvals=(), resolved=False)  # as it opened; approved as it goes
-    start = _State(opened, Status(), recording.started, start=recording.started)
+    start = _State(opened, Status(), recording.started)
     paths: list[Path] = []
     pending = [start]
     while pending:
@@ -248,13 +247,13 @@ def _assumed(chosen: Assume) -> Outcome:
 def _finish(state: _State, call: StepCall, outcome: Outcome, known: bool) -> None:
     record = state.status.record(call.step.stage.value, call.step.name, call.attempt)
     approved_by = record.approvedBy if record is not None else None
-    at = (state.now - state.start).total_seconds() if state.start is not None else 0.0
+    started = state.now
     state.now += timedelta(seconds=outcome.duration)
     state.status, _ = complete(state.status, call, StepResult(outcome.ok, outcome.message), state.now,
                                outcome.duration)  # fmt: skip
     step = call.step
     state.ran.append(Ran(step.stage.value, step.name, step.action, dict(call.params), outcome.ok, known, approved_by,
-                         step.destructive, not step.read_only, call.attempt, at))  # fmt: skip
+                         step.destructive, not step.read_only, call.attempt, started))  # fmt: skip
 
 
 def _approve(state: _State, recording: Recording, waiting: StepRecord) -> bool:

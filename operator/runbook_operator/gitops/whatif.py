@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from runbook_operator.domain.budgets import Ask, Budget, applicable
@@ -32,7 +33,7 @@ from runbook_operator.domain.evolve import evolve
 from runbook_operator.domain.matching import Candidate, named, select_policy
 from runbook_operator.domain.model import DEFAULT_SEVERITY, Incident, Policy, Stage
 from runbook_operator.domain.report import md
-from runbook_operator.domain.status import StepState, parse_timestamp
+from runbook_operator.domain.status import StepState, parse_timestamp, timestamp
 from runbook_operator.domain.wire import clipped, printable
 from runbook_operator.gitops.replay import Assume, Path, Recording, replay
 
@@ -119,10 +120,9 @@ def _spending(recording: Recording, policy: Candidate | None, starts: Sequence[S
 
 def _replayed_spending(recording: Recording, policy: Candidate | None, after: Sequence[Path]) -> Spending | None:
     """The starts of the proposal's first path, in time."""
-    began = recording.started.timestamp()
     ran = after[0].ran if after else ()
-    starts = [(began + r.at, r.name, r.attempt, r.destructive, r.approved_by)
-              for r in ran if r.stage == Stage.REMEDIATE.value and r.changes]  # fmt: skip
+    starts = [(r.started.timestamp(), r.name, r.attempt, r.destructive, r.approved_by)
+              for r in ran if r.stage == Stage.REMEDIATE.value and r.changes and r.started is not None]  # fmt: skip
     return _spending(recording, policy, starts)
 
 
@@ -155,8 +155,6 @@ def throttled(
     (empty at first). A step a budget has no room for would have waited: the incident is marked
     and its later steps spend nothing (when they would have run is not known). A step someone
     approved passes, and is counted."""
-    from datetime import UTC, datetime
-
     ledgers = {b.key: b for b in (*budgets, *defaults)}
     own_keys = {b.key for b in budgets}
     events = sorted(
@@ -184,8 +182,7 @@ def throttled(
         lacking = [b for b in chosen if b.needs(ask, now)]
         refusals = [r for b in lacking if (r := b.refusal(ask, now)) is not None]
         if refusals and approved_by is None:
-            when = now.strftime("%Y-%m-%dT%H:%M:%SZ")
-            held[i] = f"{step_name} (round {attempt}, {when}) would wait Throttled: {refusals[0].text()}"
+            held[i] = f"{step_name} (round {attempt}, {timestamp(now)}) would wait Throttled: {refusals[0].text()}"
             continue
         for budget in lacking:
             ledgers[budget.key] = budget.spend(ask, now, approved_by)
